@@ -1,0 +1,46 @@
+"""The project's one error hierarchy.
+
+Every failure a user can cause (bad input, a limit that cannot be met, an
+unreadable file) is a :class:`ModelImageError`. The CLI prints its message as
+one line and exits non-zero; anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ModelImageError(Exception):
+    """Base class: the message is one line that says what is wrong and, where
+    possible, how to fix it."""
+
+    exit_code = 1
+
+
+class FormatError(ModelImageError):
+    """A weight file whose header is truncated, corrupt or unsupported."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class SourceError(ModelImageError):
+    """A model source that does not exist, is empty, or changed while read."""
+
+
+class PlanError(ModelImageError):
+    """No layer plan satisfies the limits."""
+
+
+class LayerTooLarge(PlanError):
+    """A file (or tensor) that cannot be made to fit the layer size limit."""
+
+
+class ConfigError(ModelImageError):
+    """A bad modelimage.toml or command-line setting."""
+
+
+class OutputError(ModelImageError):
+    """The destination cannot be written."""
