@@ -1,0 +1,128 @@
+"""``modelimage.toml``: named models and their settings.
+
+```toml
+[models.llama-8b-q4]
+source = "hf://bartowski/Meta-Llama-3.1-8B-Instruct-GGUF"
+include = ["*Q4_K_M.gguf"]
+target = "/models/llama-8b-q4"
+max_layer_size = "2GB"
+image = "ghcr.io/acme/llama-8b-q4:latest"
+```
+
+Relative ``source`` paths are relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, SourceError
+from .units import parse_size
+
+DEFAULT_CONFIG = "modelimage.toml"
+REMOTE_SCHEMES = ("hf://", "s3://")
+_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+_KEYS = {"source", "include", "exclude", "target", "max_layer_size", "image", "platform", "compression", "tag"}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model to pack: where it comes from and how to pack it."""
+
+    name: str
+    source: str
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    target: str | None = None
+    max_layer_size: int | None = None
+    image: str | None = None
+    platform: str | None = None
+    compression: str | None = None
+    tag: str | None = None
+    defined_in: str | None = None  # the toml file, for messages
+
+    @property
+    def is_remote(self) -> bool:
+        return self.source.startswith(REMOTE_SCHEMES)
+
+    @property
+    def path(self) -> Path:
+        if self.is_remote:
+            scheme = self.source.split("://", 1)[0]
+            raise SourceError(
+                f"{self.source}: {scheme}:// sources are not supported yet; download the model and pass its folder"
+            )
+        return Path(self.source)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+
+
+def _strings(v: Any, where: str, key: str) -> tuple[str, ...]:
+    if isinstance(v, str):
+        return (v,)
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    raise ConfigError(f"{where}: {key} must be a string or a list of strings")
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path``, or ``./modelimage.toml`` when it exists (else empty)."""
+    explicit = path is not None
+    path = path or Path(DEFAULT_CONFIG)
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"{path}: no such file")
+        return Config(None)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(f"{path}: [models] must be a table of [models.NAME] tables")
+    out: dict[str, ModelEntry] = {}
+    for name, m in models.items():
+        where = f"{path} [models.{name}]"
+        if not _NAME_RE.match(name):
+            raise ConfigError(f"{where}: names are lowercase letters, digits and . _ - (like image names)")
+        if not isinstance(m, dict) or not isinstance(m.get("source"), str):
+            raise ConfigError(f"{where}: needs source = \"PATH | hf://ORG/REPO | s3://BUCKET/PREFIX\"")
+        unknown = set(m) - _KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_KEYS))})")
+        source = m["source"]
+        if not source.startswith(REMOTE_SCHEMES) and not Path(source).is_absolute():
+            source = str((path.parent / source))
+        size = m.get("max_layer_size")
+        out[name] = ModelEntry(
+            name=name,
+            source=source,
+            include=_strings(m.get("include", []), where, "include"),
+            exclude=_strings(m.get("exclude", []), where, "exclude"),
+            target=m.get("target"),
+            max_layer_size=parse_size(size, what=f"{where} max_layer_size") if size is not None else None,
+            image=m.get("image"),
+            platform=m.get("platform"),
+            compression=m.get("compression"),
+            tag=m.get("tag"),
+            defined_in=str(path),
+        )
+    return Config(path, out)
+
+
+def resolve(arg: str, config: Config) -> ModelEntry:
+    """A SOURCE path, or the NAME of a model in the config."""
+    if arg in config.models and not Path(arg).exists():
+        return config.models[arg]
+    if arg.startswith(REMOTE_SCHEMES) or Path(arg).exists():
+        return ModelEntry(name="", source=arg)
+    where = f" (looked in {config.path})" if config.path else f" (no {DEFAULT_CONFIG} here)"
+    raise SourceError(f"{arg}: no such file, folder or named model{where}")

@@ -1,0 +1,571 @@
+"""What is this model? Files, weight sets, parameters, dtypes, components.
+
+Reads only headers (safetensors JSON headers, GGUF metadata and tensor
+infos) and small JSON configs; never tensor data, never the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from .errors import FormatError, SourceError
+from .formats import gguf as gg
+from .formats import safetensors as st
+
+# Files that hold weights, by suffix. Only safetensors and GGUF are parsed;
+# the others are listed with their sizes.
+WEIGHT_SUFFIXES: dict[str, str] = {
+    ".safetensors": "safetensors",
+    ".gguf": "gguf",
+    ".bin": "pytorch",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+    ".ckpt": "pytorch",
+    ".onnx": "onnx",
+    ".onnx_data": "onnx",
+    ".h5": "keras",
+    ".keras": "keras",
+    ".msgpack": "flax",
+    ".tflite": "tflite",
+    ".npz": "numpy",
+    ".ot": "rust-bert",
+    ".pdparams": "paddle",
+}
+TOKENIZER_FILES = {
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json", "spiece.model",
+    "sentencepiece.bpe.model", "sentencepiece.model", "chat_template.jinja", "chat_template.json",
+}
+# Rule of thumb from the model-serving literature: weights x 1.25 for
+# activations, KV cache and runtime overhead at modest context lengths.
+VRAM_FACTOR = 1.25
+BYTES_PER_PARAM_AS: dict[str, float] = {
+    "f32": 4, "f16": 2, "bf16": 2, "fp8": 1, "q8": 1, "q6": 0.75, "q5": 0.625, "q4": 0.5, "q3": 0.375, "q2": 0.25,
+}
+# Single-file checkpoints (A1111/ComfyUI style) name their parts by prefix.
+DIFFUSION_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("model.diffusion_model.", "denoiser"),
+    ("first_stage_model.", "vae"),
+    ("conditioner.", "text_encoder"),
+    ("cond_stage_model.", "text_encoder"),
+    ("text_encoders.", "text_encoder"),
+)
+# Flux/SD3-style denoiser-only checkpoints without prefixes
+DENOISER_MARKERS = ("double_blocks.", "single_blocks.", "joint_blocks.", "input_blocks.", "transformer_blocks.")
+GGUF_INTEGER_TYPES = {"I8", "I16", "I32", "I64"}
+DIFFUSION_GGUF_ARCHS = {"flux", "sd1", "sdxl", "sd3", "aura", "ltxv", "hyvid", "wan", "hidream", "cosmos", "lumina2"}
+DIFFUSERS_FOLDERS = {
+    "unet": "denoiser", "transformer": "denoiser", "prior": "denoiser", "decoder": "denoiser",
+    "vae": "vae", "vqvae": "vae", "movq": "vae",
+}
+EMBEDDING_RE = re.compile(
+    r"(^|\.)(embed_tokens|wte|wpe|word_embeddings|position_embeddings|token_type_embeddings"
+    r"|tok_embeddings|token_embd|embed_positions|shared|embeddings)(\.|$)"
+)
+# GPTQ/AWQ pack several low-bit weights into one int32
+PACKED_QUANT_METHODS = {"gptq", "awq"}
+QUANT_AUX_SUFFIXES = (".qzeros", ".scales", ".g_idx")
+# diffusers variant files: name.fp16.safetensors, name.fp16-00001-of-00002.safetensors
+VARIANT_RE = re.compile(r"^(?P<base>.+)\.(?P<variant>fp16|bf16|fp32|ema|non_ema|[a-z0-9_]+)$")
+
+Kind = Literal["language-model", "diffusion", "embedding", "unknown"]
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of the model: ``name`` is its POSIX path in the model root."""
+
+    name: str
+    path: Path
+    size: int
+
+    @property
+    def format(self) -> str | None:
+        return WEIGHT_SUFFIXES.get(PurePosixPath(self.name).suffix.lower())
+
+    @property
+    def is_weights(self) -> bool:
+        return self.format is not None
+
+    @property
+    def directory(self) -> str:
+        parent = str(PurePosixPath(self.name).parent)
+        return "" if parent == "." else parent
+
+
+@dataclass(frozen=True)
+class WeightSet:
+    """One logical weight file: a single safetensors/GGUF file or every
+    shard of an upstream-sharded set, with its index when there is one."""
+
+    format: Literal["safetensors", "gguf"]
+    directory: str
+    stem: str  # "model", "unet/diffusion_pytorch_model" without directory; GGUF split prefix
+    members: tuple[str, ...]  # file names (paths in the model root), in shard order
+    headers: tuple[Any, ...]  # st.SafetensorsHeader | gg.GGUFHeader, same order
+    index_file: str | None = None
+    index: dict[str, Any] | None = None
+
+    @property
+    def tensors(self) -> Iterable[Any]:
+        for h in self.headers:
+            yield from h.tensors
+
+    @property
+    def variant(self) -> str | None:
+        m = VARIANT_RE.match(self.stem)
+        return m.group("variant") if m and self.format == "safetensors" else None
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    parameters: int
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "parameters": self.parameters, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Everything inspect knows about a model."""
+
+    name: str
+    root: Path
+    files: tuple[SourceFile, ...]
+    weight_sets: tuple[WeightSet, ...]
+    format: str
+    kind: Kind
+    architecture: str | None
+    quantization: str
+    parameters: int
+    weight_bytes: int  # bytes of the counted weight tensors (or weight files when none parse)
+    dtypes: dict[str, int]
+    components: tuple[Component, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def bytes_per_parameter(self) -> float:
+        return self.weight_bytes / self.parameters if self.parameters else 0.0
+
+    @property
+    def vram_bytes(self) -> int:
+        """GPU memory ~ parameters x bytes per parameter x 1.25 (= weight bytes x 1.25)."""
+        return int(self.weight_bytes * VRAM_FACTOR)
+
+    def vram_as(self, precision: str) -> int:
+        return int(self.parameters * BYTES_PER_PARAM_AS[precision] * VRAM_FACTOR)
+
+    def file(self, name: str) -> SourceFile:
+        return next(f for f in self.files if f.name == name)
+
+    def to_json(self, as_precision: str | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "format": self.format,
+            "kind": self.kind,
+            "architecture": self.architecture,
+            "parameters": self.parameters,
+            "bytes": self.bytes,
+            "weight_bytes": self.weight_bytes,
+            "bytes_per_parameter": round(self.bytes_per_parameter, 4),
+            "dtypes": dict(self.dtypes),
+            "quantization": self.quantization,
+            "components": [c.to_json() for c in self.components],
+            "vram_bytes": self.vram_bytes,
+            "files": [{"path": f.name, "bytes": f.size, "format": f.format} for f in self.files],
+            "weight_sets": [
+                {"format": w.format, "files": list(w.members), "index": w.index_file} for w in self.weight_sets
+            ],
+            "notes": list(self.notes),
+        }
+        if as_precision:
+            d["vram_as"] = {"precision": as_precision, "bytes": self.vram_as(as_precision)}
+        return d
+
+
+# ---------------------------------------------------------------- listing
+
+
+def list_files(root: Path, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[SourceFile]:
+    """Regular files under ``root`` (sorted), hidden entries (``.git``,
+    ``.cache``, ``.gitattributes``) skipped, include/exclude globs applied.
+
+    Symlinks to regular files are followed (the Hugging Face cache is made
+    of them); anything that is not a regular file is refused.
+    """
+    if not root.exists():
+        raise SourceError(f"{root}: no such file or directory")
+    if root.is_file():
+        return [SourceFile(root.name, root.resolve(), root.stat().st_size)]
+    if not root.is_dir():
+        raise SourceError(f"{root}: not a regular file or directory")
+    out: list[SourceFile] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in filenames:
+            if fn.startswith("."):
+                continue
+            p = Path(dirpath) / fn
+            rel = p.relative_to(root).as_posix()
+            if not selected(rel, include, exclude):
+                continue
+            try:
+                s = p.stat()
+            except OSError as e:
+                raise SourceError(f"{p}: cannot read: {e.strerror or e}") from e
+            if not stat.S_ISREG(s.st_mode):
+                raise SourceError(f"{p}: not a regular file (device, fifo or socket)")
+            out.append(SourceFile(rel, p.absolute(), s.st_size))
+    out.sort(key=lambda f: f.name)
+    if not out:
+        raise SourceError(f"{root}: no files to pack" + (" (after include/exclude)" if include or exclude else ""))
+    return out
+
+
+def _glob_match(rel: str, pattern: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    if "/" in pattern:
+        return fnmatchcase(rel, pattern)
+    return fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
+
+
+def selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Globs without ``/`` match the file name anywhere, others the whole
+    path. Include first (default: everything), then exclude."""
+    if include and not any(_glob_match(rel, p) for p in include):
+        return False
+    return not any(_glob_match(rel, p) for p in exclude)
+
+
+# ---------------------------------------------------------------- weight sets
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
+
+
+def _split_variant(stem: str) -> tuple[str, str | None]:
+    if "." in stem:
+        base, variant = stem.rsplit(".", 1)
+        return base, variant
+    return stem, None
+
+
+def index_name_for(stem: str) -> str:
+    """The index file name transformers/diffusers use for a sharded ``stem``
+    (variants: ``diffusion_pytorch_model.safetensors.index.fp16.json``)."""
+    base, variant = _split_variant(stem)
+    return f"{base}.safetensors.index.{variant}.json" if variant else st.index_name(stem)
+
+
+def find_weight_sets(files: Sequence[SourceFile]) -> list[WeightSet]:
+    """Group safetensors and GGUF files into logical weight sets and parse
+    their headers. Missing shards are an error."""
+    by_name = {f.name: f for f in files}
+    groups: dict[tuple[str, str, str, int], dict[int, SourceFile]] = {}
+    singles: list[tuple[str, SourceFile]] = []
+    for f in files:
+        fmt = f.format
+        if fmt not in ("safetensors", "gguf"):
+            continue
+        base = PurePosixPath(f.name).name
+        m = (st.SHARD_RE if fmt == "safetensors" else gg.SPLIT_RE).match(base)
+        if m:
+            # both patterns: (stem|prefix)-(k)-of-(n).ext
+            stem, k, n = m.group(1), int(m.group(2)), int(m.group(3))
+            groups.setdefault((fmt, f.directory, stem, n), {})[k] = f
+        else:
+            singles.append((fmt, f))
+
+    sets: list[WeightSet] = []
+    for (fmt, directory, stem, n), members in sorted(groups.items()):
+        for k in range(1, n + 1):
+            if k not in members:
+                name = (st.shard_name(stem, k, n) if fmt == "safetensors" else gg.split_name(stem, k, n))
+                raise SourceError(f"{_join(directory, name)}: missing (shard {k} of {n} of {_join(directory, stem)})")
+        ordered = [members[k] for k in range(1, n + 1)]
+        index_file, index = None, None
+        if fmt == "safetensors":
+            for cand in (index_name_for(stem), st.index_name(stem)):
+                if _join(directory, cand) in by_name:
+                    index_file = _join(directory, cand)
+                    index = st.read_index(by_name[index_file].path)
+                    break
+            if index is not None:
+                for shard in sorted(set(index["weight_map"].values())):
+                    if _join(directory, shard) not in by_name:
+                        raise SourceError(f"{_join(directory, shard)}: missing (named by {index_file})")
+        sets.append(_weight_set(fmt, directory, stem, ordered, index_file, index))
+    for fmt, f in singles:
+        stem = PurePosixPath(f.name).name.rsplit(".", 1)[0]
+        sets.append(_weight_set(fmt, f.directory, stem, [f], None, None))
+    sets.sort(key=lambda w: w.members[0])
+    return sets
+
+
+def _weight_set(fmt: str, directory: str, stem: str, files: list[SourceFile],
+                index_file: str | None, index: dict | None) -> WeightSet:
+    reader = st.read_header if fmt == "safetensors" else gg.read_header
+    headers = tuple(reader(f.path) for f in files)
+    return WeightSet(fmt, directory, stem, tuple(f.name for f in files), headers, index_file, index)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- facts
+
+
+def _read_json(f: SourceFile) -> dict[str, Any]:
+    try:
+        obj = json.loads(f.path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise FormatError(f.path, f"not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f.path, "not a JSON object")
+    return obj
+
+
+def _config(files: Sequence[SourceFile], directory: str = "") -> dict[str, Any]:
+    for f in files:
+        if f.name == _join(directory, "config.json"):
+            return _read_json(f)
+    return {}
+
+
+def _quant_config(files: Sequence[SourceFile]) -> tuple[str | None, int | None]:
+    """quant_method and bits from config.json's quantization_config."""
+    for f in files:
+        if PurePosixPath(f.name).name in ("config.json", "quantize_config.json", "quant_config.json"):
+            cfg = _read_json(f)
+            q = cfg.get("quantization_config", cfg if "quant_method" in cfg or "bits" in cfg else None)
+            if isinstance(q, dict):
+                method = str(q.get("quant_method") or ("gptq" if "bits" in q else "")).lower() or None
+                bits = q.get("bits") or q.get("w_bit") or (4 if q.get("load_in_4bit") else 8 if q.get("load_in_8bit") else None)
+                return method, int(bits) if isinstance(bits, int) else None
+    return None, None
+
+
+def _quant_label(method: str, bits: int | None) -> str:
+    names = {"gptq": "GPTQ", "awq": "AWQ", "bitsandbytes": "BNB", "fp8": "FP8", "compressed-tensors": "COMPRESSED-TENSORS",
+             "hqq": "HQQ", "eetq": "EETQ", "exl2": "EXL2", "aqlm": "AQLM", "quanto": "QUANTO", "torchao": "TORCHAO"}
+    label = names.get(method, method.upper())
+    return f"{label}-{bits}bit" if bits and method != "fp8" else label
+
+
+@dataclass
+class _Tally:
+    """Accumulates parameters/bytes per dtype and per component."""
+
+    dtypes: Counter = field(default_factory=Counter)
+    params: Counter = field(default_factory=Counter)
+    nbytes: Counter = field(default_factory=Counter)
+
+    def add(self, component: str, dtype: str, params: int, nbytes: int) -> None:
+        self.dtypes[dtype] += params
+        self.params[component] += params
+        self.nbytes[component] += nbytes
+
+
+def _component_for_tensor(name: str, default: str, diffusion_file: bool) -> str:
+    if diffusion_file:
+        for prefix, comp in DIFFUSION_PREFIXES:
+            if name.startswith(prefix):
+                return comp
+        return "denoiser"
+    return "embedding" if EMBEDDING_RE.search(name) else default
+
+
+def _is_diffusion_checkpoint(names: Iterable[str]) -> bool:
+    for n in names:
+        if n.startswith(tuple(p for p, _ in DIFFUSION_PREFIXES)) or n.startswith(DENOISER_MARKERS[:3]):
+            return True
+    return False
+
+
+def _counted_sets(sets: Sequence[WeightSet]) -> tuple[list[WeightSet], list[str]]:
+    """Drop alternative variants (``x.fp16.safetensors`` beside
+    ``x.safetensors``) from the parameter count: they are the same weights."""
+    by_base: dict[tuple[str, str], list[WeightSet]] = {}
+    for w in sets:
+        base = _split_variant(w.stem)[0] if w.format == "safetensors" else w.stem
+        by_base.setdefault((w.directory, base), []).append(w)
+    kept, notes = [], []
+    for (directory, base), group in by_base.items():
+        group.sort(key=lambda w: (w.stem != base, w.stem))
+        kept.append(group[0])
+        for other in group[1:]:
+            notes.append(f"{other.members[0]}: variant of {group[0].members[0]}, not counted twice")
+    kept.sort(key=lambda w: w.members[0])
+    return kept, notes
+
+
+def inspect_model(source: Path, *, name: str | None = None, include: Sequence[str] = (),
+                  exclude: Sequence[str] = ()) -> ModelInfo:
+    """Inspect a model directory or a single weight file."""
+    source = Path(source)
+    files = list_files(source, include, exclude)
+    root = source.parent if source.is_file() else source
+    sets = find_weight_sets(files)
+    counted, notes = _counted_sets(sets)
+    config = _config(files)
+    method, bits = _quant_config(files)
+
+    diffusers = any(f.name == "model_index.json" for f in files) or any(
+        f.directory.split("/")[0] in DIFFUSERS_FOLDERS for f in files if f.is_weights)
+    architecture = None
+    if diffusers:
+        mi = next((f for f in files if f.name == "model_index.json"), None)
+        architecture = _read_json(mi).get("_class_name") if mi else None
+    elif isinstance(config.get("architectures"), list) and config["architectures"]:
+        architecture = str(config["architectures"][0])
+
+    tally = _Tally()
+    gguf_types: Counter = Counter()
+    kind: Kind = "diffusion" if diffusers else "unknown"
+    file_type: str | None = None
+    for w in counted:
+        if w.format == "gguf":
+            h0 = w.headers[0]
+            architecture = architecture or h0.architecture
+            file_type = file_type or h0.file_type_name
+            diffusion = (h0.architecture or "") in DIFFUSION_GGUF_ARCHS
+            kind = "diffusion" if diffusion else "language-model"
+            default = "denoiser" if diffusion else "token-prediction"
+            tok = sum(h.tokenizer_bytes for h in w.headers)
+            if tok:
+                tally.add("tokenizer", "", 0, tok)
+                tally.dtypes.pop("", None)
+            for t in w.tensors:
+                if t.type_name in GGUF_INTEGER_TYPES:
+                    continue
+                comp = default if diffusion else ("embedding" if t.name.startswith("token_embd") else default)
+                tally.add(comp, t.type_name, t.parameter_count, t.nbytes)
+                gguf_types[t.type_name] += t.parameter_count
+            continue
+        top = w.directory.split("/")[0] if w.directory else ""
+        names = [t.name for t in w.tensors]
+        diffusion_file = not diffusers and _is_diffusion_checkpoint(names)
+        if diffusion_file:
+            kind = "diffusion"
+        if diffusers and top:
+            comp_default = DIFFUSERS_FOLDERS.get(top, top)
+        else:
+            comp_default = None
+        for t in w.tensors:
+            params, dtype = _tensor_params(t, method, bits)
+            if not params:
+                continue
+            if comp_default:
+                comp = comp_default
+            else:
+                comp = _component_for_tensor(t.name, "__default__", diffusion_file)
+            tally.add(comp, dtype, params, t.nbytes)
+
+    if kind == "unknown":
+        kind = _kind_from_config(config, files)
+    default_name = {"language-model": "token-prediction", "embedding": "encoder"}.get(kind, "weights")
+    if "__default__" in tally.params:
+        tally.params[default_name] += tally.params.pop("__default__")
+        tally.nbytes[default_name] += tally.nbytes.pop("__default__")
+
+    # tokenizer files (and diffusers tokenizer*/ folders)
+    for f in files:
+        top = f.directory.split("/")[0] if f.directory else ""
+        if PurePosixPath(f.name).name in TOKENIZER_FILES and not top.startswith(("text_encoder", "unet", "vae")) or top.startswith("tokenizer"):
+            tally.nbytes["tokenizer"] += f.size
+
+    parameters = sum(tally.dtypes.values())
+    weight_bytes = sum(b for c, b in tally.nbytes.items() if c != "tokenizer")
+    if not parameters:
+        weight_bytes = sum(f.size for f in files if f.is_weights)
+        if weight_bytes:
+            notes.append("no safetensors or GGUF weights: parameters unknown, GPU memory estimated from file sizes")
+
+    if method:
+        quantization = _quant_label(method, bits)
+    elif file_type:
+        quantization = file_type
+    elif tally.dtypes:
+        quantization = max(sorted(tally.dtypes.items()), key=lambda kv: kv[1])[0]
+    else:
+        quantization = "unknown"
+
+    formats = Counter(f.format for f in files if f.format)
+    if {"gguf", "safetensors"} <= {w.format for w in counted}:
+        fmt = "mixed"
+    elif counted:
+        fmt = counted[0].format if len({w.format for w in counted}) == 1 else "mixed"
+    elif formats:
+        fmt = formats.most_common(1)[0][0]
+    else:
+        fmt = "none"
+
+    comps = sorted(
+        (Component(c, tally.params.get(c, 0), tally.nbytes[c]) for c in tally.nbytes if tally.nbytes[c]),
+        key=_component_order,
+    )
+    return ModelInfo(
+        name=name or _default_name(source),
+        root=root,
+        files=tuple(files),
+        weight_sets=tuple(sets),
+        format=fmt,
+        kind=kind,
+        architecture=architecture,
+        quantization=quantization,
+        parameters=parameters,
+        weight_bytes=weight_bytes,
+        dtypes=dict(sorted(tally.dtypes.items(), key=lambda kv: (-kv[1], kv[0]))),
+        components=tuple(comps),
+        notes=tuple(notes),
+    )
+
+
+_ORDER = ("tokenizer", "embedding", "token-prediction", "encoder", "text_encoder", "denoiser", "vae")
+
+
+def _component_order(c: Component) -> tuple[int, str]:
+    """Pipeline order: tokenizer, embedding/text encoders, denoiser, VAE, others."""
+    rank = next((i for i, p in enumerate(_ORDER) if c.name == p or c.name.startswith(p + "_")), len(_ORDER))
+    return rank, c.name
+
+
+def _tensor_params(t: Any, method: str | None, bits: int | None) -> tuple[int, str]:
+    """(parameters, dtype label) a safetensors tensor contributes."""
+    if t.dtype in st.FLOAT_DTYPES:
+        if method in PACKED_QUANT_METHODS and t.name.endswith(QUANT_AUX_SUFFIXES):
+            return 0, t.dtype
+        return t.parameter_count, t.dtype
+    if method in PACKED_QUANT_METHODS and t.name.endswith(".qweight") and bits:
+        return t.parameter_count * (st.DTYPE_BITS[t.dtype] // bits), f"INT{bits}"
+    if method in ("bitsandbytes", "quanto", "torchao", "compressed-tensors") and t.dtype in ("I8", "U8"):
+        return t.parameter_count * (2 if bits == 4 else 1), f"INT{bits or 8}"
+    return 0, t.dtype
+
+
+def _kind_from_config(config: dict[str, Any], files: Sequence[SourceFile]) -> Kind:
+    archs = [str(a) for a in config.get("architectures") or []]
+    if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs):
+        return "language-model"
+    if any(f.name == "modules.json" for f in files) or any(a.endswith(("Model", "ForMaskedLM")) for a in archs):
+        return "embedding"
+    return "unknown"
+
+
+def _default_name(source: Path) -> str:
+    p = source.resolve()
+    base = p.stem if p.is_file() else p.name
+    return re.sub(r"[^a-z0-9._-]+", "-", base.lower()).strip("-._") or "model"

@@ -1,0 +1,292 @@
+"""The planner: files + limits -> an ordered list of size-bounded layers.
+
+A pure function (no I/O): everything it needs (file sizes, parsed headers)
+comes from :mod:`modelimage.inspect`. Rules:
+
+* each weight file (or shard) gets a layer of its own, in path order, so a
+  change to one file changes only its layers; small files (configs,
+  tokenizer, docs) share layers at the end;
+* every layer blob, as stored, is at most ``max_layer_size`` bytes (exact
+  tar sizes are computed, and compression's worst case is allowed for);
+* a weight set that does not fit is resharded the way upstream does it
+  (safetensors ``-0000k-of-0000n`` shards + index, llama.cpp GGUF splits),
+  at tensor boundaries, as streams of source byte ranges;
+* the image stays within the engines' layer-depth limit (125 in all,
+  counting a base image's layers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
+from typing import Any
+
+from .content import VirtualFile
+from .errors import ConfigError, LayerTooLarge, PlanError
+from .formats import gguf as gg
+from .formats import safetensors as st
+from .inspect import ModelInfo, SourceFile, WeightSet, index_name_for
+from .tarstream import Entry, header, layer_size, parent_dirs
+from .units import format_size
+
+# moby layer/layer_store.go maxLayerDepth = 125 ("max depth exceeded");
+# CRI-O fails above 128 (cri-o#6261). The whole image must stay under it.
+MAX_LAYERS = 125
+# The strictest per-layer limit among common registries: GHCR's 10 GB
+# (docs.github.com, "Working with the Container registry"); ECR Public's
+# 10,000 MiB is larger. So the default plan pushes anywhere.
+DEFAULT_MAX_LAYER_SIZE = 10 * 10**9
+# Non-weight files at least this big get a layer of their own too.
+OWN_LAYER_MIN = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    max_layer_size: int = DEFAULT_MAX_LAYER_SIZE
+    target: str = ""  # image path of the model root, e.g. "/models/llama"
+    max_layers: int = MAX_LAYERS
+    base_layers: int = 0
+    mtime: int = 0
+    compression: str = "none"
+
+    @property
+    def root(self) -> str:
+        """``target`` as a relative tar path: ``models/llama``."""
+        return normalize_target(self.target)
+
+
+@dataclass(frozen=True)
+class Layer:
+    entries: tuple[Entry, ...]
+    size: int  # exact size of the uncompressed tar
+    kind: str  # "weights" or "files"
+
+    @property
+    def title(self) -> str:
+        """What the layer holds, for annotations and history."""
+        if len(self.entries) == 1:
+            return PurePosixPath(self.entries[0].path).name
+        return f"{len(self.entries)} files"
+
+    @property
+    def content_bytes(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "kind": self.kind,
+            "files": ["/" + e.path for e in self.entries],
+            "content_bytes": self.content_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class Reshard:
+    """A weight set the plan rewrites into new shards."""
+
+    sources: tuple[str, ...]
+    outputs: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    layers: tuple[Layer, ...]
+    settings: PlanSettings
+    reshards: tuple[Reshard, ...] = field(default=())
+
+    @property
+    def total_size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+    @property
+    def files(self) -> list[Entry]:
+        return [e for layer in self.layers for e in layer.entries]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": "/" + self.settings.root,
+            "max_layer_size": self.settings.max_layer_size,
+            "max_layers": self.settings.max_layers - self.settings.base_layers,
+            "compression": self.settings.compression,
+            "total_size": self.total_size,
+            "layers": [layer.to_json() for layer in self.layers],
+            "reshards": [
+                {"from": list(r.sources), "to": list(r.outputs), "reason": r.reason} for r in self.reshards
+            ],
+        }
+
+
+def normalize_target(target: str) -> str:
+    parts = [p for p in PurePosixPath(target or "/").parts if p not in ("/", ".")]
+    if any(p == ".." for p in parts):
+        raise ConfigError(f"--target {target!r}: must not contain '..'")
+    return "/".join(parts)
+
+
+def blob_budget(max_layer_size: int, compression: str) -> int:
+    """The largest uncompressed tar whose blob is surely <= max_layer_size.
+
+    For gzip, zlib's deflateBound (worst case on incompressible weights)
+    plus the 18-byte gzip framing.
+    """
+    if compression == "none":
+        return max_layer_size
+    n = max_layer_size - 18 - 13
+    # deflateBound: n + (n >> 12) + (n >> 14) + (n >> 25) + 13  <= limit
+    return max(0, int(n / (1 + 2**-12 + 2**-14 + 2**-25)) - 1)
+
+
+def _fixed_overhead(path: str, mtime: int) -> int:
+    """Bytes of a one-file layer that are not the file: parent directory
+    headers, the file's header (sized for the biggest file), padding and the
+    end-of-archive blocks."""
+    dirs = sum(len(header(d, 0, directory=True, mtime=mtime)) for d in parent_dirs([path]))
+    return dirs + len(header(path, 2**40, mtime=mtime)) + 511 + 1024
+
+
+def _entry(root: str, vf: VirtualFile) -> Entry:
+    return Entry(f"{root}/{vf.name}" if root else vf.name, vf)
+
+
+def _one_layer(entry: Entry, settings: PlanSettings) -> Layer:
+    return Layer((entry,), layer_size([entry], settings.mtime), "weights")
+
+
+def _reshard(w: WeightSet, model: ModelInfo, settings: PlanSettings, budget: int) -> tuple[list[VirtualFile], Reshard]:
+    """Split ``w`` into shards whose one-file layers fit ``budget``."""
+    longest = max(
+        (f"{settings.root}/{w.directory}/{w.stem}-00001-of-00001.{'gguf' if w.format == 'gguf' else 'safetensors'}"),
+        key=len,
+    )
+    shard_max = budget - _fixed_overhead(longest, settings.mtime)
+    if shard_max <= 0:
+        raise LayerTooLarge(f"--max-layer-size {budget} is too small for any shard of {w.members[0]}")
+    if w.format == "safetensors":
+        out = st.split(list(w.headers), stem=w.stem, directory=w.directory, max_shard_size=shard_max, index=w.index)
+        # keep the index where transformers/diffusers look for it (variants included)
+        wanted = w.index_file or (f"{w.directory}/" if w.directory else "") + index_name_for(w.stem)
+        out = [replace(vf, name=wanted) if vf.name.endswith(".index.json") else vf for vf in out]
+    else:
+        out = gg.split(list(w.headers), prefix=w.stem, directory=w.directory, max_shard_size=shard_max)
+    biggest = max(model.file(m).size for m in w.members)
+    reason = f"{biggest} bytes in one file; layers are limited to {settings.max_layer_size}"
+    return out, Reshard(w.members + ((w.index_file,) if w.index_file else ()), tuple(v.name for v in out), reason)
+
+
+def make_plan(model: ModelInfo, settings: PlanSettings) -> Plan:
+    """Plan the layers of ``model`` under ``settings``."""
+    budget = blob_budget(settings.max_layer_size, settings.compression)
+    root = settings.root
+    weight_layers: list[Layer] = []
+    small: list[Entry] = []
+    reshards: list[Reshard] = []
+    handled: set[str] = set()
+
+    for w in model.weight_sets:
+        entries = [_entry(root, VirtualFile.whole(m, model.file(m).path, model.file(m).size)) for m in w.members]
+        if any(layer_size([e], settings.mtime) > budget for e in entries):
+            shards, r = _reshard(w, model, settings, budget)
+            reshards.append(r)
+            handled.update(r.sources)
+            for vf in shards:
+                e = _entry(root, vf)
+                if vf.name.endswith(".json"):
+                    small.append(e)
+                else:
+                    layer = _one_layer(e, settings)
+                    assert layer.size <= budget, (vf.name, layer.size, budget)
+                    weight_layers.append(layer)
+        else:
+            handled.update(w.members)
+            weight_layers.extend(_one_layer(e, settings) for e in entries)
+
+    for f in model.files:
+        if f.name in handled:
+            continue
+        e = _entry(root, VirtualFile.whole(f.name, f.path, f.size))
+        if f.is_weights or f.size >= OWN_LAYER_MIN:
+            layer = _one_layer(e, settings)
+            if layer.size > budget:
+                raise _too_large(f, layer.size, settings)
+            weight_layers.append(layer)
+        else:
+            small.append(e)
+
+    weight_layers.sort(key=lambda layer: layer.entries[0].path)
+    layers = weight_layers + _pack_small(sorted(small, key=lambda e: e.path), settings, budget)
+    layers = _fit_layer_count(layers, settings, budget)
+    return Plan(tuple(layers), settings, tuple(reshards))
+
+
+def _too_large(f: SourceFile, size: int, settings: PlanSettings) -> LayerTooLarge:
+    why = (
+        f"{f.format} files cannot be split safely at tensor boundaries; convert it to safetensors"
+        if f.is_weights else "it is not a weight file that can be split"
+    )
+    return LayerTooLarge(
+        f"{f.name} is {format_size(f.size)} ({f.size} bytes), over the layer limit of "
+        f"{format_size(settings.max_layer_size)} ({settings.max_layer_size} bytes); {why}, "
+        f"or rerun with --max-layer-size {_suggest(size + 1)}"
+    )
+
+
+def _suggest(n: int) -> str:
+    """A round size at least ``n`` bytes, as --max-layer-size would take it."""
+    for unit, div in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= div:
+            return f"{math.ceil(n / div)}{unit}"
+    return str(n)
+
+
+def _pack_small(entries: Sequence[Entry], settings: PlanSettings, budget: int) -> list[Layer]:
+    """Small files share layers, filled in path order."""
+    layers: list[Layer] = []
+    current: list[Entry] = []
+    for e in entries:
+        if current and layer_size(current + [e], settings.mtime) > budget:
+            layers.append(Layer(tuple(current), layer_size(current, settings.mtime), "files"))
+            current = []
+        current.append(e)
+        if layer_size(current, settings.mtime) > budget:
+            size = layer_size(current, settings.mtime)
+            raise LayerTooLarge(
+                f"{e.content.name} needs a {size}-byte layer, over the layer limit of "
+                f"{settings.max_layer_size} bytes; rerun with --max-layer-size {_suggest(size)}"
+            )
+    if current:
+        layers.append(Layer(tuple(current), layer_size(current, settings.mtime), "files"))
+    return layers
+
+
+def _fit_layer_count(layers: list[Layer], settings: PlanSettings, budget: int) -> list[Layer]:
+    """Merge neighbouring weight layers while the image has too many."""
+    allowed = settings.max_layers - settings.base_layers
+    if allowed < 1:
+        raise PlanError(
+            f"the base image already has {settings.base_layers} layers; at most {settings.max_layers} fit in one image"
+        )
+    while len(layers) > allowed:
+        best = None
+        for i in range(len(layers) - 1):
+            a, b = layers[i], layers[i + 1]
+            if a.kind != b.kind:
+                continue
+            merged = a.entries + b.entries
+            size = layer_size(merged, settings.mtime)
+            if size <= budget and (best is None or size < best[1]):
+                best = (i, size, merged)
+        if best is None:
+            total = sum(layer.size for layer in layers)
+            raise PlanError(
+                f"the model needs {len(layers)} layers but at most {allowed} fit "
+                f"({settings.max_layers} per image"
+                + (f", {settings.base_layers} used by the base" if settings.base_layers else "")
+                + f"); rerun with --max-layer-size {_suggest(math.ceil(total / allowed * 1.05))}"
+            )
+        i, size, merged = best
+        layers[i : i + 2] = [Layer(merged, size, a.kind if (a := layers[i]) else "weights")]
+    return layers
