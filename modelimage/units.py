@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 from .errors import ConfigError
 
@@ -21,6 +22,8 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
     Decimal units (KB, MB, GB, TB; K/M/G/T as in Kubernetes) are powers of
     1000, binary units (KiB, MiB, GiB, TiB; Ki/Mi/Gi/Ti) powers of 1024.
     """
+    if isinstance(text, bool) or not isinstance(text, int | str):  # e.g. a TOML float or list
+        raise ConfigError(f"{what}: cannot read {text!r} as a size (examples: 500MB, 2GiB, 1073741824)")
     if isinstance(text, int):
         value = text
     else:
@@ -28,7 +31,7 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
         unit = m.group(2).upper() if m else ""
         if not m or unit not in _UNITS:
             raise ConfigError(f"{what}: cannot read {text!r} as a size (examples: 500MB, 2GiB, 1073741824)")
-        value = math.floor(float(m.group(1)) * _UNITS[unit])
+        value = math.floor(Decimal(m.group(1)) * _UNITS[unit])  # exact: float("8.2") * 10**9 < 8.2e9
     if value <= 0:
         raise ConfigError(f"{what}: {text!r} must be more than zero bytes")
     return value

@@ -1,0 +1,64 @@
+# modelimage: `make demo` runs the main job on a generated model; `make test`
+# installs everything the tests use (Debian packages + a virtualenv) and runs them.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MI := $(VENV)/bin/modelimage
+DEMO_DIR ?= demo-out
+# The real parts the tests run against (see ../shared/ENVIRONMENT.md):
+# a CNCF registry, podman (+runc), skopeo, umoci, busybox for FROM-scratch
+# test images, htpasswd for registry auth.
+APT_PACKAGES := docker-registry skopeo umoci podman runc busybox-static apache2-utils
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help install tools demo test test-fast bench clean
+
+help:
+	@echo "make demo   build a generated model into a local OCI layout (no registry, no daemon)"
+	@echo "make test   install the test tools (apt + virtualenv) and run the whole suite"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+tools:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(MI) example-model $(DEMO_DIR)/llama-demo --kind llama
+	$(MI) example-model $(DEMO_DIR)/llama-demo-gguf --kind gguf
+	$(MI) inspect $(DEMO_DIR)/llama-demo
+	$(MI) inspect $(DEMO_DIR)/llama-demo-gguf --as q8
+	$(MI) plan $(DEMO_DIR)/llama-demo --max-layer-size 10MB
+	$(MI) plan $(DEMO_DIR)/llama-demo-gguf --max-layer-size 4MB
+	$(MI) build $(DEMO_DIR)/llama-demo --max-layer-size 10MB -o oci:$(DEMO_DIR)/oci:llama-demo
+	$(MI) build $(DEMO_DIR)/llama-demo-gguf --max-layer-size 4MB -o oci:$(DEMO_DIR)/oci:llama-demo-gguf
+	@echo
+	@echo "Built two images into the OCI layout $(DEMO_DIR)/oci. Next:"
+	@echo "  skopeo inspect oci:$(DEMO_DIR)/oci:llama-demo"
+	@echo "  umoci unpack --image $(DEMO_DIR)/oci:llama-demo $(DEMO_DIR)/bundle && ls $(DEMO_DIR)/bundle/rootfs/models/llama-demo"
+	@echo "  podman pull oci:$(DEMO_DIR)/oci:llama-demo-gguf"
+	@echo "  skopeo copy oci:$(DEMO_DIR)/oci:llama-demo docker://REGISTRY/llama-demo:latest"
+
+test: tools install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not integration"
+
+bench: tools install
+	$(PY) benchmarks/bench_build.py
+
+clean:
+	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache

@@ -1,0 +1,36 @@
+"""Shared fixtures: synthetic models and the real external tools.
+
+Integration tests run the real programs (skopeo, umoci, podman, the CNCF
+registry). When one is missing they skip locally but FAIL under CI=true:
+CI installs them (make test), so a missing tool there is a broken setup.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from modelimage import synth
+
+from .tools import SMALL, need
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    """A llama-shaped HF checkpoint: 2 safetensors shards + index, tokenizer."""
+    return synth.write_llama_safetensors(tmp_path_factory.mktemp("models") / "llama", SMALL)
+
+
+@pytest.fixture(scope="session")
+def gguf_file(tmp_path_factory) -> Path:
+    return synth.write_llama_gguf(tmp_path_factory.mktemp("models") / "llama-Q4_K_M.gguf", SMALL)
+
+
+@pytest.fixture(scope="session")
+def podman_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for podman here: runc, no rlimits (see ENVIRONMENT.md)."""
+    need("podman")
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n')
+    return {**os.environ, "CONTAINERS_CONF": str(conf)}
