@@ -33,7 +33,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     try:
         return parse_size(value, what=f"--{param.name.replace('_', '-')}")  # type: ignore[union-attr]
     except ModelImageError as e:
-        raise click.BadParameter(str(e)) from None
+        raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
 
 
 def _emit_json(obj: Any) -> None:
@@ -120,7 +120,7 @@ def _describe(m: ModelInfo, as_precision: str | None) -> str:
     dtypes = ", ".join(f"{k} {format_count(v)}" for k, v in m.dtypes.items())
     lines.append(f"  parameters    {format_count(m.parameters)} ({m.parameters:,})" + (f"  [{dtypes}]" if dtypes else ""))
     lines.append(f"  quantization  {m.quantization}")
-    lines.append(f"  size          {format_size(m.bytes)} in {len(m.files)} files")
+    lines.append(f"  size          {format_size(m.bytes)} in {len(m.files)} file{'' if len(m.files) == 1 else 's'}")
     if m.parameters:
         lines.append(f"  GPU memory    ~{format_size(m.vram_bytes)}  (parameters x {m.bytes_per_parameter:.3g} bytes x {VRAM_FACTOR})")
     elif m.vram_bytes:

@@ -158,22 +158,29 @@ def _one_layer(entry: Entry, settings: PlanSettings) -> Layer:
 
 def _reshard(w: WeightSet, model: ModelInfo, settings: PlanSettings, budget: int) -> tuple[list[VirtualFile], Reshard]:
     """Split ``w`` into shards whose one-file layers fit ``budget``."""
-    longest = max(
-        (f"{settings.root}/{w.directory}/{w.stem}-00001-of-00001.{'gguf' if w.format == 'gguf' else 'safetensors'}"),
-        key=len,
-    )
-    shard_max = budget - _fixed_overhead(longest, settings.mtime)
-    if shard_max <= 0:
-        raise LayerTooLarge(f"--max-layer-size {budget} is too small for any shard of {w.members[0]}")
-    if w.format == "safetensors":
-        out = st.split(list(w.headers), stem=w.stem, directory=w.directory, max_shard_size=shard_max, index=w.index)
-        # keep the index where transformers/diffusers look for it (variants included)
-        wanted = w.index_file or (f"{w.directory}/" if w.directory else "") + index_name_for(w.stem)
-        out = [replace(vf, name=wanted) if vf.name.endswith(".index.json") else vf for vf in out]
-    else:
-        out = gg.split(list(w.headers), prefix=w.stem, directory=w.directory, max_shard_size=shard_max)
-    biggest = max(model.file(m).size for m in w.members)
-    reason = f"{biggest} bytes in one file; layers are limited to {settings.max_layer_size}"
+    ext = "gguf" if w.format == "gguf" else "safetensors"
+    sample = "/".join(p for p in (settings.root, w.directory, f"{w.stem}-00001-of-00001.{ext}") if p)
+    shard_max = budget - _fixed_overhead(sample, settings.mtime)
+    try:
+        if w.format == "safetensors":
+            out = st.split(list(w.headers), stem=w.stem, directory=w.directory, max_shard_size=shard_max, index=w.index)
+            # keep the index where transformers/diffusers look for it (variants included)
+            wanted = w.index_file or "/".join(p for p in (w.directory, index_name_for(w.stem)) if p)
+            out = [replace(vf, name=wanted) if vf.name.endswith(".index.json") else vf for vf in out]
+        else:
+            out = gg.split(list(w.headers), prefix=w.stem, directory=w.directory, max_shard_size=shard_max)
+    except LayerTooLarge:
+        biggest = max(w.tensors, key=lambda t: t.nbytes)
+        if biggest.nbytes < shard_max // 2:  # not the tensor (e.g. GGUF metadata alone too big): keep the message
+            raise
+        member = next(m for m, h in zip(w.members, w.headers) if biggest in h.tensors)
+        raise LayerTooLarge(
+            f"{member}: tensor {biggest.name} is {format_size(biggest.nbytes)} ({biggest.nbytes} bytes) and cannot "
+            f"be split; layers are limited to {format_size(settings.max_layer_size)}; rerun with "
+            f"--max-layer-size {_suggest(settings.max_layer_size - shard_max + biggest.nbytes + 2**20)}"
+        ) from None
+    largest = max(model.file(m).size for m in w.members)
+    reason = f"{largest} bytes in one file; layers are limited to {settings.max_layer_size}"
     return out, Reshard(w.members + ((w.index_file,) if w.index_file else ()), tuple(v.name for v in out), reason)
 
 
