@@ -8,8 +8,8 @@ MI := $(VENV)/bin/modelimage
 DEMO_DIR ?= demo-out
 # The real parts the tests run against (see ../shared/ENVIRONMENT.md):
 # a CNCF registry, podman (+runc), skopeo, umoci, busybox for FROM-scratch
-# test images, htpasswd for registry auth.
-APT_PACKAGES := docker-registry skopeo umoci podman runc busybox-static apache2-utils
+# test images, htpasswd for registry auth, containerd (what Kubernetes nodes run).
+APT_PACKAGES := docker-registry skopeo umoci podman runc busybox-static apache2-utils containerd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help install tools demo test test-fast bench clean

@@ -73,8 +73,10 @@ EMBEDDING_RE = re.compile(
 # GPTQ/AWQ pack several low-bit weights into one int32
 PACKED_QUANT_METHODS = {"gptq", "awq"}
 QUANT_AUX_SUFFIXES = (".qzeros", ".scales", ".g_idx")
-# diffusers variant files: name.fp16.safetensors, name.fp16-00001-of-00002.safetensors
-VARIANT_RE = re.compile(r"^(?P<base>.+)\.(?P<variant>fp16|bf16|fp32|ema|non_ema|[a-z0-9_]+)$")
+# diffusers/transformers variant files: name.fp16.safetensors,
+# name.fp16-00001-of-00002.safetensors. Only these suffixes count as variants,
+# so sd_xl_base_1.0.safetensors is not "sd_xl_base_1" in variant "0".
+VARIANTS = ("fp16", "bf16", "fp32", "fp8", "ema", "non_ema", "non-ema", "int8", "int4")
 
 Kind = Literal["language-model", "diffusion", "embedding", "unknown"]
 
@@ -121,8 +123,7 @@ class WeightSet:
 
     @property
     def variant(self) -> str | None:
-        m = VARIANT_RE.match(self.stem)
-        return m.group("variant") if m and self.format == "safetensors" else None
+        return _split_variant(self.stem)[1] if self.format == "safetensors" else None
 
 
 @dataclass(frozen=True)
@@ -260,10 +261,9 @@ def _join(directory: str, name: str) -> str:
 
 
 def _split_variant(stem: str) -> tuple[str, str | None]:
-    if "." in stem:
-        base, variant = stem.rsplit(".", 1)
-        return base, variant
-    return stem, None
+    """``("diffusion_pytorch_model", "fp16")`` for ``diffusion_pytorch_model.fp16``."""
+    base, dot, variant = stem.rpartition(".")
+    return (base, variant) if dot and base and variant in VARIANTS else (stem, None)
 
 
 def index_name_for(stem: str) -> str:

@@ -85,6 +85,7 @@ class LayoutSink:
         self.ref = ref
         self.root = ref.path
         self.created_root = not self.root.exists()
+        self.created_parents = [p for p in self.root.parents if not p.exists()]  # innermost first
         try:
             self.blobs = self.root / "blobs" / "sha256"
             self.blobs.mkdir(parents=True, exist_ok=True)
@@ -123,6 +124,7 @@ class LayoutSink:
         """Undo what this run created (the whole directory if it was new)."""
         if self.created_root:
             shutil.rmtree(self.root, ignore_errors=True)
+            _remove_empty(self.created_parents)
         else:
             for tmp in self.blobs.glob(".partial-*"):
                 tmp.unlink(missing_ok=True)
@@ -175,6 +177,7 @@ class ArchiveSink:
     def __init__(self, ref: LayoutRef):
         self.ref = ref
         parent = ref.path.absolute().parent
+        self.created_parents = [p for p in (parent, *parent.parents) if not p.exists()]  # innermost first
         try:
             parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=f".{ref.path.name}.partial-", dir=parent)
@@ -225,9 +228,20 @@ class ArchiveSink:
         if not self.f.closed:
             self.f.close()
         self.tmp.unlink(missing_ok=True)
+        _remove_empty(self.created_parents)
 
     def close(self) -> None:
         pass
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the directories a failed run created, innermost first, while
+    they are empty (another run may be writing beside us)."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def open_sink(ref: LayoutRef) -> LayoutSink | ArchiveSink:

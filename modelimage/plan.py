@@ -237,8 +237,15 @@ def _too_large(f: SourceFile, size: int, settings: PlanSettings) -> LayerTooLarg
     return LayerTooLarge(
         f"{f.name} is {format_size(f.size)} ({f.size} bytes), over the layer limit of "
         f"{format_size(settings.max_layer_size)} ({settings.max_layer_size} bytes); {why}, "
-        f"or rerun with --max-layer-size {_suggest(size + 1)}"
+        f"or rerun with --max-layer-size {_suggest(_limit_for(size, settings.compression))}"
     )
+
+
+def _limit_for(tar_size: int, compression: str) -> int:
+    """The smallest max_layer_size whose :func:`blob_budget` holds a ``tar_size``-byte tar."""
+    if compression == "none":
+        return tar_size
+    return math.ceil((tar_size + 1) * (1 + 2**-12 + 2**-14 + 2**-25)) + 18 + 13 + 1
 
 
 def _suggest(n: int) -> str:
@@ -262,7 +269,8 @@ def _pack_small(entries: Sequence[Entry], settings: PlanSettings, budget: int) -
             size = layer_size(current, settings.mtime)
             raise LayerTooLarge(
                 f"{e.content.name} needs a {size}-byte layer, over the layer limit of "
-                f"{settings.max_layer_size} bytes; rerun with --max-layer-size {_suggest(size)}"
+                f"{settings.max_layer_size} bytes; rerun with --max-layer-size "
+                f"{_suggest(_limit_for(size, settings.compression))}"
             )
     if current:
         layers.append(Layer(tuple(current), layer_size(current, settings.mtime), "files"))
@@ -270,7 +278,8 @@ def _pack_small(entries: Sequence[Entry], settings: PlanSettings, budget: int) -
 
 
 def _fit_layer_count(layers: list[Layer], settings: PlanSettings, budget: int) -> list[Layer]:
-    """Merge neighbouring weight layers while the image has too many."""
+    """Merge neighbouring layers while the image has too many: the smallest
+    merge of two weight layers first, then any two neighbours."""
     allowed = settings.max_layers - settings.base_layers
     if allowed < 1:
         raise PlanError(
@@ -278,22 +287,50 @@ def _fit_layer_count(layers: list[Layer], settings: PlanSettings, budget: int) -
         )
     while len(layers) > allowed:
         best = None
-        for i in range(len(layers) - 1):
-            a, b = layers[i], layers[i + 1]
-            if a.kind != b.kind:
-                continue
-            merged = a.entries + b.entries
-            size = layer_size(merged, settings.mtime)
-            if size <= budget and (best is None or size < best[1]):
-                best = (i, size, merged)
+        for same_kind_only in (True, False):
+            for i in range(len(layers) - 1):
+                a, b = layers[i], layers[i + 1]
+                if same_kind_only and a.kind != b.kind:
+                    continue
+                merged = a.entries + b.entries
+                size = layer_size(merged, settings.mtime)
+                if size <= budget and (best is None or size < best[1]):
+                    best = (i, size, merged)
+            if best:
+                break
         if best is None:
-            total = sum(layer.size for layer in layers)
             raise PlanError(
                 f"the model needs {len(layers)} layers but at most {allowed} fit "
                 f"({settings.max_layers} per image"
                 + (f", {settings.base_layers} used by the base" if settings.base_layers else "")
-                + f"); rerun with --max-layer-size {_suggest(math.ceil(total / allowed * 1.05))}"
+                + f"); rerun with --max-layer-size "
+                f"{_suggest(_limit_for(_partition_size(layers, allowed), settings.compression))}"
             )
         i, size, merged = best
-        layers[i : i + 2] = [Layer(merged, size, a.kind if (a := layers[i]) else "weights")]
+        kind = layers[i].kind if layers[i].kind == layers[i + 1].kind else "weights"
+        layers[i : i + 2] = [Layer(merged, size, kind)]
     return layers
+
+
+def _partition_size(layers: Sequence[Layer], groups: int) -> int:
+    """The smallest size S such that the layers, kept in order, fall into at
+    most ``groups`` runs each summing to <= S. A merged layer is never bigger
+    than the sum of its parts, so a plan with this limit fits."""
+    sizes = [layer.size for layer in layers]
+
+    def runs(limit: int) -> int:
+        n, acc = 1, 0
+        for s in sizes:
+            if acc + s > limit:
+                n, acc = n + 1, 0
+            acc += s
+        return n
+
+    lo, hi = max(sizes), sum(sizes)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if runs(mid) <= groups:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

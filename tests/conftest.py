@@ -8,6 +8,10 @@ CI installs them (make test), so a missing tool there is a broken setup.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -34,3 +38,32 @@ def podman_env(tmp_path_factory) -> dict[str, str]:
     conf = tmp_path_factory.mktemp("podman") / "containers.conf"
     conf.write_text('[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n')
     return {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory):
+    """A private containerd (what Kubernetes nodes run); yields its socket."""
+    need("containerd")
+    need("ctr")
+    # short path: unix socket paths are limited to 108 bytes
+    d = Path(tempfile.mkdtemp(prefix="ctrd-"))
+    sock = d / "containerd.sock"
+    (d / "config.toml").write_text(
+        f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n[grpc]\n  address = "{sock}"\n'
+    )
+    proc = subprocess.Popen(["containerd", "--config", str(d / "config.toml")],
+                            stdout=subprocess.DEVNULL, stderr=open(d / "log", "wb"))
+    deadline = time.monotonic() + 20
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"containerd did not start: {(d / 'log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    yield str(sock)
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    subprocess.run(["umount", "-R", str(d / "root")], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)

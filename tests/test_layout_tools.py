@@ -165,3 +165,21 @@ def test_gguf_split_unpacks_and_loads(tmp_path, gguf_file):
         assert r.fields["split.count"].contents() == len(splits)
         got.update({t.name: bytes(t.data.tobytes()) for t in r.tensors})
     assert got == {t.name: bytes(t.data.tobytes()) for t in src.tensors}
+
+
+def test_containerd_imports_and_unpacks(tmp_path, llama_dir, containerd):
+    """containerd (Kubernetes nodes) imports the archive and unpacks it
+    with its snapshotter; the mounted files match."""
+    archive = tmp_path / "llama.tar"
+    _, _, result = build(llama_dir, f"oci-archive:{archive}:v1")
+    ctr = ("ctr", "--address", containerd)
+    run(*ctr, "images", "import", "--base-name", "modelimage/llama", archive)
+    listing = run(*ctr, "images", "ls").stdout
+    assert result.manifest.digest in listing
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run(*ctr, "images", "mount", "modelimage/llama:v1", mnt)
+    try:
+        check_tree(mnt, llama_dir, result, resharded=False)
+    finally:
+        run(*ctr, "images", "unmount", mnt)

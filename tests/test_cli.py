@@ -1,0 +1,484 @@
+"""The ``modelimage`` command line: JSON outputs, builds, determinism, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from modelimage import synth
+from modelimage.cli import cli, main
+from modelimage.errors import SourceError
+
+SHAPE = synth.LlamaShape(vocab=1024, hidden=256, layers=2, intermediate=512)
+REF_NAME = "org.opencontainers.image.ref.name"
+EPOCH = 1_700_000_000
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ambient SOURCE_DATE_EPOCH, and a cwd without a modelimage.toml
+    (where a default ``build/`` output would land)."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("cli-models")
+    synth.write_llama_safetensors(base / "llama", SHAPE, shards=2)
+    synth.write_llama_gguf(base / "gguf" / "llama-demo-Q4_K_M.gguf", SHAPE)
+    return base
+
+
+@pytest.fixture(scope="module")
+def llama(models: Path) -> Path:
+    return models / "llama"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    assert result.exit_code == 0, (result.output, result.stderr)
+    return result
+
+
+def run_json(*args: str, env: dict[str, str] | None = None) -> Any:
+    return json.loads(run(*args, "--json", env=env).stdout)
+
+
+def blob(layout: Path, digest: str) -> bytes:
+    data = (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes()
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+    return data
+
+
+def tagged(layout: Path, tag: str) -> dict[str, Any]:
+    index = json.loads((layout / "index.json").read_text())
+    (desc,) = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == tag]
+    return desc
+
+
+def manifest_of(layout: Path, tag: str) -> tuple[str, dict[str, Any]]:
+    desc = tagged(layout, tag)
+    return desc["digest"], json.loads(blob(layout, desc["digest"]))
+
+
+def layer_tars(layout: Path, manifest: dict[str, Any]) -> list[tarfile.TarFile]:
+    return [tarfile.open(fileobj=io.BytesIO(blob(layout, layer["digest"]))) for layer in manifest["layers"]]
+
+
+# ---------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("command", [[], ["inspect"], ["plan"], ["build"], ["example-model"]])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help(command: list[str], flag: str) -> None:
+    result = CliRunner().invoke(cli, [*command, flag])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["build"], ["inspect"], ["plan"]])
+def test_help_through_main(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--help"]) == 0
+    assert "Usage:" in capsys.readouterr().out
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert "modelimage" in result.stdout
+
+
+# ---------------------------------------------------------------- inspect / plan
+
+
+def test_inspect_json(llama: Path) -> None:
+    d = run_json("inspect", str(llama))
+    assert d["format"] == "safetensors"
+    assert isinstance(d["parameters"], int) and d["parameters"] == SHAPE.parameters
+    assert isinstance(d["bytes"], int) and d["bytes"] == sum(p.stat().st_size for p in llama.iterdir())
+    assert d["dtypes"] == {"F16": SHAPE.parameters}
+    assert isinstance(d["quantization"], str) and d["quantization"] == "F16"
+    assert isinstance(d["vram_bytes"], int) and d["vram_bytes"] == int(SHAPE.parameters * 2 * 1.25)
+    assert isinstance(d["components"], list) and d["components"]
+    for c in d["components"]:
+        assert set(c) >= {"name", "parameters", "bytes"}
+        assert isinstance(c["name"], str) and isinstance(c["parameters"], int) and isinstance(c["bytes"], int)
+    assert sum(c["parameters"] for c in d["components"]) == d["parameters"]
+    assert isinstance(d["files"], list)
+    assert {f["path"]: f["bytes"] for f in d["files"]} == {p.name: p.stat().st_size for p in llama.iterdir()}
+    assert "vram_as" not in d
+
+
+def test_inspect_json_as(models: Path) -> None:
+    d = run_json("inspect", str(models / "gguf"), "--as", "q8")
+    assert d["quantization"] == "Q4_K_M"
+    assert d["format"] == "gguf"
+    assert d["vram_as"] == {"precision": "q8", "bytes": int(SHAPE.parameters * 1 * 1.25)}
+
+
+def test_inspect_text(llama: Path) -> None:
+    out = run("inspect", str(llama), "--as", "q4").stdout
+    assert out.startswith("llama  (safetensors, language model, LlamaForCausalLM)")
+    assert "F16" in out and "as q4" in out and "token-prediction" in out
+    assert "model-00001-of-00002.safetensors" in out
+
+
+def test_inspect_include_exclude(llama: Path) -> None:
+    d = run_json("inspect", str(llama), "--include", "*.safetensors", "--include", "config.json")
+    assert sorted(f["path"] for f in d["files"]) == [
+        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    d = run_json("inspect", str(llama), "--exclude", "*.md", "--exclude", "LICENSE", "--name", "x")
+    assert d["name"] == "x"
+    assert not {"README.md", "LICENSE"} & {f["path"] for f in d["files"]}
+
+
+def test_plan_json(llama: Path) -> None:
+    d = run_json("plan", str(llama), "--max-layer-size", "1MB", "--target", "/srv/m")
+    assert d["target"] == "/srv/m"
+    assert d["max_layer_size"] == 1_000_000
+    assert d["layers"]
+    for layer in d["layers"]:
+        assert isinstance(layer["size"], int) and 0 < layer["size"] <= 1_000_000
+        assert layer["files"] and all(f.startswith("/srv/m/") for f in layer["files"])
+    assert [r["to"][-1] for r in d["reshards"]] == ["model.safetensors.index.json"]
+    default = run_json("plan", str(llama))
+    assert default["target"] == "/models/llama"
+    assert default["max_layer_size"] == 10 * 10**9
+    assert default["reshards"] == []
+    assert [len(layer["files"]) for layer in default["layers"]] == [1, 1, 8]
+
+
+def test_plan_text(llama: Path) -> None:
+    out = run("plan", str(llama), "--max-layer-size", "1MB").stdout
+    assert out.startswith("llama: 5 layers")
+    assert "reshard" in out and "model-00004-of-00004.safetensors" in out
+
+
+# ---------------------------------------------------------------- build
+
+
+def test_build_oci_layout(llama: Path, tmp_path: Path) -> None:
+    out = tmp_path / "layout"
+    d = run_json("build", str(llama), "-o", f"oci:{out}:v1")
+    assert json.loads((out / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    digest, manifest = manifest_of(out, "v1")
+    assert d["digest"] == digest
+    assert d["reference"] == f"oci:{out}:v1"
+    assert manifest["schemaVersion"] == 2
+    assert [layer["digest"] for layer in manifest["layers"]] == [layer["digest"] for layer in d["layers"]]
+    config = json.loads(blob(out, manifest["config"]["digest"]))
+    assert config["rootfs"]["diff_ids"] == [layer["diff_id"] for layer in d["layers"]]
+    assert config["created"] == "1970-01-01T00:00:00Z"
+    assert config["config"]["WorkingDir"] == "/models/llama"
+    # the layers hold the model, byte for byte, under the target
+    seen = {}
+    for tf in layer_tars(out, manifest):
+        for m in tf.getmembers():
+            assert m.mtime == 0 and m.uid == 0 and m.gid == 0
+            if m.isfile():
+                seen[m.name] = tf.extractfile(m).read()
+    assert seen == {f"models/llama/{p.name}": p.read_bytes() for p in llama.iterdir()}
+
+    # without --json: the digest alone on stdout, a note on stderr
+    result = run("build", str(llama), "-o", f"oci:{out}:v2")
+    assert result.stdout == digest + "\n"
+    assert "wrote" in result.stderr
+    assert tagged(out, "v2")["digest"] == digest
+    assert tagged(out, "v1")["digest"] == digest  # the other tag is kept
+
+
+def test_build_is_deterministic_across_copies(llama: Path, tmp_path: Path) -> None:
+    a = shutil.copytree(llama, tmp_path / "a" / "llama")
+    b = shutil.copytree(llama, tmp_path / "b" / "llama")
+    for i, p in enumerate(sorted(b.rglob("*"))):
+        os.utime(p, (1_000_000 + i, 2_000_000_000 - i))
+    os.utime(b, (5, 5))
+    ra = run_json("build", str(a), "-o", f"oci:{tmp_path / 'out-a'}")
+    rb = run_json("build", str(b), "-o", f"oci:{tmp_path / 'out-b'}")
+    assert ra["digest"] == rb["digest"]
+    assert ra["layers"] == rb["layers"]
+    assert manifest_of(tmp_path / "out-a", "latest")[0] == ra["digest"]
+    # same source, built again into the same layout: same digest
+    again = run_json("build", str(a), "-o", f"oci:{tmp_path / 'out-a'}")
+    assert again["digest"] == ra["digest"]
+
+
+def test_source_date_epoch(llama: Path, tmp_path: Path) -> None:
+    plain = run_json("build", str(llama), "-o", f"oci:{tmp_path / 'plain'}")
+    dated = run_json("build", str(llama), "-o", f"oci:{tmp_path / 'dated'}", env={"SOURCE_DATE_EPOCH": str(EPOCH)})
+    assert dated["digest"] != plain["digest"]
+    # the file contents are the same, only the metadata moved
+    assert [[f["sha256"] for f in layer["files"]] for layer in dated["layers"]] == [
+        [f["sha256"] for f in layer["files"]] for layer in plain["layers"]]
+    again = run_json("build", str(llama), "-o", f"oci:{tmp_path / 'again'}", env={"SOURCE_DATE_EPOCH": str(EPOCH)})
+    assert again["digest"] == dated["digest"]
+    _, manifest = manifest_of(tmp_path / "dated", "latest")
+    for tf in layer_tars(tmp_path / "dated", manifest):
+        members = tf.getmembers()
+        assert members
+        assert {m.mtime for m in members} == {EPOCH}
+    config = json.loads(blob(tmp_path / "dated", manifest["config"]["digest"]))
+    assert config["created"] == "2023-11-14T22:13:20Z"
+    assert all(h["created"] == "2023-11-14T22:13:20Z" for h in config["history"])
+    assert manifest["annotations"]["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
+
+
+def test_oci_archive_matches_layout(llama: Path, tmp_path: Path) -> None:
+    layout = run_json("build", str(llama), "-o", f"oci:{tmp_path / 'layout'}:t")
+    archive = tmp_path / "sub" / "model.tar"
+    result = run("build", str(llama), "-o", f"oci-archive:{archive}:t")
+    assert result.stdout.strip() == layout["digest"]
+    assert tarfile.is_tarfile(archive)
+    with tarfile.open(archive) as tf:
+        names = tf.getnames()
+        assert "index.json" in names and "oci-layout" in names
+        assert all(n in ("blobs", "index.json", "oci-layout") or n.startswith("blobs/") for n in names)
+        tf.extractall(tmp_path / "unpacked", filter="data")
+    assert not list(archive.parent.glob(".*partial*"))
+    digest, manifest = manifest_of(tmp_path / "unpacked", "t")
+    assert digest == layout["digest"]
+    # every blob in the archive is there once and is what its name says
+    blobs = sorted(p.name for p in (tmp_path / "unpacked" / "blobs" / "sha256").iterdir())
+    expected = sorted({digest.split(":")[1], manifest["config"]["digest"].split(":")[1],
+                       *(layer["digest"].split(":")[1] for layer in manifest["layers"])})
+    assert blobs == expected
+    for name in blobs:
+        blob(tmp_path / "unpacked", "sha256:" + name)
+
+
+def test_gzip_build(llama: Path, tmp_path: Path) -> None:
+    d = run_json("build", str(llama), "-o", f"oci:{tmp_path / 'gz'}", "--compression", "gzip")
+    _, manifest = manifest_of(tmp_path / "gz", "latest")
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {"application/vnd.oci.image.layer.v1.tar+gzip"}
+    assert all(layer["digest"] != layer["diff_id"] for layer in d["layers"])
+    for layer in layer_tars(tmp_path / "gz", manifest):
+        assert layer.getmembers()
+
+
+def test_named_model_from_config(llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copytree(llama, proj / "weights" / "llama")
+    cfg = proj / "modelimage.toml"
+    cfg.write_text(
+        '[models.tiny-llama]\n'
+        'source = "weights/llama"\n'  # relative to the toml file
+        'target = "/opt/tiny"\n'
+        'max_layer_size = "1MB"\n'
+        'exclude = ["*.md"]\n'
+        'tag = "v3"\n'
+    )
+    p = run_json("plan", "tiny-llama", "--config", str(cfg))
+    assert p["target"] == "/opt/tiny"
+    assert p["max_layer_size"] == 1_000_000
+    assert p["reshards"]
+    assert all(layer["size"] <= 1_000_000 for layer in p["layers"])
+    assert not any(f.endswith(".md") for layer in p["layers"] for f in layer["files"])
+    # the command line wins over the entry
+    p2 = run_json("plan", "tiny-llama", "--config", str(cfg), "--max-layer-size", "2MB", "--target", "/x")
+    assert (p2["target"], p2["max_layer_size"]) == ("/x", 2_000_000)
+
+    d = run_json("build", "tiny-llama", "--config", str(cfg), "-o", f"oci:{tmp_path / 'out'}")
+    _, manifest = manifest_of(tmp_path / "out", "latest")
+    assert manifest["annotations"]["dev.modelimage.name"] == "tiny-llama"
+    assert manifest["annotations"]["dev.modelimage.target"] == "/opt/tiny"
+    assert all(layer["size"] <= 1_000_000 for layer in manifest["layers"])
+    files = [f["path"] for layer in d["layers"] for f in layer["files"]]
+    assert files and all(f.startswith("/opt/tiny/") for f in files)
+    assert "/opt/tiny/model-00001-of-00004.safetensors" in files
+
+    # ./modelimage.toml is read without --config; default output oci:build/NAME:TAG
+    monkeypatch.chdir(proj)
+    result = run("build", "tiny-llama")
+    assert tagged(proj / "build" / "tiny-llama", "v3")["digest"] == result.stdout.strip() == d["digest"]
+
+
+# ---------------------------------------------------------------- errors
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def nothing_left(where: Path) -> None:
+    assert sorted(p.name for p in where.iterdir()) == [], "output left behind"
+
+
+@pytest.fixture
+def truncated(llama: Path, tmp_path: Path) -> Path:
+    d = shutil.copytree(llama, tmp_path / "broken")
+    f = d / "model-00002-of-00002.safetensors"
+    with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size // 2)
+    return d
+
+
+@pytest.mark.parametrize("command", ["inspect", "plan", "build"])
+@pytest.mark.parametrize("output", ["oci:{out}/layout", "oci-archive:{out}/image.tar"])
+def test_truncated_safetensors(truncated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                               command: str, output: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [command, str(truncated)] + (["-o", output.format(out=out)] if command == "build" else [])
+    assert main(args) == 1
+    line = error_line(capsys)
+    assert line.startswith("error: ")
+    assert "model-00002-of-00002.safetensors" in line
+    nothing_left(out)
+    nothing_left(Path.cwd())
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["build", "{tmp}/nope", "-o", "oci:{out}/x"], "no such file, folder or named model"),
+        (["inspect", "{tmp}/nope"], "no such file, folder or named model"),
+        (["build", "{llama}", "-o", "bogus:{out}/x"], "expected oci:DIR[:TAG] or oci-archive:FILE[:TAG]"),
+        (["build", "{llama}", "-o", "oci:"], "expected oci:DIR[:TAG]"),
+        (["build", "{llama}", "-o", "oci:{out}/x:bad tag!"], "is not a valid tag"),
+        (["build", "{llama}", "-o", "oci:{out}/x", "--platform", "amd64"], "expected OS/ARCH"),
+        (["build", "{llama}", "-o", "oci:{out}/x", "--target", "/a/../b"], "must not contain '..'"),
+        (["build", "{llama}", "-o", "oci:{out}/x", "--max-layer-size", "100KB"], "--max-layer-size"),
+        (["plan", "{llama}", "--max-layer-size", "100KB"], "cannot be split"),
+        (["build", "{llama}", "--config", "{tmp}/missing.toml", "-o", "oci:{out}/x"], "missing.toml: no such file"),
+    ],
+)
+def test_bad_input_is_one_error_line(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     args: list[str], expected: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [a.format(tmp=tmp_path, out=out, llama=llama) for a in args]
+    assert main(argv) == 1
+    line = error_line(capsys)
+    assert line.startswith("error: ")
+    assert expected in line
+    nothing_left(out)
+    nothing_left(Path.cwd())
+
+
+def test_bad_source_date_epoch(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    assert main(["build", str(llama), "-o", f"oci:{tmp_path}/x"]) == 1
+    assert error_line(capsys).startswith("error: SOURCE_DATE_EPOCH='yesterday'")
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_config_file(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "modelimage.toml"
+    for text, expected in [
+        ("[models.x\n", "modelimage.toml"),
+        ('[models.X]\nsource = "a"\n', "names are lowercase"),
+        ("[models.x]\nimage = 1\n", "needs source"),
+        ('[models.x]\nsource = "a"\ncolour = "red"\n', "unknown key(s) colour"),
+        ('[models.x]\nsource = "a"\nmax_layer_size = 1.5e9\n', "max_layer_size"),
+        ('[models.x]\nsource = "a"\ninclude = [1]\n', "include must be"),
+    ]:
+        cfg.write_text(text)
+        assert main(["plan", "x", "--config", str(cfg)]) == 1, text
+        line = error_line(capsys)
+        assert line.startswith("error: ") and expected in line, (text, line)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["build", "{llama}", "--max-layer-size", "lots", "-o", "oci:{out}/x"], "--max-layer-size"),
+        (["build", "{llama}", "--max-layer-size", "0", "-o", "oci:{out}/x"], "more than zero"),
+        (["plan", "{llama}", "--max-layer-size", "-1GB"], "--max-layer-size"),
+        (["build", "{llama}", "--compression", "zstd", "-o", "oci:{out}/x"], "--compression"),
+        (["inspect", "{llama}", "--as", "q1"], "--as"),
+        (["build"], "SOURCE"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_bad_options_are_usage_errors(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      args: list[str], expected: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main([a.format(out=out, llama=llama) for a in args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Traceback" not in captured.err
+    assert "Usage:" in captured.err
+    (error,) = [line for line in captured.err.splitlines() if line.startswith("Error:")]
+    assert expected in error
+    nothing_left(out)
+
+
+class _Boom:
+    """Make the second layer fail half-way, as if a source changed under us."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, 0
+
+    def __call__(self, entries: Any, sink: Any, **kw: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            sink.write(b"x" * 1000)
+            raise SourceError("model-00002-of-00002.safetensors: changed while building")
+        return self.real(entries, sink, **kw)
+
+
+@pytest.mark.parametrize("output", ["oci:{out}/deep/layout", "oci:{out}/layout", "oci-archive:{out}/image.tar",
+                                    "oci-archive:{out}/a/b/image.tar"])
+def test_failed_build_leaves_nothing(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch, output: str) -> None:
+    import modelimage.build
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(modelimage.build, "write_layer", _Boom(modelimage.build.write_layer))
+    assert main(["build", str(llama), "-o", output.format(out=out)]) == 1
+    assert "changed while building" in error_line(capsys)
+    leftovers = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert leftovers == [], leftovers
+
+
+def test_failed_build_keeps_an_existing_layout(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelimage.build
+
+    out = tmp_path / "layout"
+    good = run_json("build", str(llama), "-o", f"oci:{out}:good")
+    before = sorted(p.name for p in (out / "blobs" / "sha256").iterdir())
+    monkeypatch.setattr(modelimage.build, "write_layer", _Boom(modelimage.build.write_layer))
+    assert main(["build", str(llama), "-o", f"oci:{out}:bad"]) == 1
+    error_line(capsys)
+    assert sorted(p.name for p in (out / "blobs" / "sha256").iterdir()) == before  # no partial blobs
+    assert tagged(out, "good")["digest"] == good["digest"]
+    assert "bad" not in (out / "index.json").read_text()
+
+
+def test_existing_non_layout_directory_is_refused(llama: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "notalayout"
+    out.mkdir()
+    (out / "index.json").write_text("this is not json")
+    assert main(["build", str(llama), "-o", f"oci:{out}"]) == 1
+    assert "not an OCI image index" in error_line(capsys)
+    assert (out / "index.json").read_text() == "this is not json"
+
+
+def test_example_model(tmp_path: Path) -> None:
+    d = tmp_path / "demo"
+    result = run("example-model", str(d), "--kind", "gguf")
+    assert result.stdout.strip() == str(d)
+    assert run_json("inspect", str(d))["quantization"] == "Q4_K_M"
