@@ -62,7 +62,8 @@ def source_options(f: Callable) -> Callable:
 def plan_options(f: Callable) -> Callable:
     for deco in reversed([
         click.option("--max-layer-size", callback=_size, metavar="SIZE",
-                     help="Largest layer blob, e.g. 500MB, 2GiB or bytes (default: 10GB, which every common registry accepts)."),
+                     help="Largest layer blob, e.g. 500MB, 2GiB or bytes "
+                          "(default: 10GB, which every common registry accepts)."),
         click.option("--target", metavar="PATH", help="Where the model lands in the image (default: /models/NAME)."),
         click.option("--compression", type=click.Choice(COMPRESSIONS),
                      help="Layer compression (default: none; weights barely compress)."),
@@ -118,11 +119,13 @@ def _describe(m: ModelInfo, as_precision: str | None) -> str:
     kind = m.kind.replace("-", " ")
     lines = [f"{m.name}  ({m.format}, {kind}{', ' + m.architecture if m.architecture else ''})"]
     dtypes = ", ".join(f"{k} {format_count(v)}" for k, v in m.dtypes.items())
-    lines.append(f"  parameters    {format_count(m.parameters)} ({m.parameters:,})" + (f"  [{dtypes}]" if dtypes else ""))
+    per_dtype = f"  [{dtypes}]" if dtypes else ""
+    lines.append(f"  parameters    {format_count(m.parameters)} ({m.parameters:,}){per_dtype}")
     lines.append(f"  quantization  {m.quantization}")
     lines.append(f"  size          {format_size(m.bytes)} in {len(m.files)} file{'' if len(m.files) == 1 else 's'}")
     if m.parameters:
-        lines.append(f"  GPU memory    ~{format_size(m.vram_bytes)}  (parameters x {m.bytes_per_parameter:.3g} bytes x {VRAM_FACTOR})")
+        rule = f"parameters x {m.bytes_per_parameter:.3g} bytes x {VRAM_FACTOR}"
+        lines.append(f"  GPU memory    ~{format_size(m.vram_bytes)}  ({rule})")
     elif m.vram_bytes:
         lines.append(f"  GPU memory    ~{format_size(m.vram_bytes)}  (weight files x {VRAM_FACTOR})")
     if as_precision:
@@ -170,7 +173,8 @@ def _describe_plan(job: Job, p: Plan) -> str:
     ]
     for i, layer in enumerate(p.layers, 1):
         names = [e.path.removeprefix(s.root + "/") for e in layer.entries]
-        shown = names[0] if len(names) == 1 else f"{len(names)} files: " + ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        more = ", ..." if len(names) > 4 else ""
+        shown = names[0] if len(names) == 1 else f"{len(names)} files: " + ", ".join(names[:4]) + more
         lines.append(f"  {i:>3}  {format_size(layer.size):>9}  {shown}")
     for r in p.reshards:
         lines.append(f"  reshard {', '.join(r.sources)}\n       -> {', '.join(r.outputs)}\n       ({r.reason})")

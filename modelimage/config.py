@@ -97,7 +97,9 @@ def load_config(path: Path | None) -> Config:
             raise ConfigError(f"{where}: needs source = \"PATH | hf://ORG/REPO | s3://BUCKET/PREFIX\"")
         unknown = set(m) - _KEYS
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_KEYS))})")
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_KEYS))})"
+            )
         source = m["source"]
         if not source.startswith(REMOTE_SCHEMES) and not Path(source).is_absolute():
             source = str((path.parent / source))

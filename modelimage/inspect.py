@@ -353,14 +353,14 @@ def _quant_config(files: Sequence[SourceFile]) -> tuple[str | None, int | None]:
             q = cfg.get("quantization_config", cfg if "quant_method" in cfg or "bits" in cfg else None)
             if isinstance(q, dict):
                 method = str(q.get("quant_method") or ("gptq" if "bits" in q else "")).lower() or None
-                bits = q.get("bits") or q.get("w_bit") or (4 if q.get("load_in_4bit") else 8 if q.get("load_in_8bit") else None)
+                bnb_bits = 4 if q.get("load_in_4bit") else 8 if q.get("load_in_8bit") else None
+                bits = q.get("bits") or q.get("w_bit") or bnb_bits
                 return method, int(bits) if isinstance(bits, int) else None
     return None, None
 
 
 def _quant_label(method: str, bits: int | None) -> str:
-    names = {"gptq": "GPTQ", "awq": "AWQ", "bitsandbytes": "BNB", "fp8": "FP8", "compressed-tensors": "COMPRESSED-TENSORS",
-             "hqq": "HQQ", "eetq": "EETQ", "exl2": "EXL2", "aqlm": "AQLM", "quanto": "QUANTO", "torchao": "TORCHAO"}
+    names = {"gptq": "GPTQ", "awq": "AWQ", "bitsandbytes": "BNB", "fp8": "FP8", "exl2": "EXL2", "aqlm": "AQLM"}
     label = names.get(method, method.upper())
     return f"{label}-{bits}bit" if bits and method != "fp8" else label
 
@@ -398,12 +398,12 @@ def _is_diffusion_checkpoint(names: Iterable[str]) -> bool:
 def _counted_sets(sets: Sequence[WeightSet]) -> tuple[list[WeightSet], list[str]]:
     """Drop alternative variants (``x.fp16.safetensors`` beside
     ``x.safetensors``) from the parameter count: they are the same weights."""
-    by_base: dict[tuple[str, str], list[WeightSet]] = {}
+    by_base: dict[tuple[str, str, str], list[WeightSet]] = {}
     for w in sets:
         base = _split_variant(w.stem)[0] if w.format == "safetensors" else w.stem
-        by_base.setdefault((w.directory, base), []).append(w)
+        by_base.setdefault((w.format, w.directory, base), []).append(w)
     kept, notes = [], []
-    for (directory, base), group in by_base.items():
+    for (_, _, base), group in by_base.items():
         group.sort(key=lambda w: (w.stem != base, w.stem))
         kept.append(group[0])
         for other in group[1:]:
@@ -484,7 +484,10 @@ def inspect_model(source: Path, *, name: str | None = None, include: Sequence[st
     # tokenizer files (and diffusers tokenizer*/ folders)
     for f in files:
         top = f.directory.split("/")[0] if f.directory else ""
-        if PurePosixPath(f.name).name in TOKENIZER_FILES and not top.startswith(("text_encoder", "unet", "vae")) or top.startswith("tokenizer"):
+        tokenizer_folder = top.startswith("tokenizer")
+        tokenizer_file = (PurePosixPath(f.name).name in TOKENIZER_FILES
+                          and not top.startswith(("text_encoder", "unet", "vae")))
+        if tokenizer_folder or tokenizer_file:
             tally.nbytes["tokenizer"] += f.size
 
     parameters = sum(tally.dtypes.values())

@@ -173,7 +173,7 @@ def _reshard(w: WeightSet, model: ModelInfo, settings: PlanSettings, budget: int
         biggest = max(w.tensors, key=lambda t: t.nbytes)
         if biggest.nbytes < shard_max // 2:  # not the tensor (e.g. GGUF metadata alone too big): keep the message
             raise
-        member = next(m for m, h in zip(w.members, w.headers) if biggest in h.tensors)
+        member = next(m for m, h in zip(w.members, w.headers, strict=True) if biggest in h.tensors)
         raise LayerTooLarge(
             f"{member}: tensor {biggest.name} is {format_size(biggest.nbytes)} ({biggest.nbytes} bytes) and cannot "
             f"be split; layers are limited to {format_size(settings.max_layer_size)}; rerun with "

@@ -220,7 +220,8 @@ def write_diffusers(directory: Path, *, seed: int = 0, variant: str | None = Non
     (directory / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.30.0",
         "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
         "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", "EulerDiscreteScheduler"],
     }, indent=2))
@@ -244,7 +245,8 @@ def write_diffusers(directory: Path, *, seed: int = 0, variant: str | None = Non
         (d / "merges.txt").write_text("#version: 0.2\n")
         (d / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
     (directory / "scheduler").mkdir(exist_ok=True)
-    (directory / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "EulerDiscreteScheduler"}))
+    scheduler = {"_class_name": "EulerDiscreteScheduler"}
+    (directory / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
     return directory
 
 

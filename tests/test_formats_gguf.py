@@ -20,7 +20,7 @@ from gguf.quants import dequantize, quantize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelimage.content import FileRange, Literal, VirtualFile
+from modelimage.content import Literal, VirtualFile
 from modelimage.errors import FormatError, LayerTooLarge, SourceError
 from modelimage.formats.gguf import (
     SPLIT_RE,
@@ -29,6 +29,8 @@ from modelimage.formats.gguf import (
     split,
     split_name,
 )
+
+from .tools import virtual_bytes, write_virtual
 
 N_TOKENS = 2000
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
@@ -109,30 +111,8 @@ def write_llama(
     return [path]
 
 
-def segment_bytes(vf: VirtualFile) -> bytes:
-    out = bytearray()
-    for seg in vf.segments:
-        if isinstance(seg, Literal):
-            out += seg.data
-        else:
-            assert isinstance(seg, FileRange)
-            with open(seg.path, "rb") as f:
-                f.seek(seg.offset)
-                data = f.read(seg.length)
-            assert len(data) == seg.length
-            out += data
-    return bytes(out)
-
-
 def materialize(files: Sequence[VirtualFile], root: Path) -> list[Path]:
-    paths = []
-    for vf in files:
-        p = root / vf.name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(segment_bytes(vf))
-        assert p.stat().st_size == vf.size
-        paths.append(p)
-    return paths
+    return [write_virtual(vf, root) for vf in files]
 
 
 def field_values(reader: gguf.GGUFReader) -> dict[str, object]:
@@ -546,14 +526,14 @@ def test_split_small_shards(llama: Path, tmp_path: Path) -> None:
     # deterministic: same plan and same bytes from a fresh read
     again = split([read_header(llama)], prefix="tiny", directory="models/gguf", max_shard_size=limit)
     assert again == files
-    assert [segment_bytes(f) for f in again] == [p.read_bytes() for p in paths]
+    assert [virtual_bytes(f) for f in again] == [p.read_bytes() for p in paths]
 
 
 def test_split_is_greedy(llama: Path) -> None:
     h = read_header(llama)
     limit = 70_000
     files = split([h], prefix="m", directory="", max_shard_size=limit)
-    counts = [struct.unpack_from("<Q", segment_bytes(f), 8)[0] for f in files]
+    counts = [struct.unpack_from("<Q", virtual_bytes(f), 8)[0] for f in files]
     assert sum(counts) == len(h.tensors)
     # each split but the last could not take the next split's first tensor
     done = 0
@@ -630,7 +610,7 @@ def test_resplit_into_same_partition_is_byte_identical(tmp_path: Path) -> None:
     limit = max(p.stat().st_size for p in parts)
     files = split([read_header(p) for p in parts], prefix="eq", directory="", max_shard_size=limit)
     assert [f.name for f in files] == [p.name for p in parts]
-    assert [segment_bytes(f) for f in files] == [p.read_bytes() for p in parts]
+    assert [virtual_bytes(f) for f in files] == [p.read_bytes() for p in parts]
 
 
 def test_resplit_own_output(llama64: Path, tmp_path: Path) -> None:

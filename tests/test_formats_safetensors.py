@@ -31,27 +31,13 @@ from modelimage.formats.safetensors import (
     split,
 )
 
+from .tools import write_virtual
+
 # --------------------------------------------------------------------------
 # helpers
 
 
-def materialize(vf: VirtualFile, root: Path) -> Path:
-    """Write a VirtualFile under ``root`` by concatenating its segments."""
-    dest = root / vf.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "wb") as out:
-        for seg in vf.segments:
-            if isinstance(seg, Literal):
-                out.write(seg.data)
-            else:
-                assert isinstance(seg, FileRange)
-                with open(seg.path, "rb") as src:
-                    src.seek(seg.offset)
-                    data = src.read(seg.length)
-                assert len(data) == seg.length
-                out.write(data)
-    assert dest.stat().st_size == vf.size
-    return dest
+materialize = write_virtual
 
 
 def load_all(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str] | None]:

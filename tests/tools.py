@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelimage import synth
+from modelimage.content import FileRange, Literal, VirtualFile
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SMALL = synth.LlamaShape(vocab=1024, hidden=256, layers=2, intermediate=512)
@@ -34,3 +35,28 @@ def run(*cmd: str | Path, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+
+
+def virtual_bytes(vf: VirtualFile) -> bytes:
+    """The content of a VirtualFile: its segments, concatenated."""
+    out = bytearray()
+    for seg in vf.segments:
+        if isinstance(seg, Literal):
+            out += seg.data
+        else:
+            assert isinstance(seg, FileRange)
+            with open(seg.path, "rb") as f:
+                f.seek(seg.offset)
+                data = f.read(seg.length)
+            assert len(data) == seg.length
+            out += data
+    assert len(out) == vf.size
+    return bytes(out)
+
+
+def write_virtual(vf: VirtualFile, root: Path) -> Path:
+    """Write a VirtualFile under ``root`` (at its name) and return the path."""
+    dest = root / vf.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(virtual_bytes(vf))
+    return dest
