@@ -2,8 +2,10 @@
 
 A sink is anything that stores blobs and a tagged manifest: an OCI layout
 directory, an oci-archive file, (later) a registry. Layers stream from the
-source files through :func:`modelimage.tarstream.write_layer` straight into
-the sink, hashed once on the way.
+source files (:class:`modelimage.tarstream.LayerStream`) straight into the
+sink, hashed once on the way, several layers at once when the sink allows.
+The digest cache lets an unchanged layer skip the files altogether when the
+sink already has its blob.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import json
 import os
 import platform as _platform
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from .cache import DigestCache
 from .errors import ConfigError, LayerTooLarge
 from .inspect import ModelInfo
 from .oci import (
@@ -32,24 +36,21 @@ from .oci import (
     Manifest,
 )
 from .plan import Layer, Plan
-from .tarstream import FileDigest, write_layer
+from .tarstream import FileDigest, LayerResult, LayerStream
 from .units import format_size
 
 LAYER_MEDIA_TYPES = {"none": MEDIA_TYPE_LAYER_TAR, "gzip": MEDIA_TYPE_LAYER_GZIP}
 DEFAULT_PLATFORM = "linux/amd64"
 
 
-class BlobWriter(Protocol):
-    def write(self, data: bytes | memoryview) -> None: ...
-    def commit(self, digest: str) -> None: ...
-    def abort(self) -> None: ...
-
-
 class Sink(Protocol):
-    """Where an image goes."""
+    """Where an image goes: an OCI layout, an oci-archive, a registry."""
+
+    parallel: int  # how many layers it takes at once
 
     def has_blob(self, digest: str) -> bool: ...
-    def open_blob(self) -> BlobWriter: ...
+    def put_layer(self, stream: LayerStream, *, compression: str, known: LayerResult | None,
+                  progress: Callable[[int], None] | None) -> tuple[LayerResult, str]: ...
     def put_blob(self, data: bytes, digest: str) -> None: ...
     def put_manifest(self, manifest: Descriptor, data: bytes) -> None: ...
     def abort(self) -> None: ...
@@ -94,6 +95,7 @@ class BuiltLayer:
     descriptor: Descriptor
     diff_id: str
     files: tuple[FileDigest, ...]
+    action: str = "written"  # written | uploaded | exists | mounted
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +103,7 @@ class BuiltLayer:
             "size": self.descriptor.size,
             "mediaType": self.descriptor.media_type,
             "diff_id": self.diff_id,
+            "action": self.action,
             "files": [{"path": "/" + f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
         }
 
@@ -144,12 +147,40 @@ def model_facts(model: ModelInfo, target: str) -> dict[str, str]:
     return facts
 
 
-def _layer_annotations(layer: Layer, files: tuple[FileDigest, ...]) -> dict[str, str]:
+def _layer_annotations(files: tuple[FileDigest, ...]) -> dict[str, str]:
+    # Not org.opencontainers.image.title: ORAS clients take that as the name
+    # of a file whose content IS the blob, and these blobs are tars.
     listing = [{"path": "/" + f.path, "size": f.size, "sha256": f.sha256} for f in files]
-    return {
-        ANNOTATION_TITLE: layer.title,
-        ANNOTATION_FILES: json.dumps(listing, separators=(",", ":"), sort_keys=True),
-    }
+    return {ANNOTATION_FILES: json.dumps(listing, separators=(",", ":"), sort_keys=True)}
+
+
+def _put_layer(layer: Layer, plan: Plan, sink: Sink, cache: DigestCache, epoch: int,
+               progress: Callable[[int], None] | None) -> BuiltLayer:
+    """One layer into the sink: skipped when the cache knows its digest and
+    the sink already has that blob; otherwise streamed from the files."""
+    compression = plan.settings.compression
+    stream = LayerStream(layer.entries, epoch)
+    if stream.size != layer.size:
+        raise AssertionError(f"layer {layer.title}: planned {layer.size} bytes, stream has {stream.size}")
+    key = cache.key(stream, compression)
+    known = cache.get(key)
+    if known is not None and known.tar_size != stream.size:
+        known = None
+    if known is not None and sink.has_blob(known.digest):
+        result, action = known, "exists"
+        if progress is not None:
+            progress(stream.size)
+    else:
+        result, action = sink.put_layer(stream, compression=compression, known=known, progress=progress)
+        cache.put(key, result)
+    if result.size > plan.settings.max_layer_size:
+        raise LayerTooLarge(
+            f"layer {layer.title} is {format_size(result.size)} as stored, over the limit of "
+            f"{format_size(plan.settings.max_layer_size)}"
+        )
+    desc = Descriptor(LAYER_MEDIA_TYPES[compression], result.digest, result.size,
+                      annotations=_layer_annotations(result.files))
+    return BuiltLayer(desc, result.diff_id, result.files, action)
 
 
 def build_image(
@@ -160,32 +191,29 @@ def build_image(
     settings: ImageSettings,
     reference: str,
     progress: Callable[[int], None] | None = None,
+    cache: DigestCache | None = None,
+    concurrency: int | None = None,
 ) -> BuildResult:
-    """Write every layer of ``plan``, then the config and manifest, into ``sink``."""
-    compression = plan.settings.compression
-    media_type = LAYER_MEDIA_TYPES[compression]
+    """Write every layer of ``plan`` (several at once when the sink allows),
+    then the config, then the manifest, into ``sink``."""
+    cache = cache or DigestCache()
     os_name, arch, variant = parse_platform(settings.platform)
     created = rfc3339(settings.epoch)
     target = "/" + plan.settings.root
+    workers = max(1, min(concurrency or sink.parallel, sink.parallel, len(plan.layers) or 1))
     try:
-        built: list[BuiltLayer] = []
-        for layer in plan.layers:
-            w = sink.open_blob()
-            try:
-                res = write_layer(layer.entries, w, mtime=settings.epoch, compression=compression, progress=progress)
-                if res.tar_size != layer.size:
-                    raise AssertionError(f"layer {layer.title}: planned {layer.size} bytes, wrote {res.tar_size}")
-                if res.size > plan.settings.max_layer_size:
-                    raise LayerTooLarge(
-                        f"layer {layer.title} is {format_size(res.size)} as stored, over the limit of "
-                        f"{format_size(plan.settings.max_layer_size)}"
-                    )
-            except BaseException:
-                w.abort()
-                raise
-            w.commit(res.digest)
-            desc = Descriptor(media_type, res.digest, res.size, annotations=_layer_annotations(layer, res.files))
-            built.append(BuiltLayer(desc, res.diff_id, res.files))
+        if workers == 1:
+            built = [_put_layer(layer, plan, sink, cache, settings.epoch, progress) for layer in plan.layers]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
+                futures = [pool.submit(_put_layer, layer, plan, sink, cache, settings.epoch, progress)
+                           for layer in plan.layers]
+                try:
+                    built = [f.result() for f in futures]
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
 
         facts = model_facts(model, target)
         labels = {**facts, **settings.labels}

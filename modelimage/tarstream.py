@@ -18,7 +18,7 @@ import hashlib
 import os
 import tarfile
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal as TypingLiteral
@@ -83,18 +83,26 @@ class Entry:
 
 
 def layer_size(entries: Sequence[Entry], mtime: int = 0) -> int:
-    """Exact size of the uncompressed tar that :func:`write_layer` produces."""
-    total = len(END_OF_ARCHIVE)
-    for d in parent_dirs(e.path for e in entries):
-        total += len(header(d, 0, directory=True, mtime=mtime))
-    for e in entries:
-        total += len(header(e.path, e.size, mtime=mtime)) + e.size + padding(e.size)
-    return total
+    """Exact size of the uncompressed tar of ``entries``."""
+    return LayerStream(entries, mtime).size
 
 
 def entry_overhead(path: str, size: int, mtime: int = 0) -> int:
     """Bytes a file adds to a layer beyond its content (header + padding)."""
     return len(header(path, size, mtime=mtime)) + padding(size)
+
+
+class _Gzip:
+    """Deterministic gzip (mtime 0, fixed level) with wbits=31 framing."""
+
+    def __init__(self, level: int = 6) -> None:
+        self._z = zlib.compressobj(level, zlib.DEFLATED, 31)
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        return self._z.compress(data)
+
+    def flush(self) -> bytes:
+        return self._z.flush()
 
 
 @dataclass(frozen=True)
@@ -112,72 +120,179 @@ class LayerResult:
     tar_size: int
     files: tuple[FileDigest, ...]
 
+    def to_json(self) -> dict:
+        return {"digest": self.digest, "size": self.size, "diff_id": self.diff_id, "tar_size": self.tar_size,
+                "files": [[f.path, f.size, f.sha256] for f in self.files]}
 
-class _Gzip:
-    """Deterministic gzip (mtime 0, fixed level) with wbits=31 framing."""
-
-    def __init__(self, level: int = 6) -> None:
-        self._z = zlib.compressobj(level, zlib.DEFLATED, 31)
-
-    def compress(self, data: bytes | memoryview) -> bytes:
-        return self._z.compress(data)
-
-    def flush(self) -> bytes:
-        return self._z.flush()
+    @classmethod
+    def from_json(cls, d: dict) -> "LayerResult":
+        return cls(d["digest"], d["size"], d["diff_id"], d["tar_size"], tuple(FileDigest(*f) for f in d["files"]))
 
 
-class _Writer:
-    """Hashes the tar stream, optionally compresses, forwards to the sink."""
+@dataclass(frozen=True)
+class _Piece:
+    """A run of the tar stream: literal bytes or a source range, and the
+    index of the file whose content it is (-1 for headers and padding)."""
 
-    def __init__(self, sink: BlobSink, compression: Compression, progress: Callable[[int], None] | None):
-        self.sink = sink
-        self.tar_hash = hashlib.sha256()
-        self.tar_size = 0
-        self.blob_hash = self.tar_hash if compression == "none" else hashlib.sha256()
-        self.blob_size = 0
-        self.gz = _Gzip() if compression == "gzip" else None
-        self.progress = progress
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.tar_hash.update(data)
-        self.tar_size += len(data)
-        if self.gz is not None:
-            self._emit(self.gz.compress(data))
-        else:
-            self.blob_size += len(data)
-            self.sink.write(data)
-        if self.progress is not None:
-            self.progress(len(data))
-
-    def _emit(self, data: bytes) -> None:
-        if data:
-            self.blob_hash.update(data)
-            self.blob_size += len(data)
-            self.sink.write(data)
-
-    def close(self) -> None:
-        if self.gz is not None:
-            self._emit(self.gz.flush())
+    offset: int
+    length: int
+    data: bytes | FileRange
+    file: int
 
 
-def _copy_range(seg: FileRange, out: _Writer, file_hash: "hashlib._Hash", buf: bytearray, display: str) -> None:
+class LayerStream:
+    """The bytes of one layer's tar, computed from the plan, readable from
+    any offset: an interrupted upload resumes where the registry says it
+    stopped, without the files being read again from the start."""
+
+    def __init__(self, entries: Sequence[Entry], mtime: int = 0):
+        self.entries = tuple(entries)
+        self.mtime = mtime
+        pieces: list[_Piece] = []
+        offset = 0
+
+        def add(data: bytes | FileRange, file: int = -1) -> None:
+            nonlocal offset
+            n = len(data) if isinstance(data, bytes) else data.length
+            if n:
+                pieces.append(_Piece(offset, n, data, file))
+                offset += n
+
+        for d in parent_dirs(e.path for e in entries):
+            add(header(d, 0, directory=True, mtime=mtime))
+        for i, e in enumerate(self.entries):
+            add(header(e.path, e.size, mtime=mtime))
+            for seg in e.content.segments:
+                add(seg.data if isinstance(seg, Literal) else seg, i)
+            add(b"\0" * padding(e.size))
+        add(END_OF_ARCHIVE)
+        self.pieces = tuple(pieces)
+        self.size = offset
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes | memoryview, int]]:
+        """``(data, file index)`` from ``start`` to ``end``. A memoryview is
+        only valid until the next item: consume it before asking for more."""
+        end = self.size if end is None else end
+        buf: bytearray | None = None
+        for p in self.pieces:
+            lo, hi = max(start, p.offset), min(end, p.offset + p.length)
+            if lo >= hi:
+                continue
+            if isinstance(p.data, bytes):
+                yield p.data[lo - p.offset : hi - p.offset], p.file
+                continue
+            if buf is None:
+                buf = bytearray(CHUNK)
+            yield from _read_range(p.data, p.data.offset + lo - p.offset, hi - lo, buf, p.file,
+                                   self.entries[p.file].content.origin or self.entries[p.file].path)
+
+
+def _read_range(seg: FileRange, offset: int, length: int, buf: bytearray, file: int,
+                display: str) -> Iterator[tuple[memoryview, int]]:
     view = memoryview(buf)
     try:
         with open(seg.path, "rb", buffering=0) as f:
             if os.fstat(f.fileno()).st_size < seg.offset + seg.length:
                 raise SourceError(f"{display}: {seg.path} is shorter than planned (changed while building?)")
-            f.seek(seg.offset)
-            left = seg.length
+            f.seek(offset)
+            left = length
             while left:
                 n = f.readinto(view[: min(left, len(buf))])
                 if not n:
                     raise SourceError(f"{display}: {seg.path} ended early (changed while building?)")
-                chunk = view[:n]
-                file_hash.update(chunk)
-                out.write(chunk)
+                yield view[:n], file
                 left -= n
     except OSError as e:
         raise SourceError(f"{seg.path}: cannot read: {e.strerror or e}") from e
+
+
+class Digester:
+    """Hashes a layer as it streams: the tar (diff_id), each file's content,
+    and, when compressing, the compressed blob. ``copy()`` snapshots the
+    whole state so a resumed upload can continue from a confirmed offset."""
+
+    def __init__(self, stream: LayerStream, compression: Compression = "none"):
+        self.stream = stream
+        self.compression = compression
+        self.tar = hashlib.sha256()
+        self.offset = 0
+        self.blob = self.tar if compression == "none" else hashlib.sha256()
+        self.blob_size = 0
+        self.gz = _Gzip() if compression == "gzip" else None
+        self.files: list[str] = []  # finished file digests, in entry order
+        self.current: "hashlib._Hash | None" = None
+        self.current_index = -1
+
+    def copy(self) -> "Digester":
+        if self.gz is not None:
+            raise TypeError("compressed layers cannot be resumed mid-stream")
+        d = object.__new__(Digester)
+        d.__dict__.update(self.__dict__)
+        d.tar = self.tar.copy()
+        d.blob = d.tar
+        d.files = list(self.files)
+        d.current = self.current.copy() if self.current is not None else None
+        return d
+
+    def feed(self, data: bytes | memoryview, file: int) -> bytes | memoryview:
+        """Account for ``data``; return the bytes to store (compressed or not)."""
+        self.tar.update(data)
+        self.offset += len(data)
+        if file >= 0:
+            while self.current_index < file:
+                self._finish_file()
+            assert self.current is not None
+            self.current.update(data)
+        if self.gz is None:
+            self.blob_size += len(data)
+            return data
+        out = self.gz.compress(data)
+        self.blob.update(out)
+        self.blob_size += len(out)
+        return out
+
+    def _finish_file(self) -> None:
+        if self.current is not None:
+            self.files.append("sha256:" + self.current.hexdigest())
+        self.current_index += 1
+        self.current = hashlib.sha256()
+
+    def flush(self) -> bytes:
+        """The last compressed bytes (empty for uncompressed layers)."""
+        if self.gz is None:
+            return b""
+        out = self.gz.flush()
+        self.blob.update(out)
+        self.blob_size += len(out)
+        return out
+
+    def result(self) -> LayerResult:
+        if self.offset != self.stream.size:
+            raise SourceError(f"layer stream ended at {self.offset} of {self.stream.size} bytes")
+        while self.current_index < len(self.stream.entries):
+            self._finish_file()
+        files = tuple(
+            FileDigest(e.path, e.size, d) for e, d in zip(self.stream.entries, self.files, strict=True)
+        )
+        return LayerResult("sha256:" + self.blob.hexdigest(), self.blob_size, "sha256:" + self.tar.hexdigest(),
+                           self.stream.size, files)
+
+
+def blob_chunks(stream: LayerStream, digester: Digester, start: int = 0,
+                progress: Callable[[int], None] | None = None) -> Iterator[bytes | memoryview]:
+    """The blob's bytes from tar offset ``start`` (digester must be at
+    ``start``), hashed on the way; ends with the compressor's tail."""
+    if digester.offset != start:
+        raise ValueError(f"digester at {digester.offset}, stream asked from {start}")
+    for data, file in stream.chunks(start):
+        out = digester.feed(data, file)
+        if out:
+            yield out
+        if progress is not None:
+            progress(len(data))
+    tail = digester.flush()
+    if tail:
+        yield tail
 
 
 def write_layer(
@@ -188,36 +303,13 @@ def write_layer(
     compression: Compression = "none",
     progress: Callable[[int], None] | None = None,
 ) -> LayerResult:
-    """Stream one layer into ``sink`` and return its digests.
-
-    ``entries`` must already be in their final (sorted) order.
-    """
-    out = _Writer(sink, compression, progress)
-    for d in parent_dirs(e.path for e in entries):
-        out.write(header(d, 0, directory=True, mtime=mtime))
-    buf = bytearray(CHUNK)
-    files: list[FileDigest] = []
-    for e in entries:
-        out.write(header(e.path, e.size, mtime=mtime))
-        h = hashlib.sha256()
-        for seg in e.content.segments:
-            if isinstance(seg, Literal):
-                h.update(seg.data)
-                out.write(seg.data)
-            else:
-                _copy_range(seg, out, h, buf, e.content.origin or e.path)
-        if pad := padding(e.size):
-            out.write(b"\0" * pad)
-        files.append(FileDigest(e.path, e.size, "sha256:" + h.hexdigest()))
-    out.write(END_OF_ARCHIVE)
-    out.close()
-    return LayerResult(
-        digest="sha256:" + out.blob_hash.hexdigest(),
-        size=out.blob_size,
-        diff_id="sha256:" + out.tar_hash.hexdigest(),
-        tar_size=out.tar_size,
-        files=tuple(files),
-    )
+    """Stream one layer into ``sink`` (anything with ``write``) and return
+    its digests. ``entries`` must already be in their final (sorted) order."""
+    stream = LayerStream(entries, mtime)
+    digester = Digester(stream, compression)
+    for data in blob_chunks(stream, digester, progress=progress):
+        sink.write(data)
+    return digester.result()
 
 
 def source_paths(entries: Sequence[Entry]) -> list[Path]:

@@ -20,6 +20,18 @@ from modelimage import synth
 
 from .tools import SMALL, need
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_digest_cache(tmp_path_factory):
+    """Tests never touch the user's cache (~/.cache/modelimage)."""
+    old = os.environ.get("MODELIMAGE_CACHE_DIR")
+    os.environ["MODELIMAGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("digest-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MODELIMAGE_CACHE_DIR", None)
+    else:
+        os.environ["MODELIMAGE_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory) -> Path:
     """A llama-shaped HF checkpoint: 2 safetensors shards + index, tokenizer."""
@@ -67,3 +79,34 @@ def containerd(tmp_path_factory):
         proc.kill()
     subprocess.run(["umount", "-R", str(d / "root")], capture_output=True)
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """An open CNCF registry (no auth): a ``tests.registry.Registry``."""
+    from .registry import start_registry
+
+    reg = start_registry()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def htpasswd_registry():
+    """A registry with HTTP Basic auth (htpasswd); ``.username``/``.password``."""
+    from .registry import start_htpasswd_registry
+
+    reg = start_htpasswd_registry()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry():
+    """A registry with bearer-token auth (like Docker Hub / GHCR); the token
+    server is ``.extra["token_server"]`` (a ``tests.tokenserver.TokenServer``)."""
+    from .registry import start_token_registry
+
+    reg = start_token_registry()
+    yield reg
+    reg.stop()

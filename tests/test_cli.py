@@ -429,23 +429,32 @@ class _Boom:
     def __init__(self, real: Any) -> None:
         self.real, self.calls = real, 0
 
-    def __call__(self, entries: Any, sink: Any, **kw: Any) -> Any:
+    def __call__(self, *args: Any, **kw: Any) -> Any:
         self.calls += 1
         if self.calls == 2:
-            sink.write(b"x" * 1000)
-            raise SourceError("model-00002-of-00002.safetensors: changed while building")
-        return self.real(entries, sink, **kw)
+            return self._fail()
+        return self.real(*args, **kw)
+
+    @staticmethod
+    def _fail() -> Any:
+        yield b"x" * 1000
+        raise SourceError("model-00002-of-00002.safetensors: changed while building")
+
+
+def _break_second_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelimage.layout
+
+    monkeypatch.setenv("MODELIMAGE_NO_CACHE", "1")
+    monkeypatch.setattr(modelimage.layout, "blob_chunks", _Boom(modelimage.layout.blob_chunks))
 
 
 @pytest.mark.parametrize("output", ["oci:{out}/deep/layout", "oci:{out}/layout", "oci-archive:{out}/image.tar",
                                     "oci-archive:{out}/a/b/image.tar"])
 def test_failed_build_leaves_nothing(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch, output: str) -> None:
-    import modelimage.build
-
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(modelimage.build, "write_layer", _Boom(modelimage.build.write_layer))
+    _break_second_layer(monkeypatch)
     assert main(["build", str(llama), "-o", output.format(out=out)]) == 1
     assert "changed while building" in error_line(capsys)
     leftovers = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
@@ -454,12 +463,10 @@ def test_failed_build_leaves_nothing(llama: Path, tmp_path: Path, capsys: pytest
 
 def test_failed_build_keeps_an_existing_layout(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import modelimage.build
-
     out = tmp_path / "layout"
     good = run_json("build", str(llama), "-o", f"oci:{out}:good")
     before = sorted(p.name for p in (out / "blobs" / "sha256").iterdir())
-    monkeypatch.setattr(modelimage.build, "write_layer", _Boom(modelimage.build.write_layer))
+    _break_second_layer(monkeypatch)
     assert main(["build", str(llama), "-o", f"oci:{out}:bad"]) == 1
     error_line(capsys)
     assert sorted(p.name for p in (out / "blobs" / "sha256").iterdir()) == before  # no partial blobs
