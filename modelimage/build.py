@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from .base import BaseImage
 from .cache import DigestCache
 from .errors import ConfigError, LayerTooLarge
 from .inspect import ModelInfo
@@ -51,6 +52,7 @@ class Sink(Protocol):
     def has_blob(self, digest: str) -> bool: ...
     def put_layer(self, stream: LayerStream, *, compression: str, known: LayerResult | None,
                   progress: Callable[[int], None] | None) -> tuple[LayerResult, str]: ...
+    def put_existing(self, desc: Descriptor, base: BaseImage) -> str: ...
     def put_blob(self, data: bytes, digest: str) -> None: ...
     def put_manifest(self, manifest: Descriptor, data: bytes) -> None: ...
     def abort(self) -> None: ...
@@ -167,7 +169,7 @@ def _put_layer(layer: Layer, plan: Plan, sink: Sink, cache: DigestCache, epoch: 
     if known is not None and known.tar_size != stream.size:
         known = None
     if known is not None and sink.has_blob(known.digest):
-        result, action = known, "exists"
+        result, action = known, "mounted" if known.digest in getattr(sink, "mounted", ()) else "exists"
         if progress is not None:
             progress(stream.size)
     else:
@@ -183,6 +185,63 @@ def _put_layer(layer: Layer, plan: Plan, sink: Sink, cache: DigestCache, epoch: 
     return BuiltLayer(desc, result.diff_id, result.files, action)
 
 
+def _assemble(model: ModelInfo, plan: Plan, built: list[BuiltLayer], settings: ImageSettings,
+              base: BaseImage | None) -> tuple[bytes, Descriptor, bytes, Descriptor]:
+    """Config and manifest (bytes and descriptors) for the built layers."""
+    created = rfc3339(settings.epoch)
+    target = "/" + plan.settings.root
+    labels = {**model_facts(model, target), **settings.labels}
+    history = [
+        {"created": created, "created_by": f"modelimage build: {layer.title}", "comment": layer.kind}
+        for layer in plan.layers
+    ]
+    if base is not None:
+        bc = base.config
+        os_name, arch, variant = bc.get("os", "linux"), bc.get("architecture", "amd64"), bc.get("variant")
+        container = dict(bc.get("config") or {})
+        container["Labels"] = {**(container.get("Labels") or {}), **labels}
+        diff_ids = list((bc.get("rootfs") or {}).get("diff_ids", []))
+        history = list(bc.get("history") or []) + history
+        base_layers = list(base.layers)
+    else:
+        os_name, arch, variant = parse_platform(settings.platform)
+        container = {"Labels": labels, "WorkingDir": target}
+        diff_ids, base_layers = [], []
+    config = ImageConfig(
+        architecture=arch, os=os_name, variant=variant, created=created,
+        diff_ids=tuple(diff_ids + [b.diff_id for b in built]),
+        container_config=container, history=tuple(history),
+    )
+    config_bytes = config.to_bytes()
+    config_desc = Descriptor.of_bytes(MEDIA_TYPE_CONFIG, config_bytes)
+    manifest = Manifest(
+        config=config_desc,
+        layers=tuple(base_layers + [b.descriptor for b in built]),
+        annotations={**labels, ANNOTATION_CREATED: created},
+    )
+    manifest_bytes = manifest.to_bytes()
+    platform = {"os": os_name, "architecture": arch, **({"variant": variant} if variant else {})}
+    return config_bytes, config_desc, manifest_bytes, Descriptor.of_bytes(MEDIA_TYPE_MANIFEST, manifest_bytes,
+                                                                          platform=platform)
+
+
+def manifest_size(model: ModelInfo, plan: Plan, settings: ImageSettings, base: BaseImage | None = None) -> int:
+    """The size the manifest will have (digests are fixed-length, so
+    placeholders give the exact size for uncompressed layers)."""
+    zero = "sha256:" + "0" * 64
+    dummy = [
+        BuiltLayer(Descriptor(LAYER_MEDIA_TYPES[plan.settings.compression], zero, layer.size,
+                              annotations=_layer_annotations(tuple(FileDigest(e.path, e.size, zero)
+                                                                   for e in layer.entries))), zero, ())
+        for layer in plan.layers
+    ]
+    return len(_assemble(model, plan, dummy, settings, base)[2])
+
+
+def _put_base_layer(desc: Descriptor, base: BaseImage, sink: Sink) -> str:
+    return "exists" if sink.has_blob(desc.digest) else sink.put_existing(desc, base)
+
+
 def build_image(
     model: ModelInfo,
     plan: Plan,
@@ -193,51 +252,26 @@ def build_image(
     progress: Callable[[int], None] | None = None,
     cache: DigestCache | None = None,
     concurrency: int | None = None,
+    base: BaseImage | None = None,
 ) -> BuildResult:
-    """Write every layer of ``plan`` (several at once when the sink allows),
-    then the config, then the manifest, into ``sink``."""
+    """Write the base's layers (if any) and every layer of ``plan`` (several
+    at once when the sink allows), then the config, then the manifest."""
     cache = cache or DigestCache()
-    os_name, arch, variant = parse_platform(settings.platform)
-    created = rfc3339(settings.epoch)
-    target = "/" + plan.settings.root
     workers = max(1, min(concurrency or sink.parallel, sink.parallel, len(plan.layers) or 1))
     try:
-        if workers == 1:
-            built = [_put_layer(layer, plan, sink, cache, settings.epoch, progress) for layer in plan.layers]
-        else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
-                futures = [pool.submit(_put_layer, layer, plan, sink, cache, settings.epoch, progress)
-                           for layer in plan.layers]
-                try:
-                    built = [f.result() for f in futures]
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
-
-        facts = model_facts(model, target)
-        labels = {**facts, **settings.labels}
-        history = tuple(
-            {"created": created, "created_by": f"modelimage build: {layer.title}", "comment": layer.kind}
-            for layer in plan.layers
-        )
-        config = ImageConfig(
-            architecture=arch, os=os_name, variant=variant, created=created,
-            diff_ids=tuple(b.diff_id for b in built),
-            container_config={"Labels": labels, "WorkingDir": target},
-            history=history,
-        )
-        config_bytes = config.to_bytes()
-        config_desc = Descriptor.of_bytes(MEDIA_TYPE_CONFIG, config_bytes)
+        with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
+            futures = [pool.submit(_put_base_layer, d, base, sink) for d in (base.layers if base else ())]
+            futures += [pool.submit(_put_layer, layer, plan, sink, cache, settings.epoch, progress)
+                        for layer in plan.layers]
+            try:
+                done = [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        built = done[len(base.layers) if base else 0:]
+        config_bytes, config_desc, manifest_bytes, manifest_desc = _assemble(model, plan, built, settings, base)
         sink.put_blob(config_bytes, config_desc.digest)
-        manifest = Manifest(
-            config=config_desc,
-            layers=tuple(b.descriptor for b in built),
-            annotations={**labels, ANNOTATION_CREATED: created},
-        )
-        manifest_bytes = manifest.to_bytes()
-        platform = {"os": os_name, "architecture": arch, **({"variant": variant} if variant else {})}
-        manifest_desc = Descriptor.of_bytes(MEDIA_TYPE_MANIFEST, manifest_bytes, platform=platform)
         sink.put_manifest(manifest_desc, manifest_bytes)
     except BaseException:
         sink.abort()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,13 +19,20 @@ import click
 
 from . import __version__
 from .build import build_image
+from .config import ModelEntry, load_config, resolve
 from .errors import ModelImageError
 from .inspect import BYTES_PER_PARAM_AS, VRAM_FACTOR, ModelInfo
 from .job import Job, Options, prepare
-from .layout import LayoutRef, open_sink
+from .layout import LayoutRef, open_sink, read_layout
+from .limits import KNOWN, LayerFacts, RegistryLimits, check, limits_for
+from .oci import ANNOTATION_TITLE
 from .plan import Plan
+from .registry.auth import Credentials, store_credentials
+from .registry.client import RegistryClient
+from .registry.push import DEFAULT_CONCURRENCY, PushSettings, RegistrySink, push_layout
+from .registry.reference import Reference
 from .tarstream import COMPRESSIONS
-from .units import format_count, format_size, parse_size
+from .units import format_count, format_seconds, format_size, parse_size
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -77,7 +85,36 @@ def _options(**kw: Any) -> Options:
         config=kw.get("config"), name=kw.get("name"), include=tuple(kw.get("include") or ()),
         exclude=tuple(kw.get("exclude") or ()), target=kw.get("target"),
         max_layer_size=kw.get("max_layer_size"), platform=kw.get("platform"), compression=kw.get("compression"),
+        registry=kw.get("registry"), base=kw.get("base"), insecure=frozenset(kw.get("insecure_registry") or ()),
     )
+
+
+def registry_options(f: Callable) -> Callable:
+    """Options of every command that talks to a registry."""
+    for deco in reversed([
+        click.option("--insecure-registry", multiple=True, metavar="HOST",
+                     help="Talk plain HTTP to HOST (loopback hosts always are; TLS is verified everywhere else)."),
+        click.option("--concurrency", type=click.IntRange(1, 32), default=DEFAULT_CONCURRENCY, show_default=True,
+                     help="Layers uploaded at once."),
+    ]):
+        f = deco(f)
+    return f
+
+
+def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from .estimate import parse_rate
+
+    try:
+        return parse_rate(value, what=f"--{param.name}")  # type: ignore[union-attr]
+    except ModelImageError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
+
+
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        _err(f"warning: {w}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -149,20 +186,31 @@ def _describe(m: ModelInfo, as_precision: str | None) -> str:
 @cli.command()
 @source_options
 @plan_options
+@click.option("--registry", metavar="HOST",
+              help="Apply this registry's limits (see `modelimage limits`), as a push there would.")
+@click.option("--bandwidth", callback=_rate, metavar="RATE",
+              help="Upload bandwidth (e.g. 100Mbit/s) to warn about registry upload timeouts.")
+@click.option("--base", metavar="REF", help="Base image (its layers count toward the 125-layer limit).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(source: str, as_json: bool, **kw: Any) -> None:
+def plan(source: str, as_json: bool, bandwidth: float | None, **kw: Any) -> None:
     """Show how a model will be split into layers, without writing anything.
 
     Weight files get layers of their own; small files share one. A weight
     set bigger than --max-layer-size is resharded at tensor boundaries the
     way upstream does (safetensors shards + index, llama.cpp GGUF splits).
+    The plan is checked against the registry's limits (--registry) or, with
+    none, those every engine has (4 MiB manifests, 125 layers).
     """
     job = prepare(source, _options(**kw))
     p = job.plan()
+    warnings = job.preflight(p, bandwidth)
     if as_json:
-        _emit_json(p.to_json())
+        _emit_json({**p.to_json(), "registry": job.registry, "limits": job.limits.to_json(), "warnings": warnings})
     else:
         click.echo(_describe_plan(job, p))
+        if job.registry:
+            click.echo(f"  fits {job.registry} ({job.limits.name}): {_describe_limits(job.limits)}")
+    _warn(warnings)
 
 
 def _describe_plan(job: Job, p: Plan) -> str:
@@ -205,26 +253,176 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
 @click.option("-o", "--output", metavar="oci:DIR[:TAG]",
               help="Where to write: oci:DIR[:TAG] (an OCI layout folder) or oci-archive:FILE[:TAG] "
                    "(default: oci:build/NAME:latest).")
+@click.option("--push", "push_ref", is_flag=False, flag_value="", default=None, metavar="[REF]",
+              help="Push to a registry instead, streaming each layer from the files "
+                   "(REF defaults to the model's `image` in modelimage.toml).")
+@click.option("--base", metavar="REF", help="Put the model on top of this image (REF or oci:DIR[:TAG]).")
 @click.option("--platform", metavar="OS/ARCH", help="Platform recorded in the image config (default: linux/amd64).")
+@click.option("--bandwidth", callback=_rate, metavar="RATE",
+              help="Upload bandwidth (e.g. 100Mbit/s), to warn when a layer outlasts a registry's upload timeout.")
+@registry_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result (digest, layers, files) as JSON.")
-def build(source: str, output: str | None, as_json: bool, **kw: Any) -> None:
+def build(source: str, output: str | None, push_ref: str | None, as_json: bool, concurrency: int,
+          bandwidth: float | None, **kw: Any) -> None:
     """Build an OCI image of a model, without a Docker daemon.
 
     Layers are deterministic tars (sorted entries, uid/gid 0, fixed modes,
     mtime from SOURCE_DATE_EPOCH or 0): the same files always give the same
-    manifest digest, which is printed on stdout.
+    manifest digest, which is printed on stdout (with --push: the pushed
+    HOST/REPO@DIGEST). Registry limits are checked before anything is
+    written or uploaded.
     """
+    if push_ref is not None and output:
+        raise click.UsageError("use either -o/--output or --push, not both")
+    ref = None
+    if push_ref is not None:
+        entry = prepare_entry(source, kw.get("config"))
+        text = push_ref or (entry.image if entry else None)
+        if not text:
+            raise click.UsageError("--push needs a REF (or an `image` for this model in modelimage.toml)")
+        ref = Reference.parse(text)
+        kw["registry"] = ref.host
     job = prepare(source, _options(**kw))
     p = job.plan()
-    ref = LayoutRef.parse(output or f"oci:build/{job.model.name}:{job.entry.tag or 'latest'}")
-    sink = open_sink(ref)
-    with _progress(p.total_size, f"building {job.model.name}") as progress:
-        result = build_image(job.model, p, sink, settings=job.image_settings, reference=str(ref), progress=progress)
+    _warn(job.preflight(p, bandwidth))
+    if ref is not None:
+        sink: Any = RegistrySink(ref, RegistryClient(ref, insecure=frozenset(kw.get("insecure_registry") or ())),
+                                 settings=PushSettings(concurrency=concurrency,
+                                                       upload="auto" if job.limits.chunked_uploads else "monolithic"))
+        reference = str(ref)
+    else:
+        layout = LayoutRef.parse(output or f"oci:build/{job.model.name}:{job.entry.tag or 'latest'}")
+        sink, reference = open_sink(layout), str(layout)
+    with _progress(p.total_size, f"{'pushing' if ref else 'building'} {job.model.name}") as progress:
+        result = build_image(job.model, p, sink, settings=job.image_settings, reference=reference,
+                             progress=progress, concurrency=concurrency if ref else None, base=job.base)
+    pinned = f"{ref.name}@{result.manifest.digest}" if ref else None
     if as_json:
-        _emit_json(result.to_json())
+        _emit_json({**result.to_json(), **({"reference": pinned, "tag": str(ref)} if ref else {})})
         return
-    click.echo(result.manifest.digest)
-    _err(f"wrote {ref} ({len(result.layers)} layers, {format_size(result.size)})")
+    click.echo(pinned or result.manifest.digest)
+    actions = Counter(layer.action for layer in result.layers)
+    done = ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))
+    _err(f"{'pushed ' + str(ref) if ref else 'wrote ' + reference} ({len(result.layers)} layers: {done}; "
+         f"{format_size(result.size)})")
+
+
+def prepare_entry(source: str, config: Path | None) -> ModelEntry | None:
+    """The modelimage.toml entry SOURCE names, if it names one."""
+    try:
+        entry = resolve(source, load_config(config))
+    except ModelImageError:
+        return None
+    return entry if entry.name else None
+
+
+@cli.command()
+@click.argument("layout", metavar="oci:DIR[:TAG]")
+@click.argument("reference", metavar="REF")
+@registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print digest, reference and blobs as JSON.")
+def push(layout: str, reference: str, concurrency: int, insecure_registry: tuple[str, ...], as_json: bool) -> None:
+    """Push an image from an OCI layout to a registry.
+
+    Blobs the registry already has are skipped (or mounted from another
+    repository we pushed them to); uploads resume where the registry says
+    they stopped. Prints HOST/REPO@DIGEST.
+    """
+    src = LayoutRef.parse(layout)
+    if src.transport != "oci":
+        raise click.UsageError("push reads an oci:DIR[:TAG] layout")
+    ref = Reference.parse(reference)
+    limits = limits_for(ref.host, load_config(None).registries)
+    _check_layout(src, ref, limits)
+    sink = RegistrySink(ref, RegistryClient(ref, insecure=frozenset(insecure_registry)),
+                        settings=PushSettings(concurrency=concurrency,
+                                              upload="auto" if limits.chunked_uploads else "monolithic"))
+    total = _layout_size(src)
+    with _progress(total, f"pushing {ref.repository}") as progress:
+        pushed = push_layout(src.path, src.tag, sink, progress)
+    if as_json:
+        _emit_json({"reference": pushed.reference, "digest": pushed.digest, "tag": str(ref),
+                    "layers": list(pushed.blobs)})
+        return
+    click.echo(pushed.reference)
+    actions = Counter(b["action"] for b in pushed.blobs)
+    _err(f"pushed {ref} (" + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())) + ")")
+
+
+def _layout_manifest(src: LayoutRef) -> dict:
+    return read_layout(src)[1]
+
+
+def _layout_size(src: LayoutRef) -> int:
+    m = _layout_manifest(src)
+    return sum(int(d["size"]) for d in m.get("layers", [])) + int(m.get("config", {}).get("size", 0))
+
+
+def _check_layout(src: LayoutRef, ref: Reference, limits: RegistryLimits) -> None:
+    desc, m = read_layout(src)
+    layers = m.get("layers", [])
+    check(ref.host, limits, [LayerFacts(d.get("annotations", {}).get(ANNOTATION_TITLE, d["digest"][:19]),
+                                        int(d["size"])) for d in layers],
+          manifest_size=desc.size)
+
+
+def _describe_limits(limits: RegistryLimits) -> str:
+    parts = [f"layers up to {format_size(limits.max_layer_size)}" if limits.max_layer_size else "no known layer limit",
+             f"manifests up to {format_size(limits.max_manifest_size)}", f"at most {limits.max_layers} layers"]
+    if limits.upload_timeout:
+        parts.append(f"uploads cut after {format_seconds(limits.upload_timeout)}")
+    if not limits.chunked_uploads:
+        parts.append("monolithic uploads only")
+    return ", ".join(parts)
+
+
+@cli.command("limits")
+@click.argument("host", required=False)
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+              help="modelimage.toml with [registries.\"HOST\"] overrides (default: ./modelimage.toml).")
+@click.option("--json", "as_json", is_flag=True, help="Print the limits as JSON.")
+def limits_command(host: str | None, config: Path | None, as_json: bool) -> None:
+    """Show what a registry accepts (layer and manifest size, layer count,
+    upload timeout, chunked uploads) and where each number comes from.
+    Without HOST, every registry modelimage knows."""
+    overrides = load_config(config).registries
+    if host:
+        table = [(host, limits_for(host, overrides))]
+    else:
+        table = [(patterns[0], limits_for(patterns[0], overrides)) for patterns, _ in KNOWN]
+        table += [(h, limits_for(h, overrides)) for h in overrides]
+    if as_json:
+        _emit_json([{"host": h, **lim.to_json()} for h, lim in table] if not host else {"host": host,
+                                                                                         **table[0][1].to_json()})
+        return
+    for h, lim in table:
+        click.echo(f"{h}  ({lim.name})\n  {_describe_limits(lim)}\n  source: {lim.source}")
+
+
+@cli.command()
+@click.argument("host")
+@click.option("-u", "--username", required=True, help="User name.")
+@click.option("--password-stdin", is_flag=True, help="Read the password (or token) from standard input.")
+def login(host: str, username: str, password_stdin: bool) -> None:
+    """Store registry credentials where docker keeps them (the configured
+    credential helper, else ~/.docker/config.json or $DOCKER_CONFIG), after
+    checking them against the registry."""
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True)
+    else:
+        raise click.UsageError("use --password-stdin to pass a password without a terminal")
+    if not password:
+        raise click.UsageError("the password is empty")
+    ref = Reference(host, "library/x")
+    client = RegistryClient(ref, credentials=Credentials(username, password))
+    try:
+        client.ping()
+    finally:
+        client.close()
+    where = store_credentials(host, username, password)
+    _err(f"login succeeded for {username} at {host}; credentials stored in {where}")
 
 
 # ---------------------------------------------------------------- example-model

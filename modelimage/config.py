@@ -7,6 +7,9 @@ include = ["*Q4_K_M.gguf"]
 target = "/models/llama-8b-q4"
 max_layer_size = "2GB"
 image = "ghcr.io/acme/llama-8b-q4:latest"
+
+[registries."harbor.acme.com"]   # limits of a registry modelimage cannot know
+max_layer_size = "5GB"
 ```
 
 Relative ``source`` paths are relative to the file's folder.
@@ -63,6 +66,7 @@ class ModelEntry:
 class Config:
     path: Path | None
     models: dict[str, ModelEntry] = field(default_factory=dict)
+    registries: dict[str, dict[str, Any]] = field(default_factory=dict)  # [registries."HOST"] limit overrides
 
 
 def _strings(v: Any, where: str, key: str) -> tuple[str, ...]:
@@ -117,7 +121,10 @@ def load_config(path: Path | None) -> Config:
             tag=m.get("tag"),
             defined_in=str(path),
         )
-    return Config(path, out)
+    registries = data.get("registries", {})
+    if not isinstance(registries, dict) or not all(isinstance(v, dict) for v in registries.values()):
+        raise ConfigError(f'{path}: [registries] must hold [registries."HOST"] tables')
+    return Config(path, out, registries)
 
 
 def resolve(arg: str, config: Config) -> ModelEntry:

@@ -44,3 +44,7 @@ class ConfigError(ModelImageError):
 
 class OutputError(ModelImageError):
     """The destination cannot be written."""
+
+
+class AuthError(ModelImageError):
+    """Credentials missing, wrong or refused; the message never contains the secret."""

@@ -3,7 +3,8 @@
 A job is one model to pack: a ``modelimage.toml`` entry or an ad-hoc source,
 with command-line options taking precedence over the entry, inspected and
 ready to plan. Every command goes through :func:`prepare`, so ``inspect``,
-``plan`` and ``build`` always agree on what they look at.
+``plan``, ``build`` and ``estimate`` always agree on what they look at, and
+on the limits of the registry the image is meant for.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .build import DEFAULT_PLATFORM, ImageSettings, parse_platform, source_date_epoch
-from .config import ModelEntry, load_config, resolve
+from .base import BaseImage, load_base
+from .build import DEFAULT_PLATFORM, ImageSettings, manifest_size, parse_platform, source_date_epoch
+from .config import Config, ModelEntry, load_config, resolve
 from .errors import ConfigError
 from .inspect import ModelInfo, inspect_model
+from .limits import DEFAULT, LayerFacts, RegistryLimits, check, limits_for
 from .plan import DEFAULT_MAX_LAYER_SIZE, Plan, PlanSettings, make_plan, normalize_target
 from .tarstream import COMPRESSIONS
 
@@ -32,6 +35,9 @@ class Options:
     platform: str | None = None
     compression: str | None = None
     base_layers: int = 0
+    registry: str | None = None  # host whose limits apply (the push target, or plan --registry)
+    base: str | None = None  # REF or oci:DIR[:TAG] of a base image
+    insecure: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -40,14 +46,29 @@ class Job:
     model: ModelInfo
     plan_settings: PlanSettings
     image_settings: ImageSettings
+    config: Config
+    registry: str | None = None
+    limits: RegistryLimits = DEFAULT
+    base: BaseImage | None = None
 
     def plan(self) -> Plan:
         return make_plan(self.model, self.plan_settings)
 
+    def preflight(self, plan: Plan, upload_bps: float | None = None) -> list[str]:
+        """Refuse what the registry (or, with none, any engine) would reject
+        before anything is written or uploaded; return warnings."""
+        return check(
+            self.registry or "the image", self.limits,
+            [LayerFacts(layer.title, layer.size) for layer in plan.layers],
+            manifest_size=manifest_size(self.model, plan, self.image_settings, self.base),
+            base_layers=len(self.base.layers) if self.base else 0, upload_bps=upload_bps,
+        )
+
 
 def prepare(arg: str, options: Options = Options()) -> Job:
     """Resolve ``arg`` (a path or a configured name), inspect it, settle settings."""
-    entry = resolve(arg, load_config(options.config))
+    config = load_config(options.config)
+    entry = resolve(arg, config)
     entry = replace(
         entry,
         include=options.include or entry.include,
@@ -63,11 +84,19 @@ def prepare(arg: str, options: Options = Options()) -> Job:
     epoch = source_date_epoch()
     platform = options.platform or entry.platform or DEFAULT_PLATFORM
     parse_platform(platform)
+    base = load_base(options.base, platform, insecure=options.insecure) if options.base else None
+    if base is not None:
+        platform = base.platform
+    limits = limits_for(options.registry, config.registries) if options.registry else DEFAULT
+    explicit = options.max_layer_size or entry.max_layer_size
+    default = min(DEFAULT_MAX_LAYER_SIZE, limits.max_layer_size or DEFAULT_MAX_LAYER_SIZE)
     plan_settings = PlanSettings(
-        max_layer_size=options.max_layer_size or entry.max_layer_size or DEFAULT_MAX_LAYER_SIZE,
+        max_layer_size=explicit or default,
         target=target,
-        base_layers=options.base_layers,
+        max_layers=limits.max_layers,
+        base_layers=options.base_layers + (len(base.layers) if base else 0),
         mtime=epoch,
         compression=compression,
     )
-    return Job(entry, model, plan_settings, ImageSettings(platform=platform, epoch=epoch))
+    return Job(entry, model, plan_settings, ImageSettings(platform=platform, epoch=epoch), config,
+               options.registry, limits, base)

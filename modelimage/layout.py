@@ -19,15 +19,18 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import ConfigError, OutputError
 from .oci import ANNOTATION_REF_NAME, LAYOUT_VERSION, Descriptor, Index
 from .tarstream import Digester, LayerResult, LayerStream, blob_chunks
+
+if TYPE_CHECKING:
+    from .base import BaseImage
 
 DEFAULT_TAG = "latest"
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
@@ -95,6 +98,18 @@ def _stream_into(w: "_BlobFile | _ArchiveBlob", stream: LayerStream, compression
     return result
 
 
+def _copy_into(w: "_BlobFile | _ArchiveBlob", desc: Descriptor, base: "BaseImage") -> str:
+    """A base image's blob, streamed from where the base lives (verified)."""
+    try:
+        for chunk in base.fetch(desc):
+            w.write(chunk)
+    except BaseException:
+        w.abort()
+        raise
+    w.commit(desc.digest)
+    return "copied"
+
+
 class LayoutSink:
     """Writes blobs and a tagged manifest into an OCI layout directory."""
 
@@ -119,6 +134,9 @@ class LayoutSink:
     def put_layer(self, stream: LayerStream, *, compression: str, known: LayerResult | None,
                   progress: Callable[[int], None] | None) -> tuple[LayerResult, str]:
         return _stream_into(_BlobFile(self.blobs), stream, compression, progress), "written"
+
+    def put_existing(self, desc: Descriptor, base: "BaseImage") -> str:
+        return _copy_into(_BlobFile(self.blobs), desc, base)
 
     def put_blob(self, data: bytes, digest: str) -> None:
         if not self.has_blob(digest):
@@ -224,6 +242,9 @@ class ArchiveSink:
     def put_layer(self, stream: LayerStream, *, compression: str, known: LayerResult | None,
                   progress: Callable[[int], None] | None) -> tuple[LayerResult, str]:
         return _stream_into(_ArchiveBlob(self), stream, compression, progress), "written"
+
+    def put_existing(self, desc: Descriptor, base: "BaseImage") -> str:
+        return _copy_into(_ArchiveBlob(self), desc, base)
 
     def put_blob(self, data: bytes, digest: str) -> None:
         if digest not in self.written:
