@@ -1,36 +1,41 @@
 """How long does pulling a model image take? A measured model, per engine.
 
 On a fast link the network is not what a pull waits for: on this project's
-machines a ``podman pull`` of a 2 GiB image from a loopback registry takes
-11-13 s while plain GETs of the same blobs take 0.7 s (docs/benchmarks.md).
-The engine verifies every byte, stores it, untars it into a layer and
-commits it, and that work has a measured cost per byte and per layer. So an
+machines ``podman pull`` of a 1 GiB image from a loopback registry takes
+about 8-12 s while plain GETs of the same blobs take under a second
+(docs/benchmarks.md, "Pull time per engine"). The engine hashes every byte
+(more than once), stores the blob, untars it into a layer and commits it,
+and that work has a measured cost per byte, per stream and per layer. So an
 estimate here is a small timeline simulation of what each engine does:
 
-1. **download**: layers are fetched ``concurrency`` at a time, in manifest
-   order; the active transfers share the link fairly (each optionally capped
-   by a per-connection rate, as a long-RTT TCP stream is); every request
-   first waits ``latency_s``. Engines that store the blob before extracting
-   it (all but a streaming puller) cannot download faster than the disk
-   writes.
+1. **fetch**: layers are downloaded ``concurrency`` at a time, in manifest
+   order. The active transfers share the link fairly; each is also capped
+   by what the engine can verify and store per stream
+   (``fetch_stream_bps``: one goroutine chain hashing and writing), and all
+   together by ``fetch_bps`` (the engine's CPU). Each request first waits
+   ``latency_s``.
 2. **extract**: per layer, a fixed overhead (layer bookkeeping, mounts,
    metadata) + decompression (none for plain tar) + the engine's own
-   per-byte work (hashing, untar, tar-split metadata, copies) + writing the
-   files to disk. When an engine extracts depends on its *pipeline*:
-   ``"after_download"`` (every blob first, then the layers one by one),
+   per-byte work (untar, diffID hash, tar-split, copies) at ``process_bps``.
+   When an engine extracts depends on its ``pipeline``: ``"after_download"``
+   (every blob first, then the layers one by one: podman 4.3, ``ctr pull``),
    ``"in_order"`` (layer *i* as soon as it has arrived and layer *i-1* is
    done: Docker) or ``"streaming"`` (bytes are extracted as they arrive).
-3. a fixed per-pull overhead (resolve the tag, manifest, config, commit the
-   image) and two request latencies for manifest and config.
+3. **disk**: engines do not fsync layer data (podman 4.3: 137 fdatasync
+   calls for a 1 GiB pull, all metadata, strace 2026-11-25), so writes land
+   in the page cache; the disk bounds the pull only for the bytes written
+   beyond ``write_cache_bytes`` (what the page cache holds before writers
+   are throttled: about ``vm.dirty_ratio`` of free memory).
+4. a fixed per-pull overhead (start-up, resolve, manifest, config, image
+   commit) and two request latencies for manifest and config.
 
 The per-engine constants are MEASURED where they could be (podman and
 containerd on this project's machine, ``benchmarks/pull_calibration.py``;
-results and the fit in docs/benchmarks.md, "Pull time per engine") and
-cited where they could not (Docker's defaults). Bandwidth and disk speed
-are the caller's, best measured with :func:`probe_download` and
-:func:`probe_disk`.
+results and the fit in docs/benchmarks.md) and cited where they could not
+(Docker: no daemon here). Bandwidth and disk speed are the caller's, best
+measured with :func:`probe_download` and :func:`probe_disk`.
 
-Everything here except the two ``probe_*`` functions is pure: no I/O.
+Everything here except the ``probe_*`` functions is pure: no I/O.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -60,7 +65,7 @@ PIPELINES: tuple[str, ...] = ("after_download", "in_order", "streaming")
 
 MiB = 2**20
 # Time to the first byte of one request: a registry in the same region
-# (token reuse, one redirect to blob storage). Loopback is ~0.
+# (token reuse, one redirect to blob storage). Loopback is ~0: pass 0.
 DEFAULT_LATENCY_S = 0.05
 
 STANDARD_LINKS: Mapping[str, float] = MappingProxyType({
@@ -90,15 +95,15 @@ class LayerSpec:
             raise ConfigError(f"layer compression {self.compression!r}: use one of {', '.join(COMPRESSIONS)}")
         if self.unpacked is None:
             object.__setattr__(self, "unpacked", self.size)
-        if self.size < 0 or self.unpacked < 0:
+        if self.size < 0 or self.tar_bytes < 0:
             raise ConfigError(f"layer sizes must not be negative (size={self.size}, unpacked={self.unpacked})")
-        if self.compression == "none" and self.unpacked != self.size:
+        if self.compression == "none" and self.tar_bytes != self.size:
             raise ConfigError(f"an uncompressed layer unpacks to its own size ({self.size}), not {self.unpacked}")
 
     @property
     def tar_bytes(self) -> int:
-        assert self.unpacked is not None
-        return self.unpacked
+        """``unpacked``, typed as an int."""
+        return self.size if self.unpacked is None else self.unpacked
 
 
 @dataclass(frozen=True)
@@ -107,19 +112,22 @@ class Engine:
 
     - ``concurrency``: layer downloads at a time.
     - ``pipeline``: when layers are extracted (see the module docstring).
-    - ``pull_overhead_s``: fixed cost per pull (resolve, manifest, config,
-      image commit), measured.
+    - ``pull_overhead_s``: fixed cost per pull (process start, resolve,
+      manifest, config, image commit).
     - ``layer_overhead_s``: fixed cost per layer (layer bookkeeping,
-      directories, mounts), measured.
-    - ``process_bps``: the engine's own per-byte work on the unpacked tar
-      beyond writing it to disk (sha256 of blob and diffID, untar, tar-split,
-      copies through the temp blob), measured.
+      directories, mounts).
+    - ``fetch_stream_bps``: what one download stream can verify and store
+      per second (hash + write of the blob); ``fetch_bps``: all streams
+      together (the engine's CPU).
+    - ``process_bps``: the extraction's per-byte work on the unpacked tar
+      (untar, diffID hash, tar-split metadata, copies).
     - ``decompress_bps``: per codec, bytes of *output* per second.
-    - ``stores_blob``: the blob goes to disk before extraction (content
-      store, temp file), so the download is disk-bound too and writes twice.
+    - ``stores_blob``: the blob is written to disk before extraction (a
+      content store or a temp file), so every byte is written twice.
     - ``keeps_compressed``: the blob stays on disk next to the unpacked
       layer (containerd's content store).
-    - ``source``: where the numbers come from.
+    - ``source``: where the numbers come from ("measured: ...", "cited:
+      ...", "model: ...").
     """
 
     name: str
@@ -127,6 +135,8 @@ class Engine:
     pipeline: Pipeline
     pull_overhead_s: float
     layer_overhead_s: float
+    fetch_stream_bps: float
+    fetch_bps: float
     process_bps: float
     decompress_bps: Mapping[str, float]
     stores_blob: bool
@@ -138,8 +148,8 @@ class Engine:
             raise ConfigError(f"engine {self.name}: pipeline {self.pipeline!r} is not one of {', '.join(PIPELINES)}")
         if self.concurrency < 1:
             raise ConfigError(f"engine {self.name}: concurrency must be at least 1")
-        if self.process_bps <= 0:
-            raise ConfigError(f"engine {self.name}: process_bps must be positive")
+        if min(self.fetch_stream_bps, self.fetch_bps, self.process_bps) <= 0:
+            raise ConfigError(f"engine {self.name}: rates must be positive")
 
     @property
     def extracts_in_order(self) -> bool:
@@ -151,58 +161,64 @@ class Engine:
         return self.pipeline != "after_download"
 
 
-# Decompression, output bytes per second on one core of the project's
-# machine (2-core AMD EPYC VM), 2026-11-25: zlib/zstd through Python on
-# fp16 weights; see docs/benchmarks.md "Pull time per engine".
-_DECOMPRESS_BPS: Mapping[str, float] = MappingProxyType({"none": math.inf, "gzip": 300e6, "zstd": 1000e6})
+# Decompression, bytes of output per second on one core of the project's
+# machine (2-core AMD EPYC VM), measured 2026-11-25 with CPython's zlib and
+# the zstandard package on fp16 weights (docs/benchmarks.md, "Pull time per
+# engine"). Go's compress/gzip, which podman and containerd use, is not faster.
+_DECOMPRESS_BPS: Mapping[str, float] = MappingProxyType({"gzip": 300e6, "zstd": 1000e6})
 
 ENGINES: Mapping[str, Engine] = MappingProxyType({
     # podman 4.3.1 (containers/image 5.23, containers/storage overlay), measured
-    # on the project's machine 2026-11-25 by benchmarks/pull_calibration.py.
-    # 6 downloads at a time: containers/image copy/copy.go maxParallelDownloads
-    # = uint(6) ("Let's follow Firefox").
+    # on the project's machine 2026-11-25 by benchmarks/pull_calibration.py:
+    # all blobs are fetched to temp files first, then applied in order (its
+    # debug log and the layer directories say so). 6 downloads at a time:
+    # containers/image copy/copy.go maxParallelDownloads = uint(6).
     "podman": Engine(
         name="podman", concurrency=6, pipeline="after_download",
-        pull_overhead_s=0.3, layer_overhead_s=0.05, process_bps=200e6,
+        pull_overhead_s=0.3, layer_overhead_s=0.05, fetch_stream_bps=130e6, fetch_bps=300e6, process_bps=250e6,
         decompress_bps=_DECOMPRESS_BPS, stores_blob=True, keeps_compressed=False,
         source="measured: podman 4.3.1, loopback registry, 2026-11-25 (docs/benchmarks.md)",
     ),
-    # containerd 1.6.20, ctr images pull, overlayfs snapshotter, measured on the
+    # containerd 1.6.20 `ctr images pull`, overlayfs snapshotter, measured on the
     # project's machine 2026-11-25. ctr 1.6 fetches every blob into the content
     # store, then unpacks (cmd/ctr/commands/images/pull.go: content.Fetch, then
-    # image.Unpack); the blobs stay in the content store next to the snapshot
-    # (containerd issue 4249: a 12 GB image needed 24 GB).
+    # Unpack), with no download limit; the CRI plugin that kubelet drives
+    # defaults to max_concurrent_downloads = 3, used here. The blobs stay in the
+    # content store next to the snapshot (containerd issue 4249: a 12 GB image
+    # needed 24 GB of disk).
     "containerd": Engine(
         name="containerd", concurrency=3, pipeline="after_download",
-        pull_overhead_s=0.3, layer_overhead_s=0.05, process_bps=150e6,
+        pull_overhead_s=0.3, layer_overhead_s=0.05, fetch_stream_bps=130e6, fetch_bps=300e6, process_bps=150e6,
         decompress_bps=_DECOMPRESS_BPS, stores_blob=True, keeps_compressed=True,
         source="measured: containerd 1.6.20 ctr pull, loopback registry, 2026-11-25 (docs/benchmarks.md)",
     ),
     # Docker (moby) cannot run here (no daemon on the project's machines), so
-    # its per-byte cost is podman's measured one: both hash the blob, keep a
-    # temp file and untar it with Go's archive/tar. What differs is cited:
+    # its per-byte costs are podman's measured ones: both verify the blob into
+    # a temp file and untar it with Go's archive/tar. What differs is cited:
     # max-concurrent-downloads = 3 by default, layers extracted in order as
-    # their downloads finish (moby distribution/xfer), temp blob deleted after.
+    # their downloads finish, temp blob deleted after.
     "docker": Engine(
         name="docker", concurrency=3, pipeline="in_order",
-        pull_overhead_s=0.3, layer_overhead_s=0.05, process_bps=200e6,
+        pull_overhead_s=0.3, layer_overhead_s=0.05, fetch_stream_bps=130e6, fetch_bps=300e6, process_bps=250e6,
         decompress_bps=_DECOMPRESS_BPS, stores_blob=True, keeps_compressed=False,
-        source="cited: moby max-concurrent-downloads=3, in-order extraction; per-byte cost assumed = podman's",
+        source="cited: moby max-concurrent-downloads=3, in-order extraction; per-byte costs taken from podman",
     ),
     # modelimage pull (planned): parallel ranged GETs, each file streamed to
     # its place while its sha256 is checked; no temp blob, nothing kept twice.
-    # Per-byte cost = Python hashlib sha256, 1.6 GB/s on one core here
-    # (shared/ENVIRONMENT.md, "Hashing and disk").
+    # Measured pieces (2026-11-25, this machine): Python http.client ranged
+    # GETs 1.2 GB/s on one connection, 1.45 GB/s on four (probe_download);
+    # hashlib sha256 1.6 GB/s on one core (shared/ENVIRONMENT.md).
     "modelimage": Engine(
         name="modelimage", concurrency=8, pipeline="streaming",
-        pull_overhead_s=0.05, layer_overhead_s=0.0, process_bps=1.6e9,
+        pull_overhead_s=0.05, layer_overhead_s=0.0, fetch_stream_bps=1.2e9, fetch_bps=1.45e9, process_bps=1.6e9,
         decompress_bps=_DECOMPRESS_BPS, stores_blob=False, keeps_compressed=False,
-        source="model: streaming ranged GETs; sha256 1.6 GB/s measured 2026-11-25; not a measured pull",
+        source="model: streaming ranged GETs + sha256, pieces measured 2026-11-25; no pull measured yet",
     ),
 })
 
 
 def engine_named(name: str | Engine) -> Engine:
+    """``ENGINES[name]``, or ``name`` itself when it is an :class:`Engine`."""
     if isinstance(name, Engine):
         return name
     try:
@@ -217,12 +233,13 @@ def engine_named(name: str | Engine) -> Engine:
 class Estimate:
     """The estimated pull.
 
-    ``phases`` are the seconds of work of each kind, summed over layers
-    (``download`` is the wall time from the first request to the last
-    byte). They overlap when the engine pipelines, so they add up to more
-    than ``total_seconds`` then. ``disk_bytes`` is what stays on disk,
-    ``peak_disk_bytes`` the most at any time (temp blobs before they are
-    deleted).
+    ``phases`` are seconds of work of each kind: ``download`` is the wall
+    time from the first blob request to the last byte stored; ``decompress``
+    and ``extract`` are summed over layers; ``disk`` is the time the disk
+    needs for the bytes the page cache cannot hold. They overlap when the
+    engine pipelines, so they can add up to more than ``total_seconds``.
+    ``disk_bytes`` is what stays on disk, ``peak_disk_bytes`` the most at
+    any time (temp blobs before they are deleted).
     """
 
     total_seconds: float
@@ -256,110 +273,114 @@ class Estimate:
 def download_finish_times(sizes: Sequence[int], *, bandwidth_bps: float, concurrency: int,
                           stream_bps: float | None = None, latency_s: float = 0.0) -> list[float]:
     """When each transfer ends, fetching ``sizes`` in order, ``concurrency``
-    at a time. Transfers that are past their ``latency_s`` share
-    ``bandwidth_bps`` equally, each at most ``stream_bps``. Pure fluid
-    simulation: exact for these rules, event by event."""
-    if bandwidth_bps <= 0:
+    at a time. Transfers past their ``latency_s`` share ``bandwidth_bps``
+    equally, each at most ``stream_bps``. A fluid simulation, exact for
+    these rules, one event (a transfer starts flowing or ends) at a time."""
+    if bandwidth_bps <= 0 or (stream_bps is not None and stream_bps <= 0):
         raise ConfigError("bandwidth must be positive")
+    if concurrency < 1:
+        raise ConfigError("concurrency must be at least 1")
     cap = math.inf if stream_bps is None else stream_bps
-    n = len(sizes)
-    done = [0.0] * n
-    waiting = list(range(n))[::-1]  # pop() gives manifest order
-    active: dict[int, list[float]] = {}  # index -> [starts_flowing_at, bytes_left]
+    done = [0.0] * len(sizes)
+    waiting = list(range(len(sizes)))[::-1]  # pop() gives manifest order
+    active: dict[int, list[float]] = {}  # index -> [flows from, bytes left]
     now = 0.0
     while waiting or active:
         while waiting and len(active) < concurrency:
             i = waiting.pop()
             active[i] = [now + latency_s, float(sizes[i])]
-        flowing = [i for i, (t0, _) in active.items() if t0 <= now + 1e-12]
+        flowing = [i for i, (t0, _) in active.items() if t0 <= now]
         rate = min(bandwidth_bps / len(flowing), cap) if flowing else 0.0
-        # next event: a transfer finishes, or one starts flowing
-        nxt = math.inf
-        for i, (t0, left) in active.items():
-            nxt = min(nxt, now + left / rate if i in flowing else t0)
+        nxt = min(now + active[i][1] / rate if i in flowing else active[i][0] for i in active)
         for i in flowing:
             active[i][1] -= rate * (nxt - now)
         now = nxt
-        for i in [i for i, (t0, left) in active.items() if t0 <= now + 1e-12 and left <= 1e-6]:
+        for i in [i for i, (t0, left) in active.items() if t0 <= now and left <= 1e-6 * (1 + sizes[i])]:
             done[i] = now
             del active[i]
     return done
 
 
 def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: str | Engine = "containerd",
-                  disk_bps: float | None = None, concurrency: int | None = None,
+                  disk_bps: float | None = None, write_cache_bytes: int = 0, concurrency: int | None = None,
                   stream_bps: float | None = None, latency_s: float = DEFAULT_LATENCY_S) -> Estimate:
     """Seconds until ``engine`` has pulled an image made of ``layers``.
 
-    ``bandwidth_bps`` is the link (bytes/s); ``disk_bps`` the sustained
-    write speed of the engine's storage (``None``: not a limit); ``concurrency``
-    overrides the engine's downloads-at-a-time; ``stream_bps`` caps one
-    connection; ``latency_s`` is each request's time to first byte.
+    - ``bandwidth_bps``: the link, bytes/s (:func:`parse_rate`,
+      :data:`STANDARD_LINKS`, :func:`probe_download`);
+    - ``disk_bps``: sustained write speed of the engine's storage
+      (:func:`probe_disk`); ``None``: never a limit;
+    - ``write_cache_bytes``: bytes the page cache absorbs before the disk
+      speed matters (0, the default, is right for models larger than the
+      node's free memory; :func:`probe_write_cache` reads this machine's);
+    - ``concurrency``: overrides the engine's downloads at a time;
+    - ``stream_bps``: caps one connection (a long-RTT TCP stream);
+    - ``latency_s``: each request's time to first byte (0 on loopback).
     """
     eng = engine_named(engine)
     if bandwidth_bps <= 0 or (disk_bps is not None and disk_bps <= 0):
         raise ConfigError("bandwidth and disk speed must be positive")
-    if latency_s < 0:
-        raise ConfigError("latency must not be negative")
+    if latency_s < 0 or write_cache_bytes < 0:
+        raise ConfigError("latency and write cache must not be negative")
     conc = eng.concurrency if concurrency is None else concurrency
-    if conc < 1:
-        raise ConfigError("concurrency must be at least 1")
-    disk = math.inf if disk_bps is None else disk_bps
-    notes: list[str] = []
 
-    # 1. downloads; an engine that stores the blob first cannot outrun its disk
-    link = min(bandwidth_bps, disk) if eng.stores_blob else bandwidth_bps
+    # 1. fetch: the link, what each stream can verify and store, the engine's CPU
+    link = min(bandwidth_bps, eng.fetch_bps)
+    per_stream = eng.fetch_stream_bps if stream_bps is None else min(stream_bps, eng.fetch_stream_bps)
     sizes = [layer.size for layer in layers]
-    arrived = download_finish_times(sizes, bandwidth_bps=link, concurrency=conc,
-                                    stream_bps=stream_bps, latency_s=latency_s)
+    arrived = download_finish_times(sizes, bandwidth_bps=link, concurrency=conc, stream_bps=per_stream,
+                                    latency_s=latency_s)
     download_s = max(arrived, default=0.0)
 
-    # 2. per-layer extraction work
+    # 2. extract, per layer
     decompress = [0.0 if layer.compression == "none" else layer.tar_bytes / eng.decompress_bps[layer.compression]
                   for layer in layers]
-    process = [layer.tar_bytes / eng.process_bps for layer in layers]
-    write = [layer.tar_bytes / disk for layer in layers]
-    work = [eng.layer_overhead_s + d + p + w for d, p, w in zip(decompress, process, write)]
-
+    extract = [eng.layer_overhead_s + layer.tar_bytes / eng.process_bps for layer in layers]
+    work = [d + e for d, e in zip(decompress, extract)]
     if eng.pipeline == "after_download":
         end = download_s + sum(work)
     elif eng.pipeline == "in_order":
         end = 0.0
         for t_arrived, w in zip(arrived, work):
             end = max(end, t_arrived) + w
-    else:  # streaming: extraction keeps pace with the bytes, whichever is slower wins
+    else:  # streaming: extraction keeps pace with the bytes; the slower of the two wins
         end = max(download_s, latency_s + sum(work)) if layers else 0.0
-    fixed = eng.pull_overhead_s + 2 * latency_s  # manifest + config requests
-    total = fixed + end
 
+    # 3. disk: only what the page cache cannot hold waits for the disk
     unpacked = sum(layer.tar_bytes for layer in layers)
     stored = sum(sizes)
-    disk_bytes = unpacked + (stored if eng.keeps_compressed else 0)
-    peak = unpacked + (stored if eng.stores_blob else 0)
+    written = unpacked + (stored if eng.stores_blob else 0)
+    disk_s = 0.0 if disk_bps is None else max(0, written - write_cache_bytes) / disk_bps
 
-    if link < bandwidth_bps:
-        notes.append(f"downloads are limited by the disk ({format_rate(disk)}), not the link")
-    if sum(process) > download_s:
-        notes.append(f"{eng.name} spends longer processing ({format_seconds(sum(process))}) than downloading "
-                     f"({format_seconds(download_s)}): a faster link will not help much")
+    # 4. fixed costs
+    fixed = eng.pull_overhead_s + 2 * latency_s  # + manifest and config requests
+    total = fixed + max(end, disk_s)
+
+    notes: list[str] = []
+    if disk_s > end:
+        notes.append(f"the disk is the bottleneck: {format_size(written)} written at {format_rate(disk_bps or 0)}")
+    elif layers and link < bandwidth_bps:
+        notes.append(f"{eng.name} cannot verify and store faster than {format_rate(link)}: "
+                     "a faster link will not make this pull faster")
     if eng.keeps_compressed:
         notes.append(f"{eng.name} keeps each blob in its content store next to the unpacked layer "
                      f"({format_size(stored)} + {format_size(unpacked)})")
-    if any(layer.compression != "none" for layer in layers):
-        notes.append(f"decompression: {format_seconds(sum(decompress))} "
-                     f"(weights barely compress: see docs/benchmarks.md)")
-    if eng.source.startswith(("cited", "model")):
-        notes.append(f"{eng.name} is not measured here: {eng.source}")
+    if any(decompress):
+        notes.append(f"decompression adds {format_seconds(sum(decompress))}; weights barely compress "
+                     "(docs/benchmarks.md)")
+    if not eng.source.startswith("measured"):
+        notes.append(f"{eng.name} is not measured on this project's machines ({eng.source})")
 
     phases = {
         "overhead": fixed + eng.layer_overhead_s * len(layers),
         "download": download_s,
         "decompress": sum(decompress),
-        "process": sum(process),
-        "disk_write": sum(write) if disk_bps is not None else 0.0,
+        "extract": sum(layer.tar_bytes / eng.process_bps for layer in layers),
+        "disk": disk_s,
     }
-    return Estimate(total_seconds=total, phases=phases, disk_bytes=disk_bytes, peak_disk_bytes=peak,
-                    engine=eng.name, bandwidth_bps=bandwidth_bps, disk_bps=disk_bps, notes=tuple(notes))
+    return Estimate(total_seconds=total, phases=phases, disk_bytes=unpacked + (stored if eng.keeps_compressed else 0),
+                    peak_disk_bytes=written, engine=eng.name, bandwidth_bps=bandwidth_bps, disk_bps=disk_bps,
+                    notes=tuple(notes))
 
 
 # ------------------------------------------------------------------ alternatives
@@ -527,10 +548,20 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
                    max_bytes: int = 512 * MiB) -> float:
     """Bytes/s of ``connections`` parallel ranged GETs of one blob URL (e.g.
     ``http://HOST/v2/REPO/blobs/sha256:...``), reading at most ``max_bytes``
-    of it in equal ranges. Pass a ``client`` that carries the registry's
-    auth. (A server that ignores ``Range`` still gives a fair number: each
-    connection reads its share of bytes from the start.) Not pure: this is
-    the probe."""
+    of it in equal ranges. Not pure: this is the probe.
+
+    ``client`` (httpx, default a fresh one) makes the first ranged request,
+    so registry auth (pass a client that carries it) and redirects to blob
+    storage work as they do for a puller. The bulk ranges are then read with
+    ``http.client`` from the URL and credentials that request ended with:
+    httpx's pure-Python reads top out at 0.5-0.9 GB/s here, below loopback
+    (http.client ``readinto``: 1.2 GB/s on one connection, 1.45 GB/s on
+    four; 2026-11-25). A server that ignores ``Range`` still gives a fair
+    number: each connection reads its share of bytes from the start.
+    """
+    import http.client
+    import ssl
+
     import httpx
 
     if connections < 1 or max_bytes < 1:
@@ -538,38 +569,82 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
     own = client is None
     c = client or httpx.Client(timeout=httpx.Timeout(60.0), follow_redirects=True)
     try:
-        head = c.head(url)
-        head.raise_for_status()
-        want = min(int(head.headers.get("content-length") or max_bytes), max_bytes)
-        n = max(1, min(connections, want // MiB))
-        bounds = [(want * k // n, want * (k + 1) // n - 1) for k in range(n)]
-        got = [0] * n
-        errors: list[BaseException] = []
-
-        def fetch(k: int) -> None:
-            lo, hi = bounds[k]
-            try:
-                with c.stream("GET", url, headers={"Range": f"bytes={lo}-{hi}"}) as r:
-                    r.raise_for_status()
-                    for chunk in r.iter_raw():  # as received: re-chunking to 1 MiB halves the speed
-                        got[k] += len(chunk)
-                        if got[k] >= hi - lo + 1:
-                            break
-            except BaseException as e:  # re-raised in the caller's thread
-                errors.append(e)
-
-        threads = [threading.Thread(target=fetch, args=(k,), daemon=True) for k in range(n)]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        elapsed = time.perf_counter() - t
-        if errors:
-            raise errors[0]
-        return sum(got) / max(elapsed, 1e-9)
+        first = c.get(url, headers={"Range": "bytes=0-0"})
+        first.raise_for_status()
+        total = _content_range_total(first.headers.get("content-range")) or len(first.content) or max_bytes
+        final = first.url
+        carry = {k: v for k, v in first.request.headers.items() if k.lower() in ("authorization", "cookie")}
     except httpx.HTTPError as e:
         raise ModelImageError(f"cannot measure the download speed of {url}: {e}") from e
     finally:
         if own:
             c.close()
+
+    want = min(total, max_bytes)
+    n = max(1, min(connections, want // MiB))
+    bounds = [(want * k // n, want * (k + 1) // n - 1) for k in range(n)]
+    got = [0] * n
+    errors: list[BaseException] = []
+    target = final.raw_path.decode("ascii")
+    port = final.port or (443 if final.scheme == "https" else 80)
+
+    def fetch(k: int) -> None:
+        lo, hi = bounds[k]
+        if final.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                final.host, port, timeout=60, context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(final.host, port, timeout=60)
+        try:
+            conn.request("GET", target, headers={**carry, "Range": f"bytes={lo}-{hi}"})
+            r = conn.getresponse()
+            if r.status not in (200, 206):
+                raise ModelImageError(f"cannot measure the download speed of {url}: HTTP {r.status} {r.reason}")
+            buf = memoryview(bytearray(MiB))
+            goal = hi - lo + 1
+            while got[k] < goal:
+                m = r.readinto(buf[: min(MiB, goal - got[k])])
+                if not m:
+                    break
+                got[k] += m
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=fetch, args=(k,), daemon=True) for k in range(n)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    if errors:
+        e = errors[0]
+        if isinstance(e, ModelImageError):
+            raise e
+        raise ModelImageError(f"cannot measure the download speed of {url}: {e}") from e
+    return sum(got) / max(elapsed, 1e-9)
+
+
+def _content_range_total(value: str | None) -> int | None:
+    """``bytes 0-0/1234`` -> 1234."""
+    m = re.match(r"^\s*bytes\s+\S+/([0-9]+)\s*$", value or "")
+    return int(m.group(1)) if m else None
+
+
+def probe_write_cache() -> int:
+    """Bytes this machine's page cache takes before writers are throttled to
+    the disk's speed: ``vm.dirty_bytes``, or ``vm.dirty_ratio`` percent of
+    available memory (an approximation of the kernel's dirtyable memory).
+    0 where /proc does not say (not Linux). Not pure: this is a probe."""
+    try:
+        dirty_bytes = int(Path("/proc/sys/vm/dirty_bytes").read_text())
+        if dirty_bytes:
+            return dirty_bytes
+        ratio = int(Path("/proc/sys/vm/dirty_ratio").read_text())
+        meminfo = Path("/proc/meminfo").read_text()
+    except (OSError, ValueError):
+        return 0
+    m = re.search(r"^MemAvailable:\s+([0-9]+) kB", meminfo, re.M)
+    return int(m.group(1)) * 1024 * ratio // 100 if m else 0

@@ -110,3 +110,55 @@ def token_registry():
     reg = start_token_registry()
     yield reg
     reg.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_api(podman_env, tmp_path_factory):
+    """podman's Docker-compatible API on a unix socket, as a docker SDK client."""
+    import docker
+
+    d = Path(tempfile.mkdtemp(prefix="podman-api-"))
+    sock = d / "podman.sock"
+    proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=podman_env,
+                            stdout=subprocess.DEVNULL, stderr=open(d / "log", "wb"))
+    deadline = time.monotonic() + 20
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"podman system service did not start: {(d / 'log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    client = docker.DockerClient(base_url=f"unix://{sock}")
+    yield client
+    client.close()
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def busybox_base(registry, podman_env, tmp_path_factory) -> str:
+    """A FROM-scratch busybox image (Debian's busybox-static) pushed to the
+    open registry: a small base with a shell and sha256sum."""
+    need("podman")
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        msg = "busybox-static is not installed (make test installs it)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    ctx = tmp_path_factory.mktemp("busybox")
+    (ctx / "bin").mkdir()
+    shutil.copy(busybox, ctx / "bin" / "busybox")
+    for tool in ("sh", "sha256sum", "ls", "cat"):
+        (ctx / "bin" / tool).symlink_to("busybox")
+    (ctx / "Containerfile").write_text('FROM scratch\nCOPY bin /bin\nENV PATH=/bin\nCMD ["/bin/sh"]\n')
+    ref = f"{registry.host}/base/busybox:latest"
+    subprocess.run(["podman", "build", "-q", "-t", ref, str(ctx)], env=podman_env, check=True,
+                   capture_output=True)
+    subprocess.run(["podman", "push", "-q", "--tls-verify=false", ref], env=podman_env, check=True,
+                   capture_output=True)
+    subprocess.run(["podman", "rmi", "-f", ref], env=podman_env, capture_output=True)
+    return ref

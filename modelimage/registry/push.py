@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 # Measured on loopback (docs/benchmarks.md): 3 uploads at once keep a
 # registry busy without starving the hashing on 2 cores.
 DEFAULT_CONCURRENCY = 3
+# Bytes per PATCH. A registry confirms only whole requests: CNCF distribution
+# drops the partial body of a cut PATCH, so one PATCH per blob would resend
+# everything after a cut. 256 MiB chunks bound that, for one round trip each.
+DEFAULT_CHUNK_SIZE = 256 << 20
 SNAPSHOT_EVERY = 64 << 20  # digest state kept every 64 MiB so a resume re-reads at most that
 UNSUPPORTED_PATCH = {400, 405, 415, 501}  # registries that refuse chunked uploads answer one of these
 
@@ -50,7 +54,7 @@ class PushSettings:
     backoff: float = 1.0  # seconds, doubled each attempt, capped at max_backoff
     max_backoff: float = 30.0
     upload: str = "auto"  # auto | monolithic | chunked
-    chunk_size: int | None = None  # max bytes per PATCH (None: the whole blob in one PATCH)
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE  # max bytes per PATCH (None: the whole blob in one PATCH)
     tags: tuple[str, ...] = ()
 
 
@@ -224,9 +228,11 @@ class Uploader:
         self.patch_refused = settings.upload == "monolithic"
 
     def upload(self, source: _Source, known_digest: str | None) -> None:
+        """Monolithic PUT when the registry refuses PATCH, or for a blob whose
+        digest is known and that fits one chunk; resumable PATCHes otherwise."""
         what = f"{self.client.host}/{self.repo}"
-        if self.patch_refused or (self.settings.upload == "auto" and known_digest and source.size is not None
-                                  and self.settings.chunk_size is None):
+        small = source.size is not None and source.size <= (self.settings.chunk_size or source.size)
+        if self.patch_refused or (self.settings.upload == "auto" and known_digest and small):
             return self._monolithic(source, known_digest, what)
         try:
             return self._resumable(source, what)
@@ -281,25 +287,39 @@ class Uploader:
                     break
                 continue
             attempt += 1
-            if not self.retry.retryable(failure) or attempt > self.settings.retries:
+            lost = _session_lost(failure)
+            if not (lost or self.retry.retryable(failure)) or attempt > self.settings.retries:
                 raise _failed(f"{what}: uploading", failure, attempt) from None
             self.retry.wait(attempt, failure)
-            url, offset = self._resume_point(url, source, what)
+            url, offset = self._restart(source, what) if lost else self._resume_point(url, source, what)
             self.stats.add(resumes=1)
         digest = source.digest()
         self.retry.call(f"{what}: committing {digest[:19]}", lambda: self.client.finish(url, digest))
 
     def _resume_point(self, url: str, source: _Source, what: str) -> tuple[str, int]:
-        """Where to continue: the offset the registry confirms, or a new upload."""
+        """Where to continue: the offset the registry confirms, or a new upload
+        when it lost the session. (CNCF distribution 2.8 keeps the partial body
+        of a cut PATCH, then finds its size disagrees with the upload state and
+        drops the upload: only cuts between requests, or behind a proxy that
+        buffers request bodies, can resume there.)"""
         if source.resumable:
             try:
                 confirmed = int(self.retry.call(f"{what}: upload status", lambda: self.client.upload_offset(url)))
                 return url, source.rewind(confirmed)
             except RegistryError as e:
-                if e.status != 404:  # 404 BLOB_UPLOAD_UNKNOWN: the registry dropped it; start over
+                if not _session_lost(e):
                     raise
+        return self._restart(source, what)
+
+    def _restart(self, source: _Source, what: str) -> tuple[str, int]:
         source.rewind(0)
         return str(self.retry.call(f"{what}: starting an upload", lambda: self.client.start_upload(self.repo))), 0
+
+
+def _session_lost(e: Exception) -> bool:
+    """The registry no longer has the upload (expired, cancelled, invalid)."""
+    return isinstance(e, RegistryError) and (
+        e.status == 404 or e.code in ("BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"))
 
 
 class _Counter:
