@@ -161,7 +161,8 @@ def check(host: str, limits: RegistryLimits, layers: Sequence[LayerFacts], *, ma
 
 
 def _round_down(n: int) -> str:
-    for unit, div in (("GB", 10**9), ("MB", 10**6)):
-        if n >= 10 * div:
+    """A round --max-layer-size at most ``n`` bytes."""
+    for unit, div in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= div:
             return f"{n // div}{unit}"
     return str(n)
