@@ -326,3 +326,31 @@ def test_run_model_on_a_base_image(registry, busybox_base, llama_dir, podman_env
     assert seen == recorded
     for name in ("config.json", "tokenizer.json"):
         assert seen[name] == sha256((llama_dir / name).read_bytes())
+
+
+def test_registry_that_refuses_patch_gets_one_put(registry, llama_dir, cache, monkeypatch):
+    """Like Google Artifact Registry: chunked uploads refused -> the blob
+    goes again as one monolithic PUT, and later blobs skip PATCH at once."""
+    from modelimage.registry.client import RegistryError
+
+    calls = []
+
+    def refuse(self, url, content, start, length):
+        calls.append(start)
+        raise RegistryError("gar", 405, "UNSUPPORTED", "chunked uploads are not supported")
+
+    monkeypatch.setattr(client_module.RegistryClient, "patch", refuse)
+    result, stats = push(llama_dir, f"{registry.host}/gar/llama:v1", cache, concurrency=1)
+    assert calls == [0]  # refused once, never tried again
+    assert skopeo_inspect(f"{registry.host}/gar/llama:v1")["Digest"] == result.manifest.digest
+
+
+def test_retry_after_is_honoured():
+    from modelimage.registry.client import RegistryError
+    from modelimage.registry.push import PushStats, _Retrier
+
+    slept = []
+    retrier = _Retrier(PushSettings(backoff=0.01), PushStats(), sleep=slept.append)
+    retrier.wait(1, RegistryError("x", 429, "TOOMANYREQUESTS", "slow down", retry_after=7.0))
+    retrier.wait(1, RegistryError("x", 503, "", "unavailable"))
+    assert slept[0] >= 7.0 and slept[1] < 1.0

@@ -232,7 +232,9 @@ class Uploader:
         digest is known and that fits one chunk; resumable PATCHes otherwise."""
         what = f"{self.client.host}/{self.repo}"
         small = source.size is not None and source.size <= (self.settings.chunk_size or source.size)
-        if self.patch_refused or (self.settings.upload == "auto" and known_digest and small):
+        # a stream that cannot restart mid-way (a base layer fetched from elsewhere) goes in one PUT
+        one_piece = known_digest is not None and not source.resumable
+        if self.patch_refused or one_piece or (self.settings.upload == "auto" and known_digest and small):
             return self._monolithic(source, known_digest, what)
         try:
             return self._resumable(source, what)
