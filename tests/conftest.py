@@ -11,14 +11,14 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from modelimage import synth
 
-from .tools import SMALL, need
+from .tools import SMALL, need, start_daemon, stop_daemon
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_digest_cache(tmp_path_factory):
@@ -63,20 +63,9 @@ def containerd(tmp_path_factory):
     (d / "config.toml").write_text(
         f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n[grpc]\n  address = "{sock}"\n'
     )
-    proc = subprocess.Popen(["containerd", "--config", str(d / "config.toml")],
-                            stdout=subprocess.DEVNULL, stderr=open(d / "log", "wb"))
-    deadline = time.monotonic() + 20
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"containerd did not start: {(d / 'log').read_text()[-2000:]}")
-        time.sleep(0.1)
+    proc = start_daemon(["containerd", "--config", str(d / "config.toml")], sock, d / "log")
     yield str(sock)
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_daemon(proc)
     subprocess.run(["umount", "-R", str(d / "root")], capture_output=True)
     shutil.rmtree(d, ignore_errors=True)
 
@@ -119,22 +108,11 @@ def docker_api(podman_env, tmp_path_factory):
 
     d = Path(tempfile.mkdtemp(prefix="podman-api-"))
     sock = d / "podman.sock"
-    proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=podman_env,
-                            stdout=subprocess.DEVNULL, stderr=open(d / "log", "wb"))
-    deadline = time.monotonic() + 20
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"podman system service did not start: {(d / 'log').read_text()[-2000:]}")
-        time.sleep(0.1)
+    proc = start_daemon(["podman", "system", "service", "--time=0", f"unix://{sock}"], sock, d / "log", podman_env)
     client = docker.DockerClient(base_url=f"unix://{sock}")
     yield client
     client.close()
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_daemon(proc)
     shutil.rmtree(d, ignore_errors=True)
 
 

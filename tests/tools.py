@@ -60,3 +60,26 @@ def write_virtual(vf: VirtualFile, root: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(virtual_bytes(vf))
     return dest
+
+
+def start_daemon(cmd: list[str], sock: Path, log: Path, env: dict | None = None,
+                 timeout: float = 20) -> subprocess.Popen:
+    """Start a daemon that listens on the unix socket ``sock``; wait for it."""
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{cmd[0]} did not start: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
