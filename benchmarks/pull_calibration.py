@@ -1,27 +1,37 @@
 #!/usr/bin/env python3
 """Measure what pulling an image really costs, per engine, on this machine.
 
-Writes OCI layouts of random bytes (uncompressed tar layers, made with
-Python's tarfile), pushes them with the real ``skopeo copy`` to a real CNCF
+Writes OCI layouts of random bytes (uncompressed tar layers, one file each,
+made with Python's tarfile), pushes them with the real ``skopeo copy
+--preserve-digests`` (without it skopeo gzips the layers) to a real CNCF
 registry on a loopback port, then times the engines pulling them:
 
 - ``podman pull --tls-verify=false`` into a private podman storage root
-  (overlay driver, same disk as /var/lib/containers), image removed between
-  runs;
+  (overlay driver, on the same disk as /var/lib/containers), the image
+  removed between runs. A watcher notes when each layer directory appears:
+  podman 4.3 creates it when it starts applying that layer, so the first
+  one marks the end of the downloads;
 - ``ctr images pull --plain-http`` against a private containerd 1.6
-  (overlayfs snapshotter), with ``ctr images rm --sync`` between runs;
+  (overlayfs snapshotter), with ``ctr images rm --sync`` between runs; ctr
+  prints how long its unpack took.
 
-and, in the same run, the two things an engine cannot beat: parallel ranged
-GETs of the blobs (:func:`modelimage.estimate.probe_download`) and the disk's
-write+fsync speed (:func:`modelimage.estimate.probe_disk`).
+In the same run it measures what an engine cannot beat: parallel ranged
+GETs of the blobs (:func:`modelimage.estimate.probe_download`) and the
+disk's write+fsync speed (:func:`modelimage.estimate.probe_disk`).
 
-It then fits, per engine, ``seconds = fixed + per_layer * layers + bytes /
-rate`` after taking off the modelled download and disk-write time, and prints
-the table and the fitted constants that ``modelimage/estimate.py`` records
-(docs/benchmarks.md, "Pull time per engine").
+Then it fits, per engine, the constants of :mod:`modelimage.estimate`:
+the extraction phase as ``fixed + per_layer * layers + bytes / process_bps``
+(least squares) and the download phase as the fluid simulation with a
+per-stream and a total rate (grid search), and prints how well the fitted
+model reproduces every measurement. With ``--gzip-mib`` it also pulls the
+same fp16-like weights as one plain and one gzip layer, to price
+decompression inside the engines.
 
     python benchmarks/pull_calibration.py [--sizes 256MiB,1GiB,2GiB] [--layers 1,4,8]
-                                          [--repeat 2] [--engines podman,containerd]
+        [--repeat 3] [--engines podman,containerd] [--gzip-mib 512]
+
+Numbers move with whatever else runs on the machine: the table says what
+the load average was.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,9 +51,11 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +66,7 @@ from modelimage import estimate  # noqa: E402
 from modelimage.units import format_size, parse_size  # noqa: E402
 
 MEDIA_TAR = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 CHUNK = 4 << 20
@@ -60,27 +74,66 @@ CHUNK = 4 << 20
 
 # ---------------------------------------------------------------- layouts
 
-class _RandomReader:
-    """``n`` random bytes as a file object (tarfile reads it in chunks)."""
+def random_bytes(rng: np.random.Generator, n: int) -> bytes:
+    """Incompressible bytes (uint64 draws: 2.5x faster than ``rng.bytes``)."""
+    return rng.integers(0, 2**63, size=(n + 7) // 8, dtype=np.uint64).tobytes()[:n]
 
-    def __init__(self, rng: np.random.Generator, n: int):
-        self.rng, self.left = rng, n
+
+class _Repeating:
+    """A 64 MiB random block, repeated: for plain tar layers exactly as costly
+    to pull as fresh random bytes (nothing dedupes inside a blob), and much
+    faster to write. Not for compressed layers."""
+
+    def __init__(self, rng: np.random.Generator, block: int = 64 << 20):
+        self.pool, self.off = random_bytes(rng, block), 0
+
+    def __call__(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            take = min(n - len(out), len(self.pool) - self.off)
+            out += self.pool[self.off:self.off + take]
+            self.off = (self.off + take) % len(self.pool)
+        return bytes(out)
+
+
+def fp16_weights(rng: np.random.Generator, n: int) -> bytes:
+    """fp16 values ~ N(0, 0.02), like a trained layer: gzip saves ~7 %."""
+    return (rng.standard_normal((n + 1) // 2, dtype=np.float32) * 0.02).astype(np.float16).tobytes()[:n]
+
+
+class _Reader:
+    """``n`` generated bytes as a file object (tarfile reads it in chunks)."""
+
+    def __init__(self, make: Callable[[int], bytes], n: int):
+        self.make, self.left = make, n
 
     def read(self, size: int = -1) -> bytes:
         size = self.left if size < 0 else min(size, self.left)
         self.left -= size
-        words = self.rng.integers(0, 2**63, size=(size + 7) // 8, dtype=np.uint64)  # 2.5x faster than .bytes()
-        return words.tobytes()[:size]
+        return self.make(size)
 
 
-class _HashingWriter:
-    def __init__(self, f):
-        self.f, self.h, self.n = f, hashlib.sha256(), 0
+class _BlobWriter:
+    """Takes tar bytes: hashes them (diffID), optionally gzips them, writes
+    and hashes what is stored (digest)."""
+
+    def __init__(self, f, gzip_level: int | None):
+        self.f, self.diff, self.blob, self.size = f, hashlib.sha256(), hashlib.sha256(), 0
+        self.z = zlib.compressobj(gzip_level, zlib.DEFLATED, 31) if gzip_level is not None else None
+
+    def _out(self, data: bytes) -> None:
+        self.blob.update(data)
+        self.size += len(data)
+        self.f.write(data)
 
     def write(self, data) -> int:
-        self.h.update(data)
-        self.n += len(data)
-        return self.f.write(data)
+        self.diff.update(data)
+        self._out(self.z.compress(data) if self.z else bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        if self.z:
+            self._out(self.z.flush())
 
 
 def _put_blob(blobs: Path, data: bytes) -> dict:
@@ -89,30 +142,41 @@ def _put_blob(blobs: Path, data: bytes) -> dict:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def write_random_layout(root: Path, layer_sizes: Sequence[int], *, tag: str = "latest", seed: int = 0) -> list[int]:
-    """An OCI image layout at ``root`` holding one image (tag ``tag``) with
-    one uncompressed tar layer per entry of ``layer_sizes``, each layer one
-    file of that many random bytes under ``/models``. Returns the layer blob
-    sizes (tar bytes: file + headers + end blocks)."""
+def write_layout(root: Path, layer_sizes: Sequence[int], *, tag: str = "latest", seed: int = 0,
+                 content: str = "random", gzip_level: int | None = None) -> list[dict]:
+    """An OCI image layout at ``root`` holding one image (tag ``tag``) with a
+    tar layer per entry of ``layer_sizes``, each one file of that many bytes
+    under ``/models``: ``content`` "random" (incompressible), "repeating"
+    (a random block repeated: fast, for plain layers) or "fp16"
+    (weight-like). ``gzip_level`` None writes plain tar layers. Returns the
+    layer descriptors."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    layers = []
+    if content == "repeating":
+        make: Callable[[int], bytes] = _Repeating(rng)
+    elif content in ("random", "fp16"):
+        gen = random_bytes if content == "random" else fp16_weights
+        make = lambda n: gen(rng, n)  # noqa: E731
+    else:
+        raise ValueError(f"content {content!r}: random, repeating or fp16")
+    layers, diff_ids = [], []
     for i, size in enumerate(layer_sizes):
         tmp = blobs / f".layer-{i}.tmp"
         with open(tmp, "wb") as f:
-            w = _HashingWriter(f)
+            w = _BlobWriter(f, gzip_level)
             with tarfile.open(fileobj=w, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
                 info = tarfile.TarInfo(f"models/part-{seed}-{i:03d}.bin")
                 info.size, info.mode, info.mtime = size, 0o644, 0
-                tar.addfile(info, _RandomReader(rng, size))
-        digest = w.h.hexdigest()
+                tar.addfile(info, _Reader(make, size))
+            w.close()
+        digest = w.blob.hexdigest()
         tmp.rename(blobs / digest)
-        layers.append({"mediaType": MEDIA_TAR, "digest": f"sha256:{digest}", "size": w.n})
-    config = {
-        "architecture": "amd64", "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]},
-    }
+        layers.append({"mediaType": MEDIA_GZIP if gzip_level is not None else MEDIA_TAR,
+                       "digest": f"sha256:{digest}", "size": w.size})
+        diff_ids.append(f"sha256:{w.diff.hexdigest()}")
+    config = {"architecture": "amd64", "os": "linux", "config": {},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
     cfg = _put_blob(blobs, json.dumps(config).encode())
     manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
                 "config": {"mediaType": MEDIA_CONFIG, **cfg}, "layers": layers}
@@ -121,47 +185,70 @@ def write_random_layout(root: Path, layer_sizes: Sequence[int], *, tag: str = "l
         {"mediaType": MEDIA_MANIFEST, **man, "annotations": {"org.opencontainers.image.ref.name": tag}}]}
     (root / "index.json").write_text(json.dumps(index))
     (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    return [layer["size"] for layer in layers]
+    return layers
 
 
 def skopeo_push(layout: Path, ref: str, *, tag: str = "latest") -> None:
-    """``skopeo copy`` the layout to ``ref`` (plain HTTP), layers kept as they are."""
-    # --preserve-digests: without it skopeo gzips uncompressed layers on the way to a registry
-    _run("skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false", f"oci:{layout}:{tag}", f"docker://{ref}")
+    """``skopeo copy`` the layout to ``ref`` over plain HTTP, layers as they
+    are (``--preserve-digests``: otherwise skopeo gzips plain tar layers)."""
+    _run("skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false",
+         f"oci:{layout}:{tag}", f"docker://{ref}")
 
 
-def layer_digests(registry_url: str, repo: str, tag: str) -> list[tuple[str, int, str]]:
-    """(digest, size, mediaType) of each layer of ``repo:tag``, read back from the registry."""
+def registry_layers(registry_url: str, repo: str, tag: str) -> list[dict]:
+    """The layer descriptors of ``repo:tag``, read back from the registry."""
     import httpx
 
     r = httpx.get(f"{registry_url}/v2/{repo}/manifests/{tag}", headers={"Accept": MEDIA_MANIFEST}, timeout=30)
     r.raise_for_status()
-    return [(layer["digest"], layer["size"], layer["mediaType"]) for layer in r.json()["layers"]]
+    return r.json()["layers"]
+
+
+def layer_specs(layers: Sequence[dict], unpacked: Sequence[int] | None = None) -> list[estimate.LayerSpec]:
+    """Registry layer descriptors as the model's inputs."""
+    out = []
+    for i, d in enumerate(layers):
+        if d["mediaType"].endswith("+gzip"):
+            out.append(estimate.LayerSpec(d["size"], unpacked[i] if unpacked else None, "gzip"))
+        else:
+            out.append(estimate.LayerSpec(d["size"]))
+    return out
 
 
 # ---------------------------------------------------------------- engines
 
-def _run(*cmd: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class PullTiming:
-    """One timed pull: wall seconds, and the split between fetching the blobs
-    and extracting them where the engine shows it."""
+    """One timed pull: wall seconds, CPU seconds of the engine, and the split
+    between fetching the blobs and extracting them where the engine shows it."""
 
     seconds: float
-    download_s: float | None = None  # first request -> all blobs stored
-    extract_s: float | None = None  # all blobs stored -> last layer applied
+    cpu_s: float
+    download_s: float | None = None  # start -> every blob stored
+    extract_s: float | None = None  # every blob stored -> done
+    cores: float | None = None  # estimate.probe_cpus() right before the pull
 
 
 class _LayerWatcher:
     """Polls a storage directory (podman's ``overlay/``) every 5 ms and notes
-    when each new layer directory appears: podman 4.3 creates a layer's
-    directory when it starts applying that layer's tar."""
+    when each new layer directory appears."""
 
     def __init__(self, directory: Path):
         self.directory, self.seen, self.appeared = directory, set(), []
@@ -193,16 +280,15 @@ class _LayerWatcher:
             time.sleep(0.005)
 
 
-@dataclass
 class Podman:
-    """podman with a private storage root (so other users of the default
-    store neither see nor disturb the measurement)."""
+    """podman with a private storage root, so other users of the default
+    store neither see nor disturb the measurement."""
 
-    root: Path
+    name = "podman"
 
-    def __post_init__(self):
-        self.storage = self.root / "storage"
-        self.runroot = self.root / "run"
+    def __init__(self, root: Path):
+        self.root = root
+        self.storage, self.runroot = root / "storage", root / "run"
         _run(*self._cmd("info"))  # creates the store
 
     def _cmd(self, *args: str) -> list[str]:
@@ -210,13 +296,15 @@ class Podman:
                 "--storage-driver", "overlay", *args]
 
     def pull(self, ref: str) -> PullTiming:
+        cpu0 = _children_cpu()
         with _LayerWatcher(self.storage / "overlay") as watch:
             t = time.perf_counter()
             _run(*self._cmd("pull", "--quiet", "--tls-verify=false", ref))
             end = time.perf_counter()
+        cpu = _children_cpu() - cpu0
         if not watch.appeared:
-            return PullTiming(end - t)
-        return PullTiming(end - t, watch.appeared[0] - t, end - watch.appeared[0])
+            return PullTiming(end - t, cpu)
+        return PullTiming(end - t, cpu, watch.appeared[0] - t, end - watch.appeared[0])
 
     def remove(self, ref: str) -> None:
         _run(*self._cmd("rmi", "--force", ref), check=False)
@@ -227,47 +315,47 @@ class Podman:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@dataclass
 class Containerd:
     """A private containerd 1.6 with the overlayfs snapshotter."""
 
-    root: Path
-    proc: subprocess.Popen | None = None
+    name = "containerd"
 
-    def __post_init__(self):
-        self.sock = self.root / "containerd.sock"
-        (self.root / "config.toml").write_text(
-            f'version = 2\nroot = "{self.root}/root"\nstate = "{self.root}/state"\n'
-            f'[grpc]\n  address = "{self.sock}"\n')
-        self.proc = subprocess.Popen(["containerd", "--config", str(self.root / "config.toml")],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "log", "wb"))
+    def __init__(self, root: Path):
+        self.root = root
+        self.sock = root / "containerd.sock"  # short path: unix sockets allow 108 bytes
+        (root / "config.toml").write_text(
+            f'version = 2\nroot = "{root}/root"\nstate = "{root}/state"\n[grpc]\n  address = "{self.sock}"\n')
+        self.proc = subprocess.Popen(["containerd", "--config", str(root / "config.toml")],
+                                     stdout=subprocess.DEVNULL, stderr=open(root / "log", "wb"))
         deadline = time.monotonic() + 20
         while not self.sock.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"containerd did not start: {(self.root / 'log').read_text()[-2000:]}")
+                self.close()
+                raise RuntimeError(f"containerd did not start: {(root / 'log').read_text()[-2000:]}")
             time.sleep(0.1)
 
     def pull(self, ref: str) -> PullTiming:
+        cpu0 = _children_cpu() + _proc_cpu(self.proc.pid)
         t = time.perf_counter()
         out = _run("ctr", "--address", str(self.sock), "images", "pull", "--plain-http", ref).stdout
         dt = time.perf_counter() - t
+        cpu = _children_cpu() + _proc_cpu(self.proc.pid) - cpu0
         # ctr 1.6 fetches every blob, then unpacks and prints "done: <Go duration>" for the unpack alone
-        m = re.search(r"done: ([0-9.]+)(ms|s)", out)
+        m = re.search(r"done: ([0-9.]+)(µs|ms|s)", out)
         if not m:
-            return PullTiming(dt)
-        unpack = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
-        return PullTiming(dt, None, unpack)
+            return PullTiming(dt, cpu)
+        unpack = float(m.group(1)) / {"µs": 1e6, "ms": 1e3, "s": 1}[m.group(2)]
+        return PullTiming(dt, cpu, dt - unpack, unpack)
 
     def remove(self, ref: str) -> None:
         _run("ctr", "--address", str(self.sock), "images", "rm", "--sync", ref, check=False)
 
     def close(self) -> None:
-        if self.proc:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
         subprocess.run(["umount", "-R", str(self.root / "root")], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -277,121 +365,258 @@ class Containerd:
 @dataclass
 class Sample:
     engine: str
-    image_bytes: int
-    layers: int
-    seconds: list[float] = field(default_factory=list)
-    unpack_seconds: list[float] = field(default_factory=list)  # containerd: ctr's own "done:" figure
+    specs: list[estimate.LayerSpec]
+    runs: list[PullTiming] = field(default_factory=list)
     bandwidth_bps: float = 0.0
-    disk_bps: float = 0.0
 
     @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
+    def image_bytes(self) -> int:
+        return sum(s.size for s in self.specs)
+
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in self.runs)
+
+    def cores(self, default: float) -> float:
+        """Median free cores before the pulls (older saved runs: ``default``)."""
+        probed = [r.cores for r in self.runs if r.cores is not None]
+        return statistics.median(probed) if probed else default
+
+    def to_json(self) -> dict:
+        return {"engine": self.engine, "layers": [[sp.size, sp.tar_bytes, sp.compression] for sp in self.specs],
+                "bandwidth_bps": self.bandwidth_bps, "runs": [vars(r) for r in self.runs]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Sample:
+        return cls(d["engine"], [estimate.LayerSpec(*layer) for layer in d["layers"]],
+                   [PullTiming(**r) for r in d["runs"]], d["bandwidth_bps"])
 
 
-def fit_engine(samples: Sequence[Sample], engine: estimate.Engine) -> tuple[float, float, float]:
-    """Least squares for (fixed_s, per_layer_s, process_bps): the measured time
-    minus the modelled download and disk time, against (1, layers, bytes)."""
-    rows, y = [], []
-    for s in samples:
-        layers = [estimate.LayerSpec(s.image_bytes // s.layers)] * s.layers
-        bare = estimate.estimate_pull(layers, bandwidth_bps=s.bandwidth_bps, disk_bps=s.disk_bps,
-                                      engine=_without_processing(engine), latency_s=0.0)
-        rows.append([1.0, s.layers, s.image_bytes])
-        y.append(s.median - bare.total_seconds)
-    (fixed, per_layer, per_byte), *_ = np.linalg.lstsq(np.array(rows), np.array(y), rcond=None)
-    return float(fixed), float(per_layer), float(1 / per_byte) if per_byte > 0 else float("inf")
+def _line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope."""
+    slope, intercept = np.polyfit(np.array(x, dtype=float), np.array(y, dtype=float), 1)
+    return float(intercept), float(slope)
 
 
-def _without_processing(engine: estimate.Engine) -> estimate.Engine:
-    from dataclasses import replace
+def fit_engine(samples: Sequence[Sample], engine: estimate.Engine, *, concurrency: int,
+               cpus: float) -> estimate.Engine:
+    """The engine's constants from its pulls (disk left out: fit on images
+    the page cache holds).
 
-    return replace(engine, pull_overhead_s=0.0, layer_overhead_s=0.0, process_bps=float("inf"))
+    1. Single-layer pulls split cleanly into fetch and extract: lines
+       through (bytes, download_s) and (bytes, extract_s) give the
+       per-stream fetch rate, the extraction rate and, from the
+       intercepts, the fixed per-pull overhead.
+    2. CPU seconds per byte: the slope of the pulls' CPU time.
+    3. The total fetch rate and the per-layer overhead: a grid search on
+       the wall time of every pull, simulated with the engine's real
+       pipeline and concurrency on the cores that were free (``cpus`` where
+       the run did not probe them).
+    """
+    single = [s for s in samples if len(s.specs) == 1]
+    if len({s.image_bytes for s in single}) < 2:
+        raise SystemExit("fitting needs single-layer pulls of at least two sizes")
+    a0, per_byte_fetch = _line([s.image_bytes for s in single], [s.median("download_s") for s in single])
+    b0, per_byte_extract = _line([s.image_bytes for s in single], [s.median("extract_s") for s in single])
+    _, cpu_per_byte = _line([s.image_bytes for s in samples], [s.median("cpu_s") for s in samples])
+    base = replace(engine, pull_overhead_s=max(0.0, a0 + b0), fetch_stream_bps=1 / per_byte_fetch,
+                   process_bps=1 / per_byte_extract, cpu_s_per_byte=cpu_per_byte, concurrency=concurrency)
+
+    def error(eng: estimate.Engine) -> float:
+        rel = [estimate.estimate_pull(s.specs, bandwidth_bps=s.bandwidth_bps, engine=eng, cpus=s.cores(cpus),
+                                      latency_s=0.0).total_seconds / s.median("seconds") - 1 for s in samples]
+        return float(np.mean(np.square(rel)))
+
+    candidates = (replace(base, fetch_bps=t, layer_overhead_s=lo)
+                  for t in np.geomspace(base.fetch_stream_bps, 20 * base.fetch_stream_bps, 80)
+                  for lo in np.arange(0.0, 0.3, 0.005))
+    best = min(candidates, key=error)
+    return replace(best, concurrency=engine.concurrency)
 
 
-# ---------------------------------------------------------------- main
+def decompress_reference(mib: int = 128) -> dict[str, float]:
+    """Output bytes/s of CPython zlib (gzip) and zstandard on fp16 weights."""
+    data = fp16_weights(np.random.default_rng(1), mib * 2**20)
+    out = {}
+    blob = zlib.compress(data, 6)
+    t = time.perf_counter()
+    zlib.decompress(blob)
+    out["gzip"] = len(data) / (time.perf_counter() - t)
+    try:
+        import zstandard
+    except ImportError:
+        return out
+    blob = zstandard.ZstdCompressor(level=3).compress(data)
+    t = time.perf_counter()
+    zstandard.ZstdDecompressor().decompress(blob)
+    out["zstd"] = len(data) / (time.perf_counter() - t)
+    return out
+
+
+# ---------------------------------------------------------------- measure
+
+def _pull_all(runners, ref: str, sample_for, repeat: int) -> list[Sample]:
+    out = []
+    for runner in runners:
+        s = sample_for(runner.name)
+        for _ in range(repeat):
+            runner.remove(ref)
+            cores = estimate.probe_cpus()
+            s.runs.append(replace(runner.pull(ref), cores=cores))
+            runner.remove(ref)
+        _show(s)
+        out.append(s)
+    return out
+
+
+def _show(s: Sample) -> None:
+    kind = "gzip" if any(sp.compression != "none" for sp in s.specs) else "plain"
+    print(f"| {s.engine} | {format_size(s.image_bytes)} {kind} | {len(s.specs)} | "
+          f"{', '.join(f'{r.seconds:.1f}' for r in s.runs)} | {s.median('seconds'):.2f} | "
+          f"{s.median('download_s'):.2f} | {s.median('extract_s'):.2f} | {s.median('cpu_s'):.1f} | "
+          f"{s.cores(float('nan')):.2f} | {s.bandwidth_bps / 1e6:.0f} |", flush=True)
+
+
+def measure(args) -> dict:
+    """Push, pull, time. Returns everything the fit needs (and --save keeps)."""
+    from tests.registry import start_registry
+
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    layer_counts = [int(n) for n in args.layers.split(",")]
+    engines = args.engines.split(",")
+    work = Path(tempfile.mkdtemp(prefix="pullcal-", dir=args.workdir))
+    reg = start_registry()
+    runners: list[Podman | Containerd] = []
+    samples: list[Sample] = []
+    gzip_samples: list[Sample] = []
+    try:
+        if "podman" in engines:
+            runners.append(Podman(work / "podman"))
+        if "containerd" in engines:
+            runners.append(Containerd(Path(tempfile.mkdtemp(prefix="ctrd-"))))
+        machine = {
+            "node": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "date": str(date.today()), "load_average": os.getloadavg()[0],
+            "disk_bps": [estimate.probe_disk(work) for _ in range(3)],
+            "write_cache_bytes": estimate.probe_write_cache(),
+            "podman": _run("podman", "--version").stdout.strip(),
+            "containerd": _run("containerd", "--version").stdout.strip(),
+        }
+        print(f"# {machine}", flush=True)
+        print(_TABLE_HEAD, flush=True)
+        blob_root = reg.root / "data" / "docker" / "registry" / "v2" / "blobs"
+        for size in sizes:
+            for n in layer_counts:
+                repo, tag = f"cal/s{size}-l{n}", "v1"
+                layout = work / "layout"
+                write_layout(layout, [size // n] * n, seed=size + n)
+                skopeo_push(layout, f"{reg.host}/{repo}:{tag}")
+                shutil.rmtree(layout)
+                layers = registry_layers(reg.url, repo, tag)
+                assert all(d["mediaType"] == MEDIA_TAR for d in layers), layers
+                biggest = max(layers, key=lambda d: d["size"])
+                bw = estimate.probe_download(f"{reg.url}/v2/{repo}/blobs/{biggest['digest']}")
+                specs = layer_specs(layers)
+                samples += _pull_all(runners, f"{reg.host}/{repo}:{tag}",
+                                     partial(Sample, specs=specs, bandwidth_bps=bw), args.repeat)
+                shutil.rmtree(blob_root, ignore_errors=True)  # keep the registry's disk small
+
+        if args.gzip_mib:
+            n = args.gzip_mib * 2**20
+            tar_size = 0
+            for kind, level in (("plain", None), ("gzip", 6)):
+                layout = work / "layout"
+                layers = write_layout(layout, [n], seed=7, content="fp16", gzip_level=level)
+                repo = f"cal/fp16-{kind}"
+                skopeo_push(layout, f"{reg.host}/{repo}:v1")
+                shutil.rmtree(layout)
+                tar_size = tar_size or layers[0]["size"]  # the plain layer is the tar
+                bw = estimate.probe_download(f"{reg.url}/v2/{repo}/blobs/{layers[0]['digest']}")
+                gzip_samples += _pull_all(runners, f"{reg.host}/{repo}:v1",
+                                          partial(Sample, specs=layer_specs(layers, [tar_size]), bandwidth_bps=bw),
+                                          args.repeat)
+            machine["decompress_reference_bps"] = decompress_reference()
+    finally:
+        for runner in runners:
+            runner.close()
+        reg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"machine": machine, "samples": [s.to_json() for s in samples],
+            "gzip_samples": [s.to_json() for s in gzip_samples]}
+
+
+_TABLE_HEAD = ("| engine | image | layers | wall s (runs) | median wall | download | extract | CPU s | free cores "
+               "| GET MB/s |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+# ---------------------------------------------------------------- report
+
+def report(results: dict, *, fit_max_bytes: int) -> None:
+    machine = results["machine"]
+    samples = [Sample.from_json(d) for d in results["samples"]]
+    gzip_samples = [Sample.from_json(d) for d in results["gzip_samples"]]
+    disk = statistics.median(machine["disk_bps"])
+    cache = machine["write_cache_bytes"]
+    print(f"\nFitted on images up to {format_size(fit_max_bytes)}; the model then predicts every pull "
+          f"(on the free cores probed before it, else all {machine['cpus']}; disk {disk / 1e6:.0f} MB/s, the "
+          f"median probe; write cache {format_size(cache)}):\n")
+    print("| engine | pull overhead s | layer overhead s | fetch per stream MB/s | fetch total MB/s "
+          "| extract MB/s | CPU s/GB | gzip MB/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for name in dict.fromkeys(s.engine for s in samples):
+        mine = [s for s in samples if s.engine == name]
+        conc = 1000 if name == "containerd" else estimate.ENGINES[name].concurrency  # ctr 1.6: no limit
+        eng = fit_engine([s for s in mine if s.image_bytes <= fit_max_bytes], estimate.ENGINES[name],
+                         concurrency=conc, cpus=machine["cpus"])
+        gz = {s.specs[0].compression: s for s in gzip_samples if s.engine == name}
+        if {"none", "gzip"} <= set(gz):
+            # what gzip adds to the wall time, per byte of tar
+            extra = gz["gzip"].median("seconds") - gz["none"].median("seconds")
+            eng = replace(eng, decompress_bps={**eng.decompress_bps, "gzip": gz["gzip"].specs[0].tar_bytes / extra})
+        print(f"| {name} | {eng.pull_overhead_s:.2f} | {eng.layer_overhead_s:.3f} | "
+              f"{eng.fetch_stream_bps / 1e6:.0f} | {eng.fetch_bps / 1e6:.0f} | {eng.process_bps / 1e6:.0f} | "
+              f"{eng.cpu_s_per_byte * 1e9:.2f} | {eng.decompress_bps['gzip'] / 1e6:.0f} |")
+        for s in mine + list(gz.values()):
+            e = estimate.estimate_pull(s.specs, bandwidth_bps=s.bandwidth_bps, engine=eng, concurrency=conc,
+                                       disk_bps=disk, write_cache_bytes=cache, cpus=s.cores(machine["cpus"]),
+                                       latency_s=0.0)
+            kind = "gzip" if s.specs[0].compression != "none" else "plain"
+            used = "fit" if s in mine and s.image_bytes <= fit_max_bytes else "check"
+            if kind == "gzip":
+                used = "sets the gzip rate"
+            rows.append(f"| {name} | {format_size(s.image_bytes)} {kind} | {len(s.specs)} | {used} | "
+                        f"{s.median('seconds'):.2f} | {e.total_seconds:.2f} | "
+                        f"{(e.total_seconds / s.median('seconds') - 1) * 100:+.0f} % |")
+    print("\n| engine | image | layers | used for | measured s | model s | error |\n|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    ref = machine.get("decompress_reference_bps")
+    if ref:
+        print("\nDecompression outside the engines, output MB/s (CPython, fp16 weights): "
+              + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in ref.items()))
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256MiB,1GiB,2GiB")
     ap.add_argument("--layers", default="1,4,8")
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--engines", default="podman,containerd")
-    ap.add_argument("--workdir", default="/var/tmp", help="where layouts and engine storage go (a real disk)")
+    ap.add_argument("--gzip-mib", type=int, default=512, help="0 skips the plain-vs-gzip comparison")
+    ap.add_argument("--workdir", default="/var/tmp", help="layouts and podman's store go here (a real disk)")
+    ap.add_argument("--fit-max", default="1.1GB", help="fit on images up to this size, check the rest")
+    ap.add_argument("--save", type=Path, help="write the measurements to this JSON file")
+    ap.add_argument("--refit", type=Path, help="fit and report saved measurements instead of measuring")
     args = ap.parse_args()
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
-    layer_counts = [int(n) for n in args.layers.split(",")]
-    engines = args.engines.split(",")
-
-    from tests.registry import start_registry
-
-    work = Path(tempfile.mkdtemp(prefix="pullcal-", dir=args.workdir))
-    reg = start_registry()
-    runners: dict[str, Podman | Containerd] = {}
-    samples: list[Sample] = []
-    try:
-        if "podman" in engines:
-            runners["podman"] = Podman(work / "podman")
-        if "containerd" in engines:
-            runners["containerd"] = Containerd(Path(tempfile.mkdtemp(prefix="ctrd-")))
-        disk_bps = estimate.probe_disk(work)
-        print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cpus {date.today()}; "
-              f"disk write+fsync {disk_bps / 1e6:.0f} MB/s", flush=True)
-        print("| engine | image | layers | runs (s) | median s | unpack s | GET MB/s | disk MB/s |", flush=True)
-        print("|---|---|---|---|---|---|---|---|", flush=True)
-        for size in sizes:
-            for n in layer_counts:
-                repo, tag = f"cal/s{size}-l{n}", "v1"
-                layout = work / "layout"
-                write_random_layout(layout, [size // n] * n, seed=size + n)
-                skopeo_push(layout, f"{reg.host}/{repo}:{tag}")
-                shutil.rmtree(layout)
-                blobs = layer_digests(reg.url, repo, tag)
-                assert all(media == MEDIA_TAR for _, _, media in blobs), blobs
-                biggest = max(blobs, key=lambda b: b[1])
-                bw = estimate.probe_download(f"{reg.url}/v2/{repo}/blobs/{biggest[0]}")
-                image_bytes = sum(b[1] for b in blobs)
-                ref = f"{reg.host}/{repo}:{tag}"
-                for name, runner in runners.items():
-                    s = Sample(name, image_bytes, n, bandwidth_bps=bw, disk_bps=disk_bps)
-                    for _ in range(args.repeat):
-                        runner.remove(ref)
-                        s.seconds.append(runner.pull(ref))
-                        if isinstance(runner, Containerd) and runner.last_unpack_s is not None:
-                            s.unpack_seconds.append(runner.last_unpack_s)
-                        runner.remove(ref)
-                    samples.append(s)
-                    unpack = f"{statistics.median(s.unpack_seconds):.2f}" if s.unpack_seconds else "-"
-                    print(f"| {name} | {format_size(image_bytes)} | {n} | "
-                          f"{', '.join(f'{t:.2f}' for t in s.seconds)} | {s.median:.2f} | {unpack} | "
-                          f"{bw / 1e6:.0f} | {disk_bps / 1e6:.0f} |", flush=True)
-                subprocess.run(["rm", "-rf", str(reg.root / "data" / "docker" / "registry" / "v2" / "blobs")])
-        print()
-        print("| engine | fixed s | per layer s | process MB/s | max abs error of the fit |")
-        print("|---|---|---|---|---|")
-        for name in runners:
-            mine = [s for s in samples if s.engine == name]
-            fixed, per_layer, bps = fit_engine(mine, estimate.ENGINES[name])
-            from dataclasses import replace
-
-            fitted = replace(estimate.ENGINES[name], pull_overhead_s=fixed, layer_overhead_s=per_layer,
-                             process_bps=bps)
-            errs = []
-            for s in mine:
-                layers = [estimate.LayerSpec(s.image_bytes // s.layers)] * s.layers
-                e = estimate.estimate_pull(layers, bandwidth_bps=s.bandwidth_bps, disk_bps=s.disk_bps,
-                                           engine=fitted, latency_s=0.0)
-                errs.append(e.total_seconds / s.median - 1)
-            print(f"| {name} | {fixed:.2f} | {per_layer:.3f} | {bps / 1e6:.0f} | "
-                  f"{max(abs(e) for e in errs) * 100:.0f} % |")
-            for s, err in zip(mine, errs):
-                print(f"#   {name} {format_size(s.image_bytes)} x{s.layers}: measured {s.median:.2f} s, "
-                      f"fit {s.median * (1 + err):.2f} s ({err * 100:+.0f} %)")
-    finally:
-        for runner in runners.values():
-            runner.close()
-        reg.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    if args.refit:
+        results = json.loads(args.refit.read_text())
+        print(f"# {results['machine']}\n{_TABLE_HEAD}")
+        for d in results["samples"] + results["gzip_samples"]:
+            _show(Sample.from_json(d))
+    else:
+        results = measure(args)
+        if args.save:
+            args.save.write_text(json.dumps(results, indent=1))
+    report(results, fit_max_bytes=parse_size(args.fit_max))
 
 
 if __name__ == "__main__":

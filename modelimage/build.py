@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 import platform as _platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Protocol
 
 from .base import BaseImage
@@ -156,14 +157,11 @@ def _layer_annotations(files: tuple[FileDigest, ...]) -> dict[str, str]:
     return {ANNOTATION_FILES: json.dumps(listing, separators=(",", ":"), sort_keys=True)}
 
 
-def _put_layer(layer: Layer, plan: Plan, sink: Sink, cache: DigestCache, epoch: int,
-               progress: Callable[[int], None] | None) -> BuiltLayer:
-    """One layer into the sink: skipped when the cache knows its digest and
-    the sink already has that blob; otherwise streamed from the files."""
-    compression = plan.settings.compression
-    stream = LayerStream(layer.entries, epoch)
-    if stream.size != layer.size:
-        raise AssertionError(f"layer {layer.title}: planned {layer.size} bytes, stream has {stream.size}")
+def store_layer(stream: LayerStream, sink: Sink, cache: DigestCache, *, compression: str, max_layer_size: int,
+                title: str, progress: Callable[[int], None] | None) -> tuple[LayerResult, str]:
+    """One layer stream (tar or raw) into the sink: skipped when the cache
+    knows its digest and the sink already has that blob; otherwise streamed
+    from the files. Returns the digests and what was done."""
     key = cache.key(stream, compression)
     known = cache.get(key)
     if known is not None and known.tar_size != stream.size:
@@ -175,11 +173,22 @@ def _put_layer(layer: Layer, plan: Plan, sink: Sink, cache: DigestCache, epoch: 
     else:
         result, action = sink.put_layer(stream, compression=compression, known=known, progress=progress)
         cache.put(key, result)
-    if result.size > plan.settings.max_layer_size:
+    if result.size > max_layer_size:
         raise LayerTooLarge(
-            f"layer {layer.title} is {format_size(result.size)} as stored, over the limit of "
-            f"{format_size(plan.settings.max_layer_size)}"
+            f"layer {title} is {format_size(result.size)} as stored, over the limit of "
+            f"{format_size(max_layer_size)}"
         )
+    return result, action
+
+
+def _put_layer(layer: Layer, plan: Plan, sink: Sink, cache: DigestCache, epoch: int,
+               progress: Callable[[int], None] | None) -> BuiltLayer:
+    compression = plan.settings.compression
+    stream = LayerStream(layer.entries, epoch)
+    if stream.size != layer.size:
+        raise AssertionError(f"layer {layer.title}: planned {layer.size} bytes, stream has {stream.size}")
+    result, action = store_layer(stream, sink, cache, compression=compression,
+                                 max_layer_size=plan.settings.max_layer_size, title=layer.title, progress=progress)
     desc = Descriptor(LAYER_MEDIA_TYPES[compression], result.digest, result.size,
                       annotations=_layer_annotations(result.files))
     return BuiltLayer(desc, result.diff_id, result.files, action)
@@ -258,23 +267,38 @@ def build_image(
     at once when the sink allows), then the config, then the manifest."""
     cache = cache or DigestCache()
     workers = max(1, min(concurrency or sink.parallel, sink.parallel, len(plan.layers) or 1))
+    skip = len(base.layers) if base else 0
+    jobs: list[Callable[[], Any]] = [partial(_put_base_layer, d, base, sink) for d in (base.layers if base else ())]
+    jobs += [partial(_put_layer, layer, plan, sink, cache, settings.epoch, progress) for layer in plan.layers]
+    done, config_desc, manifest_desc = write_layers_then_manifest(
+        sink, jobs, lambda done: _assemble(model, plan, done[skip:], settings, base), workers)
+    return BuildResult(manifest_desc, config_desc, tuple(done[skip:]), reference)
+
+
+def write_layers_then_manifest(
+    sink: Sink,
+    jobs: Sequence[Callable[[], Any]],
+    assemble: Callable[[list[Any]], tuple[bytes, Descriptor, bytes, Descriptor]],
+    workers: int,
+) -> tuple[list[Any], Descriptor, Descriptor]:
+    """Run the layer jobs (``workers`` at once), then store the config and
+    the manifest that ``assemble`` makes of their results. On any failure
+    the sink undoes what it can (and nothing is tagged); on success it is
+    closed. Returns the job results and the config and manifest descriptors."""
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
-            futures = [pool.submit(_put_base_layer, d, base, sink) for d in (base.layers if base else ())]
-            futures += [pool.submit(_put_layer, layer, plan, sink, cache, settings.epoch, progress)
-                        for layer in plan.layers]
+            futures = [pool.submit(job) for job in jobs]
             try:
                 done = [f.result() for f in futures]
             except BaseException:
                 for f in futures:
                     f.cancel()
                 raise
-        built = done[len(base.layers) if base else 0:]
-        config_bytes, config_desc, manifest_bytes, manifest_desc = _assemble(model, plan, built, settings, base)
+        config_bytes, config_desc, manifest_bytes, manifest_desc = assemble(done)
         sink.put_blob(config_bytes, config_desc.digest)
         sink.put_manifest(manifest_desc, manifest_bytes)
     except BaseException:
         sink.abort()
         raise
     sink.close()
-    return BuildResult(manifest_desc, config_desc, tuple(built), reference)
+    return done, config_desc, manifest_desc

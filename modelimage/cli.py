@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .artifact import FORMATS, build_artifact
 from .build import build_image
 from .config import ModelEntry, load_config, resolve
 from .errors import ModelImageError
@@ -35,13 +37,29 @@ from .tarstream import COMPRESSIONS
 from .units import format_count, format_seconds, format_size, parse_size
 
 
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_size(value, what=f"--{param.name.replace('_', '-')}")  # type: ignore[union-attr]
-    except ModelImageError as e:
-        raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
+def _parsed(parse: Callable[..., Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback that reads an option with one of our parsers
+    (sizes, rates), turning its error into click's usage error."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value, what=f"--{(param.name or '').replace('_', '-')}")
+        except ModelImageError as e:
+            raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
+
+    return callback
+
+
+def _parse_rate(value: str, what: str) -> float:
+    from .estimate import parse_rate
+
+    return parse_rate(value, what=what)
+
+
+_size = _parsed(parse_size)
+_rate = _parsed(_parse_rate)
 
 
 def _emit_json(obj: Any) -> None:
@@ -99,17 +117,6 @@ def registry_options(f: Callable) -> Callable:
     ]):
         f = deco(f)
     return f
-
-
-def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    from .estimate import parse_rate
-
-    try:
-        return parse_rate(value, what=f"--{param.name}")  # type: ignore[union-attr]
-    except ModelImageError as e:
-        raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
 
 
 def _warn(warnings: list[str]) -> None:
@@ -256,6 +263,9 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
 @click.option("--push", "push_ref", is_flag=False, flag_value="", default=None, metavar="[REF]",
               help="Push to a registry instead, streaming each layer from the files "
                    "(REF defaults to the model's `image` in modelimage.toml).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="image", show_default=True,
+              help="image: a runnable OCI image (tar layers under --target); modelpack: a CNCF ModelPack "
+                   "artifact; docker-model: a Docker Model Runner artifact (one raw file per layer).")
 @click.option("--base", metavar="REF", help="Put the model on top of this image (REF or oci:DIR[:TAG]).")
 @click.option("--platform", metavar="OS/ARCH", help="Platform recorded in the image config (default: linux/amd64).")
 @click.option("--bandwidth", callback=_rate, metavar="RATE",
@@ -263,7 +273,7 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
 @registry_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result (digest, layers, files) as JSON.")
 def build(source: str, output: str | None, push_ref: str | None, as_json: bool, concurrency: int,
-          bandwidth: float | None, **kw: Any) -> None:
+          bandwidth: float | None, fmt: str, **kw: Any) -> None:
     """Build an OCI image of a model, without a Docker daemon.
 
     Layers are deterministic tars (sorted entries, uid/gid 0, fixed modes,
@@ -282,9 +292,11 @@ def build(source: str, output: str | None, push_ref: str | None, as_json: bool, 
             raise click.UsageError("--push needs a REF (or an `image` for this model in modelimage.toml)")
         ref = Reference.parse(text)
         kw["registry"] = ref.host
+    if fmt != "image" and kw.get("base"):
+        raise click.UsageError(f"--base applies to --format image, not {fmt}")
     job = prepare(source, _options(**kw))
     p = job.plan()
-    _warn(job.preflight(p, bandwidth))
+    _warn(job.preflight(p, bandwidth, fmt))
     if ref is not None:
         sink: Any = RegistrySink(ref, RegistryClient(ref, insecure=frozenset(kw.get("insecure_registry") or ())),
                                  settings=PushSettings(concurrency=concurrency,
@@ -294,8 +306,12 @@ def build(source: str, output: str | None, push_ref: str | None, as_json: bool, 
         layout = LayoutRef.parse(output or f"oci:build/{job.model.name}:{job.entry.tag or 'latest'}")
         sink, reference = open_sink(layout), str(layout)
     with _progress(p.total_size, f"{'pushing' if ref else 'building'} {job.model.name}") as progress:
-        result = build_image(job.model, p, sink, settings=job.image_settings, reference=reference,
-                             progress=progress, concurrency=concurrency if ref else None, base=job.base)
+        if fmt == "image":
+            result = build_image(job.model, p, sink, settings=job.image_settings, reference=reference,
+                                 progress=progress, concurrency=concurrency if ref else None, base=job.base)
+        else:
+            result = build_artifact(job.model, p, sink, format=fmt, settings=job.image_settings,  # type: ignore
+                                    reference=reference, progress=progress, concurrency=concurrency if ref else None)
     pinned = f"{ref.name}@{result.manifest.digest}" if ref else None
     if as_json:
         _emit_json({**result.to_json(), **({"reference": pinned, "tag": str(ref)} if ref else {})})
@@ -399,6 +415,140 @@ def limits_command(host: str | None, config: Path | None, as_json: bool) -> None
         click.echo(f"{h}  ({lim.name})\n  {_describe_limits(lim)}\n  source: {lim.source}")
 
 
+LAYER_COMPRESSION = {
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": "none",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+}
+# weights barely compress (docs/benchmarks.md): unpacked size of a gzip/zstd
+# layer whose tar size the manifest does not say
+ASSUMED_RATIO = 0.93
+
+
+def _layer_specs_from_manifest(manifest: dict) -> list[Any]:
+    from .estimate import LayerSpec
+
+    specs = []
+    for d in manifest.get("layers", []):
+        comp = LAYER_COMPRESSION.get(d.get("mediaType", ""), "none")
+        size = int(d["size"])
+        specs.append(LayerSpec(size, size if comp == "none" else int(size / ASSUMED_RATIO), comp))  # type: ignore
+    return specs
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+              help="modelimage.toml with [models.NAME] entries (default: ./modelimage.toml).")
+@click.option("--max-layer-size", callback=_size, metavar="SIZE", help="Plan with this layer size (SOURCE/NAME).")
+@click.option("--bandwidth", callback=_rate, metavar="RATE",
+              help="The puller's link, e.g. 1Gbit/s (default: 100 Mbit/s, 1 Gbit/s and 10 Gbit/s).")
+@click.option("--probe", is_flag=True,
+              help="Measure the download speed from the registry (REF) and this machine's disk, and use them.")
+@click.option("--disk-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where --probe measures the disk (default: the engine's storage if it exists, else /tmp).")
+@click.option("--engine", type=click.Choice(["podman", "containerd", "docker", "modelimage"]), default="containerd",
+              show_default=True, help="Who pulls: containerd (Kubernetes nodes), podman, docker, modelimage pull.")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Downloads at a time (default: the engine's).")
+@click.option("--insecure-registry", multiple=True, metavar="HOST", help="Plain HTTP to HOST.")
+@click.option("--json", "as_json", is_flag=True, help="Print total_seconds, phases and the alternatives as JSON.")
+def estimate(source: str, config: Path | None, max_layer_size: int | None, bandwidth: float | None, probe: bool,
+             disk_dir: Path | None, engine: str, concurrency: int | None, insecure_registry: tuple[str, ...],
+             as_json: bool) -> None:
+    """Estimate how long pulling a model image takes, and compare it with
+    the other ways to ship the same weights.
+
+    SOURCE is a model folder or file, a NAME in modelimage.toml (estimated
+    from its plan), an image REF in a registry, or an oci:DIR[:TAG] layout.
+    The model counts what engines really do: parallel downloads, per-layer
+    decompression, extraction (measured per engine), disk writes, and the
+    disk space a pull takes.
+    """
+    from . import estimate as est
+
+    specs, probe_url, client = _estimate_inputs(source, config, max_layer_size, insecure_registry)
+    try:
+        disk_bps = None
+        if probe:
+            where = disk_dir or next((d for d in (Path("/var/lib/containers"), Path("/var/lib/containerd"))
+                                      if d.is_dir()), Path(tempfile.gettempdir()))
+            disk_bps = est.probe_disk(where)
+            if probe_url:
+                bandwidth = est.probe_download(probe_url, client=client.http if client else None)
+            elif bandwidth is None:
+                raise click.UsageError("--probe measures a registry: give a REF, or pass --bandwidth")
+    finally:
+        if client is not None:
+            client.close()
+    links = {"measured" if probe and probe_url else "given": bandwidth} if bandwidth else dict(est.STANDARD_LINKS)
+    latency = 0.0 if probe_url and _loopback(probe_url) else est.DEFAULT_LATENCY_S
+    results = {name: est.estimate_pull(specs, bandwidth_bps=bps, engine=engine, disk_bps=disk_bps,
+                                       concurrency=concurrency, latency_s=latency)
+               for name, bps in links.items()}
+    first_link, first = next(iter(results.items()))
+    files = [s.tar_bytes for s in specs]
+    options = est.storage_options(files, bandwidth_bps=first.bandwidth_bps, disk_bps=disk_bps, engine=engine,
+                                  layers=specs, latency_s=latency)
+    if as_json:
+        _emit_json({**first.to_json(), "link": first_link,
+                    "links": {name: r.to_json() for name, r in results.items()},
+                    "storage_options": [o.to_json() for o in options],
+                    "layers": len(specs), "bytes": sum(s.size for s in specs)})
+        return
+    click.echo(f"{source}: {len(specs)} layers, {format_size(sum(s.size for s in specs))}, pulled by {engine}"
+               + (f"; disk {est.format_rate(disk_bps)}" if disk_bps else ""))
+    for name, r in results.items():
+        phases = ", ".join(f"{k} {format_seconds(v)}" for k, v in r.phases.items() if v >= 0.0005)
+        click.echo(f"  {name:<12} {format_seconds(r.total_seconds):>9}  ({phases}); "
+                   f"{format_size(r.disk_bytes)} on disk")
+    for note in first.notes:
+        click.echo(f"  note: {note}")
+    click.echo(f"  other ways to ship it, at {est.format_rate(first.bandwidth_bps)}:")
+    for o in options:
+        click.echo(f"    {format_seconds(o.ready_seconds):>9} to ready  {o.name}")
+
+
+def _loopback(url: str) -> bool:
+    from .registry.reference import is_loopback
+
+    return is_loopback(httpx_host(url))
+
+
+def httpx_host(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0]
+
+
+def _estimate_inputs(source: str, config: Path | None, max_layer_size: int | None,
+                     insecure: tuple[str, ...]) -> tuple[list[Any], str | None, RegistryClient | None]:
+    """Layer specs of SOURCE, and where --probe can measure downloads."""
+    from .estimate import LayerSpec
+
+    if source.startswith("oci:"):
+        return _layer_specs_from_manifest(read_layout(LayoutRef.parse(source))[1]), None, None
+    try:
+        job = prepare(source, Options(config=config, max_layer_size=max_layer_size))
+    except ModelImageError:
+        if "/" not in source or Path(source).exists():
+            raise
+        ref = Reference.parse(source)
+        client = RegistryClient(ref, insecure=frozenset(insecure))
+        manifest = client.get_manifest(ref.repository, ref.ref).json()
+        if "manifests" in manifest:
+            from .base import _pick
+
+            manifest = client.get_manifest(ref.repository, _pick(manifest, "linux/amd64", source)["digest"]).json()
+        layers = manifest.get("layers", [])
+        biggest = max(layers, key=lambda d: int(d["size"]), default=None)
+        url = client.url(f"/v2/{ref.repository}/blobs/{biggest['digest']}") if biggest else None
+        return _layer_specs_from_manifest(manifest), url, client
+    plan = job.plan()
+    return [LayerSpec(layer.size) if plan.settings.compression == "none"
+            else LayerSpec(int(layer.size * ASSUMED_RATIO), layer.size, plan.settings.compression)  # type: ignore
+            for layer in plan.layers], None, None
+
+
 @cli.command()
 @click.argument("host")
 @click.option("-u", "--username", required=True, help="User name.")
@@ -450,6 +600,81 @@ def example_model(directory: Path, kind: str, shards: int, seed: int) -> None:
     else:
         synth.write_sd_single_file(directory / "sd-demo.safetensors", seed=seed)
     click.echo(str(directory))
+
+
+# ---------------------------------------------------------------- render
+# `modelimage render KIND SOURCE|NAME`: Dockerfiles, a GitHub workflow, a
+# Makefile include and Kubernetes manifests, from templates/ (modelimage.render).
+
+from . import render as _render  # noqa: E402
+
+
+def _render_help() -> str:
+    kinds = "\n".join(f"  {kind:<20} {text}" for kind, text in _render.KINDS.items())
+    return (
+        "Render a file other tools read, from the model's plan.\n\n"
+        f"\b\nKIND is one of:\n{kinds}\n\n"
+        "SOURCE is a model folder, a weight file, or the name of a model in modelimage.toml "
+        "(dockerfile, dockerfile-consumer and k8s inspect and plan it; github-action passes it to the "
+        "action; makefile makes it the default MODEL). The output goes to stdout, or atomically to -o FILE.\n\n"
+        "\b\n"
+        "modelimage render dockerfile llama -o Dockerfile   then: docker build -f Dockerfile ./llama\n"
+        "modelimage render dockerfile llama --no-link       for podman 4.3 and buildah < 1.32\n"
+        "modelimage render k8s llama --image ghcr.io/acme/llama:v1 --fallback init-container\n"
+        "modelimage render makefile -o modelimage.mk"
+    )
+
+
+@cli.command("render", help=_render_help(), short_help="Render a Dockerfile, workflow, Makefile or k8s manifest.")
+@click.argument("kind", type=click.Choice(list(_render.KINDS)), metavar="KIND")
+@click.argument("source", required=False, metavar="[SOURCE|NAME]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write to FILE (atomically: a temporary file renamed into place) instead of stdout.")
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+              help="modelimage.toml with [models.NAME] entries (default: ./modelimage.toml).")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only files matching GLOB (repeatable). A glob without '/' matches file names anywhere.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out files matching GLOB (repeatable).")
+@click.option("--name", help="Model name (default: the entry name or the folder name).")
+@plan_options
+@click.option("--registry", metavar="HOST", help="Plan within this registry's limits (see `modelimage limits`).")
+@click.option("--no-link", is_flag=True,
+              help="dockerfile, dockerfile-consumer: plain COPY instead of COPY --link "
+                   "(podman 4.3 and buildah before 1.32 reject --link).")
+@click.option("--image", metavar="REF",
+              help="The model image (dockerfile-consumer, k8s) or where the workflow pushes (github-action); "
+                   "default: the model's `image` in modelimage.toml.")
+@click.option("--serve-image", metavar="IMAGE", default=_render.DEFAULT_SERVE_IMAGE, show_default=True,
+              help="k8s, dockerfile-consumer: the inference server's image.")
+@click.option("--port", type=click.IntRange(1, 65535), default=_render.DEFAULT_SERVE_PORT, show_default=True,
+              help="k8s: the server's port.")
+@click.option("--gpus", type=click.IntRange(0, 64), default=1, show_default=True,
+              help="k8s: nvidia.com/gpu the server asks for (0: none).")
+@click.option("--fallback", type=click.Choice(_render.FALLBACKS),
+              help="k8s: for clusters without image volumes (before 1.33): init containers copy the model "
+                   "into an emptyDir.")
+@click.option("--copier-image", metavar="IMAGE", default=_render.DEFAULT_COPIER_IMAGE, show_default=True,
+              help="k8s --fallback init-container: an image with a statically linked /bin/busybox, copied in "
+                   "to run the copy inside the FROM-scratch model image.")
+@click.option("--action", metavar="OWNER/REPO@REF", default=_render.DEFAULT_ACTION, show_default=True,
+              help="github-action: modelimage's action.")
+def render_command(kind: str, source: str | None, output: Path | None, no_link: bool, image: str | None,
+                   serve_image: str, port: int, gpus: int, fallback: str | None, copier_image: str, action: str,
+                   **kw: Any) -> None:
+    settings = _render.RenderSettings(link=not no_link, image=image, serve_image=serve_image, port=port,
+                                      gpus=gpus, fallback=fallback, copier_image=copier_image, action=action)
+    if source is None and kind != "makefile":
+        raise click.UsageError(f"render {kind} needs a SOURCE or NAME")
+    rendered = _render.render_model(kind, source, _options(**kw), settings)
+    _warn(list(rendered.warnings))
+    if output is None:
+        click.echo(rendered.text, nl=False)
+    else:
+        _render.write_atomic(output, rendered.text)
+        _err(f"wrote {output}")
+
+
+# ---------------------------------------------------------------- end of render
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,38 +2,45 @@
 
 On a fast link the network is not what a pull waits for: on this project's
 machines ``podman pull`` of a 1 GiB image from a loopback registry takes
-about 8-12 s while plain GETs of the same blobs take under a second
-(docs/benchmarks.md, "Pull time per engine"). The engine hashes every byte
-(more than once), stores the blob, untars it into a layer and commits it,
-and that work has a measured cost per byte, per stream and per layer. So an
-estimate here is a small timeline simulation of what each engine does:
+7-10 s while plain GETs of the same blobs take 0.6 s (docs/benchmarks.md,
+"Pull time per engine"). The engine hashes every byte (more than once),
+stores the blob, untars it into a layer and commits it; that work has a
+measured cost per byte, per stream and per layer. So an estimate here is a
+small timeline simulation of what each engine does:
 
 1. **fetch**: layers are downloaded ``concurrency`` at a time, in manifest
    order. The active transfers share the link fairly; each is also capped
    by what the engine can verify and store per stream
    (``fetch_stream_bps``: one goroutine chain hashing and writing), and all
-   together by ``fetch_bps`` (the engine's CPU). Each request first waits
-   ``latency_s``.
-2. **extract**: per layer, a fixed overhead (layer bookkeeping, mounts,
-   metadata) + decompression (none for plain tar) + the engine's own
-   per-byte work (untar, diffID hash, tar-split, copies) at ``process_bps``.
-   When an engine extracts depends on its ``pipeline``: ``"after_download"``
-   (every blob first, then the layers one by one: podman 4.3, ``ctr pull``),
-   ``"in_order"`` (layer *i* as soon as it has arrived and layer *i-1* is
-   done: Docker) or ``"streaming"`` (bytes are extracted as they arrive).
-3. **disk**: engines do not fsync layer data (podman 4.3: 137 fdatasync
-   calls for a 1 GiB pull, all metadata, strace 2026-11-25), so writes land
-   in the page cache; the disk bounds the pull only for the bytes written
-   beyond ``write_cache_bytes`` (what the page cache holds before writers
-   are throttled: about ``vm.dirty_ratio`` of free memory).
-4. a fixed per-pull overhead (start-up, resolve, manifest, config, image
+   together by ``fetch_bps``. Each request first waits ``latency_s``.
+2. **extract**: per layer, a fixed overhead + decompression (none for plain
+   tar) + the engine's per-byte work (untar, diffID hash, tar-split) at
+   ``process_bps``. When depends on the engine's ``pipeline``:
+   ``"after_download"`` (every blob first, then the layers one by one:
+   ``ctr pull`` 1.6), ``"in_order"`` (layer *i* as soon as it has arrived
+   and layer *i-1* is done: Docker, and podman 4.3 — a 16 MiB first layer
+   was applied 0.3 s into a pull whose other layers took 6 s) or
+   ``"streaming"`` (bytes are extracted as they arrive).
+3. **CPU**: with ``cpus`` given, the pull takes at least its measured CPU
+   work (``cpu_s_per_byte``) spread over that many cores. On the 2-core VM
+   the fetch and the extraction compete for the same cores, and this floor
+   is what a fast link runs into.
+4. **disk**: engines do not fsync layer data (podman 4.3: 137 fdatasync
+   calls in a 1 GiB pull, all metadata; strace, 2026-11-25), so writes go
+   to the page cache. Bytes beyond ``write_cache_bytes`` (what the cache
+   takes before background writeback starts: :func:`probe_write_cache`)
+   add their time at ``disk_bps`` on top: on the 2-core VM, pulls that went
+   past it slowed down rather than overlapping the writeback.
+5. a fixed per-pull overhead (start-up, resolve, manifest, config, image
    commit) and two request latencies for manifest and config.
 
 The per-engine constants are MEASURED where they could be (podman and
 containerd on this project's machine, ``benchmarks/pull_calibration.py``;
-results and the fit in docs/benchmarks.md) and cited where they could not
-(Docker: no daemon here). Bandwidth and disk speed are the caller's, best
-measured with :func:`probe_download` and :func:`probe_disk`.
+results, the fit and how well it predicts other sizes in docs/benchmarks.md)
+and cited where they could not (Docker: no daemon here). Bandwidth, disk
+speed, write cache and cores are the caller's, best measured with
+:func:`probe_download`, :func:`probe_disk`, :func:`probe_write_cache` and
+:func:`probe_cpus`.
 
 Everything here except the ``probe_*`` functions is pure: no I/O.
 """
@@ -122,6 +129,9 @@ class Engine:
     - ``process_bps``: the extraction's per-byte work on the unpacked tar
       (untar, diffID hash, tar-split metadata, copies).
     - ``decompress_bps``: per codec, bytes of *output* per second.
+    - ``cpu_s_per_byte``: CPU seconds the whole pull costs per image byte
+      (all threads; ``getrusage`` of the pull). A pull cannot beat this
+      work spread over the machine's cores.
     - ``stores_blob``: the blob is written to disk before extraction (a
       content store or a temp file), so every byte is written twice.
     - ``keeps_compressed``: the blob stays on disk next to the unpacked
@@ -139,6 +149,7 @@ class Engine:
     fetch_bps: float
     process_bps: float
     decompress_bps: Mapping[str, float]
+    cpu_s_per_byte: float
     stores_blob: bool
     keeps_compressed: bool
     source: str = ""
@@ -161,57 +172,70 @@ class Engine:
         return self.pipeline != "after_download"
 
 
-# Decompression, bytes of output per second on one core of the project's
-# machine (2-core AMD EPYC VM), measured 2026-11-25 with CPython's zlib and
-# the zstandard package on fp16 weights (docs/benchmarks.md, "Pull time per
-# engine"). Go's compress/gzip, which podman and containerd use, is not faster.
-_DECOMPRESS_BPS: Mapping[str, float] = MappingProxyType({"gzip": 300e6, "zstd": 1000e6})
+# Decompression, bytes of *tar* per second. Inside the engines it was
+# measured as what a gzip layer adds to the pull (512 MiB of fp16-like
+# weights, level 6, one layer, vs the same tar uncompressed; 2026-11-25):
+# podman 56 MB/s (it decompresses twice: while fetching, for the diffID, and
+# again while applying), containerd 74 MB/s (once, while unpacking). zstd
+# was not measured inside an engine: it is taken as gzip x 2.9, the ratio of
+# CPython's zlib (183 MB/s) to the zstandard package (536 MB/s) on the same
+# weights, same day.
+_ZSTD_OVER_GZIP = 536 / 183
 
 ENGINES: Mapping[str, Engine] = MappingProxyType({
     # podman 4.3.1 (containers/image 5.23, containers/storage overlay), measured
-    # on the project's machine 2026-11-25 by benchmarks/pull_calibration.py:
-    # all blobs are fetched to temp files first, then applied in order (its
-    # debug log and the layer directories say so). 6 downloads at a time:
-    # containers/image copy/copy.go maxParallelDownloads = uint(6).
+    # on the project's machine (2-core VM) 2026-11-25 by
+    # benchmarks/pull_calibration.py, fitted on 256 MiB and 1 GiB images in 1,
+    # 4 and 8 layers; docs/benchmarks.md has the fit and its check on 2 GiB.
+    # 6 downloads at a time: containers/image copy/copy.go maxParallelDownloads
+    # = uint(6). Layers are applied in order as soon as they and the ones
+    # before them have arrived (storage destination's queueOrCommit; seen here:
+    # a 16 MiB first layer was applied 0.3 s into the pull).
     "podman": Engine(
-        name="podman", concurrency=6, pipeline="after_download",
-        pull_overhead_s=0.3, layer_overhead_s=0.05, fetch_stream_bps=130e6, fetch_bps=300e6, process_bps=250e6,
-        decompress_bps=_DECOMPRESS_BPS, stores_blob=True, keeps_compressed=False,
-        source="measured: podman 4.3.1, loopback registry, 2026-11-25 (docs/benchmarks.md)",
+        name="podman", concurrency=6, pipeline="in_order",
+        pull_overhead_s=0.57, layer_overhead_s=0.095, fetch_stream_bps=106e6, fetch_bps=431e6, process_bps=483e6,
+        decompress_bps=MappingProxyType({"gzip": 56e6, "zstd": 56e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=11.74e-9,
+        stores_blob=True, keeps_compressed=False,
+        source="measured: podman 4.3.1, loopback registry, 2-core VM, 2026-11-25 (docs/benchmarks.md)",
     ),
-    # containerd 1.6.20 `ctr images pull`, overlayfs snapshotter, measured on the
-    # project's machine 2026-11-25. ctr 1.6 fetches every blob into the content
-    # store, then unpacks (cmd/ctr/commands/images/pull.go: content.Fetch, then
+    # containerd 1.6.20 `ctr images pull`, overlayfs snapshotter, measured and
+    # fitted the same way. ctr 1.6 fetches every blob into the content store,
+    # then unpacks (cmd/ctr/commands/images/pull.go: content.Fetch, then
     # Unpack), with no download limit; the CRI plugin that kubelet drives
     # defaults to max_concurrent_downloads = 3, used here. The blobs stay in the
     # content store next to the snapshot (containerd issue 4249: a 12 GB image
     # needed 24 GB of disk).
     "containerd": Engine(
         name="containerd", concurrency=3, pipeline="after_download",
-        pull_overhead_s=0.3, layer_overhead_s=0.05, fetch_stream_bps=130e6, fetch_bps=300e6, process_bps=150e6,
-        decompress_bps=_DECOMPRESS_BPS, stores_blob=True, keeps_compressed=True,
-        source="measured: containerd 1.6.20 ctr pull, loopback registry, 2026-11-25 (docs/benchmarks.md)",
+        pull_overhead_s=0.65, layer_overhead_s=0.0, fetch_stream_bps=120e6, fetch_bps=189e6, process_bps=355e6,
+        decompress_bps=MappingProxyType({"gzip": 74e6, "zstd": 74e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=12.25e-9,
+        stores_blob=True, keeps_compressed=True,
+        source="measured: containerd 1.6.20 ctr pull, loopback registry, 2-core VM, 2026-11-25 (docs/benchmarks.md)",
     ),
     # Docker (moby) cannot run here (no daemon on the project's machines), so
-    # its per-byte costs are podman's measured ones: both verify the blob into
-    # a temp file and untar it with Go's archive/tar. What differs is cited:
-    # max-concurrent-downloads = 3 by default, layers extracted in order as
-    # their downloads finish, temp blob deleted after.
+    # its per-byte costs are podman's measured ones (both verify the blob into
+    # a temp file and untar it with Go's archive/tar) and it decompresses once,
+    # as containerd does. What differs is cited: max-concurrent-downloads = 3
+    # by default, layers extracted in order as their downloads finish, the
+    # temp blob deleted after.
     "docker": Engine(
         name="docker", concurrency=3, pipeline="in_order",
-        pull_overhead_s=0.3, layer_overhead_s=0.05, fetch_stream_bps=130e6, fetch_bps=300e6, process_bps=250e6,
-        decompress_bps=_DECOMPRESS_BPS, stores_blob=True, keeps_compressed=False,
+        pull_overhead_s=0.57, layer_overhead_s=0.095, fetch_stream_bps=106e6, fetch_bps=431e6, process_bps=483e6,
+        decompress_bps=MappingProxyType({"gzip": 74e6, "zstd": 74e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=11.74e-9,
+        stores_blob=True, keeps_compressed=False,
         source="cited: moby max-concurrent-downloads=3, in-order extraction; per-byte costs taken from podman",
     ),
     # modelimage pull (planned): parallel ranged GETs, each file streamed to
     # its place while its sha256 is checked; no temp blob, nothing kept twice.
     # Measured pieces (2026-11-25, this machine): Python http.client ranged
     # GETs 1.2 GB/s on one connection, 1.45 GB/s on four (probe_download);
-    # hashlib sha256 1.6 GB/s on one core (shared/ENVIRONMENT.md).
+    # hashlib sha256 1.6 GB/s on one core (shared/ENVIRONMENT.md); CPython
+    # zlib 183 MB/s and zstandard 536 MB/s decompressing fp16 weights.
     "modelimage": Engine(
         name="modelimage", concurrency=8, pipeline="streaming",
         pull_overhead_s=0.05, layer_overhead_s=0.0, fetch_stream_bps=1.2e9, fetch_bps=1.45e9, process_bps=1.6e9,
-        decompress_bps=_DECOMPRESS_BPS, stores_blob=False, keeps_compressed=False,
+        decompress_bps=MappingProxyType({"gzip": 183e6, "zstd": 536e6}), cpu_s_per_byte=1.5e-9,
+        stores_blob=False, keeps_compressed=False,
         source="model: streaming ranged GETs + sha256, pieces measured 2026-11-25; no pull measured yet",
     ),
 })
@@ -233,11 +257,13 @@ def engine_named(name: str | Engine) -> Engine:
 class Estimate:
     """The estimated pull.
 
-    ``phases`` are seconds of work of each kind: ``download`` is the wall
-    time from the first blob request to the last byte stored; ``decompress``
-    and ``extract`` are summed over layers; ``disk`` is the time the disk
-    needs for the bytes the page cache cannot hold. They overlap when the
-    engine pipelines, so they can add up to more than ``total_seconds``.
+    ``phases`` are seconds of work of each kind: ``overhead`` the fixed
+    per-pull and per-layer costs; ``download`` the wall time from the first
+    blob request to the last byte stored; ``decompress`` and ``extract``
+    summed over layers; ``cpu`` the floor all the CPU work sets on the given
+    cores; ``disk`` the time the disk adds for the bytes the page cache
+    cannot hold. Some overlap, so they can add up to more than
+    ``total_seconds``.
     ``disk_bytes`` is what stays on disk, ``peak_disk_bytes`` the most at
     any time (temp blobs before they are deleted).
     """
@@ -302,8 +328,9 @@ def download_finish_times(sizes: Sequence[int], *, bandwidth_bps: float, concurr
 
 
 def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: str | Engine = "containerd",
-                  disk_bps: float | None = None, write_cache_bytes: int = 0, concurrency: int | None = None,
-                  stream_bps: float | None = None, latency_s: float = DEFAULT_LATENCY_S) -> Estimate:
+                  disk_bps: float | None = None, write_cache_bytes: int = 0, cpus: float | None = None,
+                  concurrency: int | None = None, stream_bps: float | None = None,
+                  latency_s: float = DEFAULT_LATENCY_S) -> Estimate:
     """Seconds until ``engine`` has pulled an image made of ``layers``.
 
     - ``bandwidth_bps``: the link, bytes/s (:func:`parse_rate`,
@@ -313,6 +340,9 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
     - ``write_cache_bytes``: bytes the page cache absorbs before the disk
       speed matters (0, the default, is right for models larger than the
       node's free memory; :func:`probe_write_cache` reads this machine's);
+    - ``cpus``: cores the engine can use (``os.cpu_count()`` on an idle
+      machine, :func:`probe_cpus` on a shared one); ``None``: CPU is never
+      the limit, right for big nodes;
     - ``concurrency``: overrides the engine's downloads at a time;
     - ``stream_bps``: caps one connection (a long-RTT TCP stream);
     - ``latency_s``: each request's time to first byte (0 on loopback).
@@ -322,6 +352,8 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
         raise ConfigError("bandwidth and disk speed must be positive")
     if latency_s < 0 or write_cache_bytes < 0:
         raise ConfigError("latency and write cache must not be negative")
+    if cpus is not None and cpus <= 0:
+        raise ConfigError("cpus must be positive")
     conc = eng.concurrency if concurrency is None else concurrency
 
     # 1. fetch: the link, what each stream can verify and store, the engine's CPU
@@ -346,19 +378,28 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
     else:  # streaming: extraction keeps pace with the bytes; the slower of the two wins
         end = max(download_s, latency_s + sum(work)) if layers else 0.0
 
-    # 3. disk: only what the page cache cannot hold waits for the disk
+    # 3. CPU: all of the engine's work spread over the cores is a floor
     unpacked = sum(layer.tar_bytes for layer in layers)
+    cpu_work = unpacked * eng.cpu_s_per_byte + sum(decompress)
+    cpu_s = 0.0 if cpus is None else cpu_work / cpus
+
+    # 4. disk: writes land in the page cache; what does not fit there waits for the disk, on top
+    # (on the project's 2-core VM the writeback slowed the pull rather than overlapping it)
     stored = sum(sizes)
     written = unpacked + (stored if eng.stores_blob else 0)
-    disk_s = 0.0 if disk_bps is None else max(0, written - write_cache_bytes) / disk_bps
+    over = max(0, written - write_cache_bytes)
+    disk_s = 0.0 if disk_bps is None else over / disk_bps
 
-    # 4. fixed costs
+    # 5. fixed costs
     fixed = eng.pull_overhead_s + 2 * latency_s  # + manifest and config requests
-    total = fixed + max(end, disk_s)
+    total = fixed + max(end, cpu_s) + disk_s
 
     notes: list[str] = []
-    if disk_s > end:
-        notes.append(f"the disk is the bottleneck: {format_size(written)} written at {format_rate(disk_bps or 0)}")
+    if cpu_s > end:
+        notes.append(f"{eng.name} is CPU-bound here: {format_seconds(cpu_work)} of CPU work on {cpus:g} cores")
+    if disk_s:
+        notes.append(f"the disk adds {format_seconds(disk_s)}: {format_size(written)} written, {format_size(over)} "
+                     f"of it beyond the page cache, at {format_rate(disk_bps or 0)}")
     elif layers and link < bandwidth_bps:
         notes.append(f"{eng.name} cannot verify and store faster than {format_rate(link)}: "
                      "a faster link will not make this pull faster")
@@ -376,6 +417,7 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
         "download": download_s,
         "decompress": sum(decompress),
         "extract": sum(layer.tar_bytes / eng.process_bps for layer in layers),
+        "cpu": cpu_s,
         "disk": disk_s,
     }
     return Estimate(total_seconds=total, phases=phases, disk_bytes=unpacked + (stored if eng.keeps_compressed else 0),
@@ -407,9 +449,9 @@ class Option:
 
 
 def storage_options(files: Sequence[int], *, bandwidth_bps: float, disk_bps: float | None = None,
-                    engine: str | Engine = "containerd", layers: Sequence[LayerSpec] | None = None,
-                    connections: int = 8, part_size: int = 64 * MiB, stream_bps: float | None = None,
-                    latency_s: float = DEFAULT_LATENCY_S) -> list[Option]:
+                    write_cache_bytes: int = 0, cpus: float | None = None, engine: str | Engine = "containerd",
+                    layers: Sequence[LayerSpec] | None = None, connections: int = 8, part_size: int = 64 * MiB,
+                    stream_bps: float | None = None, latency_s: float = DEFAULT_LATENCY_S) -> list[Option]:
     """The same model (``files``: the sizes of its files) delivered three
     ways, fastest to ready first:
 
@@ -417,46 +459,53 @@ def storage_options(files: Sequence[int], *, bandwidth_bps: float, disk_bps: flo
       unless ``layers`` gives the real plan);
     - **object storage at start-up**: ``connections`` parallel ranged GETs
       of ``part_size`` parts, written straight to local disk (an init
-      container or the server's own loader);
+      container or the server's own loader): no engine work, one write;
     - **lazily loaded image** (SOCI, eStargz): the container starts after
-      the metadata, but the server reads every weight before it serves, so
-      ready is still bounded by the link.
+      the metadata, but a server reads every weight before it serves, so
+      ready is still bounded by the link (a lower bound: see its notes).
+
+    The other arguments mean what they mean for :func:`estimate_pull`.
     """
     eng = engine_named(engine)
+    if connections < 1 or part_size < 1:
+        raise ConfigError("storage_options needs at least one connection and a positive part size")
     total = sum(files)
     if layers is None:
         layers = [LayerSpec(size) for size in files]
-    disk = math.inf if disk_bps is None else disk_bps
+
+    def disk_s(written: int) -> float:
+        return 0.0 if disk_bps is None else max(0, written - write_cache_bytes) / disk_bps
 
     pulled = estimate_pull(layers, bandwidth_bps=bandwidth_bps, engine=eng, disk_bps=disk_bps,
-                           stream_bps=stream_bps, latency_s=latency_s)
+                           write_cache_bytes=write_cache_bytes, cpus=cpus, stream_bps=stream_bps,
+                           latency_s=latency_s)
     image = Option(f"image layers ({eng.name} pull)", pulled.total_seconds, pulled.total_seconds,
                    pulled.disk_bytes, pulled.notes)
 
     parts = [min(part_size, size - off) for size in files for off in range(0, size, part_size)]
     got = download_finish_times(parts, bandwidth_bps=bandwidth_bps, concurrency=connections,
                                 stream_bps=stream_bps, latency_s=latency_s)
-    fetch_s = max(max(got, default=0.0), total / disk) + latency_s  # + a listing/HEAD request
+    fetch_s = latency_s + max(max(got, default=0.0), disk_s(total))  # + one listing request
     objects = Option(
         f"object storage at start-up ({connections} ranged GETs)", fetch_s, fetch_s, total,
         ("no engine work: bytes go straight to their files, so only the link and the disk count",
-         "integrity is the loader's job (object ETags or a manifest of sha256s), and the weights live outside "
-         "the image: versioning and access control are separate"),
+         "integrity is the loader's job (a manifest of sha256s, or object checksums), and the weights live "
+         "outside the image: versions and access control are managed separately"),
     )
 
-    # metadata: manifest, config, index/TOC, mount; then every byte on demand or by background prefetch
+    # metadata first (manifest, config, index/TOC, mount), then every byte on demand or by prefetch
     first = eng.pull_overhead_s + 4 * latency_s
     read_link = bandwidth_bps if stream_bps is None else min(bandwidth_bps, connections * stream_bps)
     decompress = sum(0.0 if layer.compression == "none" else layer.tar_bytes / eng.decompress_bps[layer.compression]
                      for layer in layers)
-    lazy_ready = first + max(total / read_link, total / disk) + decompress
+    lazy_ready = first + max(total / read_link + decompress, disk_s(total))
     lazy = Option(
         "lazily loaded image (SOCI / eStargz)", lazy_ready, first, total,
         ("a lower bound: every weight is read before the server is ready, in chunks on demand, and the first "
          "read of each chunk waits a round trip",
          "needs the soci or stargz snapshotter on every node; SOCI leaves layers under 10 MB unindexed; "
          "eStargz layers are gzip (about 30 MB/s per core to build, docs/benchmarks.md)",
-         "helps when a container needs only part of the image, not a server that loads all of its weights"),
+         "pays off when a container reads only part of its image, not for a server that loads all its weights"),
     )
     return sorted([image, objects, lazy], key=lambda o: o.ready_seconds)
 
@@ -477,9 +526,11 @@ _EXAMPLES = "examples: 100Mbit/s, 1Gbps, 200MB/s, 1.5GiB/s, 125000000 (bytes/s)"
 def parse_rate(text: str | int | float, *, what: str = "rate") -> float:
     """A transfer rate in bytes per second.
 
-    ``b``/``bit`` means bits and ``B``/``byte`` bytes; ``k M G T`` are powers
-    of 1000, ``Ki Mi Gi Ti`` of 1024; ``/s`` or ``ps`` is required after a
-    unit. A bare number is bytes per second. ``"1Gbps"`` -> 1.25e8,
+    ``b``/``bit`` means bits and ``B``/``byte`` bytes, as links are sold
+    (unlike :func:`modelimage.units.parse_size`, where ``b`` is a byte);
+    ``k M G T`` are powers of 1000 whatever their case, ``Ki Mi Gi Ti`` of
+    1024; ``/s`` or ``ps`` is required after a unit, so a size is not taken
+    for a rate. A bare number is bytes per second. ``"1Gbps"`` -> 1.25e8,
     ``"200MB/s"`` -> 2e8, ``"1.5GiB/s"`` -> 1610612736.0.
     """
     if isinstance(text, bool) or not isinstance(text, int | float | str):
@@ -524,20 +575,27 @@ def format_rate(bps: float) -> str:
 # ------------------------------------------------------------------ probes (I/O)
 
 def probe_disk(directory: str | os.PathLike, size: int = 256 * MiB, *, chunk: int = 8 * MiB) -> float:
-    """Sustained write speed of the disk under ``directory``, in bytes/s:
-    ``size`` bytes written and fsync'ed to a temporary file, which is then
-    removed. Not pure: this is the probe."""
-    directory = Path(directory)
+    """Write speed of the disk under ``directory``, in bytes/s: ``size``
+    bytes written and fsync'ed to a temporary file, which is then removed.
+    Not pure: this is the probe. On a VM whose disk the host caches, the
+    answer can jump between runs (240-1570 MB/s within minutes on the
+    project's machines, docs/benchmarks.md)."""
+    if size < 1 or chunk < 1:
+        raise ConfigError("probe_disk needs a positive size")
     data = os.urandom(chunk)  # incompressible, in case the filesystem compresses
-    fd, name = tempfile.mkstemp(prefix=".modelimage-disk-probe-", dir=directory)
+    try:
+        fd, name = tempfile.mkstemp(prefix=".modelimage-disk-probe-", dir=Path(directory))
+    except OSError as e:
+        raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
     try:
         t = time.perf_counter()
         left = size
         while left > 0:
-            n = min(left, chunk)
-            left -= os.write(fd, memoryview(data)[:n])
+            left -= os.write(fd, memoryview(data)[: min(left, chunk)])
         os.fsync(fd)
         elapsed = time.perf_counter() - t
+    except OSError as e:
+        raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
     finally:
         os.close(fd)
         os.unlink(name)
@@ -633,18 +691,63 @@ def _content_range_total(value: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def probe_cpus(seconds: float = 1.0) -> float:
+    """Cores this process can get right now, between 1 and ``os.cpu_count()``:
+    sha256 rounds done by one thread, then by one thread per core (hashlib
+    releases the GIL), compared. An idle 2-core machine answers ~2; with
+    another job keeping one core busy, ~1.3 (the scheduler's fair share).
+    Pass it as ``cpus`` when other work shares the machine. Not pure: this
+    is a probe, and contention changes from second to second."""
+    import hashlib
+
+    n = os.cpu_count() or 1
+    block = os.urandom(MiB)
+
+    def rate(threads: int, duration: float) -> float:
+        counts = [0] * threads
+        stop = time.perf_counter() + duration
+
+        def spin(k: int) -> None:
+            while time.perf_counter() < stop:
+                hashlib.sha256(block)
+                counts[k] += 1
+
+        workers = [threading.Thread(target=spin, args=(k,), daemon=True) for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return sum(counts) / duration
+
+    one = rate(1, seconds / 3)
+    if n == 1 or one == 0:
+        return 1.0
+    return min(float(n), max(1.0, rate(n, seconds * 2 / 3) / one))
+
+
 def probe_write_cache() -> int:
-    """Bytes this machine's page cache takes before writers are throttled to
-    the disk's speed: ``vm.dirty_bytes``, or ``vm.dirty_ratio`` percent of
-    available memory (an approximation of the kernel's dirtyable memory).
-    0 where /proc does not say (not Linux). Not pure: this is a probe."""
+    """Bytes the page cache can take right now before writes slow to the
+    disk's pace: the kernel's background writeback threshold
+    (``vm.dirty_background_bytes``, or ``vm.dirty_background_ratio`` percent
+    of available memory) minus what is already dirty or under writeback.
+
+    Why the background threshold and not ``vm.dirty_ratio``: pulling 2 GiB
+    here (2-core VM, 24 GiB), Dirty climbed to ~2.2 GB (10 %) and stayed
+    there while the flusher threads wrote back; the extraction ran 2-3x
+    slower from then on, long before writers are throttled at 20 %
+    (/proc/meminfo sampled every 0.5 s, 2026-11-25). 0 where /proc does not
+    say (not Linux). Not pure: this is a probe.
+    """
     try:
-        dirty_bytes = int(Path("/proc/sys/vm/dirty_bytes").read_text())
-        if dirty_bytes:
-            return dirty_bytes
-        ratio = int(Path("/proc/sys/vm/dirty_ratio").read_text())
+        background = int(Path("/proc/sys/vm/dirty_background_bytes").read_text())
+        ratio = int(Path("/proc/sys/vm/dirty_background_ratio").read_text())
         meminfo = Path("/proc/meminfo").read_text()
     except (OSError, ValueError):
         return 0
-    m = re.search(r"^MemAvailable:\s+([0-9]+) kB", meminfo, re.M)
-    return int(m.group(1)) * 1024 * ratio // 100 if m else 0
+
+    def kib(field: str) -> int:
+        m = re.search(rf"^{field}:\s+([0-9]+) kB", meminfo, re.M)
+        return int(m.group(1)) * 1024 if m else 0
+
+    threshold = background or kib("MemAvailable") * ratio // 100
+    return max(0, threshold - kib("Dirty") - kib("Writeback"))

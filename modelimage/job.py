@@ -54,15 +54,20 @@ class Job:
     def plan(self) -> Plan:
         return make_plan(self.model, self.plan_settings)
 
-    def preflight(self, plan: Plan, upload_bps: float | None = None) -> list[str]:
+    def preflight(self, plan: Plan, upload_bps: float | None = None, format: str = "image") -> list[str]:
         """Refuse what the registry (or, with none, any engine) would reject
         before anything is written or uploaded; return warnings."""
-        return check(
-            self.registry or "the image", self.limits,
-            [LayerFacts(layer.title, layer.size) for layer in plan.layers],
-            manifest_size=manifest_size(self.model, plan, self.image_settings, self.base),
-            base_layers=len(self.base.layers) if self.base else 0, upload_bps=upload_bps,
-        )
+        if format != "image":
+            from .artifact import artifact_manifest_size, plan_artifact
+
+            layers = plan_artifact(self.model, plan, format, epoch=self.image_settings.epoch)  # type: ignore[arg-type]
+            facts = [LayerFacts(layer.title, layer.stream.size) for layer in layers]
+            size = artifact_manifest_size(self.model, plan, format, self.image_settings)  # type: ignore[arg-type]
+        else:
+            facts = [LayerFacts(layer.title, layer.size) for layer in plan.layers]
+            size = manifest_size(self.model, plan, self.image_settings, self.base)
+        return check(self.registry or "the image", self.limits, facts, manifest_size=size,
+                     base_layers=len(self.base.layers) if self.base else 0, upload_bps=upload_bps)
 
 
 def prepare(arg: str, options: Options = Options()) -> Job:

@@ -10,6 +10,10 @@ with two zero blocks, like Go's archive/tar, and no record padding.
 The layer writer reads each source range once into a reused buffer, feeds
 the bytes to the blob's sha256, the file's sha256 and the sink, and never
 holds more than one buffer of a weight file in memory.
+
+A raw layer (:meth:`LayerStream.raw`, used by model artifacts) is one file's
+bytes with no tar around them: its blob digest and diff_id are the file's
+sha256. It streams, resumes and hashes through the same code as a tar layer.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ CHUNK = 4 << 20  # read size: big enough to amortize syscalls, small enough for 
 
 Compression = TypingLiteral["none", "gzip"]
 COMPRESSIONS: tuple[str, ...] = ("none", "gzip")
+StreamKind = TypingLiteral["tar", "raw"]
 
 
 class BlobSink(Protocol):
@@ -116,8 +121,8 @@ class FileDigest:
 class LayerResult:
     digest: str  # sha256 of the blob as stored
     size: int  # blob size as stored
-    diff_id: str  # sha256 of the uncompressed tar
-    tar_size: int
+    diff_id: str  # sha256 of the uncompressed stream (the tar; a raw layer's file)
+    tar_size: int  # bytes of the uncompressed stream
     files: tuple[FileDigest, ...]
 
     def to_json(self) -> dict:
@@ -140,34 +145,62 @@ class _Piece:
     file: int
 
 
+class _Pieces:
+    """Builds the run list of a stream, offsets included."""
+
+    def __init__(self) -> None:
+        self.items: list[_Piece] = []
+        self.offset = 0
+
+    def add(self, data: bytes | FileRange, file: int = -1) -> None:
+        n = len(data) if isinstance(data, bytes) else data.length
+        if n:
+            self.items.append(_Piece(self.offset, n, data, file))
+            self.offset += n
+
+    def add_content(self, content: VirtualFile, file: int) -> None:
+        for seg in content.segments:
+            self.add(seg.data if isinstance(seg, Literal) else seg, file)
+
+
 class LayerStream:
-    """The bytes of one layer's tar, computed from the plan, readable from
-    any offset: an interrupted upload resumes where the registry says it
-    stopped, without the files being read again from the start."""
+    """The bytes of one layer's tar (or, made with :meth:`raw`, of one file),
+    computed from the plan, readable from any offset: an interrupted upload
+    resumes where the registry says it stopped, without the files being read
+    again from the start."""
+
+    kind: StreamKind = "tar"
 
     def __init__(self, entries: Sequence[Entry], mtime: int = 0):
         self.entries = tuple(entries)
-        self.mtime = mtime
-        pieces: list[_Piece] = []
-        offset = 0
-
-        def add(data: bytes | FileRange, file: int = -1) -> None:
-            nonlocal offset
-            n = len(data) if isinstance(data, bytes) else data.length
-            if n:
-                pieces.append(_Piece(offset, n, data, file))
-                offset += n
-
+        self.mtime: int | None = mtime
+        pieces = _Pieces()
         for d in parent_dirs(e.path for e in entries):
-            add(header(d, 0, directory=True, mtime=mtime))
+            pieces.add(header(d, 0, directory=True, mtime=mtime))
         for i, e in enumerate(self.entries):
-            add(header(e.path, e.size, mtime=mtime))
-            for seg in e.content.segments:
-                add(seg.data if isinstance(seg, Literal) else seg, i)
-            add(b"\0" * padding(e.size))
-        add(END_OF_ARCHIVE)
-        self.pieces = tuple(pieces)
-        self.size = offset
+            pieces.add(header(e.path, e.size, mtime=mtime))
+            pieces.add_content(e.content, i)
+            pieces.add(b"\0" * padding(e.size))
+        pieces.add(END_OF_ARCHIVE)
+        self.pieces = tuple(pieces.items)
+        self.size = pieces.offset
+
+    @classmethod
+    def raw(cls, name: str, content: VirtualFile) -> "LayerStream":
+        """A layer whose blob is exactly the bytes of ``content`` (no tar):
+        its digest and diff_id are the file's sha256. ``name`` is the path
+        its digest is reported under. ``mtime`` is None, since no header
+        carries one; that also keys it apart from tar layers in the digest
+        cache, which hashes the mtime with the entries."""
+        stream = cls.__new__(cls)
+        stream.entries = (Entry(name, content),)
+        stream.mtime = None
+        stream.kind = "raw"
+        pieces = _Pieces()
+        pieces.add_content(content, 0)
+        stream.pieces = tuple(pieces.items)
+        stream.size = pieces.offset
+        return stream
 
     def chunks(self, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes | memoryview, int]]:
         """``(data, file index)`` from ``start`` to ``end``. A memoryview is

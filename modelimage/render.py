@@ -1,0 +1,376 @@
+"""Files other tools read, rendered from a model's plan.
+
+``modelimage render KIND SOURCE|NAME`` and this module's :func:`render_model`
+write what a team needs around a model image: a Dockerfile that builds the
+same layers with docker or podman, a serving Dockerfile that copies the model
+out of its image, a GitHub Actions workflow, a Makefile include and a
+Kubernetes Deployment. Everything is computed here, from the same job and
+plan that ``modelimage build`` uses; the templates (``templates/*.j2``) only
+lay the values out.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from . import templates
+from .build import model_facts
+from .config import ModelEntry, load_config, resolve
+from .content import FileRange
+from .errors import ConfigError, ModelImageError, OutputError
+from .inspect import VRAM_FACTOR, ModelInfo
+from .job import Job, Options, prepare
+from .plan import Plan
+from .registry.reference import Reference
+from .tarstream import Entry
+from .units import format_size
+
+KINDS: dict[str, str] = {
+    "dockerfile": "FROM scratch, one COPY per planned layer; build context: the model folder",
+    "dockerfile-consumer": "a serving image that copies the model out of its image (COPY --from)",
+    "github-action": "a workflow that builds and pushes the model with modelimage's action",
+    "makefile": "modelimage.mk: model-inspect/plan/build/push/estimate targets, MODEL=...",
+    "k8s": "a Deployment mounting the model image as an image volume (or --fallback)",
+}
+# kinds that inspect and plan the model (its files must be here)
+NEEDS_MODEL = ("dockerfile", "dockerfile-consumer", "k8s")
+FALLBACKS = ("init-container",)
+
+DEFAULT_SERVE_IMAGE = "vllm/vllm-openai:latest"
+DEFAULT_SERVE_PORT = 8000
+# The musl variant of the official busybox image is statically linked
+# (docker-library/busybox builds it with CONFIG_STATIC=y), so its binary runs
+# inside a FROM-scratch model image, which has no libc.
+DEFAULT_COPIER_IMAGE = "busybox:1.37-musl"
+# This repository's composite action (action.yml at its root).
+DEFAULT_ACTION = "modelimage/modelimage@v1"
+GHCR = "ghcr.io"
+# --fallback init-container: where the static busybox and the model copy are
+# mounted in the init container that runs the model image
+TOOLS_DIR = "/modelimage-tools"
+COPY_DIR = "/modelimage-copy"
+
+# Characters a Dockerfile COPY source cannot carry literally: glob patterns
+# (COPY matches sources with filepath.Match) and variable expansion.
+_COPY_UNSAFE = re.compile(r"[*?\[\]\\$]")
+_DNS_LABEL = re.compile(r"[^a-z0-9-]+")
+
+
+class RenderError(ModelImageError):
+    """What was asked cannot be rendered (the message says what to do instead)."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """What the kinds take besides the model (defaults: the CLI's)."""
+
+    link: bool = True  # COPY --link (BuildKit); podman 4.3 rejects it
+    image: str | None = None  # the model image (default: the model's `image` in modelimage.toml)
+    serve_image: str = DEFAULT_SERVE_IMAGE
+    port: int = DEFAULT_SERVE_PORT
+    gpus: int = 1
+    fallback: str | None = None  # None: image volume; "init-container": for older clusters
+    copier_image: str = DEFAULT_COPIER_IMAGE
+    action: str = DEFAULT_ACTION
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    warnings: tuple[str, ...] = field(default=())
+
+
+def render_model(kind: str, source: str | None, options: Options | None = None,
+                 settings: RenderSettings | None = None) -> Rendered:
+    """Render ``kind`` for the model ``source`` (a path or a modelimage.toml name)."""
+    options = options or Options()
+    settings = settings or RenderSettings()
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
+    if kind == "makefile":
+        return Rendered(makefile(source))
+    if source is None:
+        raise ConfigError(f"render {kind} needs a SOURCE or NAME")
+    if kind == "github-action":
+        return Rendered(github_workflow(source, options, settings))
+    job = prepare(source, options)
+    plan = job.plan()
+    if kind == "dockerfile":
+        return Rendered(dockerfile(job, plan, link=settings.link))
+    image = _model_image(job, settings, kind)
+    if kind == "dockerfile-consumer":
+        return dockerfile_consumer(job, plan, image, settings)
+    return Rendered(k8s(job, plan, image, settings))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed into place."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write here ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- dockerfile
+
+
+def _source_name(job: Job, e: Entry) -> str | None:
+    """The file's path in the build context (the model folder), or None when
+    the planned file is not a source file as it is."""
+    segs = e.content.segments
+    name = e.content.name
+    try:
+        src = job.model.file(name)
+    except StopIteration:
+        return None
+    if e.size == 0 and src.size == 0:
+        return name
+    if len(segs) != 1 or not isinstance(segs[0], FileRange):
+        return None
+    seg = segs[0]
+    if seg.offset != 0 or seg.length != src.size or Path(seg.path) != Path(src.path):
+        return None
+    return name
+
+
+def _check_plain_copies(job: Job, plan: Plan) -> None:
+    """A Dockerfile can only COPY files as they are: refuse plans that reshard."""
+    if plan.reshards:
+        sources = sorted({s for r in plan.reshards for s in r.sources})
+        files = [f for f in job.model.files if f.name in sources]
+        largest = max((f.size for f in files), default=0)
+        raise RenderError(
+            "the plan reshards " + ", ".join(f"{f.name} ({format_size(f.size)})" for f in files)
+            + f" to fit {format_size(plan.settings.max_layer_size)} layers, and a Dockerfile can only COPY files "
+            "as they are; build with `modelimage build` (it streams the shards into the layers without writing "
+            f"them), or render with --max-layer-size {math.ceil((largest + 2**16) / 10**6)}MB"
+        )
+    odd = [e.content.name for e in plan.files if _source_name(job, e) is None]
+    if odd:
+        raise RenderError(f"{', '.join(odd)}: generated by the plan, not in the model folder; "
+                          "build with `modelimage build`")
+    unsafe = [e.content.name for e in plan.files if _COPY_UNSAFE.search(e.content.name)]
+    if unsafe:
+        raise RenderError(f"{', '.join(unsafe)}: a Dockerfile COPY reads * ? [ ] \\ $ as patterns or variables, "
+                          "so these names cannot be copied as they are; rename them or use `modelimage build`")
+
+
+def _quote(text: str) -> str:
+    """A double-quoted Dockerfile word (LABEL keys and values): no variable expansion."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def dockerfile(job: Job, plan: Plan, *, link: bool = True) -> str:
+    """A Dockerfile that builds the plan's layers from the model folder."""
+    _check_plain_copies(job, plan)
+    target = "/" + plan.settings.root
+    copies: list[dict[str, Any]] = []
+    stages: list[dict[str, Any]] = []
+    for number, layer in enumerate(plan.layers, 1):
+        pairs = [(e.content.name, "/" + e.path) for e in layer.entries]
+        folders = {str(PurePosixPath(dest).parent) for _, dest in pairs}
+        what = pairs[0][0] if len(pairs) == 1 else f"{len(pairs)} files"
+        copy: dict[str, Any] = {"number": number, "what": what, "size": format_size(layer.size), "stage": None}
+        if len(pairs) == 1:
+            copy["args"] = [pairs[0][0], pairs[0][1]]
+        elif len(folders) == 1:
+            copy["args"] = [src for src, _ in pairs] + [folders.pop().rstrip("/") + "/"]
+        else:
+            # COPY puts several sources into one folder; files of several
+            # folders are gathered in a stage, then copied as one layer.
+            stage = f"layer-{number}"
+            stages.append({"name": stage, "number": number, "copies": [[src, dest] for src, dest in pairs]})
+            copy.update(stage=stage, folders=len(folders))
+        copies.append(copy)
+    labels = [f"{_quote(k)}={_quote(v)}" for k, v in sorted(model_facts(job.model, target).items())]
+    return templates.render(
+        "dockerfile",
+        name=job.model.name,
+        context=str(job.model.root),
+        target=target,
+        link=link,
+        layer_count=len(plan.layers),
+        total=format_size(plan.total_size),
+        max_layer_size=format_size(plan.settings.max_layer_size),
+        image=job.entry.image or f"{job.model.name}:latest",
+        stages=stages,
+        copies=copies,
+        labels=labels,
+    )
+
+
+# ---------------------------------------------------------------- consumer
+
+
+def _model_image(job: Job, settings: RenderSettings, kind: str) -> str:
+    image = settings.image or job.entry.image
+    if not image:
+        raise ConfigError(f"render {kind} needs the model image: pass --image REF, or set image = \"REF\" "
+                          f"in [models.{job.entry.name or job.model.name}] of modelimage.toml")
+    Reference.parse(image)  # a bad reference fails here, not in the cluster
+    return image
+
+
+def dockerfile_consumer(job: Job, plan: Plan, image: str, settings: RenderSettings) -> Rendered:
+    """A serving image that copies the model out of its model image."""
+    target = "/" + plan.settings.root
+    content = sum(e.size for e in plan.files)
+    warnings = []
+    if plan.total_size > plan.settings.max_layer_size:
+        warnings.append(
+            f"COPY --from makes one layer of the whole model ({format_size(plan.total_size)}), over the "
+            f"{format_size(plan.settings.max_layer_size)} layer limit; to keep the model's "
+            f"{len(plan.layers)} layers, build it onto the server image instead: modelimage build "
+            f"{job.entry.name or job.model.name} --base {settings.serve_image}"
+        )
+    return Rendered(templates.render(
+        "dockerfile-consumer",
+        name=job.model.name,
+        image=image,
+        serve_image=settings.serve_image,
+        target=target,
+        link=settings.link,
+        size=format_size(content),
+        layer_count=len(plan.layers),
+        warnings=warnings,
+    ), tuple(warnings))
+
+
+# ---------------------------------------------------------------- github-action
+
+
+def _config_for_workflow(options: Options) -> str | None:
+    if options.config is not None:
+        return str(options.config)
+    return "modelimage.toml" if Path("modelimage.toml").is_file() else None
+
+
+def github_workflow(source: str, options: Options, settings: RenderSettings) -> str:
+    """A workflow that builds ``source`` and pushes it with this repository's action."""
+    config = load_config(options.config)
+    entry: ModelEntry = resolve(source, config)
+    image = settings.image or entry.image
+    if not image:
+        raise ConfigError("render github-action needs where to push: pass --image REF, or set image = \"REF\" "
+                          f"in [models.{entry.name or 'NAME'}] of modelimage.toml")
+    registry = Reference.parse(image).host
+    ghcr = registry == GHCR
+    # ${{ }} are GitHub expressions, written by the workflow's runner, not here
+    username = "${{ github.actor }}" if ghcr else "${{ secrets.REGISTRY_USERNAME }}"
+    password = "${{ secrets.GITHUB_TOKEN }}" if ghcr else "${{ secrets.REGISTRY_PASSWORD }}"
+    with_inputs = [("model", source)]
+    if settings.image:
+        with_inputs.append(("image", image))
+    if options.max_layer_size:
+        with_inputs.append(("max-layer-size", str(options.max_layer_size)))
+    with_inputs += [("registry", registry), ("username", username), ("password", password), ("push", "true")]
+    config_path = _config_for_workflow(options)
+    if config_path:
+        with_inputs.append(("config", config_path))
+    paths = [config_path] if config_path else []
+    if not entry.name:  # a path: changes to the model files run the workflow
+        paths.append(f"{source.rstrip('/')}/**" if Path(source).is_dir() else source)
+    return templates.render(
+        "github-action",
+        name=entry.name or Path(source).name,
+        image=image,
+        action=settings.action,
+        ghcr=ghcr,
+        registry=registry,
+        inputs=with_inputs,
+        paths=paths,
+        reference_expr="${{ steps.modelimage.outputs.reference }}",
+        digest_expr="${{ steps.modelimage.outputs.digest }}",
+    )
+
+
+# ---------------------------------------------------------------- makefile
+
+
+def makefile(default_model: str | None = None) -> str:
+    """``modelimage.mk``: model-* targets an inference repo includes."""
+    return templates.render("makefile", default_model=default_model or "")
+
+
+# ---------------------------------------------------------------- k8s
+
+
+def dns_label(name: str) -> str:
+    """A Kubernetes object name from a model name: ``Llama_3.1-8B`` -> ``llama-3-1-8b``."""
+    label = _DNS_LABEL.sub("-", name.lower()).strip("-")[:63].rstrip("-")
+    return label or "model"
+
+
+def _quantity(n: int) -> str:
+    """A Kubernetes quantity at least ``n`` bytes (Mi or Gi)."""
+    gib, mib = 2**30, 2**20
+    return f"{math.ceil(n / gib)}Gi" if n >= gib else f"{max(1, math.ceil(n / mib))}Mi"
+
+
+def pull_policy(image: str) -> str:
+    """Kubernetes' own default, written out: Always for :latest, else IfNotPresent."""
+    ref = Reference.parse(image)
+    return "Always" if ref.digest is None and ref.tag == "latest" else "IfNotPresent"
+
+
+def _model_path(model: ModelInfo, target: str) -> str:
+    """What the server loads: the folder, or the file of a single-file GGUF model."""
+    weights = [f for f in model.files if f.is_weights]
+    if model.format == "gguf" and len(weights) == 1:
+        return f"{target}/{weights[0].name}"
+    return target
+
+
+def k8s(job: Job, plan: Plan, image: str, settings: RenderSettings) -> str:
+    """A Deployment that serves the model from its image."""
+    if settings.fallback not in (None, *FALLBACKS):
+        raise ConfigError(f"--fallback {settings.fallback!r}: choose one of {', '.join(FALLBACKS)}")
+    model = job.model
+    target = "/" + plan.settings.root
+    name = dns_label(model.name)
+    content = sum(e.size for e in plan.files)
+    if model.parameters:
+        vram_rule = f"parameters x {model.bytes_per_parameter:.3g} bytes x {VRAM_FACTOR}"
+    else:
+        vram_rule = f"weight files x {VRAM_FACTOR}"
+    return templates.render(
+        "k8s-init-container" if settings.fallback == "init-container" else "k8s",
+        name=name,
+        model_name=model.name,
+        source=job.entry.name or str(job.entry.source),
+        image=image,
+        pull_policy=pull_policy(image),
+        serve_image=settings.serve_image,
+        args=["--model", _model_path(model, target), "--served-model-name", model.name,
+              "--port", str(settings.port)],
+        port=settings.port,
+        gpus=settings.gpus,
+        vram=format_size(model.vram_bytes),
+        vram_rule=vram_rule,
+        target=target,
+        sub_path=plan.settings.root,
+        size=format_size(content),
+        copier_image=settings.copier_image,
+        tools_dir=TOOLS_DIR,
+        copy_dir=COPY_DIR,
+        copier_command=["/bin/busybox", "cp", "/bin/busybox", f"{TOOLS_DIR}/busybox"],
+        copy_command=[f"{TOOLS_DIR}/busybox", "cp", "-R", f"{target}/.", f"{COPY_DIR}/"],
+        tools_size="16Mi",
+        model_size=_quantity(int(content * 1.1) + 2**20),
+    )

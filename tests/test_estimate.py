@@ -1,0 +1,414 @@
+"""modelimage.estimate: the pull-time model (pure), rates, and the probes.
+
+The model's numbers are checked against a real podman pull in
+test_estimate_vs_podman.py; here: its shape (monotonic, concurrency,
+pipelines, compression, disk), exact download schedules, rate parsing and
+the storage comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from modelimage import estimate as est
+from modelimage.errors import ConfigError, ModelImageError
+from modelimage.estimate import (
+    ENGINES,
+    STANDARD_LINKS,
+    LayerSpec,
+    download_finish_times,
+    estimate_pull,
+    parse_rate,
+    storage_options,
+)
+
+MiB, GiB = 2**20, 2**30
+GB = 10**9
+
+
+def plain(total: int, n: int) -> list[LayerSpec]:
+    return [LayerSpec(total // n)] * n
+
+
+def pull(layers, engine="podman", bw=125e6, **kw) -> est.Estimate:
+    return estimate_pull(layers, bandwidth_bps=bw, engine=engine, **kw)
+
+
+# ------------------------------------------------------------------ parse_rate
+
+@pytest.mark.parametrize(
+    ("text", "bps"),
+    [
+        ("100Mbit/s", 12.5e6),
+        ("100 Mbit/s", 12.5e6),
+        ("1Gbps", 125e6),
+        ("1 Gbit/s", 125e6),
+        ("10Gb/s", 1.25e9),
+        ("200MB/s", 200e6),
+        ("200 MBps", 200e6),
+        ("1.5GiB/s", 1.5 * 2**30),
+        ("512 KiB/s", 512 * 1024),
+        ("5 kB/s", 5000),
+        ("800 bps", 100),
+        ("12 bytes/s", 12),
+        ("1 Gibit/s", 2**30 / 8),
+        ("2 mbps", 250e3),  # prefixes are case-blind; b vs B is not
+        ("125e6", 125e6),
+        ("125000000", 125e6),
+        (125e6, 125e6),
+        (1000, 1000),
+    ],
+)
+def test_parse_rate(text, bps):
+    assert parse_rate(text) == pytest.approx(bps)
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("1G", "bits or bytes"),
+        ("100M", "bits or bytes"),
+        ("1GB", "size, not a rate"),
+        ("1 Gbit", "size, not a rate"),
+        ("fast", "cannot read"),
+        ("", "cannot read"),
+        ("5 /s", "cannot read"),
+        ("-1MB/s", "cannot read"),
+        ("0MB/s", "positive"),
+        ("0", "positive"),
+        (float("inf"), "positive"),
+        (True, "cannot read"),
+        (None, "cannot read"),
+        ("1 GB/h", "cannot read"),
+    ],
+)
+def test_parse_rate_rejects(text, hint):
+    with pytest.raises(ConfigError, match=hint):
+        parse_rate(text)
+
+
+def test_standard_links_are_what_they_say():
+    for label, bps in STANDARD_LINKS.items():
+        assert parse_rate(label) == bps
+
+
+@pytest.mark.parametrize(("bps", "text"), [(125e6, "125 MB/s (1 Gbit/s)"), (12.5e6, "12.5 MB/s (100 Mbit/s)"),
+                                           (math.inf, "unlimited")])
+def test_format_rate(bps, text):
+    assert est.format_rate(bps) == text
+
+
+# ------------------------------------------------------------------ download schedule
+
+@pytest.mark.parametrize(
+    ("sizes", "bw", "conc", "stream", "latency", "expected"),
+    [
+        ([100, 100], 10, 1, None, 0, [10, 20]),  # one at a time
+        ([100, 100], 10, 2, None, 0, [20, 20]),  # shared link
+        ([100, 300], 10, 2, None, 0, [20, 40]),  # the short one leaves, the long one speeds up
+        ([100, 100], 10, 2, 2, 0, [50, 50]),  # each stream capped at 2/s
+        ([100, 100], 10, 1, None, 1, [11, 22]),  # latency before each request
+        ([100, 100, 100], 10, 2, None, 0, [20, 20, 30]),
+        ([], 10, 3, None, 0, []),
+        ([0, 100], 10, 1, None, 0, [0, 10]),
+    ],
+)
+def test_download_finish_times(sizes, bw, conc, stream, latency, expected):
+    got = download_finish_times(sizes, bandwidth_bps=bw, concurrency=conc, stream_bps=stream, latency_s=latency)
+    assert got == pytest.approx(expected)
+
+
+def test_download_total_is_bytes_over_link_when_the_link_is_the_limit():
+    sizes = [123 * MiB, 45 * MiB, 678 * MiB, 9 * MiB]
+    for conc in (1, 2, 3, 8):
+        got = download_finish_times(sizes, bandwidth_bps=100e6, concurrency=conc)
+        assert max(got) == pytest.approx(sum(sizes) / 100e6)
+
+
+# ------------------------------------------------------------------ the model's shape
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("layers", [1, 4, 8])
+def test_monotonic_in_size(engine, layers):
+    times = [pull(plain(size, layers), engine).total_seconds for size in (256 * MiB, GiB, 2 * GiB, 16 * GiB)]
+    assert times == sorted(times) and len(set(times)) == len(times)
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_monotonic_in_bandwidth(engine):
+    layers = plain(4 * GiB, 4)
+    times = [pull(layers, engine, bw).total_seconds for bw in (12.5e6, 125e6, 1.25e9, 12.5e9)]
+    assert times == sorted(times, reverse=True)
+    assert times[0] > times[1]  # at 100 Mbit/s the link is the bottleneck for every engine
+    assert times[0] == pytest.approx(4 * GiB / 12.5e6, rel=0.5)
+
+
+@pytest.mark.parametrize("engine", ["podman", "containerd", "docker"])
+def test_fast_links_hit_the_engine_not_the_wire(engine):
+    """What ENVIRONMENT.md measured: on loopback the engine is the bottleneck."""
+    e = pull(plain(2 * GiB, 5), engine, bw=3e9, latency_s=0)
+    assert e.total_seconds > 3 * (2 * GiB / 3e9)
+    assert any("faster link will not" in n for n in e.notes)
+
+
+@pytest.mark.parametrize(
+    ("engine", "bw", "stream"),
+    [
+        ("containerd", 3e9, None),  # per-stream verify+store cost: more streams, faster
+        ("docker", 125e6, 20e6),  # long-RTT TCP streams: more streams, faster
+        ("modelimage", 1.25e9, 50e6),
+    ],
+)
+def test_more_concurrency_is_faster_when_streams_are_capped(engine, bw, stream):
+    layers = plain(4 * GiB, 8)
+    times = [pull(layers, engine, bw, concurrency=c, stream_bps=stream).total_seconds for c in (1, 2, 4, 8)]
+    assert times == sorted(times, reverse=True) and times[0] > times[-1] * 1.3
+
+
+def test_in_order_extraction_wants_the_first_layer_early():
+    """podman commits layers in order as they arrive: one stream is too few,
+    but sharing the engine among many streams delays the first layer, and
+    the last few layers are then extracted after the downloads end."""
+    layers = plain(4 * GiB, 8)
+    times = {c: pull(layers, "podman", 3e9, concurrency=c).total_seconds for c in (1, 2, 4, 8)}
+    assert times[4] < times[2] < times[1]  # up to the engine's total rate, more streams help
+    assert times[4] < times[8] < times[1]  # beyond it they only delay the first layer
+
+
+def test_concurrency_does_not_matter_when_the_link_is_the_limit():
+    layers = plain(4 * GiB, 8)
+    times = {c: pull(layers, "containerd", 12.5e6, concurrency=c).total_seconds for c in (1, 3, 8)}
+    assert times[1] == pytest.approx(times[8], rel=0.01)
+
+
+def test_in_order_extraction_overlaps_downloads():
+    """docker extracts layer i while later layers download; one layer at a
+    time gives the earliest first layer, so it finishes first."""
+    layers = plain(4 * GiB, 8)
+    docker = ENGINES["docker"]
+    after = replace(docker, pipeline="after_download")
+    t_in_order = pull(layers, docker, 125e6, concurrency=1).total_seconds
+    t_after = pull(layers, after, 125e6, concurrency=1).total_seconds
+    assert t_in_order < t_after
+    e = pull(layers, after, 125e6, concurrency=1)
+    extract = sum(layer.tar_bytes / after.process_bps + after.layer_overhead_s for layer in layers)
+    assert e.total_seconds == pytest.approx(
+        after.pull_overhead_s + 2 * est.DEFAULT_LATENCY_S + e.phases["download"] + extract)
+
+
+@pytest.mark.parametrize("bw", [12.5e6, 125e6, 1.25e9])
+def test_pipelines_order(bw):
+    layers = plain(4 * GiB, 8)
+    base = ENGINES["podman"]
+    t = {p: pull(layers, replace(base, pipeline=p), bw).total_seconds for p in est.PIPELINES}
+    assert t["streaming"] <= t["in_order"] <= t["after_download"]
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_gzip_adds_decompression(engine):
+    tar = GiB
+    gz = [LayerSpec(int(tar * 0.93), tar, "gzip")]
+    e_plain, e_gz = pull([LayerSpec(tar)], engine, 10e9), pull(gz, engine, 10e9)
+    assert e_plain.phases["decompress"] == 0
+    assert e_gz.phases["decompress"] == pytest.approx(tar / ENGINES[engine].decompress_bps["gzip"])
+    assert e_gz.total_seconds > e_plain.total_seconds  # fast link: 7 % fewer bytes cannot pay for it
+    assert any("decompression" in n for n in e_gz.notes)
+
+
+def test_zstd_decompresses_faster_than_gzip():
+    tar = GiB
+    gz = pull([LayerSpec(tar - 1, tar, "gzip")], "containerd", 10e9)
+    zs = pull([LayerSpec(tar - 1, tar, "zstd")], "containerd", 10e9)
+    assert zs.phases["decompress"] < gz.phases["decompress"]
+
+
+@pytest.mark.parametrize(
+    ("engine", "disk", "peak"),
+    [
+        ("containerd", "compressed + unpacked", "compressed + unpacked"),
+        ("podman", "unpacked", "compressed + unpacked"),
+        ("docker", "unpacked", "compressed + unpacked"),
+        ("modelimage", "unpacked", "unpacked"),
+    ],
+)
+def test_disk_bytes(engine, disk, peak):
+    layers = [LayerSpec(700 * MiB, GiB, "gzip"), LayerSpec(300 * MiB)]
+    compressed, unpacked = 1000 * MiB, GiB + 300 * MiB
+    values = {"compressed + unpacked": compressed + unpacked, "unpacked": unpacked}
+    e = pull(layers, engine)
+    assert (e.disk_bytes, e.peak_disk_bytes) == (values[disk], values[peak])
+
+
+def test_a_slow_disk_slows_the_pull_unless_the_page_cache_holds_it():
+    layers = plain(8 * GiB, 4)
+    free = pull(layers, "podman", 1.25e9)
+    slow = pull(layers, "podman", 1.25e9, disk_bps=50e6)
+    cached = pull(layers, "podman", 1.25e9, disk_bps=50e6, write_cache_bytes=64 * GiB)
+    assert slow.total_seconds >= 2 * 8 * GiB / 50e6  # blob + unpacked layer written
+    assert any("the disk adds" in n for n in slow.notes)
+    assert cached.total_seconds == pytest.approx(free.total_seconds)
+    assert cached.phases["disk"] == 0
+
+
+@pytest.mark.parametrize("engine", ["podman", "containerd"])
+def test_cores_are_a_floor(engine):
+    """On the project's 2-core VM podman and containerd use about 11 CPU
+    seconds per GB: with fewer cores the pull cannot be faster than that."""
+    layers = plain(4 * GiB, 8)
+    many = pull(layers, engine, 3e9, cpus=None)
+    two = pull(layers, engine, 3e9, cpus=2)
+    one = pull(layers, engine, 3e9, cpus=1)
+    assert many.total_seconds <= two.total_seconds < one.total_seconds
+    assert one.phases["cpu"] == pytest.approx(4 * GiB * ENGINES[engine].cpu_s_per_byte)
+    assert any("CPU-bound" in n for n in one.notes)
+
+
+def test_latency_costs_per_round_of_requests():
+    layers = plain(GiB, 64)
+    delta = {c: pull(layers, "podman", 12.5e6, concurrency=c, latency_s=0.2).total_seconds
+             - pull(layers, "podman", 12.5e6, concurrency=c, latency_s=0.0).total_seconds for c in (1, 3, 8)}
+    # equal layers move in lockstep: ceil(64 / c) rounds wait, + manifest and config
+    assert delta[1] == pytest.approx(64 * 0.2 + 0.4)
+    assert delta[3] == pytest.approx(22 * 0.2 + 0.4)
+    assert delta[8] == pytest.approx(8 * 0.2 + 0.4)
+
+
+def test_empty_image_costs_the_fixed_overhead():
+    e = pull([], "podman", latency_s=0)
+    assert e.total_seconds == ENGINES["podman"].pull_overhead_s
+    assert e.disk_bytes == 0
+
+
+def test_estimate_to_json():
+    e = pull(plain(GiB, 2), "containerd")
+    j = json.loads(json.dumps(e.to_json()))
+    assert j["engine"] == "containerd" and j["disk_bytes"] == 2 * GiB
+    assert set(j["phases"]) == {"overhead", "download", "decompress", "extract", "cpu", "disk"}
+    assert j["total_seconds"] == pytest.approx(e.total_seconds, abs=1e-3)
+    assert "containerd" in e.summary()
+
+
+# ------------------------------------------------------------------ engines
+
+def test_engines_cite_their_numbers():
+    for name, eng in ENGINES.items():
+        assert eng.name == name
+        assert eng.source.split(":")[0] in ("measured", "cited", "model")
+    assert ENGINES["docker"].concurrency == 3  # moby max-concurrent-downloads
+    assert ENGINES["podman"].concurrency == 6  # containers/image maxParallelDownloads
+    assert ENGINES["containerd"].keeps_compressed and not ENGINES["podman"].keeps_compressed
+    assert not ENGINES["containerd"].overlaps_download_and_extract
+    assert ENGINES["docker"].overlaps_download_and_extract and ENGINES["docker"].extracts_in_order
+    assert not ENGINES["modelimage"].extracts_in_order
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: pull(plain(GiB, 1), "crio"), "unknown engine 'crio'"),
+        (lambda: pull(plain(GiB, 1), bw=0), "positive"),
+        (lambda: pull(plain(GiB, 1), disk_bps=-1), "positive"),
+        (lambda: pull(plain(GiB, 1), concurrency=0), "at least 1"),
+        (lambda: pull(plain(GiB, 1), latency_s=-1), "negative"),
+        (lambda: LayerSpec(10, 20), "unpacks to its own size"),
+        (lambda: LayerSpec(10, 20, "lz4"), "use one of"),
+        (lambda: LayerSpec(-1), "negative"),
+        (lambda: replace(ENGINES["docker"], pipeline="whenever"), "pipeline"),
+        (lambda: replace(ENGINES["docker"], process_bps=0), "positive"),
+    ],
+)
+def test_bad_input_is_a_config_error(call, match):
+    with pytest.raises(ConfigError, match=match):
+        call()
+
+
+# ------------------------------------------------------------------ storage options
+
+@pytest.mark.parametrize("bw", [12.5e6, 125e6, 1.25e9, 5e9])
+@pytest.mark.parametrize("files", [[GiB], [4 * GiB] * 4, [5 * GB, 5 * GB, 3 * GB, 10 * MiB, 2 * MiB]])
+def test_storage_options_ordering(bw, files):
+    opts = storage_options(files, bandwidth_bps=bw, disk_bps=1e9, write_cache_bytes=0)
+    by = {o.name.split(" ")[0]: o for o in opts}
+    assert set(by) == {"image", "object", "lazily"}
+    assert [o.ready_seconds for o in opts] == sorted(o.ready_seconds for o in opts)
+    total = sum(files)
+    for o in opts:
+        assert o.ready_seconds >= total / bw  # nothing beats the link
+        assert o.first_byte_seconds <= o.ready_seconds
+        assert o.disk_bytes >= total
+    # no engine work: object storage is never slower than the pull
+    assert by["object"].ready_seconds <= by["image"].ready_seconds
+    # lazy loading starts at once but still has to read everything
+    assert by["lazily"].first_byte_seconds < 1 < by["object"].ready_seconds
+    assert by["image"].disk_bytes == 2 * total  # containerd keeps the blobs
+    assert any("soci" in n.lower() for n in by["lazily"].notes)
+
+
+def test_storage_options_uses_the_real_layers():
+    files = [GiB]
+    gz = [LayerSpec(int(GiB * 0.93), GiB + 2048, "gzip")]
+    a = {o.name: o for o in storage_options(files, bandwidth_bps=1.25e9, engine="podman")}
+    b = {o.name: o for o in storage_options(files, bandwidth_bps=1.25e9, engine="podman", layers=gz)}
+    assert b["image layers (podman pull)"].ready_seconds > a["image layers (podman pull)"].ready_seconds
+    assert json.dumps([o.to_json() for o in b.values()])
+
+
+def test_object_storage_needs_connections_on_long_fat_links():
+    files = [8 * GiB]
+    one = storage_options(files, bandwidth_bps=1.25e9, connections=1, stream_bps=30e6)
+    many = storage_options(files, bandwidth_bps=1.25e9, connections=16, stream_bps=30e6)
+    get = lambda opts: next(o for o in opts if o.name.startswith("object"))  # noqa: E731
+    assert get(many).ready_seconds < get(one).ready_seconds / 8
+
+
+# ------------------------------------------------------------------ probes (real I/O, small)
+
+def test_probe_disk(tmp_path):
+    bps = est.probe_disk(tmp_path, 8 * MiB)
+    assert 1e6 < bps < 1e12
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ModelImageError, match="cannot measure the disk"):
+        est.probe_disk(tmp_path / "missing", MiB)
+
+
+def test_probe_cpus():
+    assert 1.0 <= est.probe_cpus(0.3) <= (os.cpu_count() or 1)
+
+
+def test_probe_write_cache():
+    cache = est.probe_write_cache()
+    assert cache >= 0
+    if os.path.exists("/proc/meminfo"):
+        assert cache > 0
+
+
+@pytest.mark.integration
+def test_probe_download_against_a_real_registry():
+    from .registry import start_registry
+
+    reg = start_registry()
+    try:
+        blob = os.urandom(16 * MiB)
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        with httpx.Client(base_url=reg.url, timeout=30) as c:
+            r = c.post("/v2/probe/blobs/uploads/")
+            assert r.status_code == 202, r.text
+            location = r.headers["location"]
+            r = c.put(f"{location}{'&' if '?' in location else '?'}digest={digest}", content=blob)
+            assert r.status_code == 201, r.text
+        url = f"{reg.url}/v2/probe/blobs/{digest}"
+        for conns in (1, 4):
+            assert est.probe_download(url, connections=conns, max_bytes=8 * MiB) > 1e6
+        with httpx.Client() as c:
+            assert est.probe_download(url, client=c) > 1e6
+        with pytest.raises(ModelImageError, match="404"):
+            est.probe_download(f"{reg.url}/v2/probe/blobs/sha256:{'0' * 64}")
+    finally:
+        reg.stop()

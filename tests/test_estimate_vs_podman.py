@@ -1,0 +1,97 @@
+"""The pull-time model against a real pull: ``podman pull`` of a 1 GiB
+image (8 plain tar layers, like a sharded model, pushed with skopeo from a
+layout written here) from a real CNCF registry on loopback. Bandwidth and
+disk speed are measured first (probe_download against that registry,
+probe_disk on podman's disk); around each of three pulls, the free cores
+(probe_cpus, before and after: other jobs come and go) and the page cache
+(probe_write_cache, before). The median estimate
+for podman must be within 25 % of the median real pull. Both numbers are
+printed (pytest -s shows them).
+
+The layout, push and podman helpers are the ones benchmarks/pull_calibration.py
+measured the constants with, so test and calibration measure the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from benchmarks.pull_calibration import Podman, layer_specs, registry_layers, skopeo_push, write_layout
+from modelimage import estimate
+from modelimage.units import format_size
+
+from .registry import start_registry
+from .tools import need
+
+pytestmark = pytest.mark.integration
+
+IMAGE_BYTES = 2**30
+LAYERS = 8
+PULLS = 3
+TOLERANCE = 0.25
+
+
+def test_podman_pull_within_25_percent_of_the_estimate():
+    need("podman")
+    need("skopeo")
+    need("docker-registry")
+    # podman's overlay store and the layout on a real disk (/var/tmp), not a tmpfs
+    work = Path(tempfile.mkdtemp(prefix="estimate-vs-podman-", dir="/var/tmp"))
+    reg = start_registry()
+    podman = None
+    try:
+        podman = Podman(work / "podman")
+        write_layout(work / "layout", [IMAGE_BYTES // LAYERS] * LAYERS, seed=42, content="repeating")
+        ref = f"{reg.host}/estimate/podman:v1"
+        skopeo_push(work / "layout", ref)
+        shutil.rmtree(work / "layout")
+
+        layers = registry_layers(reg.url, "estimate/podman", "v1")
+        assert [d["mediaType"] for d in layers] == ["application/vnd.oci.image.layer.v1.tar"] * LAYERS
+        biggest = max(layers, key=lambda d: d["size"])
+        bandwidth = estimate.probe_download(f"{reg.url}/v2/estimate/podman/blobs/{biggest['digest']}")
+        disk = estimate.probe_disk(work)
+
+        # Other jobs share this machine's 2 cores and come and go (a pull ran 7 s idle, 12 s beside a
+        # test suite), so the free cores are probed right before and right after each pull and the
+        # estimate for that pull uses their mean; the page cache is probed before it.
+        estimates, runs, cores, caches = [], [], [], []
+        for _ in range(PULLS):
+            podman.remove(ref)
+            before = estimate.probe_cpus()
+            caches.append(estimate.probe_write_cache())
+            runs.append(podman.pull(ref))
+            cores.append((before + estimate.probe_cpus()) / 2)
+            estimates.append(estimate.estimate_pull(
+                layer_specs(layers), bandwidth_bps=bandwidth, engine="podman", disk_bps=disk,
+                write_cache_bytes=caches[-1], cpus=cores[-1], latency_s=0.0))
+            podman.remove(ref)
+        predicted = statistics.median(e.total_seconds for e in estimates)
+        measured = statistics.median(r.seconds for r in runs)
+        error = predicted / measured - 1
+
+        print(f"\npodman pull of {format_size(sum(d['size'] for d in layers))} in {LAYERS} layers from loopback; "
+              f"probed link {estimate.format_rate(bandwidth)}, disk {estimate.format_rate(disk)}, "
+              f"write cache {', '.join(format_size(c) for c in caches)}, "
+              f"cores free {', '.join(f'{c:.2f}' for c in cores)} of {os.cpu_count()}")
+        middle = sorted(estimates, key=lambda e: e.total_seconds)[PULLS // 2]
+        print(f"estimate: {predicted:.2f} s  (median of " + ", ".join(f"{e.total_seconds:.2f}" for e in estimates)
+              + "; phases of the median " + ", ".join(f"{k} {v:.2f}" for k, v in middle.phases.items()) + ")")
+        print(f"measured: {measured:.2f} s  (median of " + ", ".join(f"{r.seconds:.2f}" for r in runs)
+              + "; download/extract " + ", ".join(f"{r.download_s or 0:.2f}/{r.extract_s or 0:.2f}" for r in runs)
+              + ")")
+        print(f"error: {error * 100:+.1f} %")
+        assert abs(error) <= TOLERANCE, (
+            f"estimate {predicted:.2f} s vs measured {measured:.2f} s ({error * 100:+.0f} %); "
+            "rerun benchmarks/pull_calibration.py and update ENGINES['podman'] if podman or the machine changed")
+    finally:
+        if podman is not None:
+            podman.close()
+        reg.stop()
+        shutil.rmtree(work, ignore_errors=True)
