@@ -470,8 +470,9 @@ def estimate(source: str, config: Path | None, max_layer_size: int | None, bandw
 
     specs, probe_url, client = _estimate_inputs(source, config, max_layer_size, insecure_registry)
     try:
-        disk_bps = None
+        disk_bps, write_cache, cpus = None, 0, None
         if probe:
+            write_cache, cpus = est.probe_write_cache(), est.probe_cpus()
             where = disk_dir or next((d for d in (Path("/var/lib/containers"), Path("/var/lib/containerd"))
                                       if d.is_dir()), Path(tempfile.gettempdir()))
             disk_bps = est.probe_disk(where)
@@ -485,7 +486,8 @@ def estimate(source: str, config: Path | None, max_layer_size: int | None, bandw
     links = {"measured" if probe and probe_url else "given": bandwidth} if bandwidth else dict(est.STANDARD_LINKS)
     latency = 0.0 if probe_url and _loopback(probe_url) else est.DEFAULT_LATENCY_S
     results = {name: est.estimate_pull(specs, bandwidth_bps=bps, engine=engine, disk_bps=disk_bps,
-                                       concurrency=concurrency, latency_s=latency)
+                                       write_cache_bytes=write_cache, cpus=cpus, concurrency=concurrency,
+                                       latency_s=latency)
                for name, bps in links.items()}
     first_link, first = next(iter(results.items()))
     files = [s.tar_bytes for s in specs]
