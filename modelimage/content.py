@@ -8,17 +8,23 @@ layer writer stream it, without a resharded copy ever touching the disk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
 class FileRange:
-    """``length`` bytes of ``path`` starting at ``offset``."""
+    """``length`` bytes of ``path`` starting at ``offset``.
+
+    ``stamp`` is the file's (size, mtime in ns) when it was inspected: the
+    layer writer refuses a file whose stamp changed, so a file rewritten
+    while an image is built never ends up half old, half new.
+    """
 
     path: Path
     offset: int
     length: int
+    stamp: tuple[int, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,15 @@ class VirtualFile:
         return cls(name, (FileRange(path, 0, size),) if size else (), origin=name)
 
 
+def stamped(vf: VirtualFile, stamps: dict[Path, tuple[int, int]]) -> VirtualFile:
+    """``vf`` with each source range carrying its file's inspected stamp."""
+    segs = tuple(
+        FileRange(s.path, s.offset, s.length, stamps.get(s.path)) if isinstance(s, FileRange) else s
+        for s in vf.segments
+    )
+    return VirtualFile(vf.name, segs, vf.origin)
+
+
 def coalesce(segments: list[Segment]) -> tuple[Segment, ...]:
     """Merge adjacent ranges of the same file and adjacent literals, so a
     resharded file streams with as few reads as possible."""
@@ -72,7 +87,7 @@ def coalesce(segments: list[Segment]) -> tuple[Segment, ...]:
             and prev.path == seg.path
             and prev.offset + prev.length == seg.offset
         ):
-            out[-1] = FileRange(prev.path, prev.offset, prev.length + seg.length)
+            out[-1] = FileRange(prev.path, prev.offset, prev.length + seg.length, prev.stamp)
         elif isinstance(seg, Literal) and isinstance(prev, Literal):
             out[-1] = Literal(prev.data + seg.data)
         else:

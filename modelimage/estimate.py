@@ -396,7 +396,8 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
 
     notes: list[str] = []
     if cpu_s > end:
-        notes.append(f"{eng.name} is CPU-bound here: {format_seconds(cpu_work)} of CPU work on {cpus:g} core{'' if cpus == 1 else 's'}")
+        cores = f"{cpus:g} core" + ("" if cpus == 1 else "s")
+        notes.append(f"{eng.name} is CPU-bound here: {format_seconds(cpu_work)} of CPU work on {cores}")
     if disk_s:
         notes.append(f"the disk adds {format_seconds(disk_s)}: {format_size(written)} written, {format_size(over)} "
                      f"of it beyond the page cache, at {format_rate(disk_bps or 0)}")

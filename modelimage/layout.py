@@ -71,7 +71,10 @@ class _BlobFile:
         self.blobs = blobs
 
     def write(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
+        try:
+            self.f.write(data)
+        except OSError as e:  # a full disk, a quota: one line, and the caller cleans up
+            raise OutputError(f"{self.blobs.parent.parent}: cannot write: {e.strerror or e}") from None
 
     def commit(self, digest: str) -> None:
         self.f.close()
@@ -182,7 +185,10 @@ class _ArchiveBlob:
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
+        try:
+            self.f.write(data)
+        except OSError as e:
+            raise OutputError(f"{self.sink.ref.path}: cannot write: {e.strerror or e}") from None
         self.size += len(data)
 
     def commit(self, digest: str) -> None:
@@ -323,6 +329,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

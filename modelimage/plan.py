@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
-from .content import VirtualFile
+from .content import VirtualFile, stamped
 from .errors import ConfigError, LayerTooLarge, PlanError
 from .formats import gguf as gg
 from .formats import safetensors as st
@@ -148,8 +148,8 @@ def _fixed_overhead(path: str, mtime: int) -> int:
     return dirs + len(header(path, 2**40, mtime=mtime)) + 511 + 1024
 
 
-def _entry(root: str, vf: VirtualFile) -> Entry:
-    return Entry(f"{root}/{vf.name}" if root else vf.name, vf)
+def _entry(root: str, vf: VirtualFile, stamps: dict | None = None) -> Entry:
+    return Entry(f"{root}/{vf.name}" if root else vf.name, stamped(vf, stamps) if stamps else vf)
 
 
 def _one_layer(entry: Entry, settings: PlanSettings) -> Layer:
@@ -188,19 +188,21 @@ def make_plan(model: ModelInfo, settings: PlanSettings) -> Plan:
     """Plan the layers of ``model`` under ``settings``."""
     budget = blob_budget(settings.max_layer_size, settings.compression)
     root = settings.root
+    stamps = {f.path: f.stamp for f in model.files}
     weight_layers: list[Layer] = []
     small: list[Entry] = []
     reshards: list[Reshard] = []
     handled: set[str] = set()
 
     for w in model.weight_sets:
-        entries = [_entry(root, VirtualFile.whole(m, model.file(m).path, model.file(m).size)) for m in w.members]
+        entries = [_entry(root, VirtualFile.whole(m, model.file(m).path, model.file(m).size), stamps)
+                   for m in w.members]
         if any(layer_size([e], settings.mtime) > budget for e in entries):
             shards, r = _reshard(w, model, settings, budget)
             reshards.append(r)
             handled.update(r.sources)
             for vf in shards:
-                e = _entry(root, vf)
+                e = _entry(root, vf, stamps)
                 if vf.name.endswith(".json"):
                     small.append(e)
                 else:
@@ -214,7 +216,7 @@ def make_plan(model: ModelInfo, settings: PlanSettings) -> Plan:
     for f in model.files:
         if f.name in handled:
             continue
-        e = _entry(root, VirtualFile.whole(f.name, f.path, f.size))
+        e = _entry(root, VirtualFile.whole(f.name, f.path, f.size), stamps)
         if f.is_weights or f.size >= OWN_LAYER_MIN:
             layer = _one_layer(e, settings)
             if layer.size > budget:

@@ -25,8 +25,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 from typing import Literal as TypingLiteral
-from typing import Protocol
 
 from .content import FileRange, Literal, VirtualFile
 from .errors import SourceError
@@ -225,18 +225,28 @@ def _read_range(seg: FileRange, offset: int, length: int, buf: bytearray, file: 
     view = memoryview(buf)
     try:
         with open(seg.path, "rb", buffering=0) as f:
-            if os.fstat(f.fileno()).st_size < seg.offset + seg.length:
-                raise SourceError(f"{display}: {seg.path} is shorter than planned (changed while building?)")
+            _check_unchanged(f, seg, display)
             f.seek(offset)
             left = length
             while left:
                 n = f.readinto(view[: min(left, len(buf))])
                 if not n:
-                    raise SourceError(f"{display}: {seg.path} ended early (changed while building?)")
+                    raise SourceError(f"{display}: {seg.path} ended early (changed while building)")
                 yield view[:n], file
                 left -= n
+            _check_unchanged(f, seg, display)
     except OSError as e:
         raise SourceError(f"{seg.path}: cannot read: {e.strerror or e}") from e
+
+
+def _check_unchanged(f: "BinaryIO", seg: FileRange, display: str) -> None:
+    """The file still has the size (and mtime) it had when inspected."""
+    st = os.fstat(f.fileno())
+    if st.st_size < seg.offset + seg.length:
+        raise SourceError(f"{display}: {seg.path} is shorter than planned (changed while building)")
+    if seg.stamp is not None and (st.st_size, st.st_mtime_ns) != seg.stamp:
+        raise SourceError(f"{display}: {seg.path} changed while building (size or mtime differs from "
+                          "when it was inspected); run again once it is stable")
 
 
 class Digester:

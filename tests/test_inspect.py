@@ -367,18 +367,60 @@ def test_include_exclude_diffusers_paths(diffusers_dir: Path) -> None:
     assert m.parameters == sum(v for k, v in DIFFUSERS_PARAMS.items() if k != "text_encoder_2")
 
 
-def test_hidden_files_skipped_and_symlinks_followed(tmp_path: Path, llama_single: Path) -> None:
+def test_hidden_files_skipped_and_symlinks_inside_followed(tmp_path: Path, llama_single: Path) -> None:
+    import shutil
+
     d = tmp_path / "m"
-    d.mkdir()
+    (d / "real").mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(llama_single / f, d / "real" / f)
     (d / ".git").mkdir()
     (d / ".git" / "HEAD").write_text("ref")
     (d / ".gitattributes").write_text("*.safetensors filter=lfs")
-    (d / "config.json").symlink_to(llama_single / "config.json")
-    (d / "model.safetensors").symlink_to(llama_single / "model.safetensors")
-    m = inspect_model(d)
+    (d / "config.json").symlink_to("real/config.json")
+    (d / "model.safetensors").symlink_to(d / "real" / "model.safetensors")
+    m = inspect_model(d, exclude=["real/*"])
     assert [f.name for f in m.files] == ["config.json", "model.safetensors"]
     assert m.file("model.safetensors").size == (llama_single / "model.safetensors").stat().st_size
     assert m.parameters == SHAPE.parameters
+
+
+def test_symlinks_leading_outside_are_refused(tmp_path: Path, llama_single: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(SourceError, match="symlink leads outside the model folder"):
+        inspect_model(d)
+    (d / "passwd").unlink()
+    (d / "sub").symlink_to(llama_single)  # a linked folder outside
+    with pytest.raises(SourceError, match="sub.*outside"):
+        inspect_model(d)
+
+
+def test_hugging_face_cache_snapshot_links_are_followed(tmp_path: Path, llama_single: Path) -> None:
+    """A HF cache snapshot is made of links into ../../blobs: allowed."""
+    import shutil
+
+    repo = tmp_path / "hub" / "models--acme--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        blob = repo / "blobs" / f"blob-{f}"
+        shutil.copy(llama_single / f, blob)
+        (snap / f).symlink_to(Path("../../blobs") / blob.name)
+    m = inspect_model(snap)
+    assert [f.name for f in m.files] == ["config.json", "model.safetensors"]
+
+
+def test_non_utf8_names_are_refused(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    open(os.path.join(os.fsencode(d), b"weird-\xff.bin"), "wb").close()
+    with pytest.raises(SourceError, match="must be UTF-8"):
+        inspect_model(d)
 
 
 def test_fifo_is_refused(tmp_path: Path) -> None:
