@@ -109,6 +109,11 @@ def render_model(kind: str, source: str | None, options: Options | None = None,
     return Rendered(k8s(job, plan, image, settings))
 
 
+def count(n: int, noun: str) -> str:
+    """``3 layers``, ``1 layer``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file renamed into place."""
     path = Path(path)
@@ -205,7 +210,7 @@ def dockerfile(job: Job, plan: Plan, *, link: bool = True) -> str:
         context=str(job.model.root),
         target=target,
         link=link,
-        layer_count=len(plan.layers),
+        layers_text=count(len(plan.layers), "layer"),
         total=format_size(plan.total_size),
         max_layer_size=format_size(plan.settings.max_layer_size),
         image=job.entry.image or f"{job.model.name}:latest",
@@ -247,7 +252,7 @@ def dockerfile_consumer(job: Job, plan: Plan, image: str, settings: RenderSettin
         target=target,
         link=settings.link,
         size=format_size(content),
-        layer_count=len(plan.layers),
+        layers_text=count(len(plan.layers), "layer"),
         warnings=warnings,
     ), tuple(warnings))
 

@@ -159,7 +159,7 @@ def summarize(build: dict[str, Any], *, model: ModelInfo | None = None, target: 
         pushed=bool(build.get("tag")),
         facts=facts,
         total=format_size(sum(sizes)),
-        layer_count=len(layers),
+        layers_text=f"{len(layers)} layer{'' if len(layers) == 1 else 's'}",
         root=_code(root or "/"),
         layers=rows,
         registry=_md(registry or "any registry"),
