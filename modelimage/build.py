@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import platform as _platform
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -286,14 +287,27 @@ def write_layers_then_manifest(
     the sink undoes what it can (and nothing is tagged); on success it is
     closed. Returns the job results and the config and manifest descriptors."""
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
-            futures = [pool.submit(job) for job in jobs]
+        stop = threading.Event()
+
+        def guarded(job: Callable[[], Any]) -> Any:
+            if stop.is_set():  # another layer failed: do not start this one
+                return None
             try:
-                done = [f.result() for f in futures]
+                return job()
             except BaseException:
+                stop.set()
+                raise
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
+            futures = [pool.submit(guarded, job) for job in jobs]
+            # stop at the first failure: layers not started yet never start
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in finished and f.exception() is not None), None)
+            if failed is not None:
                 for f in futures:
                     f.cancel()
-                raise
+                raise failed.exception()  # type: ignore[misc]
+            done = [f.result() for f in futures]
         config_bytes, config_desc, manifest_bytes, manifest_desc = assemble(done)
         sink.put_blob(config_bytes, config_desc.digest)
         sink.put_manifest(manifest_desc, manifest_bytes)

@@ -252,6 +252,7 @@ class Uploader:
             for _ in source.body(0, None):
                 pass
             digest = source.digest()
+        expired = False
         for attempt in range(1, self.settings.retries + 2):
             source.rewind(0)
             try:
@@ -263,13 +264,16 @@ class Uploader:
                     self.stats.add(bytes_sent=sent.n, resent_bytes=sent.n if attempt > 1 else 0)
                 return
             except (httpx.TransportError, RegistryError) as e:
-                if not self.retry.retryable(e) or attempt > self.settings.retries:
+                retry_auth = _unauthorized(e) and not expired
+                expired = _unauthorized(e)
+                if not (retry_auth or self.retry.retryable(e)) or attempt > self.settings.retries:
                     raise _failed(f"{what}: uploading {digest[:19]}", e, attempt) from None
                 self.retry.wait(attempt, e)
 
     def _resumable(self, source: _Source, what: str) -> None:
         url = str(self.retry.call(f"{what}: starting an upload", lambda: self.client.start_upload(self.repo)))
         offset, attempt, high = 0, 0, 0  # high: the furthest byte ever sent
+        expired = False  # the last failure was a 401
         while True:
             end = None
             if self.settings.chunk_size and source.size is not None:
@@ -284,13 +288,15 @@ class Uploader:
             self.stats.add(bytes_sent=sent.n, resent_bytes=max(0, min(high, offset + sent.n) - offset))
             high = max(high, offset + sent.n)
             if failure is None:
-                offset += sent.n
+                offset, expired = offset + sent.n, False
                 if source.size is None or offset >= source.size:
                     break
                 continue
             attempt += 1
             lost = _session_lost(failure)
-            if not (lost or self.retry.retryable(failure)) or attempt > self.settings.retries:
+            retry_auth = _unauthorized(failure) and not expired
+            expired = _unauthorized(failure)
+            if not (lost or retry_auth or self.retry.retryable(failure)) or attempt > self.settings.retries:
                 raise _failed(f"{what}: uploading", failure, attempt) from None
             self.retry.wait(attempt, failure)
             url, offset = self._restart(source, what) if lost else self._resume_point(url, source, what)
@@ -316,6 +322,13 @@ class Uploader:
     def _restart(self, source: _Source, what: str) -> tuple[str, int]:
         source.rewind(0)
         return str(self.retry.call(f"{what}: starting an upload", lambda: self.client.start_upload(self.repo))), 0
+
+
+def _unauthorized(e: Exception) -> bool:
+    """A 401 to a streamed body: the token it carried expired or was revoked.
+    :class:`RegistryAuth` cannot replay a stream, but it dropped that token,
+    so one new attempt (not two in a row) fetches a fresh one."""
+    return isinstance(e, RegistryError) and e.status == 401
 
 
 def _session_lost(e: Exception) -> bool:
