@@ -21,7 +21,7 @@ import click
 from . import __version__
 from .artifact import FORMATS, build_artifact
 from .build import build_image
-from .config import ModelEntry, load_config, resolve
+from .config import REMOTE_SCHEMES, ModelEntry, load_config, resolve
 from .errors import ModelImageError
 from .inspect import BYTES_PER_PARAM_AS, VRAM_FACTOR, ModelInfo
 from .job import Job, Options, prepare
@@ -532,7 +532,7 @@ def _estimate_inputs(source: str, config: Path | None, max_layer_size: int | Non
     try:
         job = prepare(source, Options(config=config, max_layer_size=max_layer_size))
     except ModelImageError:
-        if "/" not in source or Path(source).exists():
+        if "/" not in source or Path(source).exists() or source.startswith(REMOTE_SCHEMES):
             raise
         ref = Reference.parse(source)
         client = RegistryClient(ref, insecure=frozenset(insecure))
@@ -696,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
+
+from . import cli_pull  # noqa: E402,F401  (registers pull and verify)
 
 if __name__ == "__main__":
     sys.exit(main())

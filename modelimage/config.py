@@ -8,6 +8,10 @@ target = "/models/llama-8b-q4"
 max_layer_size = "2GB"
 image = "ghcr.io/acme/llama-8b-q4:latest"
 
+[models.my-finetune]
+source = "s3://acme-models/llama-ft/v3"
+endpoint = "https://fly.storage.tigris.dev"   # S3-compatible stores: R2, Tigris, MinIO
+
 [registries."harbor.acme.com"]   # limits of a registry modelimage cannot know
 max_layer_size = "5GB"
 ```
@@ -29,7 +33,8 @@ from .units import parse_size
 DEFAULT_CONFIG = "modelimage.toml"
 REMOTE_SCHEMES = ("hf://", "s3://")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
-_KEYS = {"source", "include", "exclude", "target", "max_layer_size", "image", "platform", "compression", "tag"}
+_KEYS = {"source", "include", "exclude", "target", "max_layer_size", "image", "platform", "compression", "tag",
+         "endpoint"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class ModelEntry:
     platform: str | None = None
     compression: str | None = None
     tag: str | None = None
+    endpoint: str | None = None  # S3-compatible endpoint URL for s3:// sources (else the AWS configuration's)
     defined_in: str | None = None  # the toml file, for messages
 
     @property
@@ -54,11 +60,9 @@ class ModelEntry:
 
     @property
     def path(self) -> Path:
+        """The local folder or file (hf:// and s3:// resolve through :mod:`modelimage.sources`)."""
         if self.is_remote:
-            scheme = self.source.split("://", 1)[0]
-            raise SourceError(
-                f"{self.source}: {scheme}:// sources are not supported yet; download the model and pass its folder"
-            )
+            raise SourceError(f"{self.source}: not a local path (resolve it with modelimage.sources.open_source)")
         return Path(self.source)
 
 
@@ -108,6 +112,12 @@ def load_config(path: Path | None) -> Config:
         if not source.startswith(REMOTE_SCHEMES) and not Path(source).is_absolute():
             source = str((path.parent / source))
         size = m.get("max_layer_size")
+        endpoint = m.get("endpoint")
+        if endpoint is not None and not (isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))):
+            raise ConfigError(f"{where}: endpoint must be an http:// or https:// URL, "
+                              "e.g. https://ACCOUNT_ID.r2.cloudflarestorage.com")
+        if endpoint is not None and not source.startswith("s3://"):
+            raise ConfigError(f"{where}: endpoint applies to s3:// sources only")
         out[name] = ModelEntry(
             name=name,
             source=source,
@@ -119,6 +129,7 @@ def load_config(path: Path | None) -> Config:
             platform=m.get("platform"),
             compression=m.get("compression"),
             tag=m.get("tag"),
+            endpoint=endpoint,
             defined_in=str(path),
         )
     registries = data.get("registries", {})

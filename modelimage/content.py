@@ -8,23 +8,62 @@ layer writer stream it, without a resharded copy ever touching the disk.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Protocol, TypeGuard
+
+
+class RemoteObject(Protocol):
+    """A source file that is not on a local disk (an object in S3): an
+    immutable version of it (``identity`` names it, ``stamp`` is its size
+    and ETag), read by ranges. :class:`modelimage.sources.s3.S3Object` is
+    the one there is."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def name(self) -> str: ...  # the last path component, like Path.name
+    @property
+    def stamp(self) -> tuple[int, str]: ...  # (size, ETag): the change check
+    @property
+    def identity(self) -> list[str | int]: ...  # what the digest cache keys on
+
+    def read(self, offset: int, length: int) -> Iterator[bytes | memoryview]:
+        """The bytes of one range, in order, in pieces (fetched ahead in
+        parallel); each piece stays valid after the next is asked for."""
+        ...
+
+    def open(self) -> BinaryIO:
+        """A seekable, buffered file object, for reading headers."""
+        ...
+
+    def read_bytes(self) -> bytes: ...  # a whole (small) file, like Path.read_bytes
+
+
+Source = Path | RemoteObject  # where a file's bytes come from
+
+
+def is_remote(path: object) -> TypeGuard[RemoteObject]:
+    """True for a :class:`RemoteObject`, False for a local path."""
+    return not isinstance(path, (str, os.PathLike))
 
 
 @dataclass(frozen=True, slots=True)
 class FileRange:
     """``length`` bytes of ``path`` starting at ``offset``.
 
-    ``stamp`` is the file's (size, mtime in ns) when it was inspected: the
-    layer writer refuses a file whose stamp changed, so a file rewritten
-    while an image is built never ends up half old, half new.
+    ``path`` is a local file or a :class:`RemoteObject`. ``stamp`` is the
+    file's (size, mtime in ns) when it was inspected, or a remote object's
+    (size, ETag): the layer writer refuses a file whose stamp changed, so a
+    file rewritten while an image is built never ends up half old, half new.
     """
 
-    path: Path
+    path: Source
     offset: int
     length: int
-    stamp: tuple[int, int] | None = field(default=None, compare=False)
+    stamp: tuple[int, int | str] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +98,12 @@ class VirtualFile:
         return sum(s.length for s in self.segments)
 
     @classmethod
-    def whole(cls, name: str, path: Path, size: int) -> "VirtualFile":
+    def whole(cls, name: str, path: Source, size: int) -> "VirtualFile":
         """A source file copied as it is."""
         return cls(name, (FileRange(path, 0, size),) if size else (), origin=name)
 
 
-def stamped(vf: VirtualFile, stamps: dict[Path, tuple[int, int]]) -> VirtualFile:
+def stamped(vf: VirtualFile, stamps: dict[Source, tuple[int, int | str]]) -> VirtualFile:
     """``vf`` with each source range carrying its file's inspected stamp."""
     segs = tuple(
         FileRange(s.path, s.offset, s.length, stamps.get(s.path)) if isinstance(s, FileRange) else s

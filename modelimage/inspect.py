@@ -14,8 +14,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from .content import Source, is_remote
 from .errors import FormatError, SourceError
 from .formats import gguf as gg
 from .formats import safetensors as st
@@ -83,16 +84,18 @@ Kind = Literal["language-model", "diffusion", "embedding", "unknown"]
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file of the model: ``name`` is its POSIX path in the model root."""
+    """One file of the model: ``name`` is its POSIX path in the model root,
+    ``path`` where its bytes are (a local file, or a remote object)."""
 
     name: str
-    path: Path
+    path: Source
     size: int
     mtime_ns: int = 0
 
     @property
-    def stamp(self) -> tuple[int, int]:
-        return (self.size, self.mtime_ns)
+    def stamp(self) -> tuple[int, int | str]:
+        """(size, mtime in ns) of a local file; (size, ETag) of a remote object."""
+        return self.path.stamp if is_remote(self.path) else (self.size, self.mtime_ns)
 
     @property
     def format(self) -> str | None:
@@ -141,12 +144,22 @@ class Component:
         return {"name": self.name, "parameters": self.parameters, "bytes": self.bytes}
 
 
+class RemoteFolder(Protocol):
+    """A model folder that is not on a local disk (``s3://bucket/prefix``):
+    it lists its files; their ``path`` is a remote object that reads by range."""
+
+    @property
+    def name(self) -> str: ...
+
+    def list_files(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[SourceFile]: ...
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Everything inspect knows about a model."""
 
     name: str
-    root: Path
+    root: Path | RemoteFolder
     files: tuple[SourceFile, ...]
     weight_sets: tuple[WeightSet, ...]
     format: str
@@ -462,12 +475,18 @@ def _counted_sets(sets: Sequence[WeightSet]) -> tuple[list[WeightSet], list[str]
     return kept, notes
 
 
-def inspect_model(source: Path, *, name: str | None = None, include: Sequence[str] = (),
+def inspect_model(source: Path | RemoteFolder, *, name: str | None = None, include: Sequence[str] = (),
                   exclude: Sequence[str] = ()) -> ModelInfo:
-    """Inspect a model directory or a single weight file."""
-    source = Path(source)
-    files = list_files(source, include, exclude)
-    root = source.parent if source.is_file() else source
+    """Inspect a model directory, a single weight file, or a remote folder
+    (whose headers are read by range, never its tensor data)."""
+    root: Path | RemoteFolder
+    if is_remote(source):
+        files = source.list_files(include, exclude)
+        root = source
+    else:
+        source = Path(source)
+        files = list_files(source, include, exclude)
+        root = source.parent if source.is_file() else source
     sets = find_weight_sets(files)
     counted, notes = _counted_sets(sets)
     config = _config(files)
@@ -618,7 +637,16 @@ def _kind_from_config(config: dict[str, Any], files: Sequence[SourceFile]) -> Ki
     return "unknown"
 
 
-def _default_name(source: Path) -> str:
-    p = source.resolve()
-    base = p.stem if p.is_file() else p.name
-    return re.sub(r"[^a-z0-9._-]+", "-", base.lower()).strip("-._") or "model"
+def _default_name(source: Path | RemoteFolder) -> str:
+    if is_remote(source):
+        base = source.name
+        base = base.rsplit(".", 1)[0] if PurePosixPath(base).suffix.lower() in WEIGHT_SUFFIXES else base
+    else:
+        p = source.resolve()
+        base = p.stem if p.is_file() else p.name
+    return safe_name(base)
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a model name: lowercase letters, digits and . _ -."""
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "model"

@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .inspect import ModelInfo, inspect_model
 from .limits import DEFAULT, LayerFacts, RegistryLimits, check, limits_for
 from .plan import DEFAULT_MAX_LAYER_SIZE, Plan, PlanSettings, make_plan, normalize_target
+from .sources import OpenedSource, open_source
 from .tarstream import COMPRESSIONS
 
 
@@ -50,6 +51,7 @@ class Job:
     registry: str | None = None
     limits: RegistryLimits = DEFAULT
     base: BaseImage | None = None
+    source: OpenedSource | None = None  # where the files came from (hf:// commit, s3:// prefix)
 
     def plan(self) -> Plan:
         return make_plan(self.model, self.plan_settings)
@@ -79,7 +81,8 @@ def prepare(arg: str, options: Options = Options()) -> Job:
         include=options.include or entry.include,
         exclude=options.exclude or entry.exclude,
     )
-    model = inspect_model(entry.path, name=options.name or entry.name or None,
+    source = open_source(entry)
+    model = inspect_model(source.location, name=options.name or entry.name or source.name,
                           include=entry.include, exclude=entry.exclude)
     compression = options.compression or entry.compression or "none"
     if compression not in COMPRESSIONS:
@@ -103,5 +106,5 @@ def prepare(arg: str, options: Options = Options()) -> Job:
         mtime=epoch,
         compression=compression,
     )
-    return Job(entry, model, plan_settings, ImageSettings(platform=platform, epoch=epoch), config,
-               options.registry, limits, base)
+    settings = ImageSettings(platform=platform, epoch=epoch, labels=dict(source.labels))
+    return Job(entry, model, plan_settings, settings, config, options.registry, limits, base, source)

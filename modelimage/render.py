@@ -22,7 +22,7 @@ from typing import Any
 from . import templates
 from .build import model_facts
 from .config import ModelEntry, load_config, resolve
-from .content import FileRange
+from .content import FileRange, is_remote
 from .errors import ConfigError, ModelImageError, OutputError
 from .inspect import VRAM_FACTOR, ModelInfo
 from .job import Job, Options, prepare
@@ -183,6 +183,10 @@ def _quote(text: str) -> str:
 
 def dockerfile(job: Job, plan: Plan, *, link: bool = True) -> str:
     """A Dockerfile that builds the plan's layers from the model folder."""
+    if is_remote(job.model.root):
+        raise RenderError(f"{job.model.root}: a Dockerfile copies from a local build context, not from a bucket; "
+                          "build with `modelimage build` (it streams the objects into the layers), or download "
+                          "the files and render from their folder")
     _check_plain_copies(job, plan)
     target = "/" + plan.settings.root
     copies: list[dict[str, Any]] = []

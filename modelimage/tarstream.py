@@ -9,7 +9,10 @@ with two zero blocks, like Go's archive/tar, and no record padding.
 
 The layer writer reads each source range once into a reused buffer, feeds
 the bytes to the blob's sha256, the file's sha256 and the sink, and never
-holds more than one buffer of a weight file in memory.
+holds more than one buffer of a weight file in memory. A remote object (an
+S3 object, see :mod:`modelimage.sources.s3`) is read the same way, by
+ranged GETs a few parts ahead: a bounded number of parts in memory, nothing
+on disk.
 
 A raw layer (:meth:`LayerStream.raw`, used by model artifacts) is one file's
 bytes with no tar around them: its blob digest and diff_id are the file's
@@ -24,11 +27,10 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Protocol
 from typing import Literal as TypingLiteral
 
-from .content import FileRange, Literal, VirtualFile
+from .content import FileRange, Literal, Source, VirtualFile, is_remote
 from .errors import SourceError
 
 BLOCK = 512
@@ -221,7 +223,19 @@ class LayerStream:
 
 
 def _read_range(seg: FileRange, offset: int, length: int, buf: bytearray, file: int,
-                display: str) -> Iterator[tuple[memoryview, int]]:
+                display: str) -> Iterator[tuple[bytes | memoryview, int]]:
+    if is_remote(seg.path):
+        # a remote object reads ahead in parallel, in parts it allocates;
+        # each GET is pinned to the inspected version (If-Match: ETag)
+        got = 0
+        for data in seg.path.read(offset, length):
+            got += len(data)
+            view = memoryview(data)
+            for start in range(0, len(view), CHUNK):  # sinks copy what they send: keep pieces CHUNK-sized
+                yield view[start:start + CHUNK], file
+        if got != length:
+            raise SourceError(f"{display}: {seg.path} gave {got} of {length} bytes (changed while building)")
+        return
     view = memoryview(buf)
     try:
         with open(seg.path, "rb", buffering=0) as f:
@@ -355,5 +369,7 @@ def write_layer(
     return digester.result()
 
 
-def source_paths(entries: Sequence[Entry]) -> list[Path]:
-    return sorted({s.path for e in entries for s in e.content.segments if isinstance(s, FileRange)})
+def source_paths(entries: Sequence[Entry]) -> list[Source]:
+    """The files the entries read: local paths sorted, then remote objects by name."""
+    paths = {s.path for e in entries for s in e.content.segments if isinstance(s, FileRange)}
+    return sorted(p for p in paths if not is_remote(p)) + sorted((p for p in paths if is_remote(p)), key=str)

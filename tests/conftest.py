@@ -140,3 +140,17 @@ def busybox_base(registry, podman_env, tmp_path_factory) -> str:
                    capture_output=True)
     subprocess.run(["podman", "rmi", "-f", ref], env=podman_env, capture_output=True)
     return ref
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A local S3-compatible server (moto, server mode) on a loopback port,
+    a ``tests.s3server.S3Server``. Its stand-in AWS credentials (and empty
+    AWS config files) are in os.environ for the session."""
+    from .s3server import restore_env, set_env, start_s3
+
+    server = start_s3(tmp_path_factory.mktemp("aws"))
+    old = set_env(server.env)
+    yield server
+    restore_env(old)
+    server.stop()

@@ -64,10 +64,11 @@ class Registry:
 
 
 def start_registry(auth: dict | None = None, *, username: str | None = None, password: str | None = None,
-                   extra_config: dict | None = None, cleanup=()) -> Registry:
+                   extra_config: dict | None = None, cleanup=(), env: dict[str, str] | None = None) -> Registry:
     """Start ``docker-registry serve`` with a fresh storage folder.
 
     ``cleanup``: callables run by :meth:`Registry.stop` (also when the start fails).
+    ``env``: the registry's environment (default: this process's).
     """
     need("docker-registry")
     root = Path(tempfile.mkdtemp(prefix="registry-"))
@@ -84,7 +85,7 @@ def start_registry(auth: dict | None = None, *, username: str | None = None, pas
     (root / "config.yml").write_text(json.dumps(config))
     log = root / "registry.log"
     proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env)
     reg = Registry(f"127.0.0.1:{port}", root, proc, log, username, password, {"cleanup": list(cleanup)})
     deadline = time.monotonic() + 20
     while True:

@@ -34,7 +34,7 @@ from gguf.constants import (
     LlamaFileType,
 )
 
-from modelimage.content import FileRange, Literal, Segment, VirtualFile, coalesce
+from modelimage.content import FileRange, Literal, Segment, Source, VirtualFile, coalesce, is_remote
 from modelimage.errors import FormatError, LayerTooLarge, PlanError, SourceError
 
 __all__ = [
@@ -129,7 +129,7 @@ class GGUFTensor:
 class GGUFHeader:
     """Everything in a GGUF file except the tensor data."""
 
-    path: Path
+    path: Source
     file_size: int
     version: int
     alignment: int
@@ -210,7 +210,7 @@ class _Cursor:
 
     __slots__ = ("_f", "path", "pos", "size")
 
-    def __init__(self, f: BinaryIO, path: Path, size: int):
+    def __init__(self, f: BinaryIO, path: Source, size: int):
         self._f = f
         self.path = path
         self.pos = 0
@@ -349,8 +349,12 @@ def _read_tensor_info(cur: _Cursor, index: int) -> tuple[str, tuple[int, ...], i
     return name, shape, type_id, block_size, type_size, offset
 
 
-def read_header(path: Path) -> GGUFHeader:
-    """Parse the header of the GGUF file at ``path`` (never its tensor data)."""
+def read_header(path: Source) -> GGUFHeader:
+    """Parse the header of the GGUF file at ``path`` (never its tensor data):
+    a local path, or a remote object read by range."""
+    if is_remote(path):
+        with path.open() as f:
+            return _parse(_Cursor(f, path, path.size))
     path = Path(path)
     try:
         with open(path, "rb") as f:

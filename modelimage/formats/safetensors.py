@@ -17,12 +17,12 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from modelimage.content import FileRange, Literal, Segment, VirtualFile, coalesce
+from modelimage.content import FileRange, Literal, Segment, Source, VirtualFile, coalesce, is_remote
 from modelimage.errors import FormatError, LayerTooLarge
 
 __all__ = [
@@ -114,7 +114,7 @@ class TensorInfo:
 class SafetensorsHeader:
     """The validated header of one safetensors file."""
 
-    path: Path
+    path: Source
     file_size: int
     header_size: int
     metadata: dict[str, str]
@@ -251,6 +251,19 @@ def _parse_tensor(
     return TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end)
 
 
+def _source(path: Source) -> tuple[Source, int, Callable[[], BinaryIO]]:
+    """``(path, size, opener)`` of a local file (which must be a regular
+    file) or a remote object (opened for ranged reads)."""
+    if is_remote(path):
+        return path, path.size, path.open
+    local = Path(path)
+    try:
+        size = _regular_file_size(local)
+    except OSError as exc:
+        raise FormatError(local, f"cannot read file: {exc.strerror or exc}") from None
+    return local, size, lambda: open(local, "rb")
+
+
 def _regular_file_size(path: Path) -> int:
     """Size of ``path``; FormatError unless it is a regular file (opening a
     FIFO or device could block or never end)."""
@@ -260,16 +273,16 @@ def _regular_file_size(path: Path) -> int:
     return st.st_size
 
 
-def read_header(path: Path) -> SafetensorsHeader:
-    """Read and validate the header of the safetensors file at ``path``.
+def read_header(path: Source) -> SafetensorsHeader:
+    """Read and validate the header of the safetensors file at ``path`` (a
+    local path, or a remote object read by range).
 
     Only the header bytes are read. Every problem with the file raises
     :class:`FormatError` naming the file.
     """
-    path = Path(path)
+    path, file_size, opener = _source(path)
     try:
-        file_size = _regular_file_size(path)
-        with open(path, "rb") as f:
+        with opener() as f:
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise FormatError(
@@ -320,18 +333,17 @@ def read_header(path: Path) -> SafetensorsHeader:
     return SafetensorsHeader(path, file_size, n, metadata, tuple(tensors))
 
 
-def read_index(path: Path) -> dict[str, Any]:
+def read_index(path: Source) -> dict[str, Any]:
     """Parse a ``*.safetensors.index.json`` file.
 
     The result has a ``weight_map`` object of tensor name -> shard file name
     and, if present, a ``metadata`` object; other keys are kept as they are.
     """
-    path = Path(path)
+    path, size, opener = _source(path)
     try:
-        size = _regular_file_size(path)
         if size > _MAX_INDEX_SIZE:
             raise FormatError(path, f"index is {size} bytes, over the {_MAX_INDEX_SIZE}-byte limit")
-        with open(path, "rb") as f:
+        with opener() as f:
             raw = f.read(_MAX_INDEX_SIZE + 1)
     except FormatError:
         raise

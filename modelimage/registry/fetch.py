@@ -148,13 +148,13 @@ class BlobReader:
 
     def __init__(self, client: RegistryClient, repo: str, digest: str, size: int, *,
                  connections: int = DEFAULT_CONNECTIONS, retries: int = DEFAULT_RETRIES,
-                 stats: FetchStats | None = None, piece: int = PIECE, backoff: float = 0.2,
+                 stats: FetchStats | None = None, piece: int | None = None, backoff: float = 0.2,
                  timeout: float = 60.0):
         self.client, self.repo, self.digest, self.size = client, repo, digest, size
         self.connections = max(1, connections)
         self.retries = max(0, retries)
         self.stats = stats if stats is not None else FetchStats()
-        self.piece, self.backoff, self.timeout = piece, backoff, timeout
+        self.piece, self.backoff, self.timeout = piece or PIECE, backoff, timeout
         self.label = f"{client.host}/{repo}: blob {digest[:19]}"
         self._target: _Target | None = None
         self._resolve_lock = threading.Lock()

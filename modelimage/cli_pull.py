@@ -1,0 +1,91 @@
+"""``modelimage pull`` and ``modelimage verify``: parse, call
+:mod:`modelimage.pull`, print (JSON on stdout, summary and progress on stderr)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .cli import _progress, cli
+from .pull import DEFAULT_CONCURRENCY, VerifyFailed, prepare_pull, verify
+from .registry.fetch import DEFAULT_CONNECTIONS
+from .units import format_seconds, format_size
+
+
+def _pull_options(f: Any) -> Any:
+    for deco in reversed([
+        click.option("--include", multiple=True, metavar="GLOB",
+                     help="Only files matching GLOB (repeatable; *.gguf, config.json, tokenizer*). A glob "
+                          "without '/' matches file names anywhere."),
+        click.option("--path", "path", metavar="DIR",
+                     help="The image folder that becomes DEST (default: the model's folder recorded by "
+                          "modelimage, else the whole root filesystem)."),
+        click.option("--platform", metavar="OS/ARCH",
+                     help="Which image of a multi-platform index (default: this machine's)."),
+        click.option("--insecure-registry", multiple=True, metavar="HOST",
+                     help="Talk plain HTTP to HOST (loopback hosts always are; TLS is verified everywhere else)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
+    ]):
+        f = deco(f)
+    return f
+
+
+@cli.command()
+@click.argument("source", metavar="REF|oci:DIR[:TAG]")
+@click.argument("dest", type=click.Path(file_okay=False))
+@_pull_options
+@click.option("--concurrency", type=click.IntRange(1, 32), default=DEFAULT_CONCURRENCY, show_default=True,
+              help="Blobs fetched at once.")
+@click.option("--connections", type=click.IntRange(1, 32), default=DEFAULT_CONNECTIONS, show_default=True,
+              help="Ranged GETs at once for each big blob.")
+def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, platform: str | None,
+         insecure_registry: tuple[str, ...], as_json: bool, concurrency: int, connections: int) -> None:
+    """Put the model files of an image or model artifact into DEST.
+
+    Reads modelimage's images, ModelPack and Docker Model Runner artifacts
+    and images other tools built (gzip/zstd layers, whiteouts, a base), from
+    a registry or an OCI layout. Blobs are fetched in parallel, big ones over
+    several connections, verified while they stream and extracted straight
+    into DEST. An interrupted pull resumes: what is complete is not fetched
+    again (state in DEST/.modelimage-pull/).
+    """
+    job = prepare_pull(source, dest, path=path, include=include, platform=platform, concurrency=concurrency,
+                       connections=connections, insecure=frozenset(insecure_registry))
+    with _progress(job.total_bytes, f"pulling {source}") as progress:
+        result = job.run(progress)
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    rate = result.bytes_fetched / result.seconds if result.seconds > 0 else 0.0
+    click.echo(
+        f"pulled {len(result.files)} files ({format_size(result.bytes)}) into {result.dest} in "
+        f"{format_seconds(result.seconds)}: {format_size(result.bytes_fetched)} fetched at {rate / 1e6:.0f} MB/s; "
+        f"{result.layers_fetched} layers fetched, {result.layers_skipped} skipped",
+        err=True,
+    )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+
+
+@cli.command("verify")
+@click.argument("source", metavar="REF|oci:DIR[:TAG]")
+@click.argument("dest", type=click.Path(file_okay=False))
+@_pull_options
+def verify_command(source: str, dest: str, include: tuple[str, ...], path: str | None, platform: str | None,
+                   insecure_registry: tuple[str, ...], as_json: bool) -> None:
+    """Check DEST against an image: every file re-hashed and compared with the
+    layers' file lists (or, for layers without one, the layer's own bytes).
+    Prints one line per missing, extra or changed file; exits 1 if any."""
+    result = verify(source, dest, include=include, path=path, platform=platform,
+                    insecure=frozenset(insecure_registry))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        for kind, paths in (("missing", result.missing), ("changed", result.changed), ("extra", result.extra)):
+            for p in paths:
+                click.echo(f"{kind} {p}")
+    if not result.ok:
+        raise VerifyFailed(f"{result.dest} differs from {source}: {len(result.missing)} missing, "
+                           f"{len(result.changed)} changed, {len(result.extra)} extra of {result.checked} files")
+    click.echo(f"{result.dest}: all {result.checked} files match {source}", err=True)

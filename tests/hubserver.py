@@ -1,0 +1,190 @@
+"""A tiny Hugging Face Hub on a loopback port, for filling a real
+huggingface_hub cache offline (``HF_ENDPOINT=http://127.0.0.1:PORT``).
+
+It serves the few endpoints ``snapshot_download`` and ``hf_hub_download``
+use, with the headers huggingface_hub checks:
+
+* ``GET /api/models/{repo}[/revision/{rev}]``: ``{"id", "sha", "siblings"}``
+* ``GET /api/models/{repo}/tree/{rev}[/{path}]?recursive=...``: file entries
+  (``type``, ``path``, ``size``, ``oid``, ``lfs`` for weight files)
+* ``HEAD|GET /{repo}/resolve/{rev}/{path}``: ``X-Repo-Commit``, ``ETag``,
+  ``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length`` (ranges honoured)
+
+and answers unknown repositories, revisions and files the way the Hub does
+(404 with ``X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound``).
+Every request is logged in ``requests`` so tests can tell what was downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".onnx", ".pt")
+
+
+@dataclass
+class Repo:
+    commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha -> {path: bytes}
+    refs: dict[str, str] = field(default_factory=dict)  # branch/tag -> sha
+
+
+def commit_sha(files: dict[str, bytes], parent: str = "") -> str:
+    h = hashlib.sha1(parent.encode())
+    for path in sorted(files):
+        h.update(path.encode() + b"\0" + hashlib.sha1(files[path]).digest())
+    return h.hexdigest()
+
+
+class HubServer:
+    def __init__(self) -> None:
+        self.repos: dict[str, Repo] = {}
+        self.requests: list[tuple[str, str]] = []  # (method, path)
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "HubServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def commit(self, repo_id: str, files: dict[str, bytes], branch: str = "main") -> str:
+        """Add a commit with exactly ``files`` and point ``branch`` at it."""
+        repo = self.repos.setdefault(repo_id, Repo())
+        sha = commit_sha(files, repo.refs.get(branch, ""))
+        repo.commits[sha] = dict(files)
+        repo.refs[branch] = sha
+        return sha
+
+    def downloads(self) -> list[str]:
+        """Paths of files whose bytes were served (GET .../resolve/...)."""
+        return [p.split("/resolve/", 1)[1].split("/", 1)[1] for m, p in self.requests
+                if m == "GET" and "/resolve/" in p]
+
+    # ------------------------------------------------------------ HTTP
+
+    def _resolve(self, repo_id: str, rev: str) -> tuple[Repo | None, str | None]:
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return None, None
+        sha = repo.refs.get(rev, rev if rev in repo.commits else None)
+        return repo, sha
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
+                      head: bool = False) -> None:
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                if "Content-Length" not in (headers or {}):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def _json(self, obj: object, headers: dict[str, str] | None = None) -> None:
+                self._send(200, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+            def _error(self, code: str, message: str, head: bool = False) -> None:
+                self._send(404, json.dumps({"error": message}).encode(),
+                           {"Content-Type": "application/json", "X-Error-Code": code,
+                            "X-Error-Message": message}, head)
+
+            def do_HEAD(self) -> None:
+                self._route(head=True)
+
+            def do_GET(self) -> None:
+                self._route(head=False)
+
+            def _route(self, head: bool) -> None:
+                parts = urlsplit(self.path)
+                path = unquote(parts.path)
+                with hub._lock:
+                    hub.requests.append((self.command, path))
+                if path.startswith("/api/models/"):
+                    return self._api(path[len("/api/models/"):], parts.query)
+                if "/resolve/" in path:
+                    repo_id, rest = path.lstrip("/").split("/resolve/", 1)
+                    rev, _, file = rest.partition("/")
+                    return self._file(repo_id, rev, file, head)
+                self._send(404)
+
+            def _api(self, rest: str, query: str) -> None:
+                if "/tree/" in rest:
+                    repo_id, tail = rest.split("/tree/", 1)
+                    rev, _, sub = tail.partition("/")
+                elif "/revision/" in rest:
+                    repo_id, rev = rest.split("/revision/", 1)
+                    sub = None
+                else:
+                    repo_id, rev, sub = rest, "main", None
+                repo, sha = hub._resolve(repo_id, rev)
+                if repo is None:
+                    return self._error("RepoNotFound", f"Repository {repo_id} not found")
+                if sha is None:
+                    return self._error("RevisionNotFound", f"Invalid rev id: {rev}")
+                files = repo.commits[sha]
+                if sub is None:
+                    return self._json({"id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
+                                       "siblings": [{"rfilename": p} for p in sorted(files)]})
+                entries = []
+                for p in sorted(files):
+                    if sub and not p.startswith(sub.rstrip("/") + "/"):
+                        continue
+                    data = files[p]
+                    e = {"type": "file", "path": p, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                    if p.endswith(LFS_SUFFIXES):
+                        e["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                    entries.append(e)
+                self._json(entries)
+
+            def _file(self, repo_id: str, rev: str, file: str, head: bool) -> None:
+                repo, sha = hub._resolve(repo_id, rev)
+                if repo is None:
+                    return self._error("RepoNotFound", f"Repository {repo_id} not found", head)
+                if sha is None:
+                    return self._error("RevisionNotFound", f"Invalid rev id: {rev}", head)
+                data = repo.commits[sha].get(file)
+                if data is None:
+                    return self._error("EntryNotFound", f"{file} does not exist at {rev}", head)
+                lfs = file.endswith(LFS_SUFFIXES)
+                etag = hashlib.sha256(data).hexdigest() if lfs else hashlib.sha1(data).hexdigest()
+                headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream",
+                           "Accept-Ranges": "bytes"}
+                if lfs:
+                    headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
+                status, body = 200, data
+                rng = self.headers.get("Range", "")
+                if rng.startswith("bytes=") and not head:
+                    start_s, _, end_s = rng[len("bytes="):].partition("-")
+                    start = int(start_s)
+                    end = int(end_s) if end_s else len(data) - 1
+                    body = data[start:end + 1]
+                    status = 206
+                    headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
+                headers["Content-Length"] = str(len(body) if not head else len(data))
+                self._send(status, body, headers, head)
+
+        return Handler
