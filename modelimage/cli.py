@@ -23,6 +23,7 @@ from .artifact import FORMATS, build_artifact
 from .build import build_image
 from .config import REMOTE_SCHEMES, ModelEntry, load_config, resolve
 from .errors import ModelImageError
+from .image import choose_platform, is_index
 from .inspect import BYTES_PER_PARAM_AS, VRAM_FACTOR, ModelInfo
 from .job import Job, Options, prepare
 from .layout import LayoutRef, open_sink, read_layout
@@ -537,10 +538,8 @@ def _estimate_inputs(source: str, config: Path | None, max_layer_size: int | Non
         ref = Reference.parse(source)
         client = RegistryClient(ref, insecure=frozenset(insecure))
         manifest = client.get_manifest(ref.repository, ref.ref).json()
-        if "manifests" in manifest:
-            from .base import _pick
-
-            manifest = client.get_manifest(ref.repository, _pick(manifest, "linux/amd64", source)["digest"]).json()
+        if is_index(manifest):
+            manifest = client.get_manifest(ref.repository, choose_platform(manifest, None, source)["digest"]).json()
         layers = manifest.get("layers", [])
         biggest = max(layers, key=lambda d: int(d["size"]), default=None)
         url = client.url(f"/v2/{ref.repository}/blobs/{biggest['digest']}") if biggest else None

@@ -52,11 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .base import DOCKER_LIST, _pick
-from .errors import ModelImageError, SourceError
-from .oci import ANNOTATION_FILES, ANNOTATION_PREFIX, ANNOTATION_TITLE, MEDIA_TYPE_INDEX, Descriptor
+from .errors import ModelImageError
+from .image import ANNOTATION_TARGET, Image, open_image
+from .oci import ANNOTATION_FILES, ANNOTATION_TITLE, Descriptor
 from .registry.auth import Credentials
-from .registry.fetch import DEFAULT_CONNECTIONS, DEFAULT_RETRIES, BlobReader, FetchStats
+from .registry.fetch import DEFAULT_CONNECTIONS, DEFAULT_RETRIES, FetchStats
 from .unpack import (
     RESERVED,
     BadLayer,
@@ -74,7 +74,6 @@ from .unpack import (
     signature,
 )
 
-ANNOTATION_TARGET = ANNOTATION_PREFIX + "target"
 ANNOTATION_FILEPATH = "org.cncf.model.filepath"  # ModelPack (modelpack/model-spec annotations.go)
 DEFAULT_CONCURRENCY = 3  # blobs at once; each big one also over DEFAULT_CONNECTIONS connections
 STATE_VERSION = 1
@@ -152,134 +151,7 @@ class VerifyResult:
                 "changed": list(self.changed)}
 
 
-# ---------------------------------------------------------------- sources
-
-
-@dataclass
-class _Image:
-    """A resolved manifest and a way to read its blobs."""
-
-    name: str
-    digest: str
-    manifest: dict[str, Any]
-    config: dict[str, Any]
-    layers: tuple[Descriptor, ...]
-    read: Callable[[Descriptor, int], Iterator[memoryview]]
-    close: Callable[[], None]
-
-    @property
-    def target(self) -> str | None:
-        """The folder modelimage put the model in (``dev.modelimage.target``)."""
-        labels = (self.config.get("config") or {}).get("Labels") or {}
-        value = (self.manifest.get("annotations") or {}).get(ANNOTATION_TARGET) or labels.get(ANNOTATION_TARGET)
-        return value if isinstance(value, str) and value.strip("/") else None
-
-
-def _is_index(manifest: dict[str, Any], media_type: str = "") -> bool:
-    return media_type in (MEDIA_TYPE_INDEX, DOCKER_LIST) or manifest.get("mediaType") in (
-        MEDIA_TYPE_INDEX, DOCKER_LIST) or "manifests" in manifest
-
-
-def _choose(index: dict[str, Any], platform: str | None, name: str) -> dict[str, Any]:
-    from .build import host_platform
-
-    try:
-        return _pick(index, platform or host_platform(), name)
-    except SourceError:
-        if platform is None and len(index.get("manifests", [])) == 1:
-            return index["manifests"][0]
-        raise
-
-
-def _json_blob(data: bytes, digest: str, what: str) -> dict[str, Any]:
-    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-        raise PullError(f"{what}: blob {digest[:19]} does not match its digest")
-    try:
-        return json.loads(data)
-    except ValueError as e:
-        raise PullError(f"{what}: blob {digest[:19]} is not JSON ({e})") from None
-
-
-def open_image(source: str, *, platform: str | None = None, insecure: frozenset[str] = frozenset(),
-               credentials: Credentials | None = None, connections: int = DEFAULT_CONNECTIONS,
-               retries: int = DEFAULT_RETRIES, stats: FetchStats | None = None) -> _Image:
-    """Resolve ``source`` (a registry reference or ``oci:DIR[:TAG]``) to one image manifest."""
-    stats = stats if stats is not None else FetchStats()
-    if source.startswith("oci:"):
-        return _open_layout(source, platform, stats)
-    from .registry.client import RegistryClient
-    from .registry.reference import Reference
-
-    ref = Reference.parse(source)
-    client = RegistryClient(ref, insecure=insecure, credentials=credentials)
-    try:
-        m = client.get_manifest(ref.repository, ref.ref)
-        manifest, digest = m.json(), m.digest
-        if _is_index(manifest, m.media_type):
-            chosen = _choose(manifest, platform, source)
-            m = client.get_manifest(ref.repository, chosen["digest"])
-            manifest, digest = m.json(), m.digest
-        if "layers" not in manifest or "config" not in manifest:
-            raise PullError(f"{source}: not an image manifest (schema 1 manifests are not supported)")
-        cfg = manifest["config"]
-        config = _json_blob(client.get_blob(ref.repository, cfg["digest"]), cfg["digest"], source) \
-            if "json" in cfg.get("mediaType", "json") and int(cfg.get("size", 0)) < (4 << 20) else {}
-    except BaseException:
-        client.close()
-        raise
-
-    def read(desc: Descriptor, start: int) -> Iterator[memoryview]:
-        return BlobReader(client, ref.repository, desc.digest, desc.size, connections=connections,
-                          retries=retries, stats=stats).chunks(start)
-
-    return _Image(source, digest, manifest, config if isinstance(config, dict) else {},
-                  tuple(Descriptor.from_json(x) for x in manifest["layers"]), read, client.close)
-
-
-def _open_layout(source: str, platform: str | None, stats: FetchStats) -> _Image:
-    from .layout import LayoutRef, read_layout
-
-    ref = LayoutRef.parse(source)
-    if ref.transport != "oci":
-        raise PullError(f"{source}: pull reads registries and oci:DIR[:TAG] layouts")
-    desc, manifest = read_layout(ref)
-    blobs = ref.path / "blobs" / "sha256"
-
-    def blob(digest: str) -> bytes:
-        try:
-            return (blobs / digest.split(":", 1)[1]).read_bytes()
-        except OSError as e:
-            raise PullError(f"{source}: blob {digest[:19]} is missing ({e.strerror})") from None
-
-    digest = desc.digest
-    if _is_index(manifest, desc.media_type):
-        chosen = _choose(manifest, platform, source)
-        digest = chosen["digest"]
-        manifest = _json_blob(blob(digest), digest, source)
-    cfg = manifest["config"]
-    config = _json_blob(blob(cfg["digest"]), cfg["digest"], source) if "json" in cfg.get("mediaType", "json") else {}
-
-    def read(d: Descriptor, start: int) -> Iterator[memoryview]:
-        try:
-            f = open(blobs / d.hex, "rb", buffering=0)
-        except OSError as e:
-            raise PullError(f"{source}: blob {d.digest[:19]} is missing ({e.strerror})") from None
-        with f:
-            f.seek(start)
-            buf = bytearray(READ_CHUNK)
-            view = memoryview(buf)
-            while True:
-                n = f.readinto(buf)
-                if not n:
-                    return
-                stats.add(n)
-                yield view[:n]
-
-    return _Image(source, digest, manifest, config, tuple(Descriptor.from_json(x) for x in manifest["layers"]),
-                  read, lambda: None)
-
-
-def _prefix(path: str | None, image: _Image) -> str:
+def _prefix(path: str | None, image: Image) -> str:
     """The subtree that becomes DEST: ``path``, else the recorded target, else the root."""
     if path is not None:
         return normalize(path.strip().strip("/"), f"--path {path!r}")
@@ -410,7 +282,7 @@ class PullJob:
     """A pull, planned: what is fetched (``total_bytes``) and what is skipped.
     :meth:`run` does it. Use :func:`prepare_pull` (or :func:`pull`)."""
 
-    def __init__(self, image: _Image, dest: Path, *, path: str | None, include: Sequence[str],
+    def __init__(self, image: Image, dest: Path, *, path: str | None, include: Sequence[str],
                  concurrency: int, stats: FetchStats):
         self.image, self.stats = image, stats
         self.include = tuple(include)
@@ -438,7 +310,7 @@ class PullJob:
             self._lock_fd = -1
             raise
 
-    def _plan(self, image: _Image, path: str | None) -> None:
+    def _plan(self, image: Image, path: str | None) -> None:
         for stale in self.staging.glob("*.tmp"):
             stale.unlink(missing_ok=True)
         ours = image.target is not None
