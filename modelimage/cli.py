@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 
 from . import __version__
 from .artifact import FORMATS, build_artifact
@@ -684,6 +685,12 @@ def main(argv: list[str] | None = None) -> int:
     except ModelImageError as e:
         _err(f"error: {e}")
         return e.exit_code
+    except httpx.TransportError as e:  # a network failure outside the retried paths (login, estimate...)
+        from .registry.client import network_message
+
+        host = e.request.url.host if getattr(e, "_request", None) is not None else "registry"
+        _err(f"error: {network_message(host, e)}")
+        return 1
     except click.exceptions.Abort:
         _err("aborted")
         return 130

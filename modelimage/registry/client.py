@@ -11,6 +11,7 @@ upload *strategy* (resume, retries, parallelism) lives in
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,6 +49,24 @@ class RegistryError(ModelImageError):
     def retryable(self) -> bool:
         """Worth trying again: server trouble, rate limits, timeouts."""
         return self.status in RETRYABLE_STATUS
+
+
+def tls_failure(e: BaseException) -> bool:
+    """A TLS certificate that did not verify (self-signed, wrong host, expired)."""
+    while e is not None:
+        if isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return True
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return False
+
+
+def network_message(what: str, e: BaseException) -> str:
+    """One line for a connection that failed (no request details, no headers)."""
+    if tls_failure(e):
+        return (f"{what}: the TLS certificate did not verify; fix the certificate (or the CA bundle), or use "
+                "--insecure-registry HOST only for a registry you trust on a network you trust")
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"{what}: cannot connect ({reason})"
 
 
 def _error(what: str, r: httpx.Response) -> RegistryError:

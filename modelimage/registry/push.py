@@ -26,7 +26,7 @@ from ..cache import DigestCache
 from ..errors import ModelImageError
 from ..oci import MEDIA_TYPE_INDEX, Descriptor
 from ..tarstream import Digester, LayerResult, LayerStream
-from .client import RegistryClient, RegistryError
+from .client import RegistryClient, RegistryError, network_message, tls_failure
 from .reference import Reference
 
 if TYPE_CHECKING:
@@ -90,6 +90,8 @@ class _Retrier:
         self.sleep(delay)
 
     def retryable(self, e: Exception) -> bool:
+        if tls_failure(e):  # a certificate that does not verify will not verify next time either
+            return False
         return isinstance(e, httpx.TransportError) or (isinstance(e, RegistryError) and e.retryable)
 
     def call(self, what: str, fn: Callable[[], object]) -> object:
@@ -106,6 +108,8 @@ class _Retrier:
 def _failed(what: str, e: Exception, attempts: int) -> ModelImageError:
     if isinstance(e, RegistryError) and not e.retryable:
         return e
+    if tls_failure(e):
+        return ModelImageError(network_message(what, e))
     reason = str(e) if isinstance(e, RegistryError) else f"{type(e).__name__}: {e}"
     return UploadFailed(f"{what}: gave up after {attempts} attempt{'s' if attempts > 1 else ''} ({reason})")
 

@@ -1,0 +1,109 @@
+"""Image references, and when plain HTTP is allowed (loopback or named)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from modelimage.cli import main
+from modelimage.errors import ConfigError
+from modelimage.registry.reference import Reference, is_loopback
+
+
+@pytest.mark.parametrize(("text", "host", "repo", "tag", "digest"), [
+    ("ghcr.io/acme/llama:v1", "ghcr.io", "acme/llama", "v1", None),
+    ("ghcr.io/acme/llama", "ghcr.io", "acme/llama", "latest", None),
+    ("localhost:5000/m", "localhost:5000", "m", "latest", None),
+    ("127.0.0.1:5000/a/b/c:t", "127.0.0.1:5000", "a/b/c", "t", None),
+    ("ubuntu", "docker.io", "library/ubuntu", "latest", None),
+    ("acme/llama:v2", "docker.io", "acme/llama", "v2", None),
+    ("index.docker.io/acme/llama", "docker.io", "acme/llama", "latest", None),
+    ("docker://quay.io/x/y:z", "quay.io", "x/y", "z", None),
+    ("ghcr.io/a/b@sha256:" + "a" * 64, "ghcr.io", "a/b", None, "sha256:" + "a" * 64),
+    ("[::1]:5000/m:v", "[::1]:5000", "m", "v", None),
+])
+def test_parse(text, host, repo, tag, digest):
+    r = Reference.parse(text)
+    assert (r.host, r.repository, r.tag, r.digest) == (host, repo, tag, digest)
+
+
+@pytest.mark.parametrize("bad", ["ghcr.io/Acme/llama", "ghcr.io/a/b:bad tag", "ghcr.io/a@sha256:xyz", "ghcr.io/a//b"])
+def test_bad_references(bad):
+    with pytest.raises(ConfigError):
+        Reference.parse(bad)
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("localhost", True), ("localhost:5000", True), ("127.0.0.1:5000", True), ("127.9.8.7", True),
+    ("[::1]:5000", True), ("ghcr.io", False), ("10.0.0.1:5000", False), ("registry.local:5000", False),
+])
+def test_plain_http_only_for_loopback_or_named_hosts(host, loopback):
+    ref = Reference(host, "m")
+    assert ref.scheme() == ("http" if loopback else "https")
+    assert ref.scheme(frozenset({host})) == "http"
+    assert is_loopback(host) is loopback
+    assert Reference.parse("docker.io/x/y").base_url() == "https://registry-1.docker.io"
+
+
+def _self_signed(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname())])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return tmp_path / "c.pem", tmp_path / "k.pem"
+
+
+def test_tls_is_verified_for_other_hosts(tmp_path, llama_dir, capsys):
+    """A registry that is not loopback (this machine's host name) with a
+    self-signed certificate: the push refuses it (no silent downgrade)."""
+    hostname = socket.gethostname()
+    try:
+        addr = socket.gethostbyname(hostname)
+    except OSError:
+        pytest.skip(f"{hostname} does not resolve here")
+    if is_loopback(hostname) or not addr.startswith("127."):
+        pytest.skip(f"{hostname} does not resolve to this machine")
+    cert, key = _self_signed(tmp_path)
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        do_HEAD = do_POST = do_GET
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ref = f"{hostname}:{server.server_address[1]}/tls/llama:v1"
+        assert main(["build", str(llama_dir), "--push", ref]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+        assert "certificate" in err.lower() or "ssl" in err.lower()
+        assert seen == []  # no request got through
+    finally:
+        server.shutdown()
