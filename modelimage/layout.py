@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import ConfigError, OutputError
 from .oci import ANNOTATION_REF_NAME, LAYOUT_VERSION, Descriptor, Index
-from .tarstream import Digester, LayerResult, LayerStream, blob_chunks
+from .tarstream import Digester, LayerResult, LayerStream, blob_chunks, write_layer_fd
 
 if TYPE_CHECKING:
     from .base import BaseImage
@@ -91,8 +91,14 @@ def _stream_into(w: "_BlobFile | _ArchiveBlob", stream: LayerStream, compression
     """Write a layer's blob into ``w``, committing it under its digest."""
     digester = Digester(stream, compression)  # type: ignore[arg-type]
     try:
-        for data in blob_chunks(stream, digester, progress=progress):
-            w.write(data)
+        if compression == "none" and isinstance(w, _BlobFile):
+            try:  # the kernel copies source ranges into the blob file
+                write_layer_fd(stream, digester, w.f.fileno(), progress)
+            except OSError as e:
+                raise OutputError(f"{w.blobs.parent.parent}: cannot write: {e.strerror or e}") from None
+        else:
+            for data in blob_chunks(stream, digester, progress=progress):
+                w.write(data)
         result = digester.result()
     except BaseException:
         w.abort()

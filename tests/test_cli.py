@@ -441,11 +441,26 @@ class _Boom:
         raise SourceError("model-00002-of-00002.safetensors: changed while building")
 
 
+class _BoomFd:
+    """The same fault for layers the kernel copies into the blob file."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, 0
+
+    def __call__(self, stream: Any, digester: Any, fd: int, progress: Any = None) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            os.write(fd, b"x" * 1000)
+            raise SourceError("model-00002-of-00002.safetensors: changed while building")
+        return self.real(stream, digester, fd, progress)
+
+
 def _break_second_layer(monkeypatch: pytest.MonkeyPatch) -> None:
     import modelimage.layout
 
     monkeypatch.setenv("MODELIMAGE_NO_CACHE", "1")
     monkeypatch.setattr(modelimage.layout, "blob_chunks", _Boom(modelimage.layout.blob_chunks))
+    monkeypatch.setattr(modelimage.layout, "write_layer_fd", _BoomFd(modelimage.layout.write_layer_fd))
 
 
 @pytest.mark.parametrize("output", ["oci:{out}/deep/layout", "oci:{out}/layout", "oci-archive:{out}/image.tar",

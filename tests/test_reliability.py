@@ -72,9 +72,22 @@ class _FullDisk:
 
 @pytest.mark.parametrize("output", ["oci:{out}", "oci-archive:{out}.tar"])
 def test_full_disk_is_one_line_and_leaves_nothing(llama_dir, tmp_path, capsys, monkeypatch, output):
+    import modelimage.tarstream as tarstream
+
     real_fdopen = os.fdopen
     monkeypatch.setenv("MODELIMAGE_NO_CACHE", "1")
     monkeypatch.setattr(os, "fdopen", lambda *a, **kw: _FullDisk(real_fdopen(*a, **kw)))
+    written = [0]
+
+    def full_copy(src, dst, count, offset_src=None, offset_dst=None):  # the kernel-copy path fills up too
+        written[0] += count
+        if written[0] > 100_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(src, dst, count, offset_src, offset_dst)
+
+    real_copy = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", full_copy)
+    monkeypatch.setattr(tarstream, "_write_all", lambda fd, data: _FullDisk(None).write(b"x" * 200_000))
     out = tmp_path / "out"
     assert main(["build", str(llama_dir), "-o", output.format(out=out)]) == 1
     assert "No space left on device" in one_line_error(capsys)
