@@ -17,6 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo   build a generated model into a local OCI layout (no registry, no daemon)"
 	@echo "make test   install the test tools (apt + virtualenv) and run the whole suite"
+	@echo "make bench  measure compression, push and pull against peers (several minutes)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,7 +59,9 @@ test-fast: install
 	$(PY) -m pytest -q -m "not integration"
 
 bench: tools install
-	$(PY) benchmarks/bench_build.py
+	$(PY) benchmarks/compression.py
+	$(PY) benchmarks/bench_push.py --gib 2 --layers 8
+	$(PY) benchmarks/bench_pull.py
 
 clean:
 	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache
