@@ -22,7 +22,6 @@ layer (``--layers``), ``--gib`` in all, pushed with ``modelimage build --push``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -34,25 +33,11 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from modelimage.synth import write_random_shards  # noqa: E402
 from tests.registry import start_registry  # noqa: E402
 
 MI = [sys.executable, "-m", "modelimage"]
-
-
-def write_model(d: Path, gib: float, layers: int) -> None:
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(0)
-    per = int(gib * 2**30 / layers)
-    d.mkdir(parents=True)
-    for k in range(layers):
-        t = {f"l{k}.w{i}": np.frombuffer(rng.bytes(per // 8), dtype=np.float16).reshape(-1, 1024)
-             for i in range(8)}
-        save_file(t, str(d / f"model-{k + 1:05d}-of-{layers:05d}.safetensors"))
-    (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
 
 
 def timed(cmd: list[str], env: dict | None = None) -> float:
@@ -99,7 +84,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-pull-"))
     model = work / "model"
-    write_model(model, args.gib, args.layers)
+    write_random_shards(model, args.gib, args.layers)
     reg = start_registry()
     env = {**os.environ, "MODELIMAGE_CACHE_DIR": str(work / "cache")}
     rows: dict[str, list[float]] = {}

@@ -57,8 +57,8 @@ def main() -> None:
     except ImportError:
         pass
     print(f"# {platform.node()} {platform.machine()} {date.today()} python {platform.python_version()}")
-    print(f"| weights | codec | stored/raw | MB/s (1 core) |")
-    print(f"|---|---|---|---|")
+    print("| weights | codec | stored/raw | MB/s (1 core) |")
+    print("|---|---|---|---|")
     for kind, data in samples(args.mib).items():
         for codec, fn in codecs.items():
             ratio, speed = measure(kind, data, fn)

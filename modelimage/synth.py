@@ -266,3 +266,20 @@ def write_sd_single_file(path: Path, *, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({n: rng.standard_normal(s, dtype=np.float32).astype(np.float16) for n, s in shapes.items()}, str(path))
     return path
+
+
+def write_random_shards(directory: Path, gib: float, shards: int, *, seed: int = 0) -> Path:
+    """A benchmark-sized model: ``gib`` GiB of random fp16 (incompressible,
+    like real weights) in ``shards`` safetensors files written by the
+    ``safetensors`` library, plus a config.json."""
+    from safetensors.numpy import save_file
+
+    rng = _rng(seed)
+    per = int(gib * 2**30 / shards)
+    directory.mkdir(parents=True)
+    for k in range(shards):
+        tensors = {f"l{k}.w{i}": np.frombuffer(rng.bytes(per // 8), dtype=np.float16).reshape(-1, 1024)
+                   for i in range(8)}
+        save_file(tensors, str(directory / f"model-{k + 1:05d}-of-{shards:05d}.safetensors"))
+    (directory / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    return directory
