@@ -275,10 +275,10 @@ def write_random_shards(directory: Path, gib: float, shards: int, *, seed: int =
     from safetensors.numpy import save_file
 
     rng = _rng(seed)
-    per = int(gib * 2**30 / shards)
+    per_tensor = int(gib * 2**30 / shards / 8) // 2048 * 2048  # whole rows of 1024 fp16
     directory.mkdir(parents=True)
     for k in range(shards):
-        tensors = {f"l{k}.w{i}": np.frombuffer(rng.bytes(per // 8), dtype=np.float16).reshape(-1, 1024)
+        tensors = {f"l{k}.w{i}": np.frombuffer(rng.bytes(per_tensor), dtype=np.float16).reshape(-1, 1024)
                    for i in range(8)}
         save_file(tensors, str(directory / f"model-{k + 1:05d}-of-{shards:05d}.safetensors"))
     (directory / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
