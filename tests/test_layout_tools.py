@@ -18,7 +18,7 @@ from modelimage.build import build_image
 from modelimage.job import Options, prepare
 from modelimage.layout import LayoutRef, open_sink
 
-from .tools import need, run
+from .tools import need, podman_pull_export, run
 
 pytestmark = pytest.mark.integration
 MB = 10**6
@@ -108,16 +108,8 @@ def test_umoci_unpacks_identical_files(resharded, llama_dir, tmp_path):
 
 def test_podman_pulls_layout_and_files_match(resharded, llama_dir, tmp_path, podman_env):
     out, plan, result = resharded
-    pulled = run("podman", "pull", "-q", f"oci:{out}:v1", env=podman_env).stdout.strip()
-    try:
-        assert "sha256:" + pulled == result.config.digest  # the image ID is the config digest
-        cid = run("podman", "create", pulled, "/bin/true", env=podman_env).stdout.strip()
-        try:
-            export = subprocess.run(["podman", "export", cid], capture_output=True, env=podman_env, check=True).stdout
-        finally:
-            run("podman", "rm", "-f", cid, env=podman_env)
-    finally:
-        subprocess.run(["podman", "rmi", "-f", pulled], capture_output=True, env=podman_env)
+    pulled, export, _ = podman_pull_export(f"oci:{out}:v1", podman_env)
+    assert "sha256:" + pulled == result.config.digest  # the image ID is the config digest
     root = tmp_path / "rootfs"
     (tmp_path / "export.tar").write_bytes(export)
     with tarfile.open(tmp_path / "export.tar") as t:

@@ -23,7 +23,7 @@ from modelimage.registry.client import RegistryClient
 from modelimage.registry.push import PushSettings, RegistrySink
 from modelimage.registry.reference import Reference
 
-from .tools import need, run
+from .tools import need, podman_pull_export, run
 
 pytestmark = pytest.mark.integration
 MB = 10**6
@@ -72,13 +72,7 @@ def test_push_open_registry_then_podman_pull(registry, llama_dir, cache, tmp_pat
     assert info["Labels"]["dev.modelimage.quantization"] == "F16"
 
     # podman pulls it and the files inside match the sources
-    image = run("podman", "pull", "-q", "--tls-verify=false", ref, env=podman_env).stdout.strip()
-    try:
-        cid = run("podman", "create", image, "x", env=podman_env).stdout.strip()
-        export = subprocess.run(["podman", "export", cid], capture_output=True, env=podman_env, check=True).stdout
-        run("podman", "rm", "-f", cid, env=podman_env)
-    finally:
-        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=podman_env)
+    _, export, _ = podman_pull_export(ref, podman_env, "--tls-verify=false")
     import tarfile
 
     with tarfile.open(fileobj=io.BytesIO(export)) as t:

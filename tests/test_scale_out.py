@@ -21,7 +21,7 @@ import pytest
 
 from .registry import Registry, start_registry
 from .s3server import CREDENTIALS
-from .tools import need, run
+from .tools import need, podman_pull_export
 
 pytestmark = pytest.mark.integration
 BUCKET = "registry-storage"
@@ -82,18 +82,8 @@ def test_push_through_one_node_pull_through_the_other(nodes, s3_server, llama_di
         assert f"docker/registry/v2/blobs/sha256/{hexd[:2]}/{hexd}/data" in keys
     assert not any((reg.root / "data").exists() for reg in nodes)
 
-    start = time.monotonic()
-    image_id = run("podman", "pull", "-q", "--tls-verify=false", ref_b, env=podman_env).stdout.strip()
-    pull_s = time.monotonic() - start
-    try:
-        assert "sha256:" + image_id == pushed["config"]
-        cid = run("podman", "create", image_id, "/bin/true", env=podman_env).stdout.strip()
-        try:
-            export = subprocess.run(["podman", "export", cid], capture_output=True, env=podman_env, check=True).stdout
-        finally:
-            run("podman", "rm", "-f", cid, env=podman_env)
-    finally:
-        subprocess.run(["podman", "rmi", "-f", image_id], capture_output=True, env=podman_env)
+    image_id, export, pull_s = podman_pull_export(ref_b, podman_env, "--tls-verify=false")
+    assert "sha256:" + image_id == pushed["config"]
     (tmp_path / "export.tar").write_bytes(export)
     with tarfile.open(tmp_path / "export.tar") as t:
         t.extractall(tmp_path / "rootfs", filter="data")

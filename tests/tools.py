@@ -83,3 +83,22 @@ def stop_daemon(proc: subprocess.Popen) -> None:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def podman_pull_export(ref: str, env: dict, *pull_args: str) -> tuple[str, bytes, float]:
+    """``podman pull`` REF, export a container of it as a tar, remove both:
+    (image ID, the root filesystem tar, seconds the pull took)."""
+    import time
+
+    start = time.monotonic()
+    image = run("podman", "pull", "-q", *pull_args, ref, env=env).stdout.strip()
+    pull_s = time.monotonic() - start
+    try:
+        cid = run("podman", "create", image, "/bin/true", env=env).stdout.strip()
+        try:
+            export = subprocess.run(["podman", "export", cid], capture_output=True, env=env, check=True).stdout
+        finally:
+            run("podman", "rm", "-f", cid, env=env)
+    finally:
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=env)
+    return image, export, pull_s
