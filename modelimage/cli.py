@@ -29,7 +29,7 @@ from .inspect import BYTES_PER_PARAM_AS, VRAM_FACTOR, ModelInfo
 from .job import Job, Options, prepare
 from .layout import LayoutRef, open_sink, read_layout
 from .limits import KNOWN, LayerFacts, RegistryLimits, check, limits_for
-from .oci import ANNOTATION_TITLE
+from .oci import ANNOTATION_TITLE, Descriptor
 from .plan import Plan
 from .registry.auth import Credentials, store_credentials
 from .registry.client import RegistryClient
@@ -351,11 +351,12 @@ def push(layout: str, reference: str, concurrency: int, insecure_registry: tuple
         raise click.UsageError("push reads an oci:DIR[:TAG] layout")
     ref = Reference.parse(reference)
     limits = limits_for(ref.host, load_config(None).registries)
-    _check_layout(src, ref, limits)
+    desc, manifest = read_layout(src)
+    _check_layout(desc, manifest, ref, limits)
     sink = RegistrySink(ref, RegistryClient(ref, insecure=frozenset(insecure_registry)),
                         settings=PushSettings(concurrency=concurrency,
                                               upload="auto" if limits.chunked_uploads else "monolithic"))
-    total = _layout_size(src)
+    total = sum(int(d["size"]) for d in [manifest.get("config", {}), *manifest.get("layers", [])] if d)
     with _progress(total, f"pushing {ref.repository}") as progress:
         pushed = push_layout(src.path, src.tag, sink, progress)
     if as_json:
@@ -367,18 +368,8 @@ def push(layout: str, reference: str, concurrency: int, insecure_registry: tuple
     _err(f"pushed {ref} (" + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())) + ")")
 
 
-def _layout_manifest(src: LayoutRef) -> dict:
-    return read_layout(src)[1]
-
-
-def _layout_size(src: LayoutRef) -> int:
-    m = _layout_manifest(src)
-    return sum(int(d["size"]) for d in m.get("layers", [])) + int(m.get("config", {}).get("size", 0))
-
-
-def _check_layout(src: LayoutRef, ref: Reference, limits: RegistryLimits) -> None:
-    desc, m = read_layout(src)
-    layers = m.get("layers", [])
+def _check_layout(desc: Descriptor, manifest: dict, ref: Reference, limits: RegistryLimits) -> None:
+    layers = manifest.get("layers", [])
     check(ref.host, limits, [LayerFacts(d.get("annotations", {}).get(ANNOTATION_TITLE, d["digest"][:19]),
                                         int(d["size"])) for d in layers],
           manifest_size=desc.size)
