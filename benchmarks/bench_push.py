@@ -20,23 +20,15 @@ import hashlib
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import MI, timed  # noqa: E402  (puts the repository on sys.path)
+
 from modelimage.synth import write_random_shards  # noqa: E402
 from tests.registry import start_registry  # noqa: E402
-
-MI = [sys.executable, "-m", "modelimage"]
-
-
-def timed(cmd: list[str], env: dict | None = None) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, env=env)
-    return time.perf_counter() - t
 
 
 def curl_put_all(host: str, blobs: list[Path]) -> float:
