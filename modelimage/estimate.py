@@ -193,8 +193,8 @@ ENGINES: Mapping[str, Engine] = MappingProxyType({
     # a 16 MiB first layer was applied 0.3 s into the pull).
     "podman": Engine(
         name="podman", concurrency=6, pipeline="in_order",
-        pull_overhead_s=0.57, layer_overhead_s=0.095, fetch_stream_bps=106e6, fetch_bps=431e6, process_bps=483e6,
-        decompress_bps=MappingProxyType({"gzip": 56e6, "zstd": 56e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=11.74e-9,
+        pull_overhead_s=0.03, layer_overhead_s=0.12, fetch_stream_bps=107e6, fetch_bps=203e6, process_bps=444e6,
+        decompress_bps=MappingProxyType({"gzip": 56e6, "zstd": 56e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=11.91e-9,
         stores_blob=True, keeps_compressed=False,
         source="measured: podman 4.3.1, loopback registry, 2-core VM, 2026-11-25 (docs/benchmarks.md)",
     ),
@@ -220,8 +220,8 @@ ENGINES: Mapping[str, Engine] = MappingProxyType({
     # temp blob deleted after.
     "docker": Engine(
         name="docker", concurrency=3, pipeline="in_order",
-        pull_overhead_s=0.57, layer_overhead_s=0.095, fetch_stream_bps=106e6, fetch_bps=431e6, process_bps=483e6,
-        decompress_bps=MappingProxyType({"gzip": 74e6, "zstd": 74e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=11.74e-9,
+        pull_overhead_s=0.03, layer_overhead_s=0.12, fetch_stream_bps=107e6, fetch_bps=203e6, process_bps=444e6,
+        decompress_bps=MappingProxyType({"gzip": 74e6, "zstd": 74e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=11.91e-9,
         stores_blob=True, keeps_compressed=False,
         source="cited: moby max-concurrent-downloads=3, in-order extraction; per-byte costs taken from podman",
     ),
@@ -693,38 +693,41 @@ def _content_range_total(value: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# One core of the machine the engines were calibrated on (2-core AMD EPYC VM,
+# SHA-NI): CPython's hashlib sha256 of 1 MiB blocks, 2026-11-25.
+REFERENCE_CORE_SHA256_BPS = 1.55e9
+
+
 def probe_cpus(seconds: float = 1.0) -> float:
-    """Cores this process can get right now, between 1 and ``os.cpu_count()``:
-    sha256 rounds done by one thread, then by one thread per core (hashlib
-    releases the GIL), compared. An idle 2-core machine answers ~2; with
-    another job keeping one core busy, ~1.3 (the scheduler's fair share).
-    Pass it as ``cpus`` when other work shares the machine. Not pure: this
-    is a probe, and contention changes from second to second."""
+    """Cores this process can get right now, counted in cores of the machine
+    the engines were calibrated on: sha256 rounds done by one thread per core
+    (hashlib releases the GIL) against :data:`REFERENCE_CORE_SHA256_BPS`.
+    An idle 2-core calibration VM answers ~2; with another job keeping one
+    core busy, ~1.3 (the scheduler's fair share); a machine whose cores hash
+    half as fast (no SHA extensions, a busy host stealing cycles) answers
+    half as many. Pass it as ``cpus``: the engines' CPU work per byte was
+    measured on those cores. Not pure: this is a probe, and contention
+    changes from second to second."""
     import hashlib
 
     n = os.cpu_count() or 1
     block = os.urandom(MiB)
+    counts = [0] * n
+    stop = time.perf_counter() + seconds
 
-    def rate(threads: int, duration: float) -> float:
-        counts = [0] * threads
-        stop = time.perf_counter() + duration
+    def spin(k: int) -> None:
+        while time.perf_counter() < stop:
+            hashlib.sha256(block)
+            counts[k] += 1
 
-        def spin(k: int) -> None:
-            while time.perf_counter() < stop:
-                hashlib.sha256(block)
-                counts[k] += 1
-
-        workers = [threading.Thread(target=spin, args=(k,), daemon=True) for k in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        return sum(counts) / duration
-
-    one = rate(1, seconds / 3)
-    if n == 1 or one == 0:
-        return 1.0
-    return min(float(n), max(1.0, rate(n, seconds * 2 / 3) / one))
+    started = time.perf_counter()
+    workers = [threading.Thread(target=spin, args=(k,), daemon=True) for k in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    rate = sum(counts) * MiB / max(time.perf_counter() - started, 1e-9)
+    return max(0.05, rate / REFERENCE_CORE_SHA256_BPS)
 
 
 def probe_write_cache() -> int:

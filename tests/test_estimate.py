@@ -178,8 +178,9 @@ def test_in_order_extraction_wants_the_first_layer_early():
     the last few layers are then extracted after the downloads end."""
     layers = plain(4 * GiB, 8)
     times = {c: pull(layers, "podman", 3e9, concurrency=c).total_seconds for c in (1, 2, 4, 8)}
-    assert times[4] < times[2] < times[1]  # up to the engine's total rate, more streams help
-    assert times[4] < times[8] < times[1]  # beyond it they only delay the first layer
+    # podman's total rate is about two streams': up to it, more streams help
+    assert times[2] < times[1]
+    assert times[2] < times[4] < times[8] < times[1]  # beyond it they only delay the first layer
 
 
 def test_concurrency_does_not_matter_when_the_link_is_the_limit():
@@ -379,7 +380,8 @@ def test_probe_disk(tmp_path):
 
 
 def test_probe_cpus():
-    assert 1.0 <= est.probe_cpus(0.3) <= (os.cpu_count() or 1)
+    # in cores of the calibration machine: about os.cpu_count() there, fewer when busy or slower
+    assert 0.05 <= est.probe_cpus(0.3) <= 3 * (os.cpu_count() or 1)
 
 
 def test_probe_write_cache():
