@@ -60,7 +60,7 @@ test-fast: install
 
 bench: tools install
 	$(PY) benchmarks/compression.py
-	$(PY) benchmarks/bench_push.py --gib 2 --layers 8
+	$(PY) benchmarks/bench_build_push.py
 	$(PY) benchmarks/bench_pull.py
 
 clean:

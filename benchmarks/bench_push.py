@@ -48,7 +48,8 @@ def curl_put_all(host: str, blobs: list[Path]) -> float:
                         if line.lower().startswith("location:"))
         if location.startswith("/"):
             location = f"http://{host}{location}"
-        subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
+        subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", "-X", "PUT",
+                        "-H", "Content-Type: application/octet-stream",
                         "-T", str(b), f"{location}&digest={d}"], check=True)
     return time.perf_counter() - t
 

@@ -28,7 +28,8 @@ def samples(mib: int) -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     n = mib * 2**20 // 2
     # per-row scales like a trained layer: most weights ~N(0, 0.02)
-    f32 = (rng.standard_normal(n, dtype=np.float32) * rng.uniform(0.005, 0.05, size=(n // 4096, 1)).repeat(4096)[:n].astype(np.float32))
+    normal = rng.standard_normal(n, dtype=np.float32)  # drawn first, then the scales (same numbers as before)
+    f32 = normal * rng.uniform(0.005, 0.05, size=(n // 4096, 1)).repeat(4096)[:n].astype(np.float32)
     fp16 = f32.astype(np.float16).tobytes()
     bf16 = (f32.view(np.uint32) >> 16).astype(np.uint16).tobytes()
     q4 = _k_quant_blocks(rng, mib * 2**20 // 144, 256, "Q4_K").tobytes()
