@@ -200,7 +200,7 @@ def test_read_header_matches_gguf_reader(which: str, request: pytest.FixtureRequ
     # raw key/value spans: same keys and byte spans as gguf-py's fields
     fields = [f for name, f in reader.fields.items() if not name.startswith("GGUF.")]
     assert [k for k, _, _ in h.kv_spans] == [f.name for f in fields]
-    for (key, start, end), f in zip(h.kv_spans, fields):
+    for (_key, start, end), f in zip(h.kv_spans, fields):
         assert start == f.offset
         assert end - start == sum(int(p.nbytes) for p in f.parts)
     assert h.kv_bytes() == sum(e - s for _, s, e in h.kv_spans)
