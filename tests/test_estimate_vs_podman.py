@@ -1,4 +1,4 @@
-"""The pull-time model against a real pull: ``podman pull`` of a 1 GiB
+"""The pull-time model against real pulls: ``podman pull`` of a 1 GiB
 image (8 plain tar layers, like a sharded model, pushed with skopeo from a
 layout written here) from a real CNCF registry on loopback. Bandwidth and
 disk speed are measured first (probe_download against that registry,
@@ -18,6 +18,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -96,5 +97,59 @@ def test_podman_pull_within_25_percent_of_the_estimate():
     finally:
         if podman is not None:
             podman.close()
+        reg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_modelimage_pull_within_25_percent_of_the_estimate():
+    """The same check for the estimator's "modelimage" engine: a 1 GiB model
+    (random fp16 safetensors in 4 shards, written with the real writer) built
+    and pushed by modelimage, then ``modelimage pull`` into a fresh folder five
+    times, each next to the free cores probed around it."""
+    import subprocess
+    import sys
+
+    from modelimage.synth import write_random_shards
+
+    need("docker-registry")
+    work = Path(tempfile.mkdtemp(prefix="estimate-vs-pull-", dir="/var/tmp"))
+    reg = start_registry()
+    env = {**os.environ, "MODELIMAGE_CACHE_DIR": str(work / "cache")}
+    mi = [sys.executable, "-m", "modelimage"]
+    try:
+        write_random_shards(work / "model", 1.0, 4)
+        ref = f"{reg.host}/estimate/pull:v1"
+        subprocess.run([*mi, "build", str(work / "model"), "--push", ref], check=True, capture_output=True, env=env)
+        shutil.rmtree(work / "model")
+        os.sync()
+        layers = registry_layers(reg.url, "estimate/pull", "v1")
+        biggest = max(layers, key=lambda d: d["size"])
+        bandwidth = estimate.probe_download(f"{reg.url}/v2/estimate/pull/blobs/{biggest['digest']}")
+
+        estimates, runs, cores = [], [], []
+        for k in range(PULLS):
+            dest = work / f"dest{k}"
+            before = estimate.probe_cpus()
+            cache = estimate.probe_write_cache()
+            t = time.perf_counter()
+            subprocess.run([*mi, "pull", ref, str(dest)], check=True, capture_output=True, env=env)
+            runs.append(time.perf_counter() - t)
+            cores.append((before + estimate.probe_cpus()) / 2)
+            estimates.append(estimate.estimate_pull(
+                layer_specs(layers), bandwidth_bps=bandwidth, engine="modelimage", write_cache_bytes=cache,
+                cpus=cores[-1], latency_s=0.0).total_seconds)
+            shutil.rmtree(dest)
+        predicted, measured = statistics.median(estimates), statistics.median(runs)
+        error = predicted / measured - 1
+        print(f"\nmodelimage pull of {format_size(sum(d['size'] for d in layers))} in {len(layers)} layers from "
+              f"loopback; probed link {estimate.format_rate(bandwidth)}, "
+              f"cores free {', '.join(f'{c:.2f}' for c in cores)}")
+        print("estimate: " + ", ".join(f"{e:.2f}" for e in estimates) + f" s (median {predicted:.2f})")
+        print("measured: " + ", ".join(f"{r:.2f}" for r in runs) + f" s (median {measured:.2f})")
+        print(f"error: {error * 100:+.1f} %")
+        assert abs(error) <= TOLERANCE, (
+            f"estimate {predicted:.2f} s vs measured {measured:.2f} s ({error * 100:+.0f} %); "
+            "rerun benchmarks/bench_pull.py and update ENGINES['modelimage'] if the pull or the machine changed")
+    finally:
         reg.stop()
         shutil.rmtree(work, ignore_errors=True)
