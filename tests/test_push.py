@@ -100,8 +100,8 @@ def test_repush_skips_and_other_repo_mounts(registry, llama_dir, cache):
 
 
 def _model_6mb(tmp_path: Path) -> Path:
-    from safetensors.numpy import save_file
     import numpy as np
+    from safetensors.numpy import save_file
 
     model = tmp_path / "m"
     model.mkdir()

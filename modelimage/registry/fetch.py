@@ -41,7 +41,7 @@ PIECE = 8 << 20  # bytes per ranged GET: few round trips, bounded memory
 # Two ranged GETs per blob, three blobs at once (pull.DEFAULT_CONCURRENCY): on a
 # loopback registry 3x4, 2x2, 2x1 and 1x4 connections pulled 2.15 GB in the
 # same 4.7-7.6 s (2-core VM, 2026-11-25: the machine's CPU is the limit, not
-# the streams), and 3x2 keeps the pull's peak RSS near 150 MB (3x4: 239 MB).
+# the streams), and 3x2 keeps the pull's peak RSS under 200 MB (188 MB; 3x4: 239 MB).
 DEFAULT_CONNECTIONS = 2
 DEFAULT_RETRIES = 5
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
