@@ -29,7 +29,10 @@ Resuming: DEST/.modelimage-pull/ holds the puller's state (``state.json``:
 the manifest pulled, the selection, layers applied in order, and each file
 written with its size, sha256 and stat signature) and a ``partial/`` folder
 (staged files; a raw blob cut mid-way is kept as ``<digest>.partial`` and
-continued with a ``Range`` request after its prefix is hashed again). A
+continued with a ``Range`` request after its prefix is hashed again; a
+plain tar layer that lists its files, cut mid-way, keeps its staged files
+and a ``<digest>.tarjournal`` of the header bytes between them, so it too is
+hashed again from disk and continued with a ``Range`` request). A
 second run skips files whose signature still matches what was recorded, or,
 without a record, whose sha256 matches the layer's file list; layers of
 unknown content are skipped when every layer before them was and nothing they
@@ -39,10 +42,12 @@ ignores it.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -60,6 +65,7 @@ from .registry.fetch import DEFAULT_CONNECTIONS, DEFAULT_RETRIES, FetchStats
 from .unpack import (
     RESERVED,
     BadLayer,
+    Journal,
     LayerWriter,
     Node,
     Selection,
@@ -77,6 +83,7 @@ from .unpack import (
 ANNOTATION_FILEPATH = "org.cncf.model.filepath"  # ModelPack (modelpack/model-spec annotations.go)
 DEFAULT_CONCURRENCY = 3  # blobs at once; each big one also over DEFAULT_CONNECTIONS connections
 STATE_VERSION = 1
+JOURNAL_VERSION = 1
 READ_CHUNK = 8 << 20
 
 __all__ = ["PullError", "PullResult", "PulledFile", "VerifyResult", "pull", "prepare_pull", "verify",
@@ -255,6 +262,36 @@ class _State:
             os.replace(tmp, self.path)
 
 
+def _read_journal(path: Path) -> dict | None:
+    """A ``.tarjournal`` read back, or None if it is not one this version wrote."""
+    try:
+        data = json.loads(path.read_text())
+        ok = (data.get("version") == JOURNAL_VERSION and isinstance(data.get("pos"), int)
+              and isinstance(data.get("segments"), list) and isinstance(data.get("wanted"), list)
+              and all(seg[0] == "meta" or (seg[0] == "file" and isinstance(seg[1], dict)
+                                           and _plain_name(seg[1].get("temp"))) for seg in data["segments"]))
+    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+        return None
+    return data if ok else None
+
+
+def _plain_name(name: object) -> bool:
+    """A staged file's name: no folder, no way out of the staging folder."""
+    return isinstance(name, str) and name.endswith(".tmp") and "/" not in name and name not in (".", "..")
+
+
+def _hash_fd(fd: int, n: int, h: Any) -> None:
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    at = 0
+    while at < n:
+        got = os.preadv(fd, [view[: min(len(buf), n - at)]], at)
+        if not got:
+            raise ValueError("a staged file is shorter than the journal says")
+        h.update(view[:got])
+        at += got
+
+
 def _hash_file(path: str) -> str | None:
     h = hashlib.sha256()
     try:
@@ -311,12 +348,21 @@ class PullJob:
             raise
 
     def _plan(self, image: Image, path: str | None) -> None:
-        for stale in self.staging.glob("*.tmp"):
-            stale.unlink(missing_ok=True)
         ours = image.target is not None
         prefix = _prefix(path, image)
         self.prefix = prefix
         self.layers = [_classify(i, d, image.name) for i, d in enumerate(image.layers)]
+        self.journals: dict[str, dict] = {}  # layer hex -> its journal, read back
+        for j in self.staging.glob("*.tarjournal"):
+            data = _read_journal(j)
+            if data is not None and any(layer.desc.hex == j.stem for layer in self.layers):
+                self.journals[j.stem] = data
+            else:
+                j.unlink(missing_ok=True)
+        needed = {seg[1]["temp"] for data in self.journals.values() for seg in data["segments"] if seg[0] == "file"}
+        for stale in self.staging.glob("*.tmp"):
+            if stale.name not in needed:
+                stale.unlink(missing_ok=True)
         self.state = _State(self.root, image.digest, {"path": prefix, "include": sorted(self.include)})
 
         self.tasks: list[_Task] = []
@@ -430,6 +476,9 @@ class PullJob:
             except OSError:
                 have = 0
             return t.layer.desc.size - have if have <= t.layer.desc.size else t.layer.desc.size
+        journal = self.journals.get(t.layer.desc.hex)
+        if journal is not None and journal["wanted"] == sorted(t.files):
+            return t.layer.desc.size - journal["pos"]
         return t.layer.desc.size
 
     # ------------------------------------------------------------ running
@@ -506,20 +555,40 @@ class PullJob:
             raise PullError(f"{layer.label}: {what} does not match its digest ({size} bytes hashing to "
                             f"{got[:19]}); nothing of it was kept, run again")
 
+    def _journal(self, layer: _Layer) -> Path:
+        return self.staging / f"{layer.desc.hex}.tarjournal"
+
     def _apply_tar(self, t: _Task, progress: Callable[[int], None] | None) -> None:
         layer = t.layer
+        keep = [False]  # on failure: leave the staged files and the journal for the next run
         writer = LayerWriter(self.dest, str(self.staging), t.selection, layer.label, ordered=not layer.known,
-                             hash_files=not layer.known, known={rel: f.sha256 for rel, f in t.files.items()})
+                             hash_files=not layer.known, known={rel: f.sha256 for rel, f in t.files.items()},
+                             keep_staged=lambda: keep[0])
         h, seen = hashlib.sha256(), [0]
-        chunks = self._counted(layer, 0, h, progress, seen)
-        tar = decompressed(chunks, layer.desc.media_type)
+        journal = None
+        if layer.known:
+            journal, h = self._take_up(t) or (Journal(), h)
+        start = journal.pos if journal is not None else 0
+
+        def kind(k: str) -> None:
+            if k != "none" and journal is not None:
+                journal.valid = False  # offsets in a compressed blob cannot be taken up again
+
+        chunks = self._counted(layer, start, h, progress, seen)
+        # a journal continues a plain tar mid-way: no magic bytes to sniff there
+        tar = chunks if start else decompressed(chunks, layer.desc.media_type, kind)
+        complete = False
         try:
-            stream = Stream(tar)
+            stream = Stream(tar, start=start, journal=journal)
+            if start:
+                assert journal is not None
+                writer.resume(journal, stream)
             writer.apply(stream)
             stream.drain()
             for _ in chunks:  # bytes after the compressed stream still count for the digest
                 pass
-            self._check_digest(layer, h, seen[0], "the blob")
+            complete = True
+            self._check_digest(layer, h, start + seen[0], "the blob")
             if layer.known:
                 wrote = {rel for rel in writer.pending}
                 lost = sorted(set(t.files) - wrote)
@@ -529,12 +598,69 @@ class PullJob:
                 self.state.forget(rel)
             for w in writer.commit():
                 self.state.record(w.path, w.size, w.sha256, w.stat)
-        except BaseException:
+            self._journal(layer).unlink(missing_ok=True)
+        except BaseException as e:
+            keep[0] = (journal is not None and journal.valid and journal.pos > 0 and not complete
+                       and not isinstance(e, BadLayer | UnsafeLayer))
+            if keep[0]:
+                assert journal is not None
+                self._save_journal(t, journal)
+            else:
+                self._journal(layer).unlink(missing_ok=True)
             writer.abort()
             raise
         finally:
             tar.close()
             chunks.close()
+
+    def _save_journal(self, t: _Task, journal: Journal) -> None:
+        segments = [["meta", base64.b64encode(seg[1]).decode()] if seg[0] == "meta" else seg
+                    for seg in journal.segments]
+        data = {"version": JOURNAL_VERSION, "digest": t.layer.desc.digest, "wanted": sorted(t.files),
+                "pos": journal.pos, "segments": segments}
+        path = self._journal(t.layer)
+        tmp = path.with_name(path.name + ".new")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def _take_up(self, t: _Task) -> tuple[Journal, Any] | None:
+        """The journal a cut pull of this layer left, and the blob's prefix
+        hashed again from disk (header bytes from the journal, file bytes from
+        the staged files); None (and nothing kept) if there is none or it does
+        not match what is on disk."""
+        data = self.journals.pop(t.layer.desc.hex, None)
+        path = self._journal(t.layer)
+        if data is None or data["digest"] != t.layer.desc.digest or data["wanted"] != sorted(t.files):
+            path.unlink(missing_ok=True)
+            return None
+        journal, h = Journal(), hashlib.sha256()
+        try:
+            for seg in data["segments"]:
+                if seg[0] == "meta":
+                    raw = base64.b64decode(seg[1], validate=True)
+                    h.update(raw)
+                    journal.meta(journal.pos, raw)
+                    continue
+                tag, n = seg[1], int(seg[2])
+                staged = os.path.join(self.staging, tag["temp"])
+                fd = os.open(staged, os.O_RDWR | os.O_NOFOLLOW)
+                try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size < n:
+                        raise ValueError(f"{tag['temp']} is not what the journal says")
+                    os.ftruncate(fd, n)
+                    _hash_fd(fd, n, h)
+                finally:
+                    os.close(fd)
+                journal.data(journal.pos, n, tag)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            self.warnings.append(f"{t.layer.label}: the cut pull's journal does not match the staged files ({e}); "
+                                 "fetching the layer from its start")
+            path.unlink(missing_ok=True)
+            return None
+        if journal.pos != data["pos"] or not journal.valid:
+            path.unlink(missing_ok=True)
+            return None
+        return journal, h
 
     def _apply_raw(self, t: _Task, progress: Callable[[int], None] | None) -> None:
         layer = t.layer

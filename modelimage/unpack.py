@@ -17,6 +17,10 @@ bytes arrive, whiteouts applied, nothing written outside the destination.
   checked the layer's digest: a file that looks complete is complete.
   Whiteouts (``.wh.NAME``, ``.wh..wh..opq``) remove what lower layers put
   there, as the OCI image spec says.
+- :class:`Journal` records what a plain tar stream consumed (header bytes
+  kept, file bytes as "so many bytes of this staged file"), so a layer cut
+  mid-way can be hashed again from disk and continued with a ``Range``
+  request instead of fetched from its first byte.
 - :class:`TreeModel` applies the same members to an in-memory tree instead,
   hashing each file: what ``verify`` compares a directory with.
 """
@@ -124,16 +128,66 @@ class Selection:
 # ---------------------------------------------------------------- streams
 
 
+class Journal:
+    """The bytes a :class:`Stream` consumed, in order, from ``start``:
+    ``["meta", bytes]`` for what was read or skipped (tar headers, padding,
+    files not wanted) and ``["file", tag, n]`` for ``n`` bytes copied into a
+    staged file (``tag`` says which). ``pos`` is where it ends. With the
+    staged files, it is enough to hash the blob's prefix again and continue
+    from ``pos``. Recording stops (``valid`` False) when more than
+    ``max_meta`` bytes would have to be kept, or if bytes ever came out of
+    order."""
+
+    def __init__(self, start: int = 0, max_meta: int = 64 << 20):
+        self.start = self.pos = start
+        self.segments: list[list] = []
+        self.valid = True
+        self.max_meta = max_meta
+        self._meta = 0
+
+    def meta(self, pos: int, data: bytes | memoryview) -> None:
+        end = pos + len(data)
+        if not self.valid or end <= self.pos:
+            return  # read again after a short backward seek: already recorded
+        if pos > self.pos:
+            self.valid = False
+            return
+        new = bytes(data[self.pos - pos :])
+        self._meta += len(new)
+        if self._meta > self.max_meta:
+            self.valid, self.segments = False, []
+            return
+        if self.segments and self.segments[-1][0] == "meta":
+            self.segments[-1][1] += new
+        else:
+            self.segments.append(["meta", new])
+        self.pos = end
+
+    def data(self, pos: int, n: int, tag: dict) -> None:
+        if not self.valid:
+            return
+        if pos != self.pos:
+            self.valid = False
+            return
+        last = self.segments[-1] if self.segments else None
+        if last is not None and last[0] == "file" and last[1] is tag:
+            last[2] += n
+        else:
+            self.segments.append(["file", tag, n])
+        self.pos += n
+
+
 class Stream:
     """A forward-only file object over byte chunks (each valid until the
     next is asked for): ``read``, ``tell``, ``seek`` forward (and a few bytes
     back), and :meth:`copy_to` that hands out slices without copying."""
 
-    def __init__(self, chunks: Iterator[bytes | memoryview]):
+    def __init__(self, chunks: Iterator[bytes | memoryview], *, start: int = 0, journal: Journal | None = None):
         self._chunks = chunks
         self._cur: memoryview = memoryview(b"")
         self._at = 0  # position in _cur
-        self._pos = 0  # stream position
+        self._pos = start  # stream position: the chunks begin at ``start`` of the blob
+        self.journal = journal
         self._tail = b""  # the last bytes before _pos, for short backward seeks
         self._back = b""  # bytes to read again after a backward seek
         self.eof = False
@@ -152,6 +206,7 @@ class Stream:
         return self._pos
 
     def read(self, n: int = -1) -> bytes:
+        at = self._pos
         out = bytearray()
         while n < 0 or len(out) < n:
             if self._back:
@@ -168,6 +223,8 @@ class Stream:
             self._at = end
         data = bytes(out)
         self._tail = (self._tail + data)[-1024:]
+        if self.journal is not None:
+            self.journal.meta(at, data)
         return data
 
     def seek(self, pos: int, whence: int = 0) -> int:
@@ -190,40 +247,47 @@ class Stream:
         self.copy_to(n, None)
 
     def copy_to(self, n: int, write: Callable[[memoryview], None] | None,
-                hasher: "hashlib._Hash | None" = None) -> None:
-        """Pass the next ``n`` bytes to ``write`` (and ``hasher``)."""
+                hasher: "hashlib._Hash | None" = None, tag: dict | None = None) -> None:
+        """Pass the next ``n`` bytes to ``write`` (and ``hasher``); ``tag``
+        names the staged file they go to, for the journal."""
         left = n
         while left and self._back:
             take = self._back[:left]
             self._back = self._back[len(take) :]
-            if write is not None:
-                write(memoryview(take))
-            if hasher is not None:
-                hasher.update(take)
+            self._hand(memoryview(take), write, hasher, tag)
             left -= len(take)
-            self._pos += len(take)
         while left:
             if not self._fill():
                 raise BadLayer("the layer ends in the middle of a file (truncated blob?)")
             end = min(len(self._cur), self._at + left)
             view = self._cur[self._at : end]
-            if write is not None:
-                write(view)
-            if hasher is not None:
-                hasher.update(view)
-            left -= end - self._at
-            self._pos += end - self._at
             self._at = end
+            self._hand(view, write, hasher, tag)
+            left -= len(view)
         if n:
             self._tail = b""
+
+    def _hand(self, view: memoryview, write: Callable[[memoryview], None] | None,
+              hasher: "hashlib._Hash | None", tag: dict | None) -> None:
+        if write is not None:
+            write(view)
+        if hasher is not None:
+            hasher.update(view)
+        if self.journal is not None:
+            if write is not None and tag is not None:
+                self.journal.data(self._pos, len(view), tag)
+            else:
+                self.journal.meta(self._pos, view)
+        self._pos += len(view)
 
     def drain(self) -> int:
         """Read to the end (so the whole blob is hashed); bytes skipped."""
         n = 0
         while self._fill():
-            n += len(self._cur) - self._at
-            self._pos += len(self._cur) - self._at
+            view = self._cur[self._at :]
             self._at = len(self._cur)
+            self._hand(view, None, None, None)
+            n += len(view)
         self._tail = b""
         return n
 
@@ -239,9 +303,11 @@ def sniff(head: bytes) -> str:
     return "none"
 
 
-def decompressed(chunks: Iterator[bytes | memoryview], media_type: str) -> Iterator[bytes | memoryview]:
+def decompressed(chunks: Iterator[bytes | memoryview], media_type: str,
+                 seen: Callable[[str], None] | None = None) -> Iterator[bytes | memoryview]:
     """The tar bytes of a layer blob: decompressed when its first bytes say
-    gzip or zstd (media types lie: some tools label plain tars ``+gzip``)."""
+    gzip or zstd (media types lie: some tools label plain tars ``+gzip``).
+    ``seen`` is told which (``"none"``, ``"gzip"``, ``"zstd"``)."""
     first = b""
     for c in chunks:
         if len(c):
@@ -250,6 +316,8 @@ def decompressed(chunks: Iterator[bytes | memoryview], media_type: str) -> Itera
     if not first:
         return
     kind = sniff(first)
+    if seen is not None:
+        seen(kind)
 
     def rest() -> Iterator[bytes | memoryview]:
         yield first
@@ -317,6 +385,8 @@ def members(stream: Stream, label: str) -> Iterator[tarfile.TarInfo]:
         if stream.eof and stream.tell() == 0:
             return  # an empty blob: no members
         raise BadLayer(f"{label}: not a tar archive ({e})") from None
+    if tf.firstmember is None:
+        return  # at the end already (tarfile would seek back to check, which a stream cannot)
     while True:
         try:
             m = tf.next()
@@ -378,7 +448,9 @@ class LayerWriter:
     pending: dict[str, _Pending] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)
     removed: list[str] = field(default_factory=list)
+    keep_staged: Callable[[], bool] | None = None  # on failure: leave staged files for a journal
     _safe: set[str] = field(default_factory=set)
+    _cut: str | None = None  # the staged file a failure interrupted
 
     # -- safety
 
@@ -465,7 +537,17 @@ class LayerWriter:
         return tempfile.mkstemp(suffix=".tmp", dir=self.staging)
 
     def _file(self, m: tarfile.TarInfo, f: tarfile.TarInfo, rel: str, stream: Stream) -> None:
+        if m.issparse():  # GNU sparse: let tarfile expand the holes
+            raise BadLayer(f"{self.label}: {m.name!r} is a sparse file, which this puller does not read")
         fd, temp = self._temp()
+        tag = {"temp": os.path.basename(temp), "rel": rel, "size": m.size,
+               "mode": (f.mode if f.mode is not None else 0o644) & 0o7777, "mtime": int(m.mtime) if m.mtime else None}
+        stream.seek(m.offset_data)
+        self._fill_file(fd, temp, tag, 0, stream)
+
+    def _fill_file(self, fd: int, temp: str, tag: dict, have: int, stream: Stream) -> None:
+        """Bytes ``have..size`` of the member ``tag`` describes, from ``stream``
+        into the staged file ``fd``; then it is pending (renamed in by :meth:`commit`)."""
         h = hashlib.sha256() if self.hash_files else None
         try:
             def write(view: memoryview) -> None:
@@ -473,20 +555,42 @@ class LayerWriter:
                     n = os.write(fd, view)
                     view = view[n:]
 
-            if m.issparse():  # GNU sparse: let tarfile expand the holes
-                raise BadLayer(f"{self.label}: {m.name!r} is a sparse file, which this puller does not read")
-            stream.seek(m.offset_data)
-            stream.copy_to(m.size, write, h)
-            os.fchmod(fd, (f.mode if f.mode is not None else 0o644) & 0o7777)
+            stream.copy_to(tag["size"] - have, write, h, tag)
+            os.fchmod(fd, tag["mode"])
         except BaseException:
             os.close(fd)
-            os.unlink(temp)
+            self._cut = temp  # removed by abort(), unless a journal keeps it
             raise
         os.close(fd)
+        self._pend(tag, ("sha256:" + h.hexdigest()) if h else None)
+
+    def _pend(self, tag: dict, sha256: str | None) -> None:
+        rel = tag["rel"]
         self._drop_pending(rel)
-        self.pending[rel] = _Pending(temp, m.size, ("sha256:" + h.hexdigest()) if h else self.known.get(rel),
-                                     int(m.mtime) if m.mtime else None)
+        self.pending[rel] = _Pending(os.path.join(self.staging, tag["temp"]), tag["size"],
+                                     sha256 or self.known.get(rel), tag["mtime"])
         self.touched.add(rel)
+
+    def resume(self, journal: Journal, stream: Stream) -> None:
+        """Take up a layer a journal recorded: its finished files are pending
+        again, the file it was cut in is filled from ``stream`` (positioned
+        at the journal's end), and the stream is moved on to the next header.
+        Only for layers that list their files (``hash_files`` False)."""
+        cut: tuple[dict, int] | None = None
+        for kind, tag, *n in journal.segments:
+            if kind != "file":
+                continue
+            if n[0] == tag["size"]:
+                self._pend(tag, None)
+            else:
+                cut = (tag, n[0])
+        if cut is None:
+            return
+        tag, have = cut
+        temp = os.path.join(self.staging, tag["temp"])
+        fd = os.open(temp, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        self._fill_file(fd, temp, tag, have, stream)
+        stream.skip(-tag["size"] % tarfile.BLOCKSIZE)
 
     def _hardlink(self, m: tarfile.TarInfo, rel: str) -> None:
         target_name = normalize(m.linkname, self.label)
@@ -581,6 +685,16 @@ class LayerWriter:
         return out
 
     def abort(self) -> None:
+        """Remove the staged files (unless ``keep_staged`` says a journal needs them)."""
+        cut, self._cut = self._cut, None
+        if self.keep_staged is not None and self.keep_staged():
+            self.pending.clear()
+            return
+        if cut is not None:
+            try:
+                os.unlink(cut)
+            except OSError:
+                pass
         for p in self.pending.values():
             try:
                 os.unlink(p.temp)

@@ -269,10 +269,96 @@ def test_resume_image_after_a_cut(pushed_llama, tmp_path, monkeypatch, small_pie
     with pytest.raises(ModelImageError, match="gave up after 1 attempt"):
         pull(ref, dest, concurrency=1, retries=0)
     assert cuts
-    assert not any(p.endswith(".tmp") for p in os.listdir(dest / ".modelimage-pull" / "partial"))
+    staging = dest / ".modelimage-pull" / "partial"
+    journaled = {seg[1]["temp"] for j in staging.glob("*.tarjournal")
+                 for seg in json.loads(j.read_text())["segments"] if seg[0] == "file"}
+    assert {p.name for p in staging.glob("*.tmp")} == journaled  # only what the cut layer's journal names
     again = pull(ref, dest, concurrency=1, retries=0)
     assert 0 < again.bytes_fetched < total and again.layers_skipped > 0
     assert tree(dest) == files
+
+
+@pytest.fixture
+def pushed_big_file(registry, tmp_path, monkeypatch):
+    """A modelimage image whose weights layer holds one 3 MiB file, next to
+    a layer of small files: (reference, {name: bytes}, total blob bytes)."""
+    monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    files = {"weights.bin": os.urandom(3 << 20), "config.json": b'{"model_type": "test"}',
+             "tokenizer.json": b'{"version": "1.0"}' * 100}
+    for name, data in files.items():
+        (model / name).write_bytes(data)
+    ref = f"{registry.host}/pull/bigfile:v1"
+    out = io.StringIO()
+    from contextlib import redirect_stdout
+
+    with redirect_stdout(out):
+        assert main(["build", str(model), "--push", ref, "--json"]) == 0
+    total = sum(layer["size"] for layer in json.loads(out.getvalue())["layers"])
+    return ref, files, total
+
+
+def test_resume_a_tar_layer_mid_file_with_a_range_request(pushed_big_file, tmp_path, monkeypatch, small_pieces):
+    """Cut 2 MiB into the pull: the tar layer's staged file and a journal of
+    its header bytes stay; the next run hashes them again from disk and asks
+    only for the rest of the blob."""
+    ref, files, total = pushed_big_file
+    cuts = _cut_after(monkeypatch, 2 << 20)
+    dest = tmp_path / "dest"
+    with pytest.raises(ModelImageError, match="gave up after 1 attempt"):
+        pull(ref, dest, concurrency=1, retries=0)
+    staging = dest / ".modelimage-pull" / "partial"
+    assert cuts and [p.suffix for p in staging.iterdir()].count(".tarjournal") == 1
+    assert not (dest / "weights.bin").exists()  # only complete files carry their name
+    journal = json.loads(next(staging.glob("*.tarjournal")).read_text())
+    assert (2 << 20) - (64 << 10) <= journal["pos"] < 3 << 20
+
+    again = pull(ref, dest, concurrency=1, retries=0)
+    assert not again.warnings
+    # the weights' layer comes first: of it only the rest, then the small files' layer (never reached before)
+    assert again.bytes_fetched == total - journal["pos"]
+    assert journal["pos"] < _layer_size(ref, journal["digest"])
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data
+    assert not list(staging.iterdir())  # journal and staged files gone once the layer is in
+    assert main(["verify", ref, str(dest)]) == 0
+
+
+def _layer_size(ref: str, digest: str) -> int:
+    r = Reference.parse(ref)
+    client = RegistryClient(r)
+    try:
+        layers = client.get_manifest(r.repository, r.tag).json()["layers"]
+    finally:
+        client.close()
+    (size,) = [d["size"] for d in layers if d["digest"] == digest]
+    return size
+
+
+def test_a_staged_file_changed_after_the_cut_fails_the_digest_then_starts_afresh(pushed_big_file, tmp_path,
+                                                                              monkeypatch, small_pieces):
+    ref, files, total = pushed_big_file
+    cuts = _cut_after(monkeypatch, 2 << 20)
+    dest = tmp_path / "dest"
+    with pytest.raises(ModelImageError):
+        pull(ref, dest, concurrency=1, retries=0)
+    assert cuts
+    staging = dest / ".modelimage-pull" / "partial"
+    digest = json.loads(next(staging.glob("*.tarjournal")).read_text())["digest"]
+    (staged,) = staging.glob("*.tmp")
+    with open(staged, "r+b") as f:  # one byte flipped in what was already written
+        b = f.read(1)
+        f.seek(0)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(ModelImageError, match="does not match its digest"):
+        pull(ref, dest, concurrency=1, retries=0)
+    assert not (dest / "weights.bin").exists()
+    assert not list(staging.glob("*.tarjournal")) and not list(staging.glob("*.tmp"))
+    again = pull(ref, dest, concurrency=1, retries=0)
+    assert again.bytes_fetched == total  # the weights' layer from its start, then the rest
+    assert not list(staging.iterdir())
+    assert (dest / "weights.bin").read_bytes() == files["weights.bin"]
 
 
 def _push_raw_artifact(registry, repo: str, files: dict[str, bytes]) -> str:
