@@ -1,0 +1,100 @@
+"""modelimage.unpack: the stream journal that lets a cut tar layer be taken up again."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+from modelimage.unpack import Journal, LayerWriter, Selection, Stream
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _chunks(data: bytes, size: int):
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def _replay(journal: Journal, staging: str) -> bytes:
+    """The blob prefix the journal describes, from its header bytes and the staged files."""
+    out = bytearray()
+    for kind, what, *n in journal.segments:
+        if kind == "meta":
+            out += what
+        else:
+            with open(os.path.join(staging, what["temp"]), "rb") as f:
+                out += f.read(n[0])
+    return bytes(out)
+
+
+def test_the_journal_and_the_staged_files_are_the_blob(tmp_path):
+    files = {"a.bin": os.urandom(5000), "b/c.json": b"{}", "d.bin": os.urandom(70000)}
+    blob = _tar(files)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    journal = Journal()
+    writer = LayerWriter(str(tmp_path), str(staging), Selection("", ()), "test", ordered=False)
+    stream = Stream(_chunks(blob, 777), journal=journal)  # chunks that cut headers and files anywhere
+    writer.apply(stream)
+    stream.drain()
+    assert journal.valid and journal.pos == len(blob)
+    assert _replay(journal, str(staging)) == blob
+    assert [seg[1]["rel"] for seg in journal.segments if seg[0] == "file"] == list(files)
+
+
+def test_a_cut_journal_ends_where_the_stream_stopped_and_can_be_taken_up(tmp_path):
+    files = {"a.bin": os.urandom(5000), "big.bin": os.urandom(300_000), "z.txt": b"end"}
+    blob = _tar(files)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    cut = 100_000
+
+    def cut_chunks():
+        yield from _chunks(blob[:cut], 4096)
+        raise ConnectionResetError("cut")
+
+    journal = Journal()
+    writer = LayerWriter(str(tmp_path), str(staging), Selection("", ()), "test", ordered=False, keep_staged=lambda: True)
+    stream = Stream(cut_chunks(), journal=journal)
+    try:
+        writer.apply(stream)
+    except ConnectionResetError:
+        writer.abort()
+    assert 0 < journal.pos <= cut
+    assert _replay(journal, str(staging)) == blob[: journal.pos]
+
+    # the next run: the rest of the blob from journal.pos
+    again = LayerWriter(str(tmp_path), str(staging), Selection("", ()), "test", ordered=False)
+    rest = Stream(_chunks(blob[journal.pos :], 4096), start=journal.pos, journal=journal)
+    again.resume(journal, rest)
+    again.apply(rest)
+    rest.drain()
+    assert _replay(journal, str(staging)) == blob
+    for w in again.commit():
+        assert (tmp_path / w.path).read_bytes() == files[w.path]
+    assert {w for w in files} == {p.name for p in tmp_path.iterdir() if p.is_file()}
+
+
+def test_header_bytes_read_again_are_recorded_once():
+    journal = Journal()
+    journal.meta(0, b"abcdef")
+    journal.meta(4, b"efgh")  # a short backward seek re-read "ef"
+    assert journal.segments == [["meta", b"abcdefgh"]] and journal.pos == 8
+    journal.meta(20, b"x")  # a gap: the journal cannot describe the blob any more
+    assert not journal.valid
+
+
+def test_a_journal_stops_recording_past_its_limit():
+    journal = Journal(max_meta=10)
+    journal.meta(0, b"12345")
+    journal.meta(5, b"678901")
+    assert not journal.valid and journal.segments == []
