@@ -18,7 +18,6 @@ from typing import Any, Literal, Protocol
 
 from .content import Source, is_remote
 from .errors import FormatError, SourceError
-from .formats import gguf as gg
 from .formats import safetensors as st
 
 # Files that hold weights, by suffix. Only safetensors and GGUF are parsed;
@@ -82,6 +81,14 @@ VARIANTS = ("fp16", "bf16", "fp32", "fp8", "ema", "non_ema", "non-ema", "int8", 
 Kind = Literal["language-model", "diffusion", "embedding", "unknown"]
 
 
+def _gguf():
+    """modelimage.formats.gguf, imported on first use: it loads the gguf
+    package and numpy (~0.12 s), which a model without GGUF files never needs."""
+    from .formats import gguf
+
+    return gguf
+
+
 @dataclass(frozen=True)
 class SourceFile:
     """One file of the model: ``name`` is its POSIX path in the model root,
@@ -120,7 +127,7 @@ class WeightSet:
     directory: str
     stem: str  # "model", "unet/diffusion_pytorch_model" without directory; GGUF split prefix
     members: tuple[str, ...]  # file names (paths in the model root), in shard order
-    headers: tuple[Any, ...]  # st.SafetensorsHeader | gg.GGUFHeader, same order
+    headers: tuple[Any, ...]  # st.SafetensorsHeader | formats.gguf.GGUFHeader, same order
     index_file: str | None = None
     index: dict[str, Any] | None = None
 
@@ -347,7 +354,7 @@ def find_weight_sets(files: Sequence[SourceFile]) -> list[WeightSet]:
         if fmt not in ("safetensors", "gguf"):
             continue
         base = PurePosixPath(f.name).name
-        m = (st.SHARD_RE if fmt == "safetensors" else gg.SPLIT_RE).match(base)
+        m = (st.SHARD_RE if fmt == "safetensors" else _gguf().SPLIT_RE).match(base)
         if m:
             # both patterns: (stem|prefix)-(k)-of-(n).ext
             stem, k, n = m.group(1), int(m.group(2)), int(m.group(3))
@@ -359,7 +366,7 @@ def find_weight_sets(files: Sequence[SourceFile]) -> list[WeightSet]:
     for (fmt, directory, stem, n), members in sorted(groups.items()):
         for k in range(1, n + 1):
             if k not in members:
-                name = (st.shard_name(stem, k, n) if fmt == "safetensors" else gg.split_name(stem, k, n))
+                name = (st.shard_name(stem, k, n) if fmt == "safetensors" else _gguf().split_name(stem, k, n))
                 raise SourceError(f"{_join(directory, name)}: missing (shard {k} of {n} of {_join(directory, stem)})")
         ordered = [members[k] for k in range(1, n + 1)]
         index_file, index = None, None
@@ -383,7 +390,7 @@ def find_weight_sets(files: Sequence[SourceFile]) -> list[WeightSet]:
 
 def _weight_set(fmt: str, directory: str, stem: str, files: list[SourceFile],
                 index_file: str | None, index: dict | None) -> WeightSet:
-    reader = st.read_header if fmt == "safetensors" else gg.read_header
+    reader = st.read_header if fmt == "safetensors" else _gguf().read_header
     headers = tuple(reader(f.path) for f in files)
     return WeightSet(fmt, directory, stem, tuple(f.name for f in files), headers, index_file, index)  # type: ignore[arg-type]
 

@@ -25,7 +25,6 @@ from typing import Any
 
 from .content import VirtualFile, stamped
 from .errors import ConfigError, LayerTooLarge, PlanError
-from .formats import gguf as gg
 from .formats import safetensors as st
 from .inspect import ModelInfo, SourceFile, WeightSet, index_name_for
 from .tarstream import END_OF_ARCHIVE, Entry, entry_overhead, header, layer_size, parent_dirs
@@ -40,6 +39,14 @@ MAX_LAYERS = 125
 DEFAULT_MAX_LAYER_SIZE = 10 * 10**9
 # Non-weight files at least this big get a layer of their own too.
 OWN_LAYER_MIN = 64 * 2**20
+
+
+def _gguf():
+    """modelimage.formats.gguf, imported on first use: it loads the gguf
+    package and numpy (~0.12 s), which a model without GGUF files never needs."""
+    from .formats import gguf
+
+    return gguf
 
 
 @dataclass(frozen=True)
@@ -168,7 +175,7 @@ def _reshard(w: WeightSet, model: ModelInfo, settings: PlanSettings, budget: int
             wanted = w.index_file or "/".join(p for p in (w.directory, index_name_for(w.stem)) if p)
             out = [replace(vf, name=wanted) if vf.name.endswith(".index.json") else vf for vf in out]
         else:
-            out = gg.split(list(w.headers), prefix=w.stem, directory=w.directory, max_shard_size=shard_max)
+            out = _gguf().split(list(w.headers), prefix=w.stem, directory=w.directory, max_shard_size=shard_max)
     except LayerTooLarge:
         biggest = max(w.tensors, key=lambda t: t.nbytes)
         if biggest.nbytes < shard_max // 2:  # not the tensor (e.g. GGUF metadata alone too big): keep the message
