@@ -38,10 +38,11 @@ def _pull_options(f: Any) -> Any:
 @_pull_options
 @click.option("--concurrency", type=click.IntRange(1, 32), default=DEFAULT_CONCURRENCY, show_default=True,
               help="Blobs fetched at once.")
-@click.option("--connections", type=click.IntRange(1, 32), default=DEFAULT_CONNECTIONS, show_default=True,
-              help="Ranged GETs at once for each big blob.")
+@click.option("--connections", type=click.IntRange(1, 32), default=None,
+              help=f"GETs at once for each big blob: 1 streams it over one connection; more split it into "
+                   f"ranged GETs. [default: 1 for a loopback registry, else {DEFAULT_CONNECTIONS}]")
 def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, platform: str | None,
-         insecure_registry: tuple[str, ...], as_json: bool, concurrency: int, connections: int) -> None:
+         insecure_registry: tuple[str, ...], as_json: bool, concurrency: int, connections: int | None) -> None:
     """Put the model files of an image or model artifact into DEST.
 
     Reads modelimage's images, ModelPack and Docker Model Runner artifacts

@@ -96,10 +96,22 @@ def json_blob(data: bytes, digest: str, what: str) -> dict[str, Any]:
         raise SourceError(f"{what}: blob {digest[:19]} is not JSON ({e})") from None
 
 
+def default_connections(host: str) -> int:
+    """Connections per blob for a registry: one streaming GET on loopback
+    (no latency to hide, and each extra ranged request costs the registry
+    CPU: 2.15 GB pulled in 3.3-3.9 s that way against 4.3-5.9 s over two
+    ranged connections, 2-core VM, 2026-11-25), else
+    :data:`~modelimage.registry.fetch.DEFAULT_CONNECTIONS` ranged GETs."""
+    from .registry.reference import is_loopback
+
+    return 1 if is_loopback(host) else DEFAULT_CONNECTIONS
+
+
 def open_image(source: str, *, platform: str | None = None, insecure: frozenset[str] = frozenset(),
-               credentials: Credentials | None = None, connections: int = DEFAULT_CONNECTIONS,
+               credentials: Credentials | None = None, connections: int | None = None,
                retries: int = DEFAULT_RETRIES, stats: FetchStats | None = None) -> Image:
-    """Resolve ``source`` (a registry reference or ``oci:DIR[:TAG]``) to one image manifest."""
+    """Resolve ``source`` (a registry reference or ``oci:DIR[:TAG]``) to one image manifest.
+    ``connections`` per blob: None picks :func:`default_connections` for its host."""
     stats = stats if stats is not None else FetchStats()
     if source.startswith("oci:"):
         return _open_layout(source, platform, stats)
@@ -107,6 +119,8 @@ def open_image(source: str, *, platform: str | None = None, insecure: frozenset[
     from .registry.reference import Reference
 
     ref = Reference.parse(source)
+    if connections is None:
+        connections = default_connections(ref.host)
     client = RegistryClient(ref, insecure=insecure, credentials=credentials)
     try:
         m = client.get_manifest(ref.repository, ref.ref)

@@ -61,7 +61,7 @@ from .errors import ModelImageError
 from .image import ANNOTATION_TARGET, Image, open_image
 from .oci import ANNOTATION_FILES, ANNOTATION_TITLE, Descriptor
 from .registry.auth import Credentials
-from .registry.fetch import DEFAULT_CONNECTIONS, DEFAULT_RETRIES, FetchStats
+from .registry.fetch import DEFAULT_RETRIES, FetchStats
 from .unpack import (
     RESERVED,
     BadLayer,
@@ -81,7 +81,7 @@ from .unpack import (
 )
 
 ANNOTATION_FILEPATH = "org.cncf.model.filepath"  # ModelPack (modelpack/model-spec annotations.go)
-DEFAULT_CONCURRENCY = 3  # blobs at once; each big one also over DEFAULT_CONNECTIONS connections
+DEFAULT_CONCURRENCY = 3  # blobs at once; each also over image.default_connections(host) connections
 STATE_VERSION = 1
 JOURNAL_VERSION = 1
 READ_CHUNK = 8 << 20
@@ -718,7 +718,7 @@ class PullJob:
 
 def prepare_pull(source: str, dest: str | os.PathLike, *, path: str | None = None, include: Sequence[str] = (),
                  platform: str | None = None, concurrency: int = DEFAULT_CONCURRENCY,
-                 connections: int = DEFAULT_CONNECTIONS, retries: int = DEFAULT_RETRIES,
+                 connections: int | None = None, retries: int = DEFAULT_RETRIES,
                  insecure: frozenset[str] | set[str] = frozenset(),
                  credentials: Credentials | None = None) -> PullJob:
     """Resolve ``source``, read DEST's state and plan the pull (no layer is fetched yet)."""
@@ -733,7 +733,7 @@ def prepare_pull(source: str, dest: str | os.PathLike, *, path: str | None = Non
 
 
 def pull(source: str, dest: str | os.PathLike, *, include: Sequence[str] = (), path: str | None = None,
-         platform: str | None = None, concurrency: int = DEFAULT_CONCURRENCY, connections: int = DEFAULT_CONNECTIONS,
+         platform: str | None = None, concurrency: int = DEFAULT_CONCURRENCY, connections: int | None = None,
          retries: int = DEFAULT_RETRIES, insecure: frozenset[str] | set[str] = frozenset(),
          credentials: Credentials | None = None, progress: Callable[[int], None] | None = None) -> PullResult:
     """Put the files of ``source`` (``HOST/REPO[:TAG|@DIGEST]`` or
@@ -754,7 +754,7 @@ def pull(source: str, dest: str | os.PathLike, *, include: Sequence[str] = (), p
 
 
 def verify(source: str, dest: str | os.PathLike, *, include: Sequence[str] = (), path: str | None = None,
-           platform: str | None = None, connections: int = DEFAULT_CONNECTIONS,
+           platform: str | None = None, connections: int | None = None,
            insecure: frozenset[str] | set[str] = frozenset(), credentials: Credentials | None = None,
            workers: int = 4) -> VerifyResult:
     """Compare ``dest`` with what pulling ``source`` would put there: every

@@ -17,6 +17,7 @@ import io
 import logging
 import re
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -507,8 +508,9 @@ class _Recorder(ThreadingHTTPServer):
     """Object storage stand-in on another loopback port: serves ``data``
     (ranges too) and records every request's headers."""
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, cut_after: int | None = None):
         self.data, self.headers_seen = data, []
+        self.cut_after = cut_after  # the first answer longer than this is cut after that many bytes
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -527,11 +529,48 @@ class _Recorder(ThreadingHTTPServer):
                     self.send_header("Content-Range", f"bytes {lo}-{hi}/{len(recorder.data)}")
                 self.send_header("Content-Length", str(hi - lo + 1))
                 self.end_headers()
+                if recorder.cut_after is not None and hi - lo + 1 > recorder.cut_after:
+                    self.wfile.write(recorder.data[lo:lo + recorder.cut_after])
+                    self.wfile.flush()
+                    recorder.cut_after = None
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
                 self.wfile.write(recorder.data[lo:hi + 1])
 
         super().__init__(("127.0.0.1", 0), Handler)
         self.daemon_threads = True
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_one_connection_streams_the_blob_and_goes_on_after_a_cut(registry):
+    """``connections=1``: after the first piece, the rest of the blob comes in
+    one streaming GET (not a request per piece); cut mid-way, it goes on with
+    a ranged GET from the first byte it did not get."""
+    from modelimage.registry.fetch import BlobReader
+
+    data = secrets.token_bytes(300_000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    storage = _Recorder(data, cut_after=120_000)
+    try:
+        with FaultProxy(registry.host) as proxy:
+            location = f"http://127.0.0.1:{storage.server_address[1]}/bucket/blob?sig=presigned"
+            proxy.add(Rule("GET", r"/blobs/sha256:", Respond(307, (("Location", location),)), times=None))
+            client = RegistryClient(Reference.parse(f"{proxy.host}/stream/blob"))
+            try:
+                reader = BlobReader(client, "stream/blob", digest, len(data), connections=1, piece=50_000,
+                                    backoff=0.01)
+                assert b"".join(bytes(c) for c in reader.chunks()) == data
+                assert reader.stats.retries == 1
+            finally:
+                client.close()
+    finally:
+        storage.shutdown()
+        storage.server_close()
+    # the first piece (which also finds where the bytes are), the rest in one GET, cut after
+    # 120 000 bytes (pieces 50 000-99 999 and 100 000-149 999 arrived), then from 150 000 on
+    assert [h.get("range") for h in storage.headers_seen] == [
+        "bytes=0-49999", "bytes=50000-299999", "bytes=150000-299999"]
 
 
 @pytest.fixture(params=["htpasswd", "token"])

@@ -242,23 +242,46 @@ def test_whiteouts_from_a_podman_build(registry, busybox_base, tmp_path, podman_
     assert not (root / "models" / "m" / "gone.txt").exists() and (root / "bin" / "busybox").is_file()
 
 
+def test_pull_over_one_streaming_connection_per_blob(pushed_llama, tmp_path, small_pieces):
+    ref, files, total = pushed_llama
+    dest = tmp_path / "dest"
+    assert main(["pull", ref, str(dest), "--connections", "1", "--concurrency", "2"]) == 0
+    assert tree(dest) == files
+    assert main(["verify", ref, str(dest)]) == 0
+
+
 # ---------------------------------------------------------------- resume
 
 
 def _cut_after(monkeypatch, limit: int) -> list[int]:
-    """The first time more than ``limit`` bytes have come through ranged
-    GETs, the connection breaks."""
-    real = fetch.BlobReader.read_range
+    """The first time more than ``limit`` bytes have come through the
+    reader's own GETs (ranged pieces, or the streaming GET of one
+    connection; not the first piece, read while resolving), the connection
+    breaks mid-answer."""
+    real = fetch.BlobReader._open_range
     seen, cuts = [0], []
 
-    def read_range(self, conns, target, lo, hi, view):
-        if not cuts and seen[0] + (hi - lo + 1) > limit:
-            cuts.append(lo)
-            raise ConnectionResetError("connection reset (injected)")
-        real(self, conns, target, lo, hi, view)
-        seen[0] += hi - lo + 1
+    class Cutting:
+        def __init__(self, r):
+            self.r = r
 
-    monkeypatch.setattr(fetch.BlobReader, "read_range", read_range)
+        def readinto(self, view):
+            if not cuts and seen[0] + len(view) > limit:
+                n = self.r.readinto(view[: limit - seen[0]]) if limit > seen[0] else 0
+                seen[0] += n
+                cuts.append(seen[0])
+                raise ConnectionResetError("connection reset (injected)")
+            n = self.r.readinto(view)
+            seen[0] += n
+            return n
+
+        def __getattr__(self, name):
+            return getattr(self.r, name)
+
+    def open_range(self, conns, target, lo, hi):
+        return Cutting(real(self, conns, target, lo, hi))
+
+    monkeypatch.setattr(fetch.BlobReader, "_open_range", open_range)
     return cuts
 
 
@@ -299,22 +322,25 @@ def pushed_big_file(registry, tmp_path, monkeypatch):
     return ref, files, total
 
 
-def test_resume_a_tar_layer_mid_file_with_a_range_request(pushed_big_file, tmp_path, monkeypatch, small_pieces):
-    """Cut 2 MiB into the pull: the tar layer's staged file and a journal of
-    its header bytes stay; the next run hashes them again from disk and asks
-    only for the rest of the blob."""
+@pytest.mark.parametrize("connections", [1, 2])
+def test_resume_a_tar_layer_mid_file_with_a_range_request(pushed_big_file, tmp_path, monkeypatch, small_pieces,
+                                                          connections):
+    """Cut 2 MiB into the pull (one streaming GET, or ranged pieces over two
+    connections): the tar layer's staged file and a journal of its header
+    bytes stay; the next run hashes them again from disk and asks only for
+    the rest of the blob."""
     ref, files, total = pushed_big_file
     cuts = _cut_after(monkeypatch, 2 << 20)
     dest = tmp_path / "dest"
     with pytest.raises(ModelImageError, match="gave up after 1 attempt"):
-        pull(ref, dest, concurrency=1, retries=0)
+        pull(ref, dest, concurrency=1, retries=0, connections=connections)
     staging = dest / ".modelimage-pull" / "partial"
     assert cuts and [p.suffix for p in staging.iterdir()].count(".tarjournal") == 1
     assert not (dest / "weights.bin").exists()  # only complete files carry their name
     journal = json.loads(next(staging.glob("*.tarjournal")).read_text())
-    assert (2 << 20) - (64 << 10) <= journal["pos"] < 3 << 20
+    assert (2 << 20) - (512 << 10) <= journal["pos"] < 3 << 20  # up to the pieces in flight short of the cut
 
-    again = pull(ref, dest, concurrency=1, retries=0)
+    again = pull(ref, dest, concurrency=1, retries=0, connections=connections)
     assert not again.warnings
     # the weights' layer comes first: of it only the rest, then the small files' layer (never reached before)
     assert again.bytes_fetched == total - journal["pos"]
@@ -604,9 +630,12 @@ def test_redirect_to_storage_never_carries_authorization(registry, pushed_llama,
     try:
         host = front.url.removeprefix("http://")
         dest = tmp_path / "dest"
-        pull(f"{host}/pull/llama:v1", dest, credentials=Credentials("puller", "s3cret"))
+        pull(f"{host}/pull/llama:v1", dest, credentials=Credentials("puller", "s3cret"), connections=2)
         assert tree(dest) == files
         assert len(storage.seen) > len(files)  # every blob, in several ranged GETs
+        # and over one streaming connection per blob (the default on loopback)
+        pull(f"{host}/pull/llama:v1", tmp_path / "dest1", credentials=Credentials("puller", "s3cret"))
+        assert tree(tmp_path / "dest1") == files
         assert not any(k.lower() == "authorization" for h in storage.seen for k in h)
         assert any(h.get("Authorization") == secret for h in front.seen)
     finally:
