@@ -147,6 +147,16 @@ class _Connections:
         self.conns.clear()
 
 
+@dataclass
+class _Open:
+    """A worker's streaming GET (one connection): the response, the blob
+    offset its next byte has, and the target it was asked of."""
+
+    response: http.client.HTTPResponse | None = None
+    at: int = -1
+    target: _Target | None = None
+
+
 class BlobReader:
     """The bytes of one blob in ``repo``, from any offset, in order."""
 
@@ -238,64 +248,7 @@ class BlobReader:
             del e
         finally:
             r.close()
-        if self.connections == 1 and not _proxied(target.url):
-            # one connection: the rest in one streaming GET (a ranged GET per piece costs the
-            # registry a request each: distribution 2.8 spent 2.5-3.6 CPU-s serving 2.15 GB in
-            # 8 MiB ranges, 1.4 CPU-s in whole-blob GETs; 2-core VM, 2026-11-25)
-            if first is not None:
-                yield memoryview(first)
-            yield from self._stream(lo0 if first is None else hi0 + 1)
-            return
         yield from self._pieces(count, bounds, first)
-
-    def _stream(self, pos: int) -> Iterator[memoryview]:
-        """Bytes ``pos..size-1`` over one keep-alive connection, in pieces read
-        into one reused buffer; after a failure, a new request from where the
-        bytes stopped (up to ``retries`` times in a row)."""
-        buf = bytearray(min(self.piece, max(1, self.size - pos)))
-        view = memoryview(buf)
-        conns = _Connections()
-        failures = 0
-        try:
-            while pos < self.size:
-                target = self._target
-                assert target is not None
-                try:
-                    r = self._open_range(conns, target, pos, self.size - 1)
-                    while pos < self.size:
-                        want = min(len(buf), self.size - pos)
-                        got = 0
-                        while got < want:
-                            n = r.readinto(view[got:want])
-                            if not n:
-                                raise http.client.IncompleteRead(b"", want - got)
-                            got += n
-                        self.stats.add(got)
-                        pos += got
-                        failures = 0
-                        yield view[:got]
-                    r.close()
-                except _Stale as e:
-                    conns.drop(target.origin)
-                    failures += 1
-                    if failures > self.retries:
-                        raise FetchError(f"{self.label}: bytes {pos}-: gave up after {failures} attempts "
-                                         f"({e})") from None
-                    self.stats.add(retries=1)
-                    _, fresh = self._resolve(pos, pos, stale=target)
-                    if fresh is not None:
-                        fresh.close()
-                except (OSError, http.client.HTTPException, FetchError) as e:
-                    if isinstance(e, FetchError) and not getattr(e, "retryable", False):
-                        raise
-                    conns.drop(target.origin)
-                    failures += 1
-                    if failures > self.retries:
-                        raise FetchError(f"{self.label}: bytes {pos}-: gave up after {failures} attempts "
-                                         f"({_describe(e)})") from None
-                    self._wait(failures - 1)
-        finally:
-            conns.shutdown()
 
     def _whole(self, r: httpx.Response, start: int) -> Iterator[memoryview]:
         skip, got = start, 0
@@ -331,8 +284,15 @@ class BlobReader:
             state["next"] = 1
         conns: list[_Connections] = []
 
+        # one connection: its pieces are consecutive, so they come from one streaming GET
+        # to the end of the blob instead of a request each (a ranged GET per piece costs the
+        # registry a request: distribution 2.8 spent 2.5-3.6 CPU-s serving 2.15 GB in 8 MiB
+        # ranges, 1.4-1.6 CPU-s in whole-blob GETs; 2-core VM, 2026-11-25)
+        streamed = self.connections == 1 and self._target is not None and not _proxied(self._target.url)
+
         def worker() -> None:
             mine = _Connections()
+            stream = _Open() if streamed else None
             with cond:
                 conns.append(mine)
             try:
@@ -349,7 +309,7 @@ class BlobReader:
                     lo, hi = bounds(i)
                     if buf is None or len(buf) < hi - lo + 1:
                         buf = bytearray(self.piece)
-                    self._fetch_piece(mine, lo, hi, memoryview(buf)[: hi - lo + 1], lambda: state["abort"])
+                    self._fetch_piece(mine, lo, hi, memoryview(buf)[: hi - lo + 1], lambda: state["abort"], stream)
                     with cond:
                         ready[i] = buf
                         cond.notify_all()
@@ -390,7 +350,7 @@ class BlobReader:
                 t.join(timeout=10)
 
     def _fetch_piece(self, conns: _Connections, lo: int, hi: int, view: memoryview,
-                     aborted: Callable[[], bool]) -> None:
+                     aborted: Callable[[], bool], stream: "_Open | None" = None) -> None:
         last: BaseException | None = None
         for attempt in range(self.retries + 1):
             if aborted():
@@ -398,10 +358,15 @@ class BlobReader:
             target = self._target
             assert target is not None
             try:
-                self.read_range(conns, target, lo, hi, view)
+                if stream is None:
+                    self.read_range(conns, target, lo, hi, view)
+                else:
+                    self._read_streamed(conns, target, lo, hi, view, stream)
                 return
             except _Stale as e:
                 last = e
+                if stream is not None:
+                    stream.response = None
                 conns.drop(target.origin)
                 if attempt < self.retries:
                     self.stats.add(retries=1)
@@ -413,6 +378,8 @@ class BlobReader:
                 if isinstance(e, FetchError) and not getattr(e, "retryable", False):
                     raise
                 last = e
+                if stream is not None:
+                    stream.response = None
                 conns.drop(target.origin)
             if attempt < self.retries:
                 self._wait(attempt)
@@ -434,6 +401,23 @@ class BlobReader:
         if r.length:  # more than asked for: the connection cannot be reused
             r.close()
             conns.drop(target.origin)
+
+    def _read_streamed(self, conns: _Connections, target: _Target, lo: int, hi: int, view: memoryview,
+                       stream: "_Open") -> None:
+        """Bytes ``lo..hi`` into ``view`` from the open GET of ``stream`` when
+        it stands at ``lo``, else from a new one: ``lo`` to the end of the blob."""
+        if stream.response is None or stream.at != lo or stream.target is not target:
+            stream.response = self._open_range(conns, target, lo, self.size - 1)
+            stream.at, stream.target = lo, target
+        r = stream.response
+        got, want = 0, hi - lo + 1
+        while got < want:
+            n = r.readinto(view[got:want])
+            if not n:
+                raise http.client.IncompleteRead(b"", want - got)
+            got += n
+            self.stats.add(n)
+        stream.at = hi + 1
 
     def _open_range(self, conns: _Connections, target: _Target, lo: int, hi: int) -> http.client.HTTPResponse:
         """A ranged GET of bytes ``lo..hi`` on this thread's connection, its status and range checked."""
