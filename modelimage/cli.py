@@ -463,12 +463,12 @@ def estimate(source: str, config: Path | None, max_layer_size: int | None, bandw
 
     specs, probe_url, client = _estimate_inputs(source, config, max_layer_size, insecure_registry)
     try:
-        disk_bps, write_cache, cpus = None, 0, None
+        disk_bps, write_cache, cpus, sync_latency = None, 0, None, 0.0
         if probe:
             write_cache, cpus = est.probe_write_cache(), est.probe_cpus()
             where = disk_dir or next((d for d in (Path("/var/lib/containers"), Path("/var/lib/containerd"))
                                       if d.is_dir()), Path(tempfile.gettempdir()))
-            disk_bps = est.probe_disk(where)
+            disk_bps, sync_latency = est.probe_disk(where), est.probe_sync_latency(where)
             if probe_url:
                 bandwidth = est.probe_download(probe_url, client=client.http if client else None)
             elif bandwidth is None:
@@ -480,7 +480,7 @@ def estimate(source: str, config: Path | None, max_layer_size: int | None, bandw
     latency = 0.0 if probe_url and _loopback(probe_url) else est.DEFAULT_LATENCY_S
     results = {name: est.estimate_pull(specs, bandwidth_bps=bps, engine=engine, disk_bps=disk_bps,
                                        write_cache_bytes=write_cache, cpus=cpus, concurrency=concurrency,
-                                       latency_s=latency)
+                                       latency_s=latency, sync_latency_s=sync_latency)
                for name, bps in links.items()}
     first_link, first = next(iter(results.items()))
     files = [s.tar_bytes for s in specs]

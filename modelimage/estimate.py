@@ -136,6 +136,10 @@ class Engine:
       content store or a temp file), so every byte is written twice.
     - ``keeps_compressed``: the blob stays on disk next to the unpacked
       layer (containerd's content store).
+    - ``syncs_per_pull``, ``syncs_per_layer``: ``fsync``/``fdatasync``
+      calls the pull waits for (counted with strace); each costs the
+      disk's sync latency (:func:`probe_sync_latency`): nothing on a local
+      SSD, milliseconds on a network disk.
     - ``source``: where the numbers come from ("measured: ...", "cited:
       ...", "model: ...").
     """
@@ -153,6 +157,8 @@ class Engine:
     stores_blob: bool
     keeps_compressed: bool
     source: str = ""
+    syncs_per_pull: int = 0
+    syncs_per_layer: int = 0
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -197,6 +203,8 @@ ENGINES: Mapping[str, Engine] = MappingProxyType({
         decompress_bps=MappingProxyType({"gzip": 56e6, "zstd": 56e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=11.91e-9,
         stores_blob=True, keeps_compressed=False,
         source="measured: podman 4.3.1, loopback registry, 2-core VM, 2026-11-25 (docs/benchmarks.md)",
+        # strace -f -c of podman pull: 33 fsync+fdatasync for 1 layer, 139 for 8 (metadata, not layer data)
+        syncs_per_pull=18, syncs_per_layer=15,
     ),
     # containerd 1.6.20 `ctr images pull`, overlayfs snapshotter, measured and
     # fitted the same way. ctr 1.6 fetches every blob into the content store,
@@ -333,7 +341,7 @@ def download_finish_times(sizes: Sequence[int], *, bandwidth_bps: float, concurr
 def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: str | Engine = "containerd",
                   disk_bps: float | None = None, write_cache_bytes: int = 0, cpus: float | None = None,
                   concurrency: int | None = None, stream_bps: float | None = None,
-                  latency_s: float = DEFAULT_LATENCY_S) -> Estimate:
+                  latency_s: float = DEFAULT_LATENCY_S, sync_latency_s: float = 0.0) -> Estimate:
     """Seconds until ``engine`` has pulled an image made of ``layers``.
 
     - ``bandwidth_bps``: the link, bytes/s (:func:`parse_rate`,
@@ -348,12 +356,14 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
       the limit, right for big nodes;
     - ``concurrency``: overrides the engine's downloads at a time;
     - ``stream_bps``: caps one connection (a long-RTT TCP stream);
-    - ``latency_s``: each request's time to first byte (0 on loopback).
+    - ``latency_s``: each request's time to first byte (0 on loopback);
+    - ``sync_latency_s``: one ``fdatasync`` on the engine's disk
+      (:func:`probe_sync_latency`); 0: syncs are free.
     """
     eng = engine_named(engine)
     if bandwidth_bps <= 0 or (disk_bps is not None and disk_bps <= 0):
         raise ConfigError("bandwidth and disk speed must be positive")
-    if latency_s < 0 or write_cache_bytes < 0:
+    if latency_s < 0 or write_cache_bytes < 0 or sync_latency_s < 0:
         raise ConfigError("latency and write cache must not be negative")
     if cpus is not None and cpus <= 0:
         raise ConfigError("cpus must be positive")
@@ -370,7 +380,8 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
     # 2. extract, per layer
     decompress = [0.0 if layer.compression == "none" else layer.tar_bytes / eng.decompress_bps[layer.compression]
                   for layer in layers]
-    extract = [eng.layer_overhead_s + layer.tar_bytes / eng.process_bps for layer in layers]
+    layer_fixed = eng.layer_overhead_s + eng.syncs_per_layer * sync_latency_s
+    extract = [layer_fixed + layer.tar_bytes / eng.process_bps for layer in layers]
     work = [d + e for d, e in zip(decompress, extract)]
     if eng.pipeline == "after_download":
         end = download_s + sum(work)
@@ -394,7 +405,7 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
     disk_s = 0.0 if disk_bps is None else over / disk_bps
 
     # 5. fixed costs
-    fixed = eng.pull_overhead_s + 2 * latency_s  # + manifest and config requests
+    fixed = eng.pull_overhead_s + 2 * latency_s + eng.syncs_per_pull * sync_latency_s  # + manifest, config
     total = fixed + max(end, cpu_s) + disk_s
 
     notes: list[str] = []
@@ -417,7 +428,7 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
         notes.append(f"{eng.name} is not measured on this project's machines ({eng.source})")
 
     phases = {
-        "overhead": fixed + eng.layer_overhead_s * len(layers),
+        "overhead": fixed + layer_fixed * len(layers),
         "download": download_s,
         "decompress": sum(decompress),
         "extract": sum(layer.tar_bytes / eng.process_bps for layer in layers),
@@ -693,6 +704,33 @@ def _content_range_total(value: str | None) -> int | None:
     """``bytes 0-0/1234`` -> 1234."""
     m = re.match(r"^\s*bytes\s+\S+/([0-9]+)\s*$", value or "")
     return int(m.group(1)) if m else None
+
+
+def probe_sync_latency(directory: str | os.PathLike, count: int = 15) -> float:
+    """Seconds one ``fdatasync`` of a small write takes on the disk under
+    ``directory`` (the median of ``count``): what each of an engine's
+    metadata syncs costs. ~0.2-0.4 ms on the project's VM; network disks
+    take milliseconds. Not pure: this is the probe."""
+    import statistics
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".modelimage-sync-probe-", dir=Path(directory))
+    except OSError as e:
+        raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
+    times = []
+    try:
+        block = os.urandom(4096)
+        for _ in range(max(1, count)):
+            os.write(fd, block)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t)
+    except OSError as e:
+        raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return statistics.median(times)
 
 
 # One core of the machine the engines were calibrated on (2-core AMD EPYC VM,

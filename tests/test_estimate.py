@@ -379,6 +379,23 @@ def test_probe_disk(tmp_path):
         est.probe_disk(tmp_path / "missing", MiB)
 
 
+def test_probe_sync_latency(tmp_path):
+    latency = est.probe_sync_latency(tmp_path, count=3)
+    assert 0 < latency < 1.0
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+
+
+def test_a_slow_sync_costs_podman_its_metadata_syncs():
+    """podman waits for 18 syncs per pull and 15 per layer (strace): on a disk
+    where each takes 10 ms, 8 layers cost (18 + 8 x 15) x 10 ms more."""
+    layers = plain(1 * GiB, 8)
+    fast = pull(layers, "podman", 10e9, latency_s=0.0).total_seconds
+    slow = pull(layers, "podman", 10e9, latency_s=0.0, sync_latency_s=0.01).total_seconds
+    assert slow - fast == pytest.approx((18 + 8 * 15) * 0.01, rel=0.01)
+    assert pull(layers, "modelimage", 10e9, sync_latency_s=0.01).total_seconds == pytest.approx(
+        pull(layers, "modelimage", 10e9).total_seconds)  # it does not sync
+
+
 def test_probe_cpus():
     # in cores of the calibration machine: about os.cpu_count() there, fewer when busy or slower
     assert 0.05 <= est.probe_cpus(0.3) <= 3 * (os.cpu_count() or 1)

@@ -2,7 +2,7 @@
 image (8 plain tar layers, like a sharded model, pushed with skopeo from a
 layout written here) from a real CNCF registry on loopback. Bandwidth and
 disk speed are measured first (probe_download against that registry,
-probe_disk on podman's disk); around each of five pulls, the free cores
+probe_disk and probe_sync_latency on podman's disk); around each of five pulls, the free cores
 (probe_cpus, before and after: other jobs come and go) and the page cache
 (probe_write_cache, before). The median estimate
 for podman must be within 25 % of the median real pull. Both numbers are
@@ -61,6 +61,7 @@ def test_podman_pull_within_25_percent_of_the_estimate():
         biggest = max(layers, key=lambda d: d["size"])
         bandwidth = estimate.probe_download(f"{reg.url}/v2/estimate/podman/blobs/{biggest['digest']}")
         disk = estimate.probe_disk(work)
+        sync_latency = estimate.probe_sync_latency(work)
 
         # Other jobs share this machine's 2 cores and come and go (a pull ran 7 s idle, 12 s beside a
         # test suite), so the free cores are probed right before and right after each pull and the
@@ -74,14 +75,15 @@ def test_podman_pull_within_25_percent_of_the_estimate():
             cores.append((before + estimate.probe_cpus()) / 2)
             estimates.append(estimate.estimate_pull(
                 layer_specs(layers), bandwidth_bps=bandwidth, engine="podman", disk_bps=disk,
-                write_cache_bytes=caches[-1], cpus=cores[-1], latency_s=0.0))
+                write_cache_bytes=caches[-1], cpus=cores[-1], latency_s=0.0, sync_latency_s=sync_latency))
             podman.remove(ref)
         predicted = statistics.median(e.total_seconds for e in estimates)
         measured = statistics.median(r.seconds for r in runs)
         error = predicted / measured - 1
 
         print(f"\npodman pull of {format_size(sum(d['size'] for d in layers))} in {LAYERS} layers from loopback; "
-              f"probed link {estimate.format_rate(bandwidth)}, disk {estimate.format_rate(disk)}, "
+              f"probed link {estimate.format_rate(bandwidth)}, disk {estimate.format_rate(disk)} "
+              f"(fdatasync {sync_latency * 1e3:.2f} ms), "
               f"write cache {', '.join(format_size(c) for c in caches)}, "
               f"cores free {', '.join(f'{c:.2f}' for c in cores)} of {os.cpu_count()}")
         middle = sorted(estimates, key=lambda e: e.total_seconds)[PULLS // 2]
