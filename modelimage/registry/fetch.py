@@ -391,13 +391,7 @@ class BlobReader:
         if _proxied(target.url):
             return self._read_range_httpx(target, lo, hi, view)
         r = self._open_range(conns, target, lo, hi)
-        got, want = 0, hi - lo + 1
-        while got < want:
-            n = r.readinto(view[got:want])
-            if not n:
-                raise http.client.IncompleteRead(b"", want - got)
-            got += n
-            self.stats.add(n)
+        self._read_into(r, view[: hi - lo + 1])
         if r.length:  # more than asked for: the connection cannot be reused
             r.close()
             conns.drop(target.origin)
@@ -409,15 +403,18 @@ class BlobReader:
         if stream.response is None or stream.at != lo or stream.target is not target:
             stream.response = self._open_range(conns, target, lo, self.size - 1)
             stream.at, stream.target = lo, target
-        r = stream.response
-        got, want = 0, hi - lo + 1
-        while got < want:
-            n = r.readinto(view[got:want])
+        self._read_into(stream.response, view[: hi - lo + 1])
+        stream.at = hi + 1
+
+    def _read_into(self, r: http.client.HTTPResponse, view: memoryview) -> None:
+        """Fill ``view`` from the response (its bytes counted in the stats)."""
+        got = 0
+        while got < len(view):
+            n = r.readinto(view[got:])
             if not n:
-                raise http.client.IncompleteRead(b"", want - got)
+                raise http.client.IncompleteRead(b"", len(view) - got)
             got += n
             self.stats.add(n)
-        stream.at = hi + 1
 
     def _open_range(self, conns: _Connections, target: _Target, lo: int, hi: int) -> http.client.HTTPResponse:
         """A ranged GET of bytes ``lo..hi`` on this thread's connection, its status and range checked."""
