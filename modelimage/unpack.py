@@ -129,7 +129,7 @@ class Selection:
 
 
 class Journal:
-    """The bytes a :class:`Stream` consumed, in order, from ``start``:
+    """The bytes a :class:`Stream` consumed, in order, from the blob's start:
     ``["meta", bytes]`` for what was read or skipped (tar headers, padding,
     files not wanted) and ``["file", tag, n]`` for ``n`` bytes copied into a
     staged file (``tag`` says which). ``pos`` is where it ends. With the
@@ -138,8 +138,8 @@ class Journal:
     ``max_meta`` bytes would have to be kept, or if bytes ever came out of
     order."""
 
-    def __init__(self, start: int = 0, max_meta: int = 64 << 20):
-        self.start = self.pos = start
+    def __init__(self, max_meta: int = 64 << 20):
+        self.pos = 0
         self.segments: list[list] = []
         self.valid = True
         self.max_meta = max_meta
