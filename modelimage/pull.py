@@ -280,16 +280,19 @@ def _plain_name(name: object) -> bool:
     return isinstance(name, str) and name.endswith(".tmp") and "/" not in name and name not in (".", "..")
 
 
-def _hash_fd(fd: int, n: int, h: Any) -> None:
+def _hash_prefix(fd: int, n: int, h: Any) -> int:
+    """Feed the first ``n`` bytes of the file ``fd`` to ``h`` (fewer if it
+    ends sooner); the bytes hashed."""
     buf = bytearray(READ_CHUNK)
     view = memoryview(buf)
     at = 0
     while at < n:
         got = os.preadv(fd, [view[: min(len(buf), n - at)]], at)
         if not got:
-            raise ValueError("a staged file is shorter than the journal says")
+            break
         h.update(view[:got])
         at += got
+    return at
 
 
 def _hash_file(path: str) -> str | None:
@@ -645,10 +648,12 @@ class PullJob:
                 staged = os.path.join(self.staging, tag["temp"])
                 fd = os.open(staged, os.O_RDWR | os.O_NOFOLLOW)
                 try:
-                    if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size < n:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode) or st.st_size < n:
                         raise ValueError(f"{tag['temp']} is not what the journal says")
                     os.ftruncate(fd, n)
-                    _hash_fd(fd, n, h)
+                    if _hash_prefix(fd, n, h) != n:
+                        raise ValueError("a staged file is shorter than the journal says")
                 finally:
                     os.close(fd)
                 journal.data(journal.pos, n, tag)
@@ -679,15 +684,7 @@ class PullJob:
                 have = 0
             elif have:
                 with open(partial, "rb", buffering=0) as f:  # the prefix is hashed again, not trusted
-                    buf = bytearray(READ_CHUNK)
-                    view = memoryview(buf)
-                    left = have
-                    while left:
-                        n = f.readinto(view[: min(len(buf), left)])
-                        if not n:
-                            break
-                        h.update(view[:n])
-                        left -= n
+                    _hash_prefix(f.fileno(), have, h)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         chunks = self._counted(layer, have, h, progress, seen)
         try:
