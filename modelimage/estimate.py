@@ -54,7 +54,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -188,24 +188,26 @@ class Engine:
 # weights, same day.
 _ZSTD_OVER_GZIP = 536 / 183
 
+# podman 4.3.1 (containers/image 5.23, containers/storage overlay), measured
+# on the project's machine (2-core VM) 2026-11-25 by
+# benchmarks/pull_calibration.py, fitted on 256 MiB and 1 GiB images in 1,
+# 4 and 8 layers; docs/benchmarks.md has the fit and its check on 2 GiB.
+# 6 downloads at a time: containers/image copy/copy.go maxParallelDownloads
+# = uint(6). Layers are applied in order as soon as they and the ones
+# before them have arrived (storage destination's queueOrCommit; seen here:
+# a 16 MiB first layer was applied 0.3 s into the pull).
+_PODMAN = Engine(
+    name="podman", concurrency=6, pipeline="in_order",
+    pull_overhead_s=0.03, layer_overhead_s=0.12, fetch_stream_bps=107e6, fetch_bps=203e6, process_bps=444e6,
+    decompress_bps=MappingProxyType({"gzip": 56e6, "zstd": 56e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=11.91e-9,
+    stores_blob=True, keeps_compressed=False,
+    source="measured: podman 4.3.1, loopback registry, 2-core VM, 2026-11-25 (docs/benchmarks.md)",
+    # strace -f -c of podman pull: 33 fsync+fdatasync for 1 layer, 139 for 8 (metadata, not layer data)
+    syncs_per_pull=18, syncs_per_layer=15,
+)
+
 ENGINES: Mapping[str, Engine] = MappingProxyType({
-    # podman 4.3.1 (containers/image 5.23, containers/storage overlay), measured
-    # on the project's machine (2-core VM) 2026-11-25 by
-    # benchmarks/pull_calibration.py, fitted on 256 MiB and 1 GiB images in 1,
-    # 4 and 8 layers; docs/benchmarks.md has the fit and its check on 2 GiB.
-    # 6 downloads at a time: containers/image copy/copy.go maxParallelDownloads
-    # = uint(6). Layers are applied in order as soon as they and the ones
-    # before them have arrived (storage destination's queueOrCommit; seen here:
-    # a 16 MiB first layer was applied 0.3 s into the pull).
-    "podman": Engine(
-        name="podman", concurrency=6, pipeline="in_order",
-        pull_overhead_s=0.03, layer_overhead_s=0.12, fetch_stream_bps=107e6, fetch_bps=203e6, process_bps=444e6,
-        decompress_bps=MappingProxyType({"gzip": 56e6, "zstd": 56e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=11.91e-9,
-        stores_blob=True, keeps_compressed=False,
-        source="measured: podman 4.3.1, loopback registry, 2-core VM, 2026-11-25 (docs/benchmarks.md)",
-        # strace -f -c of podman pull: 33 fsync+fdatasync for 1 layer, 139 for 8 (metadata, not layer data)
-        syncs_per_pull=18, syncs_per_layer=15,
-    ),
+    "podman": _PODMAN,
     # containerd 1.6.20 `ctr images pull`, overlayfs snapshotter, measured and
     # fitted the same way. ctr 1.6 fetches every blob into the content store,
     # then unpacks (cmd/ctr/commands/images/pull.go: content.Fetch, then
@@ -227,13 +229,12 @@ ENGINES: Mapping[str, Engine] = MappingProxyType({
     # a temp file and untar it with Go's archive/tar) and it decompresses once,
     # as containerd does. What differs is cited: max-concurrent-downloads = 3
     # by default, layers extracted in order as their downloads finish, the
-    # temp blob deleted after.
-    "docker": Engine(
-        name="docker", concurrency=3, pipeline="in_order",
-        pull_overhead_s=0.03, layer_overhead_s=0.12, fetch_stream_bps=107e6, fetch_bps=203e6, process_bps=444e6,
-        decompress_bps=MappingProxyType({"gzip": 74e6, "zstd": 74e6 * _ZSTD_OVER_GZIP}), cpu_s_per_byte=11.91e-9,
-        stores_blob=True, keeps_compressed=False,
+    # temp blob deleted after. Its syncs were not counted (0).
+    "docker": replace(
+        _PODMAN, name="docker", concurrency=3,
+        decompress_bps=MappingProxyType({"gzip": 74e6, "zstd": 74e6 * _ZSTD_OVER_GZIP}),
         source="cited: moby max-concurrent-downloads=3, in-order extraction; per-byte costs taken from podman",
+        syncs_per_pull=0, syncs_per_layer=0,
     ),
     # modelimage pull: 3 blobs at once (one streaming GET each on loopback,
     # ranged GETs elsewhere), each file written to its place while the blob's
