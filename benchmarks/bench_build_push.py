@@ -62,12 +62,13 @@ from pathlib import Path
 
 from common import MI  # noqa: E402  (puts the repository on sys.path)
 
+from tests.tools import CONTAINERS_CONF  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench_build_push:begin -->", "<!-- bench_build_push:end -->"
 HEADING = "## Build and push against peers (make bench)"
 
-CONTAINERS_CONF = '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n'
 CONTAINERFILE = "FROM scratch\nCOPY model/ /models/m/\n"
 # the build context is the work folder: only model/ goes in
 CONTAINERIGNORE = "*\n!model\n"

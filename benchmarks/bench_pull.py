@@ -36,6 +36,7 @@ from common import MI, timed  # noqa: E402  (puts the repository on sys.path)
 
 from modelimage.synth import write_random_shards  # noqa: E402
 from tests.registry import start_registry  # noqa: E402
+from tests.tools import CONTAINERS_CONF  # noqa: E402
 
 
 def curl_get_all(host: str, repo: str, digests: list[str], out: Path, parallel: int) -> float:
@@ -107,7 +108,7 @@ def main() -> None:
             shutil.rmtree(dest)
         if not args.no_podman and shutil.which("podman"):
             conf = work / "containers.conf"
-            conf.write_text('[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n')
+            conf.write_text(CONTAINERS_CONF)
             penv = {**os.environ, "CONTAINERS_CONF": str(conf)}
             subprocess.run(["podman", "rmi", "-f", ref], capture_output=True, env=penv)
             for run in range(args.runs):

@@ -17,7 +17,7 @@ import pytest
 
 from modelimage import synth
 
-from .tools import SMALL, need, start_daemon, stop_daemon
+from .tools import CONTAINERS_CONF, SMALL, need, start_daemon, stop_daemon
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -48,7 +48,7 @@ def podman_env(tmp_path_factory) -> dict[str, str]:
     """Environment for podman here: runc, no rlimits (see ENVIRONMENT.md)."""
     need("podman")
     conf = tmp_path_factory.mktemp("podman") / "containers.conf"
-    conf.write_text('[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n')
+    conf.write_text(CONTAINERS_CONF)
     return {**os.environ, "CONTAINERS_CONF": str(conf)}
 
 

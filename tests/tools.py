@@ -14,6 +14,8 @@ from modelimage.content import FileRange, Literal, VirtualFile
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SMALL = synth.LlamaShape(vocab=1024, hidden=256, layers=2, intermediate=512)
+# containers.conf for podman on these machines: runc, no rlimits (see ENVIRONMENT.md)
+CONTAINERS_CONF = '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n'
 
 
 def need(tool: str) -> str:
