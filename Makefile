@@ -62,6 +62,7 @@ bench: tools install
 	$(PY) benchmarks/compression.py
 	$(PY) benchmarks/bench_build_push.py
 	$(PY) benchmarks/bench_pull.py
+	$(PY) benchmarks/estimate_vs_pull.py
 
 clean:
 	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache

@@ -1,7 +1,8 @@
 """modelimage.estimate: the pull-time model (pure), rates, and the probes.
 
-The model's numbers are checked against a real podman pull in
-test_estimate_vs_podman.py; here: its shape (monotonic, concurrency,
+The model's numbers are compared with real podman and modelimage pulls by
+benchmarks/estimate_vs_pull.py (recorded in docs/benchmarks.md, not
+asserted: a timing test decides nothing in CI); here: its shape (monotonic, concurrency,
 pipelines, compression, disk), exact download schedules, rate parsing and
 the storage comparison.
 """

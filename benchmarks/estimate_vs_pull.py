@@ -1,47 +1,56 @@
-"""The pull-time model against real pulls: ``podman pull`` of a 1 GiB
-image (8 plain tar layers, like a sharded model, pushed with skopeo from a
-layout written here) from a real CNCF registry on loopback. Bandwidth and
-disk speed are measured first (probe_download against that registry,
-probe_disk and probe_sync_latency on podman's disk); around each of five pulls, the free cores
-(probe_cpus, before and after: other jobs come and go) and the page cache
-(probe_write_cache, before). The median estimate
-for podman must be within 25 % of the median real pull. Both numbers are
-printed (pytest -s shows them).
+"""The pull-time model against real pulls on this machine, recorded, never
+asserted (a CI test that compares an estimate from constants fitted on
+another machine with a pull here is a timing test: issue 21).
 
-The layout, push and podman helpers are the ones benchmarks/pull_calibration.py
-measured the constants with, so test and calibration measure the same way.
+Two checks, each printing the estimate, the measured pulls and the error:
+
+- ``podman pull`` of a 1 GiB image (8 plain tar layers, like a sharded
+  model, pushed with skopeo from a layout written here) from a real CNCF
+  registry on loopback. Bandwidth and disk speed are probed first
+  (probe_download against that registry, probe_disk and probe_sync_latency
+  on podman's disk); around each of five pulls, the free cores (probe_cpus,
+  before and after) and the page cache (probe_write_cache, before).
+- ``modelimage pull`` of a 1 GiB model (random fp16 safetensors in 4
+  shards) built and pushed by modelimage, five times into a fresh folder.
+
+Run: ``python benchmarks/estimate_vs_pull.py [--only podman|modelimage]``.
+Copy the printed lines into docs/benchmarks.md with the machine and date.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
-import pytest
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.pull_calibration import Podman, layer_specs, registry_layers, skopeo_push, write_layout
-from modelimage import estimate
-from modelimage.units import format_size
-
-from .registry import start_registry
-from .tools import need
-
-pytestmark = pytest.mark.integration
+from benchmarks.pull_calibration import (  # noqa: E402
+    Podman,
+    layer_specs,
+    registry_layers,
+    skopeo_push,
+    write_layout,
+)
+from modelimage import estimate  # noqa: E402
+from modelimage.units import format_size  # noqa: E402
+from tests.registry import start_registry  # noqa: E402
 
 IMAGE_BYTES = 2**30
 LAYERS = 8
 PULLS = 5
-TOLERANCE = 0.25
 
 
-def test_podman_pull_within_25_percent_of_the_estimate():
-    need("podman")
-    need("skopeo")
-    need("docker-registry")
+def podman_vs_estimate() -> float:
+    """Median estimate / median measured - 1 for podman pulls of a 1 GiB image."""
     # podman's overlay store and the layout on a real disk (/var/tmp), not a tmpfs
     work = Path(tempfile.mkdtemp(prefix="estimate-vs-podman-", dir="/var/tmp"))
     reg = start_registry()
@@ -93,9 +102,7 @@ def test_podman_pull_within_25_percent_of_the_estimate():
               + "; download/extract " + ", ".join(f"{r.download_s or 0:.2f}/{r.extract_s or 0:.2f}" for r in runs)
               + ")")
         print(f"error: {error * 100:+.1f} %")
-        assert abs(error) <= TOLERANCE, (
-            f"estimate {predicted:.2f} s vs measured {measured:.2f} s ({error * 100:+.0f} %); "
-            "rerun benchmarks/pull_calibration.py and update ENGINES['podman'] if podman or the machine changed")
+        return error
     finally:
         if podman is not None:
             podman.close()
@@ -103,17 +110,13 @@ def test_podman_pull_within_25_percent_of_the_estimate():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_modelimage_pull_within_25_percent_of_the_estimate():
+def modelimage_vs_estimate() -> float:
     """The same check for the estimator's "modelimage" engine: a 1 GiB model
     (random fp16 safetensors in 4 shards, written with the real writer) built
     and pushed by modelimage, then ``modelimage pull`` into a fresh folder five
     times, each next to the free cores probed around it."""
-    import subprocess
-    import sys
-
     from modelimage.synth import write_random_shards
 
-    need("docker-registry")
     work = Path(tempfile.mkdtemp(prefix="estimate-vs-pull-", dir="/var/tmp"))
     reg = start_registry()
     env = {**os.environ, "MODELIMAGE_CACHE_DIR": str(work / "cache")}
@@ -149,9 +152,29 @@ def test_modelimage_pull_within_25_percent_of_the_estimate():
         print("estimate: " + ", ".join(f"{e:.2f}" for e in estimates) + f" s (median {predicted:.2f})")
         print("measured: " + ", ".join(f"{r:.2f}" for r in runs) + f" s (median {measured:.2f})")
         print(f"error: {error * 100:+.1f} %")
-        assert abs(error) <= TOLERANCE, (
-            f"estimate {predicted:.2f} s vs measured {measured:.2f} s ({error * 100:+.0f} %); "
-            "rerun benchmarks/bench_pull.py and update ENGINES['modelimage'] if the pull or the machine changed")
+        return error
     finally:
         reg.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=("podman", "modelimage"), help="run one check")
+    args = ap.parse_args()
+    for tool in ("docker-registry",) + (("podman", "skopeo") if args.only != "modelimage" else ()):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (make tools installs it)")
+    print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, {date.today()}")
+    errors = {}
+    if args.only in (None, "podman"):
+        errors["podman"] = podman_vs_estimate()
+    if args.only in (None, "modelimage"):
+        errors["modelimage"] = modelimage_vs_estimate()
+    print()
+    for engine, error in errors.items():
+        print(f"| {engine} | 1 GiB | estimate vs median real pull | {error * 100:+.0f} % |")
+
+
+if __name__ == "__main__":
+    main()
