@@ -72,6 +72,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from modelimage import estimate as est
+    from modelimage import probes
     from modelimage.registry.client import RegistryClient
     from modelimage.registry.reference import Reference
 
@@ -92,7 +93,7 @@ def main() -> None:
         size = sum(int(d["size"]) for d in layers)
         target = manifest["annotations"]["dev.modelimage.target"]
         biggest = max(layers, key=lambda d: int(d["size"]))
-        get_bps = est.probe_download(client.url(f"/v2/bench/model/blobs/{biggest['digest']}"), client=client.http)
+        get_bps = probes.probe_download(client.url(f"/v2/bench/model/blobs/{biggest['digest']}"), client=client.http)
         client.close()
 
         for run in range(args.runs):
@@ -120,7 +121,7 @@ def main() -> None:
 
         spec = [est.LayerSpec(int(d["size"])) for d in layers]
         e = est.estimate_pull(spec, bandwidth_bps=get_bps, engine="modelimage", cpus=2.0, latency_s=0.0,
-                              write_cache_bytes=est.probe_write_cache())
+                              write_cache_bytes=probes.probe_write_cache())
         estimate_s = e.total_seconds
     finally:
         reg.stop()

@@ -40,8 +40,8 @@ from benchmarks.pull_calibration import (  # noqa: E402
     skopeo_push,
     write_layout,
 )
-from modelimage import estimate  # noqa: E402
-from modelimage.units import format_size  # noqa: E402
+from modelimage import estimate, probes  # noqa: E402
+from modelimage.units import format_rate, format_size  # noqa: E402
 from tests.registry import start_registry  # noqa: E402
 
 IMAGE_BYTES = 2**30
@@ -68,9 +68,9 @@ def podman_vs_estimate() -> float:
         layers = registry_layers(reg.url, "estimate/podman", "v1")
         assert [d["mediaType"] for d in layers] == ["application/vnd.oci.image.layer.v1.tar"] * LAYERS
         biggest = max(layers, key=lambda d: d["size"])
-        bandwidth = estimate.probe_download(f"{reg.url}/v2/estimate/podman/blobs/{biggest['digest']}")
-        disk = estimate.probe_disk(work)
-        sync_latency = estimate.probe_sync_latency(work)
+        bandwidth = probes.probe_download(f"{reg.url}/v2/estimate/podman/blobs/{biggest['digest']}")
+        disk = probes.probe_disk(work)
+        sync_latency = probes.probe_sync_latency(work)
 
         # Other jobs share this machine's 2 cores and come and go (a pull ran 7 s idle, 12 s beside a
         # test suite), so the free cores are probed right before and right after each pull and the
@@ -78,10 +78,10 @@ def podman_vs_estimate() -> float:
         estimates, runs, cores, caches = [], [], [], []
         for _ in range(PULLS):
             podman.remove(ref)
-            before = estimate.probe_cpus()
-            caches.append(estimate.probe_write_cache())
+            before = probes.probe_cpus()
+            caches.append(probes.probe_write_cache())
             runs.append(podman.pull(ref))
-            cores.append((before + estimate.probe_cpus()) / 2)
+            cores.append((before + probes.probe_cpus()) / 2)
             estimates.append(estimate.estimate_pull(
                 layer_specs(layers), bandwidth_bps=bandwidth, engine="podman", disk_bps=disk,
                 write_cache_bytes=caches[-1], cpus=cores[-1], latency_s=0.0, sync_latency_s=sync_latency))
@@ -91,7 +91,7 @@ def podman_vs_estimate() -> float:
         error = predicted / measured - 1
 
         print(f"\npodman pull of {format_size(sum(d['size'] for d in layers))} in {LAYERS} layers from loopback; "
-              f"probed link {estimate.format_rate(bandwidth)}, disk {estimate.format_rate(disk)} "
+              f"probed link {format_rate(bandwidth)}, disk {format_rate(disk)} "
               f"(fdatasync {sync_latency * 1e3:.2f} ms), "
               f"write cache {', '.join(format_size(c) for c in caches)}, "
               f"cores free {', '.join(f'{c:.2f}' for c in cores)} of {os.cpu_count()}")
@@ -129,17 +129,17 @@ def modelimage_vs_estimate() -> float:
         os.sync()
         layers = registry_layers(reg.url, "estimate/pull", "v1")
         biggest = max(layers, key=lambda d: d["size"])
-        bandwidth = estimate.probe_download(f"{reg.url}/v2/estimate/pull/blobs/{biggest['digest']}")
+        bandwidth = probes.probe_download(f"{reg.url}/v2/estimate/pull/blobs/{biggest['digest']}")
 
         estimates, runs, cores = [], [], []
         for k in range(PULLS):
             dest = work / f"dest{k}"
-            before = estimate.probe_cpus()
-            cache = estimate.probe_write_cache()
+            before = probes.probe_cpus()
+            cache = probes.probe_write_cache()
             t = time.perf_counter()
             subprocess.run([*mi, "pull", ref, str(dest)], check=True, capture_output=True, env=env)
             runs.append(time.perf_counter() - t)
-            cores.append((before + estimate.probe_cpus()) / 2)
+            cores.append((before + probes.probe_cpus()) / 2)
             estimates.append(estimate.estimate_pull(
                 layer_specs(layers), bandwidth_bps=bandwidth, engine="modelimage", write_cache_bytes=cache,
                 cpus=cores[-1], latency_s=0.0).total_seconds)
@@ -147,7 +147,7 @@ def modelimage_vs_estimate() -> float:
         predicted, measured = statistics.median(estimates), statistics.median(runs)
         error = predicted / measured - 1
         print(f"\nmodelimage pull of {format_size(sum(d['size'] for d in layers))} in {len(layers)} layers from "
-              f"loopback; probed link {estimate.format_rate(bandwidth)}, "
+              f"loopback; probed link {format_rate(bandwidth)}, "
               f"cores free {', '.join(f'{c:.2f}' for c in cores)}")
         print("estimate: " + ", ".join(f"{e:.2f}" for e in estimates) + f" s (median {predicted:.2f})")
         print("measured: " + ", ".join(f"{r:.2f}" for r in runs) + f" s (median {measured:.2f})")

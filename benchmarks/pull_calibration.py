@@ -16,8 +16,8 @@ registry on a loopback port, then times the engines pulling them:
   prints how long its unpack took.
 
 In the same run it measures what an engine cannot beat: parallel ranged
-GETs of the blobs (:func:`modelimage.estimate.probe_download`) and the
-disk's write+fsync speed (:func:`modelimage.estimate.probe_disk`).
+GETs of the blobs (:func:`modelimage.probes.probe_download`) and the
+disk's write+fsync speed (:func:`modelimage.probes.probe_disk`).
 
 Then it fits, per engine, the constants of :mod:`modelimage.estimate`:
 the extraction phase as ``fixed + per_layer * layers + bytes / process_bps``
@@ -62,7 +62,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modelimage import estimate  # noqa: E402
+from modelimage import estimate, probes  # noqa: E402
 from modelimage.units import format_size, parse_size  # noqa: E402
 
 MEDIA_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -243,7 +243,7 @@ class PullTiming:
     cpu_s: float
     download_s: float | None = None  # start -> every blob stored
     extract_s: float | None = None  # every blob stored -> done
-    cores: float | None = None  # estimate.probe_cpus() right before the pull
+    cores: float | None = None  # probes.probe_cpus() right before the pull
 
 
 class _LayerWatcher:
@@ -460,7 +460,7 @@ def _pull_all(runners, ref: str, sample_for, repeat: int) -> list[Sample]:
         s = sample_for(runner.name)
         for _ in range(repeat):
             runner.remove(ref)
-            cores = estimate.probe_cpus()
+            cores = probes.probe_cpus()
             s.runs.append(replace(runner.pull(ref), cores=cores))
             runner.remove(ref)
         _show(s)
@@ -496,8 +496,8 @@ def measure(args) -> dict:
         machine = {
             "node": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "date": str(date.today()), "load_average": os.getloadavg()[0],
-            "disk_bps": [estimate.probe_disk(work) for _ in range(3)],
-            "write_cache_bytes": estimate.probe_write_cache(),
+            "disk_bps": [probes.probe_disk(work) for _ in range(3)],
+            "write_cache_bytes": probes.probe_write_cache(),
             "podman": _run("podman", "--version").stdout.strip(),
             "containerd": _run("containerd", "--version").stdout.strip(),
         }
@@ -514,7 +514,7 @@ def measure(args) -> dict:
                 layers = registry_layers(reg.url, repo, tag)
                 assert all(d["mediaType"] == MEDIA_TAR for d in layers), layers
                 biggest = max(layers, key=lambda d: d["size"])
-                bw = estimate.probe_download(f"{reg.url}/v2/{repo}/blobs/{biggest['digest']}")
+                bw = probes.probe_download(f"{reg.url}/v2/{repo}/blobs/{biggest['digest']}")
                 specs = layer_specs(layers)
                 samples += _pull_all(runners, f"{reg.host}/{repo}:{tag}",
                                      partial(Sample, specs=specs, bandwidth_bps=bw), args.repeat)
@@ -530,7 +530,7 @@ def measure(args) -> dict:
                 skopeo_push(layout, f"{reg.host}/{repo}:v1")
                 shutil.rmtree(layout)
                 tar_size = tar_size or layers[0]["size"]  # the plain layer is the tar
-                bw = estimate.probe_download(f"{reg.url}/v2/{repo}/blobs/{layers[0]['digest']}")
+                bw = probes.probe_download(f"{reg.url}/v2/{repo}/blobs/{layers[0]['digest']}")
                 gzip_samples += _pull_all(runners, f"{reg.host}/{repo}:v1",
                                           partial(Sample, specs=layer_specs(layers, [tar_size]), bandwidth_bps=bw),
                                           args.repeat)

@@ -55,7 +55,7 @@ def _parsed(parse: Callable[..., Any]) -> Callable[[click.Context, click.Paramet
 
 
 def _parse_rate(value: str, what: str) -> float:
-    from .estimate import parse_rate
+    from .units import parse_rate
 
     return parse_rate(value, what=what)
 
@@ -460,17 +460,19 @@ def estimate(source: str, config: Path | None, max_layer_size: int | None, bandw
     disk space a pull takes.
     """
     from . import estimate as est
+    from . import probes
+    from .units import format_rate
 
     specs, probe_url, client = _estimate_inputs(source, config, max_layer_size, insecure_registry)
     try:
         disk_bps, write_cache, cpus, sync_latency = None, 0, None, 0.0
         if probe:
-            write_cache, cpus = est.probe_write_cache(), est.probe_cpus()
+            write_cache, cpus = probes.probe_write_cache(), probes.probe_cpus()
             where = disk_dir or next((d for d in (Path("/var/lib/containers"), Path("/var/lib/containerd"))
                                       if d.is_dir()), Path(tempfile.gettempdir()))
-            disk_bps, sync_latency = est.probe_disk(where), est.probe_sync_latency(where)
+            disk_bps, sync_latency = probes.probe_disk(where), probes.probe_sync_latency(where)
             if probe_url:
-                bandwidth = est.probe_download(probe_url, client=client.http if client else None)
+                bandwidth = probes.probe_download(probe_url, client=client.http if client else None)
             elif bandwidth is None:
                 raise click.UsageError("--probe measures a registry: give a REF, or pass --bandwidth")
     finally:
@@ -493,14 +495,14 @@ def estimate(source: str, config: Path | None, max_layer_size: int | None, bandw
                     "layers": len(specs), "bytes": sum(s.size for s in specs)})
         return
     click.echo(f"{source}: {len(specs)} layers, {format_size(sum(s.size for s in specs))}, pulled by {engine}"
-               + (f"; disk {est.format_rate(disk_bps)}" if disk_bps else ""))
+               + (f"; disk {format_rate(disk_bps)}" if disk_bps else ""))
     for name, r in results.items():
         phases = ", ".join(f"{k} {format_seconds(v)}" for k, v in r.phases.items() if v >= 0.0005)
         click.echo(f"  {name:<12} {format_seconds(r.total_seconds):>9}  ({phases}); "
                    f"{format_size(r.disk_bytes)} on disk")
     for note in first.notes:
         click.echo(f"  note: {note}")
-    click.echo(f"  other ways to ship it, at {est.format_rate(first.bandwidth_bps)}:")
+    click.echo(f"  other ways to ship it, at {format_rate(first.bandwidth_bps)}:")
     for o in options:
         click.echo(f"    {format_seconds(o.ready_seconds):>9} to ready  {o.name}")
 

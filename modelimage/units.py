@@ -1,4 +1,5 @@
-"""Byte sizes and durations for people: parsing ``500MB``/``2GiB`` and printing."""
+"""Byte sizes, transfer rates and durations for people: parsing ``500MB``,
+``2GiB``, ``1Gbit/s``, ``200MB/s``, and printing them."""
 
 from __future__ import annotations
 
@@ -66,3 +67,63 @@ def format_seconds(s: float) -> str:
     if s < 7200:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.1f} h"
+
+
+_RATE_RE = re.compile(
+    r"""^\s*(?P<num>[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*
+        (?:(?P<prefix>[kKmMgGtT])(?P<binary>i?))?
+        (?P<base>bits?|Bits?|BITS?|b|B|bytes?|Bytes?|BYTES?)?
+        \s*(?P<per>/\s*s(?:ec)?|ps)?\s*$""",
+    re.VERBOSE,
+)
+_PREFIX = {"k": 3, "m": 6, "g": 9, "t": 12}
+_EXAMPLES = "examples: 100Mbit/s, 1Gbps, 200MB/s, 1.5GiB/s, 125000000 (bytes/s)"
+
+
+def parse_rate(text: str | int | float, *, what: str = "rate") -> float:
+    """A transfer rate in bytes per second.
+
+    ``b``/``bit`` means bits and ``B``/``byte`` bytes, as links are sold
+    (unlike :func:`parse_size`, where ``b`` is a byte);
+    ``k M G T`` are powers of 1000 whatever their case, ``Ki Mi Gi Ti`` of
+    1024; ``/s`` or ``ps`` is required after a unit, so a size is not taken
+    for a rate. A bare number is bytes per second. ``"1Gbps"`` -> 1.25e8,
+    ``"200MB/s"`` -> 2e8, ``"1.5GiB/s"`` -> 1610612736.0.
+    """
+    if isinstance(text, bool) or not isinstance(text, int | float | str):
+        raise ConfigError(f"{what}: cannot read {text!r} as a rate ({_EXAMPLES})")
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        m = _RATE_RE.match(text)
+        if not m:
+            raise ConfigError(f"{what}: cannot read {text!r} as a rate ({_EXAMPLES})")
+        prefix, base, per = m.group("prefix"), m.group("base"), m.group("per")
+        if (prefix or base) and not base:
+            raise ConfigError(f"{what}: {text!r} does not say bits or bytes; write e.g. "
+                              f"{m.group('num')}{prefix}{m.group('binary')}bit/s or {m.group('num')}{prefix}"
+                              f"{m.group('binary')}B/s")
+        if base and not per:
+            raise ConfigError(f"{what}: {text!r} is a size, not a rate; write {text.strip()}/s")
+        if per and not base:
+            raise ConfigError(f"{what}: cannot read {text!r} as a rate ({_EXAMPLES})")
+        value = float(m.group("num"))
+        if prefix:
+            value *= 1024 ** " kmgt".index(prefix.lower()) if m.group("binary") else 10 ** _PREFIX[prefix.lower()]
+        if base == "b" or (base and base.lower().startswith("bit")):
+            value /= 8
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{what}: {text!r} must be a positive rate")
+    return value
+
+
+def format_rate(bps: float) -> str:
+    """Bytes per second for people, with the bit rate links are sold in:
+    ``125 MB/s (1 Gbit/s)``."""
+    if math.isinf(bps):
+        return "unlimited"
+    bits = bps * 8
+    for div, unit in ((1e12, "Tbit/s"), (1e9, "Gbit/s"), (1e6, "Mbit/s"), (1e3, "kbit/s")):
+        if bits >= div:
+            return f"{format_size(bps)}/s ({bits / div:.3g} {unit})"
+    return f"{format_size(bps)}/s ({bits:.0f} bit/s)"

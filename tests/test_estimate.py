@@ -1,34 +1,30 @@
-"""modelimage.estimate: the pull-time model (pure), rates, and the probes.
+"""modelimage.estimate: the pull-time model (pure).
 
 The model's numbers are compared with real podman and modelimage pulls by
 benchmarks/estimate_vs_pull.py (recorded in docs/benchmarks.md, not
 asserted: a timing test decides nothing in CI); here: its shape (monotonic, concurrency,
-pipelines, compression, disk), exact download schedules, rate parsing and
-the storage comparison.
+pipelines, compression, disk), exact download schedules and the storage
+comparison. Rates: test_units.py; the probes: test_probes.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import os
 from dataclasses import replace
 
-import httpx
 import pytest
 
 from modelimage import estimate as est
-from modelimage.errors import ConfigError, ModelImageError
+from modelimage.errors import ConfigError
 from modelimage.estimate import (
     ENGINES,
     STANDARD_LINKS,
     LayerSpec,
     download_finish_times,
     estimate_pull,
-    parse_rate,
     storage_options,
 )
+from modelimage.units import parse_rate
 
 MiB, GiB = 2**20, 2**30
 GB = 10**9
@@ -42,68 +38,9 @@ def pull(layers, engine="podman", bw=125e6, **kw) -> est.Estimate:
     return estimate_pull(layers, bandwidth_bps=bw, engine=engine, **kw)
 
 
-# ------------------------------------------------------------------ parse_rate
-
-@pytest.mark.parametrize(
-    ("text", "bps"),
-    [
-        ("100Mbit/s", 12.5e6),
-        ("100 Mbit/s", 12.5e6),
-        ("1Gbps", 125e6),
-        ("1 Gbit/s", 125e6),
-        ("10Gb/s", 1.25e9),
-        ("200MB/s", 200e6),
-        ("200 MBps", 200e6),
-        ("1.5GiB/s", 1.5 * 2**30),
-        ("512 KiB/s", 512 * 1024),
-        ("5 kB/s", 5000),
-        ("800 bps", 100),
-        ("12 bytes/s", 12),
-        ("1 Gibit/s", 2**30 / 8),
-        ("2 mbps", 250e3),  # prefixes are case-blind; b vs B is not
-        ("125e6", 125e6),
-        ("125000000", 125e6),
-        (125e6, 125e6),
-        (1000, 1000),
-    ],
-)
-def test_parse_rate(text, bps):
-    assert parse_rate(text) == pytest.approx(bps)
-
-
-@pytest.mark.parametrize(
-    ("text", "hint"),
-    [
-        ("1G", "bits or bytes"),
-        ("100M", "bits or bytes"),
-        ("1GB", "size, not a rate"),
-        ("1 Gbit", "size, not a rate"),
-        ("fast", "cannot read"),
-        ("", "cannot read"),
-        ("5 /s", "cannot read"),
-        ("-1MB/s", "cannot read"),
-        ("0MB/s", "positive"),
-        ("0", "positive"),
-        (float("inf"), "positive"),
-        (True, "cannot read"),
-        (None, "cannot read"),
-        ("1 GB/h", "cannot read"),
-    ],
-)
-def test_parse_rate_rejects(text, hint):
-    with pytest.raises(ConfigError, match=hint):
-        parse_rate(text)
-
-
 def test_standard_links_are_what_they_say():
     for label, bps in STANDARD_LINKS.items():
         assert parse_rate(label) == bps
-
-
-@pytest.mark.parametrize(("bps", "text"), [(125e6, "125 MB/s (1 Gbit/s)"), (12.5e6, "12.5 MB/s (100 Mbit/s)"),
-                                           (math.inf, "unlimited")])
-def test_format_rate(bps, text):
-    assert est.format_rate(bps) == text
 
 
 # ------------------------------------------------------------------ download schedule
@@ -370,22 +307,6 @@ def test_object_storage_needs_connections_on_long_fat_links():
     assert get(many).ready_seconds < get(one).ready_seconds / 8
 
 
-# ------------------------------------------------------------------ probes (real I/O, small)
-
-def test_probe_disk(tmp_path):
-    bps = est.probe_disk(tmp_path, 8 * MiB)
-    assert 1e6 < bps < 1e12
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ModelImageError, match="cannot measure the disk"):
-        est.probe_disk(tmp_path / "missing", MiB)
-
-
-def test_probe_sync_latency(tmp_path):
-    latency = est.probe_sync_latency(tmp_path, count=3)
-    assert 0 < latency < 1.0
-    assert list(tmp_path.iterdir()) == []  # the probe file is gone
-
-
 def test_a_slow_sync_costs_podman_its_metadata_syncs():
     """podman waits for 18 syncs per pull and 15 per layer (strace): on a disk
     where each takes 10 ms, 8 layers cost (18 + 8 x 15) x 10 ms more."""
@@ -395,40 +316,3 @@ def test_a_slow_sync_costs_podman_its_metadata_syncs():
     assert slow - fast == pytest.approx((18 + 8 * 15) * 0.01, rel=0.01)
     assert pull(layers, "modelimage", 10e9, sync_latency_s=0.01).total_seconds == pytest.approx(
         pull(layers, "modelimage", 10e9).total_seconds)  # it does not sync
-
-
-def test_probe_cpus():
-    # in cores of the calibration machine: about os.cpu_count() there, fewer when busy or slower
-    assert 0.05 <= est.probe_cpus(0.3) <= 3 * (os.cpu_count() or 1)
-
-
-def test_probe_write_cache():
-    cache = est.probe_write_cache()
-    assert cache >= 0
-    if os.path.exists("/proc/meminfo"):
-        assert cache > 0
-
-
-@pytest.mark.integration
-def test_probe_download_against_a_real_registry():
-    from .registry import start_registry
-
-    reg = start_registry()
-    try:
-        blob = os.urandom(16 * MiB)
-        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-        with httpx.Client(base_url=reg.url, timeout=30) as c:
-            r = c.post("/v2/probe/blobs/uploads/")
-            assert r.status_code == 202, r.text
-            location = r.headers["location"]
-            r = c.put(f"{location}{'&' if '?' in location else '?'}digest={digest}", content=blob)
-            assert r.status_code == 201, r.text
-        url = f"{reg.url}/v2/probe/blobs/{digest}"
-        for conns in (1, 4):
-            assert est.probe_download(url, connections=conns, max_bytes=8 * MiB) > 1e6
-        with httpx.Client() as c:
-            assert est.probe_download(url, client=c) > 1e6
-        with pytest.raises(ModelImageError, match="404"):
-            est.probe_download(f"{reg.url}/v2/probe/blobs/sha256:{'0' * 64}")
-    finally:
-        reg.stop()

@@ -1,11 +1,13 @@
-"""modelimage.units: reading sizes people type, printing sizes and counts."""
+"""modelimage.units: reading sizes and rates people type, printing sizes, rates and counts."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
 from modelimage.errors import ConfigError, ModelImageError
-from modelimage.units import format_count, format_seconds, format_size, parse_size
+from modelimage.units import format_count, format_rate, format_seconds, format_size, parse_rate, parse_size
 
 
 @pytest.mark.parametrize(
@@ -149,3 +151,62 @@ def test_parse_then_format_round_trip_is_close(text: str) -> None:
     number, unit = shown.split()
     back = parse_size(number + unit.upper())
     assert abs(back - n) / n < 0.08
+
+
+# ------------------------------------------------------------------ rates
+
+@pytest.mark.parametrize(
+    ("text", "bps"),
+    [
+        ("100Mbit/s", 12.5e6),
+        ("100 Mbit/s", 12.5e6),
+        ("1Gbps", 125e6),
+        ("1 Gbit/s", 125e6),
+        ("10Gb/s", 1.25e9),
+        ("200MB/s", 200e6),
+        ("200 MBps", 200e6),
+        ("1.5GiB/s", 1.5 * 2**30),
+        ("512 KiB/s", 512 * 1024),
+        ("5 kB/s", 5000),
+        ("800 bps", 100),
+        ("12 bytes/s", 12),
+        ("1 Gibit/s", 2**30 / 8),
+        ("2 mbps", 250e3),  # prefixes are case-blind; b vs B is not
+        ("125e6", 125e6),
+        ("125000000", 125e6),
+        (125e6, 125e6),
+        (1000, 1000),
+    ],
+)
+def test_parse_rate(text, bps):
+    assert parse_rate(text) == pytest.approx(bps)
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("1G", "bits or bytes"),
+        ("100M", "bits or bytes"),
+        ("1GB", "size, not a rate"),
+        ("1 Gbit", "size, not a rate"),
+        ("fast", "cannot read"),
+        ("", "cannot read"),
+        ("5 /s", "cannot read"),
+        ("-1MB/s", "cannot read"),
+        ("0MB/s", "positive"),
+        ("0", "positive"),
+        (float("inf"), "positive"),
+        (True, "cannot read"),
+        (None, "cannot read"),
+        ("1 GB/h", "cannot read"),
+    ],
+)
+def test_parse_rate_rejects(text, hint):
+    with pytest.raises(ConfigError, match=hint):
+        parse_rate(text)
+
+
+@pytest.mark.parametrize(("bps", "text"), [(125e6, "125 MB/s (1 Gbit/s)"), (12.5e6, "12.5 MB/s (100 Mbit/s)"),
+                                           (math.inf, "unlimited")])
+def test_format_rate(bps, text):
+    assert format_rate(bps) == text

@@ -7,7 +7,7 @@ tells where the bytes really are (often object storage behind a redirect).
 The rest of the blob is read in pieces of :data:`PIECE` bytes by up to
 ``connections`` threads over keep-alive ``http.client`` connections to that
 place (``readinto`` a reused buffer: 1.2 GB/s on one loopback connection,
-where httpx tops out at 0.5-0.9 GB/s; see ``estimate.probe_download``), and
+where httpx tops out at 0.5-0.9 GB/s; see ``probes.probe_download``), and
 handed to the caller strictly in order through a reorder window of at most
 ``connections + 2`` pieces: memory stays bounded whatever the blob's size,
 and a tar stream is still consumed front to back.

@@ -1,0 +1,234 @@
+"""Measurements of this machine and its link, for the pull-time model
+(:mod:`modelimage.estimate`): the download speed from a registry, the disk's
+write speed and sync latency, the page cache, the free cores.
+
+Every function here does I/O and takes time (a fraction of a second to a
+few seconds); :mod:`modelimage.estimate` stays pure and takes their results
+as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError, ModelImageError
+
+if TYPE_CHECKING:  # httpx is only needed by probe_download
+    import httpx
+
+MiB = 2**20
+
+
+def probe_disk(directory: str | os.PathLike, size: int = 256 * MiB, *, chunk: int = 8 * MiB) -> float:
+    """Write speed of the disk under ``directory``, in bytes/s: ``size``
+    bytes written and fsync'ed to a temporary file, which is then removed.
+    Not pure: this is the probe. On a VM whose disk the host caches, the
+    answer can jump between runs (240-1570 MB/s within minutes on the
+    project's machines, docs/benchmarks.md)."""
+    if size < 1 or chunk < 1:
+        raise ConfigError("probe_disk needs a positive size")
+    data = os.urandom(chunk)  # incompressible, in case the filesystem compresses
+    try:
+        fd, name = tempfile.mkstemp(prefix=".modelimage-disk-probe-", dir=Path(directory))
+    except OSError as e:
+        raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
+    try:
+        t = time.perf_counter()
+        left = size
+        while left > 0:
+            left -= os.write(fd, memoryview(data)[: min(left, chunk)])
+        os.fsync(fd)
+        elapsed = time.perf_counter() - t
+    except OSError as e:
+        raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return size / max(elapsed, 1e-9)
+
+
+def probe_download(url: str, *, client: httpx.Client | None = None, connections: int = 4,
+                   max_bytes: int = 512 * MiB) -> float:
+    """Bytes/s of ``connections`` parallel ranged GETs of one blob URL (e.g.
+    ``http://HOST/v2/REPO/blobs/sha256:...``), reading at most ``max_bytes``
+    of it in equal ranges. Not pure: this is the probe.
+
+    ``client`` (httpx, default a fresh one) makes the first ranged request,
+    so registry auth (pass a client that carries it) and redirects to blob
+    storage work as they do for a puller. The bulk ranges are then read with
+    ``http.client`` from the URL and credentials that request ended with:
+    httpx's pure-Python reads top out at 0.5-0.9 GB/s here, below loopback
+    (http.client ``readinto``: 1.2 GB/s on one connection, 1.45 GB/s on
+    four; 2026-11-25). A server that ignores ``Range`` still gives a fair
+    number: each connection reads its share of bytes from the start.
+    """
+    import http.client
+    import ssl
+
+    import httpx
+
+    if connections < 1 or max_bytes < 1:
+        raise ConfigError("probe_download needs at least one connection and one byte")
+    own = client is None
+    c = client or httpx.Client(timeout=httpx.Timeout(60.0), follow_redirects=True)
+    try:
+        first = c.get(url, headers={"Range": "bytes=0-0"})
+        first.raise_for_status()
+        total = _content_range_total(first.headers.get("content-range")) or len(first.content) or max_bytes
+        final = first.url
+        carry = {k: v for k, v in first.request.headers.items() if k.lower() in ("authorization", "cookie")}
+    except httpx.HTTPError as e:
+        raise ModelImageError(f"cannot measure the download speed of {url}: {e}") from e
+    finally:
+        if own:
+            c.close()
+
+    want = min(total, max_bytes)
+    n = max(1, min(connections, want // MiB))
+    bounds = [(want * k // n, want * (k + 1) // n - 1) for k in range(n)]
+    got = [0] * n
+    errors: list[BaseException] = []
+    target = final.raw_path.decode("ascii")
+    port = final.port or (443 if final.scheme == "https" else 80)
+
+    def fetch(k: int) -> None:
+        lo, hi = bounds[k]
+        if final.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                final.host, port, timeout=60, context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(final.host, port, timeout=60)
+        try:
+            conn.request("GET", target, headers={**carry, "Range": f"bytes={lo}-{hi}"})
+            r = conn.getresponse()
+            if r.status not in (200, 206):
+                raise ModelImageError(f"cannot measure the download speed of {url}: HTTP {r.status} {r.reason}")
+            buf = memoryview(bytearray(MiB))
+            goal = hi - lo + 1
+            while got[k] < goal:
+                m = r.readinto(buf[: min(MiB, goal - got[k])])
+                if not m:
+                    break
+                got[k] += m
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=fetch, args=(k,), daemon=True) for k in range(n)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    if errors:
+        e = errors[0]
+        if isinstance(e, ModelImageError):
+            raise e
+        raise ModelImageError(f"cannot measure the download speed of {url}: {e}") from e
+    return sum(got) / max(elapsed, 1e-9)
+
+
+def _content_range_total(value: str | None) -> int | None:
+    """``bytes 0-0/1234`` -> 1234."""
+    m = re.match(r"^\s*bytes\s+\S+/([0-9]+)\s*$", value or "")
+    return int(m.group(1)) if m else None
+
+
+def probe_sync_latency(directory: str | os.PathLike, count: int = 15) -> float:
+    """Seconds one ``fdatasync`` of a small write takes on the disk under
+    ``directory`` (the median of ``count``): what each of an engine's
+    metadata syncs costs. ~0.2-0.4 ms on the project's VM; network disks
+    take milliseconds. Not pure: this is the probe."""
+    import statistics
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".modelimage-sync-probe-", dir=Path(directory))
+    except OSError as e:
+        raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
+    times = []
+    try:
+        block = os.urandom(4096)
+        for _ in range(max(1, count)):
+            os.write(fd, block)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t)
+    except OSError as e:
+        raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return statistics.median(times)
+
+
+# One core of the machine the engines were calibrated on (2-core AMD EPYC VM,
+# SHA-NI): CPython's hashlib sha256 of 1 MiB blocks, 2026-11-25.
+REFERENCE_CORE_SHA256_BPS = 1.55e9
+
+
+def probe_cpus(seconds: float = 1.0) -> float:
+    """Cores this process can get right now, counted in cores of the machine
+    the engines were calibrated on: sha256 rounds done by one thread per core
+    (hashlib releases the GIL) against :data:`REFERENCE_CORE_SHA256_BPS`.
+    An idle 2-core calibration VM answers ~2; with another job keeping one
+    core busy, ~1.3 (the scheduler's fair share); a machine whose cores hash
+    half as fast (no SHA extensions, a busy host stealing cycles) answers
+    half as many. Pass it as ``cpus``: the engines' CPU work per byte was
+    measured on those cores. Not pure: this is a probe, and contention
+    changes from second to second."""
+    import hashlib
+
+    n = os.cpu_count() or 1
+    block = os.urandom(MiB)
+    counts = [0] * n
+    stop = time.perf_counter() + seconds
+
+    def spin(k: int) -> None:
+        while time.perf_counter() < stop:
+            hashlib.sha256(block)
+            counts[k] += 1
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=spin, args=(k,), daemon=True) for k in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    rate = sum(counts) * MiB / max(time.perf_counter() - started, 1e-9)
+    return max(0.05, rate / REFERENCE_CORE_SHA256_BPS)
+
+
+def probe_write_cache() -> int:
+    """Bytes the page cache can take right now before writes slow to the
+    disk's pace: the kernel's background writeback threshold
+    (``vm.dirty_background_bytes``, or ``vm.dirty_background_ratio`` percent
+    of available memory) minus what is already dirty or under writeback.
+
+    Why the background threshold and not ``vm.dirty_ratio``: pulling 2 GiB
+    here (2-core VM, 24 GiB), Dirty climbed to ~2.2 GB (10 %) and stayed
+    there while the flusher threads wrote back; the extraction ran 2-3x
+    slower from then on, long before writers are throttled at 20 %
+    (/proc/meminfo sampled every 0.5 s, 2026-11-25). 0 where /proc does not
+    say (not Linux). Not pure: this is a probe.
+    """
+    try:
+        background = int(Path("/proc/sys/vm/dirty_background_bytes").read_text())
+        ratio = int(Path("/proc/sys/vm/dirty_background_ratio").read_text())
+        meminfo = Path("/proc/meminfo").read_text()
+    except (OSError, ValueError):
+        return 0
+
+    def kib(field: str) -> int:
+        m = re.search(rf"^{field}:\s+([0-9]+) kB", meminfo, re.M)
+        return int(m.group(1)) * 1024 if m else 0
+
+    threshold = background or kib("MemAvailable") * ratio // 100
+    return max(0, threshold - kib("Dirty") - kib("Writeback"))
