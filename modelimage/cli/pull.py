@@ -1,5 +1,5 @@
-"""``modelimage pull`` and ``modelimage verify``: parse, call
-:mod:`modelimage.pull`, print (JSON on stdout, summary and progress on stderr)."""
+"""``pull`` and ``verify``: parse, call :mod:`modelimage.pull`, print (JSON
+on stdout, summary and progress on stderr)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from .cli import _progress, cli
-from .pull import DEFAULT_CONCURRENCY, VerifyFailed, prepare_pull, verify
-from .registry.fetch import DEFAULT_CONNECTIONS
-from .units import format_seconds, format_size
+from ..pull import DEFAULT_CONCURRENCY, VerifyFailed, prepare_pull, verify
+from ..registry.fetch import DEFAULT_CONNECTIONS
+from ..units import format_seconds, format_size
+from ._output import progress
 
 
 def _pull_options(f: Any) -> Any:
@@ -32,7 +32,7 @@ def _pull_options(f: Any) -> Any:
     return f
 
 
-@cli.command()
+@click.command()
 @click.argument("source", metavar="REF|oci:DIR[:TAG]")
 @click.argument("dest", type=click.Path(file_okay=False))
 @_pull_options
@@ -54,8 +54,8 @@ def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, pla
     """
     job = prepare_pull(source, dest, path=path, include=include, platform=platform, concurrency=concurrency,
                        connections=connections, insecure=frozenset(insecure_registry))
-    with _progress(job.total_bytes, f"pulling {source}") as progress:
-        result = job.run(progress)
+    with progress(job.total_bytes, f"pulling {source}") as advance:
+        result = job.run(advance)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     rate = result.bytes_fetched / result.seconds if result.seconds > 0 else 0.0
@@ -69,7 +69,7 @@ def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, pla
         click.echo(json.dumps(result.to_json(), indent=2))
 
 
-@cli.command("verify")
+@click.command("verify")
 @click.argument("source", metavar="REF|oci:DIR[:TAG]")
 @click.argument("dest", type=click.Path(file_okay=False))
 @_pull_options

@@ -1,0 +1,70 @@
+"""The ``modelimage`` command: parse options, call the library, print.
+
+One module per command group (:mod:`.model` inspect/plan/example-model,
+:mod:`.build` build/push, :mod:`.registry` login/limits, :mod:`.pull`
+pull/verify, :mod:`.estimate`, :mod:`.render`); shared options in
+:mod:`._options`, printing and progress in :mod:`._output`.
+
+Results (digests, JSON) go to stdout so scripts compose; progress and
+messages go to stderr. Every :class:`ModelImageError` becomes one line and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import httpx
+
+from .. import __version__
+from ..errors import ModelImageError
+from . import build, estimate, model, pull, registry, render
+from ._output import err
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="modelimage")
+def cli() -> None:
+    """Pack model weights into deterministic, size-bounded OCI images.
+
+    \b
+    modelimage inspect ./llama            what is this model?
+    modelimage plan ./llama --max-layer-size 2GB
+    modelimage build ./llama -o oci:out/llama:latest
+    modelimage build llama-8b-q4          a [models.llama-8b-q4] entry of ./modelimage.toml
+    """
+
+
+for _command in (model.inspect, model.plan, model.example_model, build.build, build.push, registry.login,
+                 registry.limits_command, pull.pull, pull.verify_command, estimate.estimate,
+                 render.render_command):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="modelimage", standalone_mode=False)
+    except ModelImageError as e:
+        err(f"error: {e}")
+        return e.exit_code
+    except httpx.TransportError as e:  # a network failure outside the retried paths (login, estimate...)
+        from ..registry.client import network_message
+
+        host = e.request.url.host if getattr(e, "_request", None) is not None else "registry"
+        err(f"error: {network_message(host, e)}")
+        return 1
+    except click.exceptions.Abort:
+        err("aborted")
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        err("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Options shared by several commands, and the click callbacks that parse
+sizes and rates with the library's parsers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import ModelImageError
+from ..job import Options
+from ..registry.push import DEFAULT_CONCURRENCY
+from ..tarstream import COMPRESSIONS
+from ..units import parse_size
+
+
+def parsed(parse: Callable[..., Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback that reads an option with one of our parsers
+    (sizes, rates), turning its error into click's usage error."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value, what=f"--{(param.name or '').replace('_', '-')}")
+        except ModelImageError as e:
+            raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
+
+    return callback
+
+
+def _parse_rate(value: str, what: str) -> float:
+    from ..units import parse_rate
+
+    return parse_rate(value, what=what)
+
+
+size_callback = parsed(parse_size)
+rate_callback = parsed(_parse_rate)
+
+
+def source_options(f: Callable) -> Callable:
+    """Options shared by every command that reads a model."""
+    for deco in reversed([
+        click.argument("source"),
+        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+                     help="modelimage.toml with [models.NAME] entries (default: ./modelimage.toml)."),
+        click.option("--include", multiple=True, metavar="GLOB",
+                     help="Only files matching GLOB (repeatable). A glob without '/' matches file names anywhere."),
+        click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out files matching GLOB (repeatable)."),
+        click.option("--name", help="Model name (default: the entry name or the folder name)."),
+    ]):
+        f = deco(f)
+    return f
+
+
+def plan_options(f: Callable) -> Callable:
+    for deco in reversed([
+        click.option("--max-layer-size", callback=size_callback, metavar="SIZE",
+                     help="Largest layer blob, e.g. 500MB, 2GiB or bytes "
+                          "(default: 10GB, which every common registry accepts)."),
+        click.option("--target", metavar="PATH", help="Where the model lands in the image (default: /models/NAME)."),
+        click.option("--compression", type=click.Choice(COMPRESSIONS),
+                     help="Layer compression (default: none; weights barely compress)."),
+    ]):
+        f = deco(f)
+    return f
+
+
+def job_options(**kw: Any) -> Options:
+    """The library's :class:`~modelimage.job.Options` from a command's keyword arguments."""
+    return Options(
+        config=kw.get("config"), name=kw.get("name"), include=tuple(kw.get("include") or ()),
+        exclude=tuple(kw.get("exclude") or ()), target=kw.get("target"),
+        max_layer_size=kw.get("max_layer_size"), platform=kw.get("platform"), compression=kw.get("compression"),
+        registry=kw.get("registry"), base=kw.get("base"), insecure=frozenset(kw.get("insecure_registry") or ()),
+    )
+
+
+def registry_options(f: Callable) -> Callable:
+    """Options of every command that talks to a registry."""
+    for deco in reversed([
+        click.option("--insecure-registry", multiple=True, metavar="HOST",
+                     help="Talk plain HTTP to HOST (loopback hosts always are; TLS is verified everywhere else)."),
+        click.option("--concurrency", type=click.IntRange(1, 32), default=DEFAULT_CONCURRENCY, show_default=True,
+                     help="Layers uploaded at once."),
+    ]):
+        f = deco(f)
+    return f

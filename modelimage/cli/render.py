@@ -1,0 +1,78 @@
+"""``render``: Dockerfiles, a GitHub workflow, a Makefile include and
+Kubernetes manifests, from templates/ (:mod:`modelimage.render`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import render as _render
+from ._options import job_options, plan_options
+from ._output import err, warn
+
+
+def _render_help() -> str:
+    kinds = "\n".join(f"  {kind:<20} {text}" for kind, text in _render.KINDS.items())
+    return (
+        "Render a file other tools read, from the model's plan.\n\n"
+        f"\b\nKIND is one of:\n{kinds}\n\n"
+        "SOURCE is a model folder, a weight file, or the name of a model in modelimage.toml "
+        "(dockerfile, dockerfile-consumer and k8s inspect and plan it; github-action passes it to the "
+        "action; makefile makes it the default MODEL). The output goes to stdout, or atomically to -o FILE.\n\n"
+        "\b\n"
+        "modelimage render dockerfile llama -o Dockerfile   then: docker build -f Dockerfile ./llama\n"
+        "modelimage render dockerfile llama --no-link       for podman 4.3 and buildah < 1.32\n"
+        "modelimage render k8s llama --image ghcr.io/acme/llama:v1 --fallback init-container\n"
+        "modelimage render makefile -o modelimage.mk"
+    )
+
+
+@click.command("render", help=_render_help(), short_help="Render a Dockerfile, workflow, Makefile or k8s manifest.")
+@click.argument("kind", type=click.Choice(list(_render.KINDS)), metavar="KIND")
+@click.argument("source", required=False, metavar="[SOURCE|NAME]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write to FILE (atomically: a temporary file renamed into place) instead of stdout.")
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+              help="modelimage.toml with [models.NAME] entries (default: ./modelimage.toml).")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only files matching GLOB (repeatable). A glob without '/' matches file names anywhere.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out files matching GLOB (repeatable).")
+@click.option("--name", help="Model name (default: the entry name or the folder name).")
+@plan_options
+@click.option("--registry", metavar="HOST", help="Plan within this registry's limits (see `modelimage limits`).")
+@click.option("--no-link", is_flag=True,
+              help="dockerfile, dockerfile-consumer: plain COPY instead of COPY --link "
+                   "(podman 4.3 and buildah before 1.32 reject --link).")
+@click.option("--image", metavar="REF",
+              help="The model image (dockerfile-consumer, k8s) or where the workflow pushes (github-action); "
+                   "default: the model's `image` in modelimage.toml.")
+@click.option("--serve-image", metavar="IMAGE", default=_render.DEFAULT_SERVE_IMAGE, show_default=True,
+              help="k8s, dockerfile-consumer: the inference server's image.")
+@click.option("--port", type=click.IntRange(1, 65535), default=_render.DEFAULT_SERVE_PORT, show_default=True,
+              help="k8s: the server's port.")
+@click.option("--gpus", type=click.IntRange(0, 64), default=1, show_default=True,
+              help="k8s: nvidia.com/gpu the server asks for (0: none).")
+@click.option("--fallback", type=click.Choice(_render.FALLBACKS),
+              help="k8s: for clusters without image volumes (before 1.33): init containers copy the model "
+                   "into an emptyDir.")
+@click.option("--copier-image", metavar="IMAGE", default=_render.DEFAULT_COPIER_IMAGE, show_default=True,
+              help="k8s --fallback init-container: an image with a statically linked /bin/busybox, copied in "
+                   "to run the copy inside the FROM-scratch model image.")
+@click.option("--action", metavar="OWNER/REPO@REF", default=_render.DEFAULT_ACTION, show_default=True,
+              help="github-action: modelimage's action.")
+def render_command(kind: str, source: str | None, output: Path | None, no_link: bool, image: str | None,
+                   serve_image: str, port: int, gpus: int, fallback: str | None, copier_image: str, action: str,
+                   **kw: Any) -> None:
+    settings = _render.RenderSettings(link=not no_link, image=image, serve_image=serve_image, port=port,
+                                      gpus=gpus, fallback=fallback, copier_image=copier_image, action=action)
+    if source is None and kind != "makefile":
+        raise click.UsageError(f"render {kind} needs a SOURCE or NAME")
+    rendered = _render.render_model(kind, source, job_options(**kw), settings)
+    warn(list(rendered.warnings))
+    if output is None:
+        click.echo(rendered.text, nl=False)
+    else:
+        _render.write_atomic(output, rendered.text)
+        err(f"wrote {output}")
