@@ -48,3 +48,20 @@ class OutputError(ModelImageError):
 
 class AuthError(ModelImageError):
     """Credentials missing, wrong or refused; the message never contains the secret."""
+
+
+class PullError(ModelImageError):
+    """A pull that cannot go on: a blob that does not match its digest, a
+    destination that cannot be written, a source that is not an image."""
+
+
+class VerifyFailed(ModelImageError):
+    """``verify`` found missing, extra or changed files."""
+
+
+class UnsafeLayer(ModelImageError):
+    """A layer that would write outside the destination, or something unsafe."""
+
+
+class BadLayer(ModelImageError):
+    """A layer that is not what it says it is (not a tar, truncated, ...)."""

@@ -7,15 +7,19 @@ CI installs them (make test), so a missing tool there is a broken setup.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 
 from modelimage import synth
+from modelimage.cli import main
 
 from .tools import CONTAINERS_CONF, IN_CI, SMALL, need, start_daemon, stop_daemon
 
@@ -154,6 +158,53 @@ def s3_server(tmp_path_factory):
     yield server
     restore_env(old)
     server.stop()
+
+
+# ---------------------------------------------------------------- pull tests (tests/test_pull_*.py)
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Ranged GETs of 64 KiB, so small test blobs still go over several connections."""
+    from modelimage.registry import fetch
+
+    monkeypatch.setattr(fetch, "PIECE", 64 << 10)
+
+
+@pytest.fixture(scope="session")
+def pushed_llama(registry, llama_dir, tmp_path_factory):
+    """The llama model pushed by modelimage, its weights resharded to fit
+    900 kB layers: (reference, {path under DEST: sha256}, total blob bytes)."""
+    os.environ.setdefault("MODELIMAGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    ref = f"{registry.host}/pull/llama:v1"
+    out = io.StringIO()
+
+    with redirect_stdout(out):
+        assert main(["build", str(llama_dir), "--push", ref, "--max-layer-size", "900KB", "--json"]) == 0
+    pushed = json.loads(out.getvalue())
+    files = {f["path"].removeprefix("/models/llama/"): f["sha256"]
+             for layer in pushed["layers"] for f in layer["files"]}
+    return ref, files, sum(layer["size"] for layer in pushed["layers"])
+
+
+@pytest.fixture
+def pushed_big_file(registry, tmp_path, monkeypatch):
+    """A modelimage image whose weights layer holds one 3 MiB file, next to
+    a layer of small files: (reference, {name: bytes}, total blob bytes)."""
+    monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    files = {"weights.bin": os.urandom(3 << 20), "config.json": b'{"model_type": "test"}',
+             "tokenizer.json": b'{"version": "1.0"}' * 100}
+    for name, data in files.items():
+        (model / name).write_bytes(data)
+    ref = f"{registry.host}/pull/bigfile:v1"
+    out = io.StringIO()
+
+    with redirect_stdout(out):
+        assert main(["build", str(model), "--push", ref, "--json"]) == 0
+    total = sum(layer["size"] for layer in json.loads(out.getvalue())["layers"])
+    return ref, files, total
 
 
 @pytest.hookimpl(hookwrapper=True)

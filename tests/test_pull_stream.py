@@ -1,4 +1,4 @@
-"""modelimage.unpack: the stream journal that lets a cut tar layer be taken up again."""
+"""modelimage.pull.stream: the stream journal that lets a cut tar layer be taken up again."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import io
 import os
 import tarfile
 
-from modelimage.unpack import Journal, LayerWriter, Selection, Stream
+from modelimage.pull.extract import LayerWriter
+from modelimage.pull.layers import Selection
+from modelimage.pull.stream import Journal, Stream
 
 
 def _tar(files: dict[str, bytes]) -> bytes:

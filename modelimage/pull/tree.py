@@ -1,0 +1,178 @@
+"""What an image puts in DEST, and whether DEST still holds it.
+
+:class:`TreeModel` applies layers to an in-memory tree instead of a disk
+(regular files with their sha256, symlinks with their targets, whiteouts
+applied as the OCI image spec says); :func:`verify` compares DEST with it,
+re-hashing every file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PullError
+from ..image import open_image
+from ..registry.auth import Credentials
+from ..registry.fetch import FetchStats
+from .extract import OPAQUE, RESERVED, WHITEOUT
+from .layers import Layer, Selection, classify, glob_match, normalize, subtree
+from .result import VerifyResult
+from .state import hash_file
+from .stream import Stream, decompressed, members
+
+
+@dataclass(frozen=True)
+class Node:
+    kind: str  # "file" | "symlink"
+    size: int = 0
+    sha256: str | None = None
+    link: str | None = None
+
+
+@dataclass
+class TreeModel:
+    """What a sequence of layers leaves in the destination, computed without
+    writing: regular files with their sha256, symlinks with their targets."""
+
+    selection: Selection
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    def apply(self, stream: Stream, label: str) -> None:
+        touched: set[str] = set()
+        for m in members(stream, label):
+            name = normalize(m.name, label)
+            if not name:
+                continue
+            base, parent = posixpath.basename(name), posixpath.dirname(name)
+            if base.startswith(WHITEOUT):
+                if base == OPAQUE:
+                    rel = self.selection.covering(parent)
+                    if rel is not None:
+                        self._drop(rel, keep=touched)
+                elif not base.startswith(WHITEOUT + WHITEOUT):
+                    rel = self.selection.covering(posixpath.join(parent, base[len(WHITEOUT):]))
+                    if rel is not None:
+                        self._drop(rel, keep=touched, itself=True)
+                continue
+            rel = self.selection.relative(name)
+            if not rel or m.isdir() or not self.selection.wants(rel):
+                continue
+            if m.isreg():
+                h = hashlib.sha256()
+                stream.seek(m.offset_data)
+                stream.copy_to(m.size, None, h)
+                self.nodes[rel] = Node("file", m.size, "sha256:" + h.hexdigest())
+            elif m.issym():
+                self.nodes[rel] = Node("symlink", link=m.linkname)
+            elif m.islnk():
+                target = self.selection.relative(normalize(m.linkname, label))
+                if target and target in self.nodes:
+                    self.nodes[rel] = self.nodes[target]
+            touched.add(rel)
+
+    def add(self, rel: str, node: Node) -> None:
+        self.nodes[rel] = node
+
+    def _drop(self, rel: str, *, keep: set[str], itself: bool = False) -> None:
+        for key in list(self.nodes):
+            if key in keep:
+                continue
+            inside = not rel or key.startswith(rel + "/")
+            if inside or (itself and key == rel):
+                del self.nodes[key]
+
+
+def dest_files(dest: Path) -> dict[str, os.stat_result]:
+    """Files and symlinks under ``dest`` (relative POSIX paths), without the
+    puller's own folder."""
+    out: dict[str, os.stat_result] = {}
+    for root, dirs, files in os.walk(dest):
+        rel_root = os.path.relpath(root, dest)
+        if rel_root == ".":
+            dirs[:] = [d for d in dirs if d != RESERVED]
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            rel = name if rel_root == "." else f"{rel_root}/{name}".replace(os.sep, "/")
+            out[rel] = os.lstat(os.path.join(root, name))
+    return out
+
+
+def verify(source: str, dest: str | os.PathLike, *, include: Sequence[str] = (), path: str | None = None,
+           platform: str | None = None, connections: int | None = None,
+           insecure: frozenset[str] | set[str] = frozenset(), credentials: Credentials | None = None,
+           workers: int = 4) -> VerifyResult:
+    """Compare ``dest`` with what pulling ``source`` would put there: every
+    file re-hashed. Layers that list their files (and raw file layers) are
+    compared by their lists; others are streamed (their digest checked) and
+    each regular file hashed on the way."""
+    stats = FetchStats()
+    image = open_image(source, platform=platform, insecure=frozenset(insecure), credentials=credentials,
+                       connections=connections, stats=stats)
+    try:
+        ours = image.target is not None
+        selection = Selection(subtree(path, image), tuple(include))
+        model = TreeModel(selection)
+        for layer in classify(image):
+            d = layer.desc
+            if layer.kind == "other" or (not layer.known and ours and path is None):
+                continue
+            if layer.known:
+                for f in layer.listed or ():
+                    rel = selection.relative(f.name)
+                    if rel and selection.wants(rel):
+                        model.add(rel, Node("file", f.size, f.sha256))
+                continue
+            h, seen = hashlib.sha256(), 0
+
+            def counted(layer: Layer = layer, h: Any = h) -> Iterator[memoryview]:
+                nonlocal seen
+                for view in image.read(layer.desc, 0):
+                    h.update(view)
+                    seen += len(view)
+                    yield view
+
+            chunks = counted()
+            stream = Stream(decompressed(chunks, d.media_type))
+            model.apply(stream, layer.label)
+            stream.drain()
+            for _ in chunks:
+                pass
+            if "sha256:" + h.hexdigest() != d.digest or seen != d.size:
+                raise PullError(f"{layer.label}: the blob does not match its digest")
+    finally:
+        image.close()
+
+    root = os.path.realpath(dest)
+    if not os.path.isdir(root):
+        raise PullError(f"{dest}: no such folder")
+    on_disk = {rel: st for rel, st in dest_files(Path(root)).items()
+               if not include or any(glob_match(rel, p) for p in include)}
+    missing, changed = [], []
+
+    def check(item: tuple[str, Node]) -> str | None:
+        rel, node = item
+        st = on_disk.get(rel)
+        if st is None:
+            return "missing"
+        full = os.path.join(root, rel)
+        if node.kind == "symlink":
+            return None if os.path.islink(full) and os.readlink(full) == node.link else "changed"
+        if os.path.islink(full) or not os.path.isfile(full) or st.st_size != node.size:
+            return "changed"
+        return None if hash_file(full) == node.sha256 else "changed"
+
+    items = sorted(model.nodes.items())
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for (rel, _), verdict in zip(items, pool.map(check, items)):
+            if verdict == "missing":
+                missing.append(rel)
+            elif verdict == "changed":
+                changed.append(rel)
+    extra = sorted(set(on_disk) - set(model.nodes))
+    return VerifyResult(source, image.digest, str(dest), len(items), tuple(missing), tuple(extra), tuple(changed))
