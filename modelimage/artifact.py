@@ -57,7 +57,7 @@ from functools import partial
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from .build import BuildResult, BuiltLayer, ImageSettings, Sink, rfc3339, store_layer, write_layers_then_manifest
+from .build import BuildResult, BuiltLayer, ImageSettings, rfc3339
 from .cache import DigestCache
 from .content import VirtualFile
 from .errors import ConfigError, LayerTooLarge, PlanError
@@ -72,6 +72,7 @@ from .oci import (
     canonical_json,
 )
 from .plan import OWN_LAYER_MIN, Plan
+from .sink import Sink, store_layer, write_layers_then_manifest
 from .tarstream import FILE_MODE, Entry, LayerStream
 from .units import format_size
 

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import SourceError
-from .oci import ANNOTATION_PREFIX, MEDIA_TYPE_INDEX, Descriptor
+from .oci import ANNOTATION_PREFIX, INDEX_MEDIA_TYPES, Descriptor, Platform, select_platform
 from .registry.auth import Credentials
 from .registry.fetch import DEFAULT_CONNECTIONS, DEFAULT_RETRIES, BlobReader, FetchStats
 
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 ANNOTATION_TARGET = ANNOTATION_PREFIX + "target"
 READ_CHUNK = 4 << 20
 
@@ -48,9 +47,10 @@ class Image:
         return value if isinstance(value, str) and value.strip("/") else None
 
     @property
-    def platform(self) -> str:
+    def platform(self) -> Platform:
+        """The platform its config names (``linux/amd64`` when it names none)."""
         c = self.config
-        return "/".join(p for p in (c.get("os", "linux"), c.get("architecture", "amd64"), c.get("variant")) if p)
+        return Platform(str(c.get("os") or "linux"), str(c.get("architecture") or "amd64"), c.get("variant") or None)
 
     def fetch(self, desc: Descriptor) -> Iterator[bytes]:
         """A whole blob, verified against its digest as it streams."""
@@ -64,27 +64,31 @@ class Image:
 
 
 def is_index(manifest: dict[str, Any], media_type: str = "") -> bool:
-    return media_type in (MEDIA_TYPE_INDEX, DOCKER_LIST) or manifest.get("mediaType") in (
-        MEDIA_TYPE_INDEX, DOCKER_LIST) or "manifests" in manifest
+    """Whether a manifest (parsed, with the media type it was served or
+    listed with) is an image index / Docker manifest list."""
+    return media_type in INDEX_MEDIA_TYPES or manifest.get("mediaType") in INDEX_MEDIA_TYPES or (
+        "manifests" in manifest and "layers" not in manifest)
 
 
-def choose_platform(index: dict[str, Any], platform: str | None, name: str) -> dict[str, Any]:
-    """The index entry for ``platform`` (default: this machine's; an index
-    with a single entry answers that entry)."""
-    from .build import host_platform
+def choose_platform(index: dict[str, Any], platform: str | Platform | None, name: str) -> dict[str, Any]:
+    """The entry of ``index`` (a parsed image index) for ``platform``.
 
-    wanted = platform or host_platform()
-    os_, arch, *variant = wanted.split("/")
-    entries = index.get("manifests", [])
-    for m in entries:
-        p = m.get("platform") or {}
-        if p.get("os") == os_ and p.get("architecture") == arch and (not variant or p.get("variant") == variant[0]):
-            return m
-    if platform is None and len(entries) == 1:
+    A platform asked for is matched exactly after normalisation
+    (``linux/arm64`` is ``linux/arm64/v8``). Without one, this machine's
+    (:meth:`Platform.host`) is matched with the platforms it also runs
+    (containerd's ``platforms.Only``: ``arm64`` runs ``arm/v8``...), and an
+    index with a single entry answers that entry. Raises
+    :class:`SourceError` naming the platforms the index has."""
+    want = Platform.parse(platform) if isinstance(platform, str) else platform
+    entries = [m for m in index.get("manifests") or [] if isinstance(m, dict) and "digest" in m]
+    found = [Platform.from_json(m["platform"]) if isinstance(m.get("platform"), dict) else None for m in entries]
+    i = select_platform(found, want or Platform.host(), compatible=want is None)
+    if i is not None:
+        return entries[i]
+    if want is None and len(entries) == 1:
         return entries[0]
-    have = ", ".join("/".join(filter(None, (p.get("os"), p.get("architecture"), p.get("variant"))))
-                     for p in (m.get("platform") or {} for m in entries))
-    raise SourceError(f"{name}: no {wanted} image in the index (it has: {have or 'none'})")
+    have = ", ".join(str(p) if p else "no platform" for p in found)
+    raise SourceError(f"{name}: no {want or Platform.host()} image in the index (it has: {have or 'none'})")
 
 
 def json_blob(data: bytes, digest: str, what: str) -> dict[str, Any]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .base import BaseImage, load_base
-from .build import DEFAULT_PLATFORM, ImageSettings, manifest_size, parse_platform, source_date_epoch
+from .build import DEFAULT_PLATFORM, ImageSettings, manifest_size, source_date_epoch
 from .config import Config, ModelEntry, load_config, resolve
 from .errors import ConfigError
+from .image import Image
 from .inspect import ModelInfo, inspect_model
 from .limits import DEFAULT, LayerFacts, RegistryLimits, check, limits_for
+from .mutate import load_base
+from .oci import Platform
 from .plan import DEFAULT_MAX_LAYER_SIZE, Plan, PlanSettings, make_plan, normalize_target
 from .sources import OpenedSource, open_source
 from .tarstream import COMPRESSIONS
@@ -50,7 +52,7 @@ class Job:
     config: Config
     registry: str | None = None
     limits: RegistryLimits = DEFAULT
-    base: BaseImage | None = None
+    base: Image | None = None  # the base image (--base), read: manifest and config
     source: OpenedSource | None = None  # where the files came from (hf:// commit, s3:// prefix)
 
     def plan(self) -> Plan:
@@ -91,10 +93,10 @@ def prepare(arg: str, options: Options = Options()) -> Job:
     normalize_target(target)
     epoch = source_date_epoch()
     platform = options.platform or entry.platform or DEFAULT_PLATFORM
-    parse_platform(platform)
+    Platform.parse(platform)
     base = load_base(options.base, platform, insecure=options.insecure) if options.base else None
     if base is not None:
-        platform = base.platform
+        platform = str(base.platform)
     limits = limits_for(options.registry, config.registries) if options.registry else DEFAULT
     explicit = options.max_layer_size or entry.max_layer_size
     default = min(DEFAULT_MAX_LAYER_SIZE, limits.max_layer_size or DEFAULT_MAX_LAYER_SIZE)

@@ -23,14 +23,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from .errors import ConfigError, OutputError
 from .oci import ANNOTATION_REF_NAME, LAYOUT_VERSION, Descriptor, Index
+from .sink import BlobSource
 from .tarstream import Digester, LayerResult, LayerStream, blob_chunks, write_layer_fd
-
-if TYPE_CHECKING:
-    from .base import BaseImage
 
 DEFAULT_TAG = "latest"
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
@@ -107,10 +105,11 @@ def _stream_into(w: "_BlobFile | _ArchiveBlob", stream: LayerStream, compression
     return result
 
 
-def _copy_into(w: "_BlobFile | _ArchiveBlob", desc: Descriptor, base: "BaseImage") -> str:
-    """A base image's blob, streamed from where the base lives (verified)."""
+def _copy_into(w: "_BlobFile | _ArchiveBlob", desc: Descriptor, source: BlobSource) -> str:
+    """A blob of another image (a base's layer), streamed from where that
+    image lives and verified on the way (``source.fetch``)."""
     try:
-        for chunk in base.fetch(desc):
+        for chunk in source.fetch(desc):
             w.write(chunk)
     except BaseException:
         w.abort()
@@ -144,8 +143,8 @@ class LayoutSink:
                   progress: Callable[[int], None] | None) -> tuple[LayerResult, str]:
         return _stream_into(_BlobFile(self.blobs), stream, compression, progress), "written"
 
-    def put_existing(self, desc: Descriptor, base: "BaseImage") -> str:
-        return _copy_into(_BlobFile(self.blobs), desc, base)
+    def put_existing(self, desc: Descriptor, source: BlobSource) -> str:
+        return _copy_into(_BlobFile(self.blobs), desc, source)
 
     def put_blob(self, data: bytes, digest: str) -> None:
         if not self.has_blob(digest):
@@ -255,8 +254,8 @@ class ArchiveSink:
                   progress: Callable[[int], None] | None) -> tuple[LayerResult, str]:
         return _stream_into(_ArchiveBlob(self), stream, compression, progress), "written"
 
-    def put_existing(self, desc: Descriptor, base: "BaseImage") -> str:
-        return _copy_into(_ArchiveBlob(self), desc, base)
+    def put_existing(self, desc: Descriptor, source: BlobSource) -> str:
+        return _copy_into(_ArchiveBlob(self), desc, source)
 
     def put_blob(self, data: bytes, digest: str) -> None:
         if digest not in self.written:

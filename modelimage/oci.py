@@ -1,4 +1,5 @@
-"""OCI image-spec data: media types, descriptors, manifests, configs, indexes.
+"""OCI image-spec data: media types, descriptors, manifests, configs,
+indexes, platforms.
 
 Frozen dataclasses with one canonical JSON encoding each, so the same image
 always serializes to the same bytes and therefore the same digest. No I/O.
@@ -8,8 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform as _platform
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import ConfigError
 
 # https://github.com/opencontainers/image-spec/blob/main/media-types.md
 MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -18,7 +23,30 @@ MEDIA_TYPE_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_TYPE_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_TYPE_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_TYPE_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"
 LAYOUT_VERSION = "1.0.0"
+# Docker's image manifest v2 schema 2 and manifest list
+# (distribution/distribution docs/spec/manifest-v2-2.md), which registries,
+# podman (--format v2s2) and skopeo still write
+MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_TYPE_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_TYPE_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MEDIA_TYPE_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+MEDIA_TYPE_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+MEDIA_TYPE_DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+INDEX_MEDIA_TYPES = (MEDIA_TYPE_INDEX, MEDIA_TYPE_DOCKER_LIST)
+MANIFEST_MEDIA_TYPES = (MEDIA_TYPE_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST)
+# The same bytes under their OCI names (image-spec media-types.md,
+# "Compatibility Matrix"): what a Docker layer is called in an OCI manifest.
+DOCKER_TO_OCI = {
+    MEDIA_TYPE_DOCKER_LAYER: MEDIA_TYPE_LAYER_TAR,
+    MEDIA_TYPE_DOCKER_LAYER_GZIP: MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_DOCKER_LAYER_FOREIGN: MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_GZIP,
+    MEDIA_TYPE_DOCKER_CONFIG: MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_DOCKER_MANIFEST: MEDIA_TYPE_MANIFEST,
+    MEDIA_TYPE_DOCKER_LIST: MEDIA_TYPE_INDEX,
+}
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_TITLE = "org.opencontainers.image.title"
@@ -34,8 +62,143 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
 
+def _set_only(d: dict[str, Any], **optional: Any) -> dict[str, Any]:
+    """``d`` and those ``optional`` fields that are set: the spec's JSON
+    omits empty optional fields (``omitempty``)."""
+    d.update((k, v) for k, v in optional.items() if v)
+    return d
+
+
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+_PLATFORM_RE = re.compile(r"^([A-Za-z0-9_.-]+)(?:\(([^()]*)\))?/([A-Za-z0-9_.-]+)(?:/([A-Za-z0-9_.-]+))?$")
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where an image runs: ``os``, ``architecture``, ``variant`` (the
+    image spec's ``platform`` object and config fields; ``os.version`` and
+    ``os.features`` kept as read).
+
+    Written ``OS/ARCH[/VARIANT]`` (``linux/arm64/v8``), optionally with an
+    OS version ``windows(10.0.17763)/amd64`` as containerd writes it.
+    Values are compared after :meth:`normalized` (containerd
+    ``platforms.Normalize``): ``aarch64`` is ``arm64`` and its ``v8``
+    variant the default one, ``x86_64`` is ``amd64``, ``armhf`` is
+    ``arm/v7``.
+    """
+
+    os: str
+    architecture: str
+    variant: str | None = None
+    os_version: str | None = None
+    os_features: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        os_ = f"{self.os}({self.os_version})" if self.os_version else self.os
+        return "/".join(p for p in (os_, self.architecture, self.variant) if p)
+
+    @classmethod
+    def parse(cls, text: str) -> "Platform":
+        """``OS/ARCH[/VARIANT]`` as written; raises :class:`ConfigError`."""
+        m = _PLATFORM_RE.match(text.strip())
+        if not m:
+            raise ConfigError(f"platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8")
+        os_, version, arch, variant = m.groups()
+        return cls(os_, arch, variant or None, version or None)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Platform":
+        """The spec's ``platform`` object (or an image config's fields)."""
+        features = d.get("os.features") or ()
+        return cls(str(d.get("os") or ""), str(d.get("architecture") or ""), d.get("variant") or None,
+                   d.get("os.version") or None, tuple(str(f) for f in features if isinstance(f, str)))
+
+    def to_json(self) -> dict[str, Any]:
+        return _set_only({"architecture": self.architecture, "os": self.os}, variant=self.variant,
+                         **{"os.version": self.os_version, "os.features": list(self.os_features)})
+
+    @classmethod
+    def host(cls) -> "Platform":
+        """This machine's platform for containers: ``linux`` (images run in a
+        Linux VM on macOS and Windows too) and the CPU architecture in Go's
+        names (``x86_64`` -> ``amd64``, ``aarch64`` -> ``arm64``,
+        ``armv7l`` -> ``arm/v7``, ``i686`` -> ``386``)."""
+        machine = _platform.machine().lower()
+        if m := re.match(r"^armv(\d)", machine):
+            return cls("linux", "arm", f"v{m.group(1)}")
+        if re.fullmatch(r"i[3-6]86", machine):
+            return cls("linux", "386")
+        return cls("linux", machine or "amd64").normalized()
+
+    def normalized(self) -> "Platform":
+        """containerd's normalisation (``platforms/database.go``
+        ``normalizeArch``): lower case, Go architecture names, default
+        variants dropped (``arm64/v8`` -> ``arm64``, ``amd64/v1`` ->
+        ``amd64``), ``arm`` without a variant is ``arm/v7``."""
+        os_ = self.os.lower()
+        os_ = "darwin" if os_ == "macos" else os_
+        arch, variant = self.architecture.lower(), (self.variant or "").lower()
+        if arch == "i386":
+            arch, variant = "386", ""
+        elif arch in ("x86_64", "x86-64", "amd64"):
+            arch, variant = "amd64", "" if variant == "v1" else variant
+        elif arch in ("aarch64", "arm64"):
+            arch = "arm64"
+            variant = {"8": "", "v8": "", "v8.0": "", "9": "v9", "9.0": "v9", "v9.0": "v9"}.get(variant, variant)
+        elif arch == "armhf":
+            arch, variant = "arm", "v7"
+        elif arch == "armel":
+            arch, variant = "arm", "v6"
+        elif arch == "arm":
+            variant = {"": "v7", "7": "v7", "5": "v5", "6": "v6", "8": "v8"}.get(variant, variant)
+        return Platform(os_, arch, variant or None, self.os_version, self.os_features)
+
+    def satisfies(self, spec: "Platform") -> bool:
+        """Whether an image of this platform is what ``spec`` asks for: equal
+        OS, architecture and variant after normalisation (containerd
+        ``platforms.OnlyStrict``), and ``spec``'s OS version and features
+        where it names them (go-containerregistry ``Platform.Satisfies``)."""
+        have, want = self.normalized(), spec.normalized()
+        return (have.os == want.os and have.architecture == want.architecture and have.variant == want.variant
+                and (not want.os_version or have.os_version == want.os_version)
+                and set(want.os_features) <= set(have.os_features))
+
+    def fallbacks(self) -> tuple["Platform", ...]:
+        """The platforms a machine of this one also runs, best first
+        (containerd ``platforms.Only``): itself, then ``arm64`` -> ``arm/v8``
+        ... ``arm/v5``, ``arm/vN`` -> the older ``arm`` variants, ``amd64/vN``
+        -> the older ``amd64`` levels, then ``386``."""
+        p = self.normalized()
+        level = int(p.variant[1:]) if p.variant and re.fullmatch(r"v\d+", p.variant) else None
+
+        def same_os(arch: str, n: int) -> Platform:
+            variant = None if (arch, n) in (("amd64", 1), ("386", 0)) else f"v{n}"
+            return Platform(p.os, arch, variant, p.os_version)
+
+        out = [p]
+        if p.architecture == "amd64":
+            out += [same_os("amd64", n) for n in range((level or 1) - 1, 0, -1)] + [same_os("386", 0)]
+        elif p.architecture == "arm" and level:
+            out += [same_os("arm", n) for n in range(level - 1, 4, -1)]
+        elif p.architecture == "arm64" and p.variant is None:
+            out += [same_os("arm", n) for n in range(8, 4, -1)]
+        return tuple(out)
+
+
+def select_platform(candidates: list[Platform | None], want: Platform, *, compatible: bool = True) -> int | None:
+    """The position of the candidate best matching ``want``: an exact match
+    (after normalisation) first, then, with ``compatible``, the platforms
+    ``want`` also runs (:meth:`Platform.fallbacks`), in that order. None
+    when nothing matches."""
+    order = want.fallbacks() if compatible else (want.normalized(),)
+    for spec in order:
+        for i, c in enumerate(candidates):
+            if c is not None and c.satisfies(spec):
+                return i
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,22 +207,22 @@ class Descriptor:
     digest: str
     size: int
     annotations: dict[str, str] = field(default_factory=dict)
-    platform: dict[str, str] | None = None
+    platform: Platform | None = None
     artifact_type: str | None = None
+    urls: tuple[str, ...] = ()  # where a non-distributable (foreign) layer is fetched from
 
     @property
     def hex(self) -> str:
         return self.digest.split(":", 1)[1]
 
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_MEDIA_TYPES
+
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
-        if self.annotations:
-            d["annotations"] = dict(self.annotations)
-        if self.platform:
-            d["platform"] = dict(self.platform)
-        if self.artifact_type:
-            d["artifactType"] = self.artifact_type
-        return d
+        return _set_only({"mediaType": self.media_type, "digest": self.digest, "size": self.size},
+                         annotations=dict(self.annotations), platform=self.platform and self.platform.to_json(),
+                         artifactType=self.artifact_type, urls=list(self.urls))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Descriptor":
@@ -68,8 +231,9 @@ class Descriptor:
             digest=d["digest"],
             size=int(d["size"]),
             annotations=dict(d.get("annotations") or {}),
-            platform=d.get("platform"),
+            platform=Platform.from_json(d["platform"]) if isinstance(d.get("platform"), dict) else None,
             artifact_type=d.get("artifactType"),
+            urls=tuple(u for u in d.get("urls") or () if isinstance(u, str)),
         )
 
     @classmethod
@@ -93,6 +257,10 @@ class ImageConfig:
     container_config: dict[str, Any] = field(default_factory=dict)
     history: tuple[dict[str, Any], ...] = ()
     variant: str | None = None
+
+    @property
+    def platform(self) -> Platform:
+        return Platform(self.os, self.architecture, self.variant)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {

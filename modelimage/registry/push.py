@@ -30,7 +30,7 @@ from .client import RegistryClient, RegistryError, network_message, tls_failure
 from .reference import Reference
 
 if TYPE_CHECKING:
-    from ..base import BaseImage
+    from ..sink import BlobSource
 
 # Measured on loopback (docs/benchmarks.md): 3 uploads at once keep a
 # registry busy without starving the hashing on 2 cores.
@@ -386,7 +386,7 @@ class RegistrySink:
         self.cache.remember(result.digest, self.ref.host, self.ref.repository)
         return result, "uploaded"
 
-    def put_existing(self, desc: Descriptor, base: "BaseImage") -> str:
+    def put_existing(self, desc: Descriptor, base: "BlobSource") -> str:
         """A base layer: mounted from the base's repository on the same
         registry, otherwise streamed through from wherever the base lives."""
         if base.host == self.ref.host and base.repository and base.repository != self.ref.repository:

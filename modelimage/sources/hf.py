@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import SourceError
 from ..inspect import safe_name
-from . import LABEL_REVISION, LABEL_SOURCE, OCI_REVISION, OCI_SOURCE, OpenedSource
+from .opened import LABEL_REVISION, LABEL_SOURCE, OCI_REVISION, OCI_SOURCE, OpenedSource
 
 _REPO_RE = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")

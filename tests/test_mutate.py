@@ -89,3 +89,68 @@ def test_base_layers_count_toward_the_limit(base_layout, llama_dir, capsys):
     assert main(["plan", str(llama_dir), "--base", base_layout, "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["max_layers"] == PlanSettings().max_layers - len(job.base.layers)
+
+
+@pytest.fixture(scope="module")
+def docker_base(busybox_base, registry, podman_env) -> str:
+    """The busybox base pushed again by podman as a Docker schema 2 image
+    (``podman push --format v2s2``): Docker media types throughout."""
+    ref = f"{registry.host}/base/busybox-v2s2:latest"
+    image = run("podman", "pull", "-q", "--tls-verify=false", busybox_base, env=podman_env).stdout.strip()
+    try:
+        run("podman", "push", "-q", "--tls-verify=false", "--format", "v2s2", image, ref, env=podman_env)
+    finally:
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=podman_env)
+    manifest = json.loads(run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}").stdout)
+    assert manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    return ref
+
+
+def test_docker_schema2_base_gives_an_oci_manifest_throughout(docker_base, registry, llama_dir, tmp_path,
+                                                              podman_env, capsys):
+    """Issue 15 item 3: the manifest on a v2s2 base lists the base's layers
+    with their OCI media types, so skopeo converts it to docker-archive."""
+    ref = f"{registry.host}/serve/on-v2s2:v1"
+    assert main(["build", str(llama_dir), "--base", docker_base, "--push", ref]) == 0
+    capsys.readouterr()
+    manifest = json.loads(run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}").stdout)
+    base = json.loads(run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{docker_base}").stdout)
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+    assert {d["mediaType"] for d in manifest["layers"]} <= {"application/vnd.oci.image.layer.v1.tar",
+                                                           "application/vnd.oci.image.layer.v1.tar+gzip"}
+    n = len(base["layers"])
+    assert [d["digest"] for d in manifest["layers"][:n]] == [d["digest"] for d in base["layers"]]
+    archive = tmp_path / "docker.tar"
+    run("skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"docker-archive:{archive}:serve/x:v1")
+    image = run("podman", "load", "-q", "-i", str(archive), env=podman_env).stdout.strip().rsplit(" ", 1)[-1]
+    try:
+        seen = run_sha256sums(image, podman_env)
+    finally:
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=podman_env)
+    assert seen["tokenizer.json"] == sha256(llama_dir / "tokenizer.json")
+
+
+def test_base_keeps_config_fields_it_does_not_know(base_layout, llama_dir, tmp_path, capsys):
+    """go-containerregistry's mutate keeps the whole config: so does --base."""
+    from modelimage.mutate import load_base
+
+    base = load_base(base_layout, None)
+    assert main(["build", str(llama_dir), "--base", base_layout, "-o", f"oci:{tmp_path / 'o'}:v1", "--json"]) == 0
+    capsys.readouterr()
+    config = json.loads(run("skopeo", "inspect", "--config", "--raw", f"oci:{tmp_path / 'o'}:v1").stdout)
+    for key in set(base.config) - {"created", "history", "rootfs", "config"}:
+        assert config[key] == base.config[key], key
+    assert config["rootfs"]["diff_ids"][: len(base.layers)] == base.config["rootfs"]["diff_ids"]
+    assert config["history"][: len(base.config["history"])] == base.config["history"]
+
+
+def test_an_artifact_is_not_a_base(llama_dir, tmp_path, capsys):
+    art = tmp_path / "art"
+    assert main(["build", str(llama_dir), "--format", "modelpack", "-o", f"oci:{art}:mp"]) == 0
+    capsys.readouterr()
+    assert main(["build", str(llama_dir), "--base", f"oci:{art}:mp", "-o", f"oci:{tmp_path / 'out'}:v1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --base oci:{art}:mp: its config is application/vnd.cncf.model.config.v1+json")
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

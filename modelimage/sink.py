@@ -1,0 +1,142 @@
+"""Where an image goes, and the order it goes there in.
+
+A sink stores blobs and, last, a manifest that points at them: an OCI
+layout directory or an oci-archive file (:mod:`modelimage.layout`), a
+registry (:class:`modelimage.registry.push.RegistrySink`). Whatever the
+sink, :func:`write_layers_then_manifest` writes every layer first (several
+at once when the sink allows), then the config, then the manifest, so that
+nothing ever names a blob that is not stored yet; on any failure the sink
+undoes what it can and nothing is tagged (go-containerregistry writes
+``layout.WriteImage`` and ``remote.Write`` in the same order).
+
+Layers come from the model's files (:func:`store_layer`: a tar or raw
+stream, skipped when the digest cache knows its blob is there) or from an
+existing image (a base's layers, through a :class:`BlobSource`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, Protocol
+
+from .cache import DigestCache
+from .errors import LayerTooLarge
+from .oci import Descriptor
+from .tarstream import LayerResult, LayerStream
+from .units import format_size
+
+# (config bytes, config descriptor, manifest bytes, manifest descriptor)
+Assembled = tuple[bytes, Descriptor, bytes, Descriptor]
+
+
+class BlobSource(Protocol):
+    """Blobs of an existing image (a base): where it lives, for
+    cross-repository mounts (``host``/``repository``, None when it is not
+    in a registry), and each blob's bytes, verified against the digest as
+    they stream (:meth:`modelimage.image.Image.fetch`)."""
+
+    host: str | None
+    repository: str | None
+
+    def fetch(self, desc: Descriptor) -> Iterator[bytes]: ...
+
+
+class Sink(Protocol):
+    """Where an image goes: an OCI layout, an oci-archive, a registry.
+
+    ``parallel``: how many layers it takes at once. ``put_layer`` streams a
+    layer and returns its digests and what was done (``written``,
+    ``uploaded``); ``put_existing`` stores a blob of another image
+    (``copied``, ``mounted``); ``put_manifest`` stores the manifest and
+    tags it, and is called last. ``abort`` undoes what can be undone;
+    ``close`` ends a successful write."""
+
+    parallel: int
+
+    def has_blob(self, digest: str) -> bool: ...
+    def put_layer(self, stream: LayerStream, *, compression: str, known: LayerResult | None,
+                  progress: Callable[[int], None] | None) -> tuple[LayerResult, str]: ...
+    def put_existing(self, desc: Descriptor, source: BlobSource) -> str: ...
+    def put_blob(self, data: bytes, digest: str) -> None: ...
+    def put_manifest(self, manifest: Descriptor, data: bytes) -> None: ...
+    def abort(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def store_layer(stream: LayerStream, sink: Sink, cache: DigestCache, *, compression: str, max_layer_size: int,
+                title: str, progress: Callable[[int], None] | None) -> tuple[LayerResult, str]:
+    """One layer stream (tar or raw) into the sink: skipped when the cache
+    knows its digest and the sink already has that blob; otherwise streamed
+    from the files. Returns the digests and what was done (``exists``,
+    ``mounted``, or the sink's ``put_layer`` action). Raises
+    :class:`LayerTooLarge` when the stored blob is over ``max_layer_size``
+    bytes (a gzip layer that grew)."""
+    key = cache.key(stream, compression)
+    known = cache.get(key)
+    if known is not None and known.tar_size != stream.size:
+        known = None
+    if known is not None and sink.has_blob(known.digest):
+        result, action = known, "mounted" if known.digest in getattr(sink, "mounted", ()) else "exists"
+        if progress is not None:
+            progress(stream.size)
+    else:
+        result, action = sink.put_layer(stream, compression=compression, known=known, progress=progress)
+        cache.put(key, result)
+    if result.size > max_layer_size:
+        raise LayerTooLarge(
+            f"layer {title} is {format_size(result.size)} as stored, over the limit of "
+            f"{format_size(max_layer_size)}"
+        )
+    return result, action
+
+
+def copy_blob(desc: Descriptor, source: BlobSource, sink: Sink) -> str:
+    """A blob of an existing image into the sink, unless it has it
+    (``exists``); otherwise the sink's action (``copied``, ``mounted``)."""
+    return "exists" if sink.has_blob(desc.digest) else sink.put_existing(desc, source)
+
+
+def write_layers_then_manifest(
+    sink: Sink,
+    jobs: Sequence[Callable[[], Any]],
+    assemble: Callable[[list[Any]], Assembled],
+    workers: int,
+) -> tuple[list[Any], Descriptor, Descriptor]:
+    """Run the layer jobs (``workers`` at once), then store the config and
+    the manifest that ``assemble`` makes of their results. On any failure
+    the sink undoes what it can (and nothing is tagged): the first failure
+    stops jobs not started yet and is raised. On success the sink is
+    closed. Returns the job results and the config and manifest
+    descriptors."""
+    try:
+        stop = threading.Event()
+
+        def guarded(job: Callable[[], Any]) -> Any:
+            if stop.is_set():  # another layer failed: do not start this one
+                return None
+            try:
+                return job()
+            except BaseException:
+                stop.set()
+                raise
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
+            futures = [pool.submit(guarded, job) for job in jobs]
+            # stop at the first failure: layers not started yet never start
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in finished and f.exception() is not None), None)
+            if failed is not None:
+                for f in futures:
+                    f.cancel()
+                raise failed.exception()  # type: ignore[misc]
+            done = [f.result() for f in futures]
+        config_bytes, config_desc, manifest_bytes, manifest_desc = assemble(done)
+        sink.put_blob(config_bytes, config_desc.digest)
+        sink.put_manifest(manifest_desc, manifest_bytes)
+    except BaseException:
+        sink.abort()
+        raise
+    sink.close()
+    return done, config_desc, manifest_desc
