@@ -10,9 +10,6 @@ from pathlib import Path
 import modelimage
 
 ROOT = Path(modelimage.__file__).parent
-# Cycles other helpers are taking apart while this test lands (issue 12);
-# remove an entry when its cycle is gone.
-KNOWN: set[frozenset[str]] = {frozenset({"modelimage.cli", "modelimage.cli_pull"})}
 
 
 def modules() -> dict[str, tuple[Path, list[str]]]:
@@ -85,5 +82,5 @@ def test_the_walker_sees_function_level_and_type_checking_imports():
 
 
 def test_no_import_cycles():
-    found = [sorted(c) for c in cycles(import_graph()) if c not in KNOWN]
+    found = [sorted(c) for c in cycles(import_graph())]
     assert not found, f"import cycles: {found}"
