@@ -11,7 +11,7 @@ import os
 import re
 import stat
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
@@ -19,6 +19,14 @@ from typing import Any, Literal, Protocol
 from .content import Source, is_remote
 from .errors import FormatError, SourceError
 from .formats import safetensors as st
+from .weights import (
+    DIFFUSION_GGUF_ARCHS,
+    DIFFUSION_PREFIXES,
+    WeightSet,
+    counted_sets,
+    find_weight_sets,
+    is_diffusion_checkpoint,
+)
 
 # Files that hold weights, by suffix. Only safetensors and GGUF are parsed;
 # the others are listed with their sizes.
@@ -50,18 +58,7 @@ VRAM_FACTOR = 1.25
 BYTES_PER_PARAM_AS: dict[str, float] = {
     "f32": 4, "f16": 2, "bf16": 2, "fp8": 1, "q8": 1, "q6": 0.75, "q5": 0.625, "q4": 0.5, "q3": 0.375, "q2": 0.25,
 }
-# Single-file checkpoints (A1111/ComfyUI style) name their parts by prefix.
-DIFFUSION_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("model.diffusion_model.", "denoiser"),
-    ("first_stage_model.", "vae"),
-    ("conditioner.", "text_encoder"),
-    ("cond_stage_model.", "text_encoder"),
-    ("text_encoders.", "text_encoder"),
-)
-# Flux/SD3-style denoiser-only checkpoints without prefixes
-DENOISER_MARKERS = ("double_blocks.", "single_blocks.", "joint_blocks.", "input_blocks.", "transformer_blocks.")
 GGUF_INTEGER_TYPES = {"I8", "I16", "I32", "I64"}
-DIFFUSION_GGUF_ARCHS = {"flux", "sd1", "sdxl", "sd3", "aura", "ltxv", "hyvid", "wan", "hidream", "cosmos", "lumina2"}
 DIFFUSERS_FOLDERS = {
     "unet": "denoiser", "transformer": "denoiser", "prior": "denoiser", "decoder": "denoiser",
     "vae": "vae", "vqvae": "vae", "movq": "vae",
@@ -73,20 +70,8 @@ EMBEDDING_RE = re.compile(
 # GPTQ/AWQ pack several low-bit weights into one int32
 PACKED_QUANT_METHODS = {"gptq", "awq"}
 QUANT_AUX_SUFFIXES = (".qzeros", ".scales", ".g_idx")
-# diffusers/transformers variant files: name.fp16.safetensors,
-# name.fp16-00001-of-00002.safetensors. Only these suffixes count as variants,
-# so sd_xl_base_1.0.safetensors is not "sd_xl_base_1" in variant "0".
-VARIANTS = ("fp16", "bf16", "fp32", "fp8", "ema", "non_ema", "non-ema", "int8", "int4")
 
 Kind = Literal["language-model", "diffusion", "embedding", "unknown"]
-
-
-def _gguf():
-    """modelimage.formats.gguf, imported on first use: it loads the gguf
-    package and numpy (~0.12 s), which a model without GGUF files never needs."""
-    from .formats import gguf
-
-    return gguf
 
 
 @dataclass(frozen=True)
@@ -116,29 +101,6 @@ class SourceFile:
     def directory(self) -> str:
         parent = str(PurePosixPath(self.name).parent)
         return "" if parent == "." else parent
-
-
-@dataclass(frozen=True)
-class WeightSet:
-    """One logical weight file: a single safetensors/GGUF file or every
-    shard of an upstream-sharded set, with its index when there is one."""
-
-    format: Literal["safetensors", "gguf"]
-    directory: str
-    stem: str  # "model", "unet/diffusion_pytorch_model" without directory; GGUF split prefix
-    members: tuple[str, ...]  # file names (paths in the model root), in shard order
-    headers: tuple[Any, ...]  # st.SafetensorsHeader | formats.gguf.GGUFHeader, same order
-    index_file: str | None = None
-    index: dict[str, Any] | None = None
-
-    @property
-    def tensors(self) -> Iterable[Any]:
-        for h in self.headers:
-            yield from h.tensors
-
-    @property
-    def variant(self) -> str | None:
-        return _split_variant(self.stem)[1] if self.format == "safetensors" else None
 
 
 @dataclass(frozen=True)
@@ -323,78 +285,6 @@ def selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     return not any(_glob_match(rel, p) for p in exclude)
 
 
-# ---------------------------------------------------------------- weight sets
-
-
-def _join(directory: str, name: str) -> str:
-    return f"{directory}/{name}" if directory else name
-
-
-def _split_variant(stem: str) -> tuple[str, str | None]:
-    """``("diffusion_pytorch_model", "fp16")`` for ``diffusion_pytorch_model.fp16``."""
-    base, dot, variant = stem.rpartition(".")
-    return (base, variant) if dot and base and variant in VARIANTS else (stem, None)
-
-
-def index_name_for(stem: str) -> str:
-    """The index file name transformers/diffusers use for a sharded ``stem``
-    (variants: ``diffusion_pytorch_model.safetensors.index.fp16.json``)."""
-    base, variant = _split_variant(stem)
-    return f"{base}.safetensors.index.{variant}.json" if variant else st.index_name(stem)
-
-
-def find_weight_sets(files: Sequence[SourceFile]) -> list[WeightSet]:
-    """Group safetensors and GGUF files into logical weight sets and parse
-    their headers. Missing shards are an error."""
-    by_name = {f.name: f for f in files}
-    groups: dict[tuple[str, str, str, int], dict[int, SourceFile]] = {}
-    singles: list[tuple[str, SourceFile]] = []
-    for f in files:
-        fmt = f.format
-        if fmt not in ("safetensors", "gguf"):
-            continue
-        base = PurePosixPath(f.name).name
-        m = (st.SHARD_RE if fmt == "safetensors" else _gguf().SPLIT_RE).match(base)
-        if m:
-            # both patterns: (stem|prefix)-(k)-of-(n).ext
-            stem, k, n = m.group(1), int(m.group(2)), int(m.group(3))
-            groups.setdefault((fmt, f.directory, stem, n), {})[k] = f
-        else:
-            singles.append((fmt, f))
-
-    sets: list[WeightSet] = []
-    for (fmt, directory, stem, n), members in sorted(groups.items()):
-        for k in range(1, n + 1):
-            if k not in members:
-                name = (st.shard_name(stem, k, n) if fmt == "safetensors" else _gguf().split_name(stem, k, n))
-                raise SourceError(f"{_join(directory, name)}: missing (shard {k} of {n} of {_join(directory, stem)})")
-        ordered = [members[k] for k in range(1, n + 1)]
-        index_file, index = None, None
-        if fmt == "safetensors":
-            for cand in (index_name_for(stem), st.index_name(stem)):
-                if _join(directory, cand) in by_name:
-                    index_file = _join(directory, cand)
-                    index = st.read_index(by_name[index_file].path)
-                    break
-            if index is not None:
-                for shard in sorted(set(index["weight_map"].values())):
-                    if _join(directory, shard) not in by_name:
-                        raise SourceError(f"{_join(directory, shard)}: missing (named by {index_file})")
-        sets.append(_weight_set(fmt, directory, stem, ordered, index_file, index))
-    for fmt, f in singles:
-        stem = PurePosixPath(f.name).name.rsplit(".", 1)[0]
-        sets.append(_weight_set(fmt, f.directory, stem, [f], None, None))
-    sets.sort(key=lambda w: w.members[0])
-    return sets
-
-
-def _weight_set(fmt: str, directory: str, stem: str, files: list[SourceFile],
-                index_file: str | None, index: dict | None) -> WeightSet:
-    reader = st.read_header if fmt == "safetensors" else _gguf().read_header
-    headers = tuple(reader(f.path) for f in files)
-    return WeightSet(fmt, directory, stem, tuple(f.name for f in files), headers, index_file, index)  # type: ignore[arg-type]
-
-
 # ---------------------------------------------------------------- facts
 
 
@@ -410,7 +300,7 @@ def _read_json(f: SourceFile) -> dict[str, Any]:
 
 def _config(files: Sequence[SourceFile], directory: str = "") -> dict[str, Any]:
     for f in files:
-        if f.name == _join(directory, "config.json"):
+        if f.name == (f"{directory}/config.json" if directory else "config.json"):
             return _read_json(f)
     return {}
 
@@ -458,30 +348,6 @@ def _component_for_tensor(name: str, default: str, diffusion_file: bool) -> str:
     return "embedding" if EMBEDDING_RE.search(name) else default
 
 
-def _is_diffusion_checkpoint(names: Iterable[str]) -> bool:
-    for n in names:
-        if n.startswith(tuple(p for p, _ in DIFFUSION_PREFIXES)) or n.startswith(DENOISER_MARKERS[:3]):
-            return True
-    return False
-
-
-def _counted_sets(sets: Sequence[WeightSet]) -> tuple[list[WeightSet], list[str]]:
-    """Drop alternative variants (``x.fp16.safetensors`` beside
-    ``x.safetensors``) from the parameter count: they are the same weights."""
-    by_base: dict[tuple[str, str, str], list[WeightSet]] = {}
-    for w in sets:
-        base = _split_variant(w.stem)[0] if w.format == "safetensors" else w.stem
-        by_base.setdefault((w.format, w.directory, base), []).append(w)
-    kept, notes = [], []
-    for (_, _, base), group in by_base.items():
-        group.sort(key=lambda w: (w.stem != base, w.stem))
-        kept.append(group[0])
-        for other in group[1:]:
-            notes.append(f"{other.members[0]}: variant of {group[0].members[0]}, not counted twice")
-    kept.sort(key=lambda w: w.members[0])
-    return kept, notes
-
-
 def inspect_model(source: Path | RemoteFolder, *, name: str | None = None, include: Sequence[str] = (),
                   exclude: Sequence[str] = ()) -> ModelInfo:
     """Inspect a model directory, a single weight file, or a remote folder
@@ -495,7 +361,7 @@ def inspect_model(source: Path | RemoteFolder, *, name: str | None = None, inclu
         files = list_files(source, include, exclude)
         root = source.parent if source.is_file() else source
     sets = find_weight_sets(files)
-    counted, notes = _counted_sets(sets)
+    counted, notes = counted_sets(sets)
     config = _config(files)
     method, bits = _quant_config(files)
 
@@ -533,7 +399,7 @@ def inspect_model(source: Path | RemoteFolder, *, name: str | None = None, inclu
             continue
         top = w.directory.split("/")[0] if w.directory else ""
         names = [t.name for t in w.tensors]
-        diffusion_file = not diffusers and _is_diffusion_checkpoint(names)
+        diffusion_file = not diffusers and is_diffusion_checkpoint(names)
         if diffusion_file:
             kind = "diffusion"
         if diffusers and top:

@@ -26,7 +26,8 @@ from typing import Any
 from .content import VirtualFile, stamped
 from .errors import ConfigError, LayerTooLarge, PlanError
 from .formats import safetensors as st
-from .inspect import ModelInfo, SourceFile, WeightSet, index_name_for
+from .inspect import ModelInfo, SourceFile
+from .weights import WeightSet, index_name_for
 from .tarstream import END_OF_ARCHIVE, Entry, entry_overhead, header, layer_size, parent_dirs
 from .units import format_size
 
