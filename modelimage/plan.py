@@ -27,9 +27,9 @@ from .content import VirtualFile, stamped
 from .errors import ConfigError, LayerTooLarge, PlanError
 from .formats import safetensors as st
 from .inspect import ModelInfo, SourceFile
-from .weights import WeightSet, index_name_for
 from .tarstream import END_OF_ARCHIVE, Entry, entry_overhead, header, layer_size, parent_dirs
 from .units import format_size
+from .weights import WeightSet, index_name_for
 
 # moby layer/layer_store.go maxLayerDepth = 125 ("max depth exceeded");
 # CRI-O fails above 128 (cri-o#6261). The whole image must stay under it.
@@ -164,14 +164,23 @@ def _one_layer(entry: Entry, settings: PlanSettings) -> Layer:
     return Layer((entry,), layer_size([entry], settings.mtime), "weights")
 
 
-def _reshard(w: WeightSet, model: ModelInfo, settings: PlanSettings, budget: int) -> tuple[list[VirtualFile], Reshard]:
-    """Split ``w`` into shards whose one-file layers fit ``budget``."""
+def _reshard(w: WeightSet, model: ModelInfo, settings: PlanSettings, budget: int
+             ) -> tuple[list[VirtualFile], list[str], Reshard]:
+    """Split ``w`` into shards whose one-file layers fit ``budget``: the new
+    files, the members kept as they are (files an index names outside the
+    shard pattern that fit), and what was done."""
+    if not w.rule.splittable:
+        raise _cannot_split(w, model, settings, budget)
     ext = "gguf" if w.format == "gguf" else "safetensors"
     sample = "/".join(p for p in (settings.root, w.directory, f"{w.stem}-00001-of-00001.{ext}") if p)
     shard_max = budget - _fixed_overhead(sample, settings.mtime)
+    kept = [m for m in w.extras if _whole_layer_size(model, m, settings) <= budget]
+    resharded = [(m, h) for m, h in zip(w.members, w.headers, strict=True) if m not in kept]
     try:
         if w.format == "safetensors":
-            out = st.split(list(w.headers), stem=w.stem, directory=w.directory, max_shard_size=shard_max, index=w.index)
+            keep = [h for m, h in zip(w.members, w.headers, strict=True) if m in kept]
+            out = st.split([h for _, h in resharded], stem=w.stem, directory=w.directory, max_shard_size=shard_max,
+                           index=w.index, keep=keep)
             # keep the index where transformers/diffusers look for it (variants included)
             wanted = w.index_file or "/".join(p for p in (w.directory, index_name_for(w.stem)) if p)
             out = [replace(vf, name=wanted) if vf.name.endswith(".index.json") else vf for vf in out]
@@ -187,13 +196,45 @@ def _reshard(w: WeightSet, model: ModelInfo, settings: PlanSettings, budget: int
             f"be split; layers are limited to {format_size(settings.max_layer_size)}; rerun with "
             f"--max-layer-size {_suggest(settings.max_layer_size - shard_max + biggest.nbytes + 2**20)}"
         ) from None
-    largest = max(model.file(m).size for m in w.members)
+    largest = max(model.file(m).size for m, _ in resharded)
     reason = f"{largest} bytes in one file; layers are limited to {settings.max_layer_size}"
-    return out, Reshard(w.members + ((w.index_file,) if w.index_file else ()), tuple(v.name for v in out), reason)
+    sources = tuple(m for m, _ in resharded) + ((w.index_file,) if w.index_file else ())
+    return out, kept, Reshard(sources, tuple(v.name for v in out), reason)
+
+
+def _whole_layer_size(model: ModelInfo, name: str, settings: PlanSettings) -> int:
+    f = model.file(name)
+    return layer_size([_entry(settings.root, VirtualFile.whole(f.name, f.path, f.size))], settings.mtime)
+
+
+def _cannot_split(w: WeightSet, model: ModelInfo, settings: PlanSettings, budget: int) -> LayerTooLarge:
+    """A weight file whose loaders cannot read it split, over the limit: the
+    error names it, its size and the smallest --max-layer-size that keeps it whole."""
+    sizes = {m: _whole_layer_size(model, m, settings) for m in w.members}
+    member = max((m for m in w.members if sizes[m] > budget), key=lambda m: sizes[m])
+    f = model.file(member)
+    rule = w.rule
+    return LayerTooLarge(
+        f"{member} is {format_size(f.size)} ({f.size} bytes), over the layer limit of "
+        f"{format_size(settings.max_layer_size)}, and {rule.what} cannot be split ({rule.loader}); "
+        f"rerun with --max-layer-size {_smallest(_limit_for(sizes[member], settings.compression))} or more "
+        "to keep it whole in one layer"
+    )
+
+
+def _smallest(n: int) -> str:
+    """The smallest whole number of MB (or bytes, below 1 MB) that is at least ``n`` bytes."""
+    return f"{math.ceil(n / 10**6)}MB" if n >= 10**6 else str(n)
 
 
 def make_plan(model: ModelInfo, settings: PlanSettings) -> Plan:
-    """Plan the layers of ``model`` under ``settings``."""
+    """Plan the layers of ``model`` under ``settings``.
+
+    Raises :class:`LayerTooLarge` when a file cannot fit (a tensor bigger
+    than a layer, a kind of file its loaders cannot read split, a format
+    that cannot be split safely) and :class:`PlanError` when two files would
+    land on one path (two weight sets resharded to the same names) or the
+    image needs too many layers. Every message names the files and the fix."""
     budget = blob_budget(settings.max_layer_size, settings.compression)
     root = settings.root
     stamps = {f.path: f.stamp for f in model.files}
@@ -201,15 +242,17 @@ def make_plan(model: ModelInfo, settings: PlanSettings) -> Plan:
     small: list[Entry] = []
     reshards: list[Reshard] = []
     handled: set[str] = set()
+    owners = _Owners()
 
     for w in model.weight_sets:
         entries = [_entry(root, VirtualFile.whole(m, model.file(m).path, model.file(m).size), stamps)
                    for m in w.members]
         if any(layer_size([e], settings.mtime) > budget for e in entries):
-            shards, r = _reshard(w, model, settings, budget)
+            shards, kept, r = _reshard(w, model, settings, budget)
             reshards.append(r)
             handled.update(r.sources)
             for vf in shards:
+                owners.claim(vf.name, w, resharded=True)
                 e = _entry(root, vf, stamps)
                 if vf.name.endswith(".json"):
                     small.append(e)
@@ -217,13 +260,21 @@ def make_plan(model: ModelInfo, settings: PlanSettings) -> Plan:
                     layer = _one_layer(e, settings)
                     assert layer.size <= budget, (vf.name, layer.size, budget)
                     weight_layers.append(layer)
+            for e in entries:
+                if e.content.name in kept:
+                    owners.claim(e.content.name, w)
+                    handled.add(e.content.name)
+                    weight_layers.append(_one_layer(e, settings))
         else:
             handled.update(w.members)
+            for e in entries:
+                owners.claim(e.content.name, w)
             weight_layers.extend(_one_layer(e, settings) for e in entries)
 
     for f in model.files:
         if f.name in handled:
             continue
+        owners.claim(f.name, None)
         e = _entry(root, VirtualFile.whole(f.name, f.path, f.size), stamps)
         if f.is_weights or f.size >= OWN_LAYER_MIN:
             layer = _one_layer(e, settings)
@@ -237,6 +288,42 @@ def make_plan(model: ModelInfo, settings: PlanSettings) -> Plan:
     layers = weight_layers + _pack_small(sorted(small, key=lambda e: e.path), settings, budget)
     layers = _fit_layer_count(layers, settings, budget)
     return Plan(tuple(layers), settings, tuple(reshards))
+
+
+class _Owners:
+    """Which weight set (or plain file) each planned path comes from: a path
+    planned twice is an error naming both (never two tar entries, or two
+    artifact layers, for one path)."""
+
+    def __init__(self) -> None:
+        self.owner: dict[str, tuple[WeightSet | None, bool]] = {}
+
+    def claim(self, path: str, w: WeightSet | None, *, resharded: bool = False) -> None:
+        if path in self.owner:
+            raise _collision(path, self.owner[path], (w, resharded))
+        self.owner[path] = (w, resharded)
+
+
+def _collision(path: str, a: tuple[WeightSet | None, bool], b: tuple[WeightSet | None, bool]) -> PlanError:
+    def what(o: tuple[WeightSet | None, bool]) -> str:
+        w, resharded = o
+        if w is None:
+            return f"the file {path}"
+        names = w.members[0] + (f" (+{len(w.members) - 1} more shards)" if len(w.members) > 1 else "")
+        names += f" with {w.index_file}" if w.index_file else ""
+        return names + (", resharded," if resharded else "")
+
+    sets = [o[0] for o in (a, b) if o[0] is not None]
+    fix = "; keep one with --exclude"
+    if len(sets) == 2 and all(w.format == "safetensors" for w in sets) and sorted(
+            len(w.members) > 1 for w in sets) == [False, True]:
+        single = next(w for w in sets if len(w.members) == 1).members[0]
+        sharded = next(w for w in sets if len(w.members) > 1)
+        fix = (f"; they are two copies of one model: transformers loads {single} when both are there, diffusers "
+               f"{sharded.index_file or 'the shards'}; keep one with --exclude '{single}', or --exclude the shards "
+               f"and their index")
+    return PlanError(f"{path}: {what(a)} and {what(b)} would both be written there (two weight sets in one "
+                     f"folder collide){fix}")
 
 
 def _too_large(f: SourceFile, size: int, settings: PlanSettings) -> LayerTooLarge:

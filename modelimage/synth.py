@@ -283,3 +283,104 @@ def write_random_shards(directory: Path, gib: float, shards: int, *, seed: int =
         save_file(tensors, str(directory / f"model-{k + 1:05d}-of-{shards:05d}.safetensors"))
     (directory / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
     return directory
+
+
+# ---------------------------------------------------------------- adapters and projectors
+
+# the llama.cpp names of the projections a LoRA adapter usually targets, and
+# their (in, out) sizes for a LlamaShape
+def _lora_targets(shape: LlamaShape) -> list[tuple[str, str, int, int]]:
+    """(gguf name, Hugging Face module, in, out) per projection of one block."""
+    h, i, kv = shape.hidden, shape.intermediate, shape.kv_heads * shape.head_dim
+    return [("attn_q", "self_attn.q_proj", h, h), ("attn_k", "self_attn.k_proj", h, kv),
+            ("attn_v", "self_attn.v_proj", h, kv), ("attn_output", "self_attn.o_proj", h, h),
+            ("ffn_gate", "mlp.gate_proj", h, i), ("ffn_up", "mlp.up_proj", h, i), ("ffn_down", "mlp.down_proj", i, h)]
+
+
+def write_gguf_lora(path: Path, shape: LlamaShape = LlamaShape(), *, rank: int = 8, alpha: float = 16.0,
+                    seed: int = 0, arch: str = "llama") -> Path:
+    """A GGUF LoRA adapter written the way llama.cpp's convert_lora_to_gguf.py
+    writes one: ``general.type = adapter``, ``adapter.type = lora``,
+    ``adapter.lora.alpha``, and ``blk.N.<proj>.weight.lora_a`` (ggml shape
+    ``[in, r]``) / ``lora_b`` (``[r, out]``) pairs in F16 for every
+    projection of every block (7 x 2 x layers tensors)."""
+    import gguf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = _rng(seed)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_name(f"{path.stem}")
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    for n in range(shape.layers):
+        for gname, _, fan_in, fan_out in _lora_targets(shape):
+            base = f"blk.{n}.{gname}.weight"
+            w.add_tensor(base + ".lora_a", (rng.standard_normal((rank, fan_in)) * 0.01).astype(np.float16))
+            w.add_tensor(base + ".lora_b", (rng.standard_normal((fan_out, rank)) * 0.01).astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_mmproj(path: Path, *, hidden: int = 256, blocks: int = 4, projector: str = "gemma3",
+                 seed: int = 0) -> Path:
+    """A vision projector GGUF as llama.cpp's convert_hf_to_gguf.py --mmproj
+    writes one: ``general.architecture = clip``, ``general.type = mmproj``,
+    ``clip.has_vision_encoder``, ``clip.projector_type``, ``clip.vision.*``
+    and ``v.blk.N.*`` / ``mm.*`` tensors in F16."""
+    import gguf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = _rng(seed)
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_type(gguf.GGUFType.MMPROJ)
+    w.add_name(path.stem)
+    w.add_bool(gguf.Keys.Clip.HAS_VISION_ENCODER, True)
+    w.add_string(gguf.Keys.Clip.PROJECTOR_TYPE, projector)
+    w.add_uint32("clip.vision.embedding_length", hidden)
+    w.add_uint32("clip.vision.block_count", blocks)
+    w.add_uint32("clip.vision.image_size", 224)
+    w.add_uint32("clip.vision.patch_size", 14)
+
+    def f16(*s: int) -> np.ndarray:
+        return (rng.standard_normal(s) * 0.02).astype(np.float16)
+
+    w.add_tensor("v.patch_embd.weight", f16(hidden, 3, 14, 14))
+    for n in range(blocks):
+        for t in ("attn_q", "attn_k", "attn_v", "attn_out", "ffn_up", "ffn_down"):
+            w.add_tensor(f"v.blk.{n}.{t}.weight", f16(hidden, hidden))
+    w.add_tensor("mm.input_projection.weight", f16(hidden, hidden))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_peft_adapter(directory: Path, shape: LlamaShape = LlamaShape(), *, rank: int = 8, seed: int = 0,
+                       base: str = "example/llama-demo") -> Path:
+    """A PEFT LoRA adapter folder as ``PeftModel.save_pretrained`` writes it:
+    ``adapter_config.json`` and ``adapter_model.safetensors`` (keys
+    ``base_model.model.model.layers.N.<module>.lora_A.weight`` ``[r, in]``
+    and ``lora_B.weight`` ``[out, r]``, metadata ``{"format": "pt"}``)."""
+    from safetensors.numpy import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = _rng(seed)
+    tensors = {}
+    for n in range(shape.layers):
+        for _, module, fan_in, fan_out in _lora_targets(shape):
+            p = f"base_model.model.model.layers.{n}.{module}"
+            tensors[p + ".lora_A.weight"] = (rng.standard_normal((rank, fan_in)) * 0.01).astype(np.float32)
+            tensors[p + ".lora_B.weight"] = (rng.standard_normal((fan_out, rank)) * 0.01).astype(np.float32)
+    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": rank,
+        "lora_alpha": 2 * rank, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+        "inference_mode": True, "target_modules": sorted({m.split(".")[-1] for _, m, _, _ in _lora_targets(shape)}),
+    }
+    (directory / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return directory

@@ -243,15 +243,21 @@ def find_weight_sets(files: Sequence[_File]) -> list[WeightSet]:
         ordered = [members[k] for k in range(1, n + 1)]
         index_file, index, extras = None, None, []
         if fmt == "safetensors":
+            shard_names = {PurePosixPath(f.name).name for f in ordered}
             index_file, index = _find_index(by_name, directory, stem)
+            if index is not None and not shard_names & set(st.index_shards(index)):
+                index_file, index = None, None  # it names another set's shards (this one is stray)
             if index is not None:
-                shard_names = {PurePosixPath(f.name).name for f in ordered}
                 for shard in st.index_shards(index):
                     path = _join(directory, shard)
                     if path not in by_name:
                         raise SourceError(f"{path}: missing (named by {index_file})")
-                    if shard not in shard_names:
-                        extras.append(by_name[path])
+                    if shard in shard_names:
+                        continue
+                    if st.SHARD_RE.match(shard):
+                        raise SourceError(f"{index_file}: names {shard} beside {ordered[0].name}: shards of two "
+                                          "sets in one index; remove the stale ones")
+                    extras.append(by_name[path])
         claimed.update(f.name for f in ordered + extras)
         sets.append(_weight_set(fmt, directory, stem, ordered + extras, index_file, index,
                                 tuple(f.name for f in extras), by_name))

@@ -660,3 +660,98 @@ def test_split_names() -> None:
     assert SPLIT_RE.match("model.gguf") is None
     with pytest.raises(ValueError):
         split_name("m", 0, 3)
+
+
+# ---------------------------------------------------------------------------
+# differential: against gguf-py's own writer and reader, general.alignment set
+
+_GGUF_TYPES = (Q.F32, Q.F16, Q.BF16, Q.F64, Q.I8, Q.I16, Q.I32, Q.Q8_0, Q.Q4_0)
+
+
+def _raw_tensor(rng: np.random.Generator, qtype: Q, rows: int, blocks: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Raw bytes (uint8, numpy-order byte shape) and ggml shape of a tensor."""
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    ne0 = blocks * block_size
+    raw = rng.integers(0, 256, size=(rows, blocks * type_size), dtype=np.uint8)
+    if qtype in (Q.Q8_0, Q.Q4_0):  # a finite f16 scale at the start of each block
+        view = raw.reshape(rows * blocks, type_size)
+        view[:, 0:2] = np.full((rows * blocks, 1), 0.01, np.float16).view(np.uint8)
+    return raw, (ne0, rows)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**16), alignment=st.sampled_from([8, 32, 64, 128, 256]),
+       types=st.lists(st.sampled_from(_GGUF_TYPES), min_size=1, max_size=8), frac=st.floats(0, 1))
+def test_split_matches_gguf_writer_and_reader(tmp_path_factory: pytest.TempPathFactory, seed: int, alignment: int,
+                                              types: list[Q], frac: float) -> None:
+    """Generated models of every width and odd sizes, with general.alignment
+    set: each split is byte for byte what gguf-py's GGUFWriter writes for the
+    same key/values (the model's in split 0, then split.no/count/
+    tensors.count as its own split writer adds them; later splits restate a
+    non-default alignment) and tensors, and gguf-py's GGUFReader reads every
+    tensor back identical, at an aligned offset."""
+    root = tmp_path_factory.mktemp("gdiff")
+    rng = np.random.default_rng(seed)
+    src = root / "m.gguf"
+    w = gguf.GGUFWriter(src, "llama")
+    w.add_name("diff")
+    w.add_custom_alignment(alignment)
+    w.add_uint32("llama.block_count", len(types))
+    w.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(int(rng.integers(0, 50)))])
+    w.add_float32("llama.rope.freq_base", 10000.5)
+    for i, q in enumerate(types):
+        raw, shape = _raw_tensor(rng, q, int(rng.integers(1, 5)), int(rng.integers(1, 7)))
+        w.add_tensor(f"blk.{i}.w", raw, raw_shape=raw.shape, raw_dtype=q)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    h = read_header(src)
+    assert h.alignment == alignment
+    per = [len(t.name) + 64 + _pad(t.nbytes, alignment) for t in h.tensors]
+    smallest = _pad(h.data_start + 64, alignment) + max(per)  # room for split 0's keys and any one tensor
+    limit = smallest + int(frac * max(0, h.file_size + 4096 - smallest))
+    files = split([h], prefix="m", directory="", max_shard_size=limit)
+    paths = materialize(files, root / "out")
+    src_reader = gguf.GGUFReader(src)
+    n = len(files)
+    for k, p in enumerate(paths):
+        r = gguf.GGUFReader(p)
+        assert r.alignment == alignment
+        for t in r.tensors:
+            assert t.data_offset % alignment == 0
+        # the same split, written by gguf-py
+        expected = root / f"expected-{k}.gguf"
+        ew = gguf.GGUFWriter(expected, None)  # no general.architecture of its own: copy the fields
+        ew.data_alignment = alignment
+        if k == 0:
+            for name, field in src_reader.fields.items():
+                if name.startswith("GGUF."):
+                    continue
+                vtype = field.types[0]
+                sub = field.types[-1] if vtype == V.ARRAY else None
+                ew.add_key_value(name, field.contents(), vtype, sub_type=sub)
+        ew.add_key_value("split.no", k, V.UINT16)
+        ew.add_key_value("split.count", n, V.UINT16)
+        ew.add_key_value("split.tensors.count", len(h.tensors), V.INT32)
+        if k and alignment != 32:
+            ew.add_key_value("general.alignment", alignment, V.UINT32)
+        by_name = {t.name: t for t in src_reader.tensors}
+        for t in r.tensors:
+            s = by_name[t.name]
+            assert bytes(t.data) == bytes(s.data)
+            block_size, type_size = gguf.GGML_QUANT_SIZES[s.tensor_type]
+            ne = [int(x) for x in s.shape]
+            byte_shape = (*reversed(ne[1:]), ne[0] // block_size * type_size)
+            ew.add_tensor(t.name, np.asarray(s.data).view(np.uint8).reshape(byte_shape),
+                          raw_shape=byte_shape, raw_dtype=s.tensor_type)
+        ew.write_header_to_file()
+        ew.write_kv_data_to_file()
+        ew.write_tensors_to_file()
+        ew.close()
+        assert p.read_bytes() == expected.read_bytes(), k
+    assert sorted(t.name for p in paths for t in gguf.GGUFReader(p).tensors) == sorted(t.name for t in h.tensors)
+
+
+def _pad(n: int, a: int) -> int:
+    return -(-n // a) * a

@@ -504,3 +504,112 @@ def test_split_property(tmp_path_factory: pytest.TempPathFactory, sizes: list[in
         )
         return
     check_split(files, root / "out", tensors, limit, "model", "")
+
+
+# --------------------------------------------------------------------------
+# differential: against safetensors' own writer and transformers' sharded save
+
+# numpy dtypes safetensors.numpy writes, of every width (1, 2, 4, 8 bytes; bool)
+_NP_DTYPES = (np.float64, np.int64, np.uint64, np.float32, np.int32, np.uint32, np.float16, np.int16, np.uint16,
+              np.int8, np.uint8, np.bool_)
+
+
+@st.composite
+def _state_dicts(draw: st.DrawFn) -> dict[str, np.ndarray]:
+    n = draw(st.integers(1, 10))
+    names = draw(st.lists(st.from_regex(r"[a-z]{1,3}(\.[a-z0-9_]{1,4}){0,3}", fullmatch=True),
+                          min_size=n, max_size=n, unique=True))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    out = {}
+    for name in names:
+        dtype = np.dtype(draw(st.sampled_from(_NP_DTYPES)))
+        shape = tuple(draw(st.lists(st.integers(0, 9), min_size=0, max_size=3)))  # odd sizes, scalars, empty
+        raw = rng.integers(0, 256, size=int(np.prod(shape)) * dtype.itemsize, dtype=np.uint8)
+        out[name] = raw.view(np.uint8 if dtype == np.bool_ else dtype).astype(dtype).reshape(shape)
+    return out
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(state=_state_dicts(), meta=st.sampled_from([None, {"format": "pt"}, {"format": "mlx"}]),
+       source_shards=st.integers(1, 3), frac=st.floats(0.0, 1.0))
+def test_reshard_matches_upstream_writers(tmp_path_factory: pytest.TempPathFactory, state: dict[str, np.ndarray],
+                                          meta: dict[str, str] | None, source_shards: int, frac: float) -> None:
+    """For generated models, modelimage's reshard against safetensors'
+    ``save_file`` and transformers' sharded save (huggingface_hub's
+    grouping): each shard is byte for byte what ``save_file`` writes for its
+    tensors and metadata (so the same tensor order, alignment and header
+    padding), the shards are huggingface_hub's greedy grouping in state-dict
+    order, every tensor's data is aligned to its element size, and the index
+    is what transformers writes and loads back to the same tensors."""
+    from . import upstream
+
+    root = tmp_path_factory.mktemp("diff")
+    src = root / "src"
+    # the source: one file, or a transformers-sharded set
+    if source_shards == 1:
+        src.mkdir()
+        save_file(state, str(src / "model.safetensors"), metadata=meta)
+        sources, index = [src / "model.safetensors"], None
+    else:
+        per = max(1, sum(a.nbytes for a in state.values()) // source_shards)
+        names = upstream.hf_save_sharded(state, src, per, metadata=meta)
+        sources = [src / n for n in names]
+        index = json.loads((src / "model.safetensors.index.json").read_text()) if len(names) > 1 else None
+    headers = [read_header(p) for p in sources]
+    meta = headers[0].metadata or None  # transformers' sharded save writes {"format": "pt"} whatever was asked
+    order = [t.name for h in headers for t in h.tensors]  # the state-dict order a reader sees
+    biggest = max(shard_header_size([t], meta or {}) + t.nbytes for h in headers for t in h.tensors)
+    total = sum(h.file_size for h in headers)
+    limit = biggest + int(frac * max(0, total - biggest))
+    files = split(headers, stem="model", directory="", max_shard_size=limit, index=index)
+    out = root / "out"
+    for vf in files:
+        materialize(vf, out)
+    shards = [f.name for f in files[:-1]]
+
+    # 1. each shard is what save_file writes for its tensors and metadata
+    groups = []
+    for name in shards:
+        with safe_open(str(out / name), framework="np") as f:
+            keys = list(f.keys())
+            assert f.metadata() == meta
+        groups.append(keys)
+        expected = root / "expected.safetensors"
+        save_file({k: state[k] for k in keys}, str(expected), metadata=meta)
+        assert upstream.file_bytes(out / name) == upstream.file_bytes(expected), name
+        assert (out / name).stat().st_size <= limit
+        # 2. alignment: data starts 8-aligned, each tensor at a multiple of its element size
+        start, offsets = upstream.tensor_offsets(out / name)
+        assert start % 8 == 0
+        for k, (_, begin, _) in offsets.items():
+            assert begin % min(8, state[k].dtype.itemsize) == 0, (k, begin)
+    # 3. huggingface_hub's grouping: consecutive runs of the state-dict order, each as full as fits
+    flat = [k for g in groups for k in sorted(g, key=order.index)]
+    assert flat == order
+    for g, nxt in zip(groups, groups[1:]):
+        grown = {k: state[k] for k in g + [min(nxt, key=order.index)]}
+        expected = root / "grown.safetensors"
+        save_file(grown, str(expected), metadata=meta)
+        assert expected.stat().st_size > limit
+    # 4. the index: as transformers writes it, and transformers' loader reads the same tensors
+    index_bytes = upstream.file_bytes(out / "model.safetensors.index.json")
+    written = json.loads(index_bytes)
+    assert index_bytes == (json.dumps(written, indent=2, sort_keys=True) + "\n").encode()
+    assert written["metadata"]["total_size"] == sum(a.nbytes for a in state.values())
+    assert written["weight_map"] == {k: name for name, g in zip(shards, groups) for k in g}
+    loaded = upstream.transformers_load(out)
+    assert set(loaded) == set(state)
+    for k, a in state.items():
+        assert loaded[k].dtype == a.dtype and loaded[k].shape == a.shape and loaded[k].tobytes() == a.tobytes()
+
+
+def test_shard_order_is_the_reference_writers(tmp_path: Path) -> None:
+    """Every dtype the reference library knows, in its enum order (wider
+    first, then by name) as save_file lays them out."""
+    tensors = {f"t{i:02d}": np.zeros(8, dtype) for i, dtype in enumerate(_NP_DTYPES)}
+    tensors["a"] = np.zeros(3, np.uint8)
+    save_file(tensors, str(tmp_path / "x.safetensors"))
+    h = read_header(tmp_path / "x.safetensors")
+    from modelimage.formats.safetensors import shard_order
+
+    assert [t.name for t in shard_order(list(reversed(h.tensors)))] == [t.name for t in h.tensors]

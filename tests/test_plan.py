@@ -387,7 +387,6 @@ def test_big_non_weight_file_gets_its_own_layer(tmp_path: Path) -> None:
         ("llama-single", 400_000, ("model.embed_tokens.weight", "lm_head.weight")),
         ("gguf", 100_000, ("output.weight",)),  # 210 KiB of Q6_K, the biggest
         ("gguf", 200_000, ("output.weight",)),
-        ("sd-single-file", 1_000_000, ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",)),
         ("diffusers", 2_000_000, ("text_model.embeddings.token_embedding.weight",)),  # text_encoder_2: 2.5 MiB
     ],
 )
@@ -714,3 +713,123 @@ def test_many_small_files_plan_in_linear_time(tmp_path: Path, monkeypatch) -> No
     assert len(plan.files) == 3000 and len(plan.layers) > 5
     for layer in plan.layers:
         assert layer.size == layer_size(layer.entries) <= 100_000
+
+
+# ---------------------------------------------------------------- issue 14: layouts real repositories have
+
+
+def _sharded_pair(d: Path, *, consolidated: bool, mtp: bool = False) -> dict[str, np.ndarray]:
+    """A transformers-style folder: two shards, their index, and (like many
+    repositories) the consolidated model.safetensors beside them; with
+    ``mtp`` the index also names model-mtp.safetensors (an extra head)."""
+    rng = np.random.default_rng(14)
+    d.mkdir(parents=True)
+    tensors = {f"model.layers.{i}.mlp.weight": rng.standard_normal((128, 256)).astype(np.float16) for i in range(4)}
+    halves = [dict(list(tensors.items())[:2]), dict(list(tensors.items())[2:])]
+    weight_map = {}
+    for k, half in enumerate(halves, 1):
+        name = f"model-{k:05d}-of-00002.safetensors"
+        save_file(half, str(d / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(half, name))
+    everything = dict(tensors)
+    if mtp:
+        head = {"model.mtp.0.proj.weight": rng.standard_normal((48, 256)).astype(np.float32),
+                "model.mtp.0.eh_proj.weight": rng.standard_normal((48, 256)).astype(np.float32),
+                "model.mtp.0.norm.weight": np.ones(256, np.float32)}
+        save_file(head, str(d / "model-mtp.safetensors"), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(head, "model-mtp.safetensors"))
+        everything.update(head)
+    total = sum(a.nbytes for a in everything.values())
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total, "total_parameters": sum(a.size for a in everything.values())},
+         "weight_map": weight_map}))
+    if consolidated:
+        save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    return everything
+
+
+def test_consolidated_beside_shards_is_kept_whole_when_nothing_is_resharded(tmp_path: Path) -> None:
+    _sharded_pair(tmp_path / "m", consolidated=True)
+    model = inspect_model(tmp_path / "m")
+    plan = make_plan(model, PlanSettings(target=TARGET))
+    check_plan(model, plan)
+    assert sorted(names(plan)) == sorted(f.name for f in model.files)
+
+
+def test_consolidated_and_shards_resharded_to_one_name_is_an_error_naming_both(tmp_path: Path) -> None:
+    """Issue 14, input 1: both sets resharded to model-0000k-of-0000n and
+    both writing the index gave one layer the same path twice, exit 0."""
+    _sharded_pair(tmp_path / "m", consolidated=True)
+    model = inspect_model(tmp_path / "m")
+    with pytest.raises(PlanError) as exc:
+        make_plan(model, PlanSettings(max_layer_size=100_000, target=TARGET))
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert "model.safetensors " in msg and "model-00001-of-00002.safetensors" in msg, msg
+    assert "--exclude 'model.safetensors'" in msg and "transformers loads model.safetensors" in msg, msg
+    # the fix it names works
+    model = inspect_model(tmp_path / "m", exclude=("model.safetensors",))
+    plan = make_plan(model, PlanSettings(max_layer_size=100_000, target=TARGET))
+    check_plan(model, plan)
+
+
+def test_index_entries_outside_the_shard_pattern_survive_a_reshard(tmp_path: Path) -> None:
+    """Issue 14, input 2: the rewritten index dropped model-mtp.safetensors'
+    entries. Every entry of the original index is kept, pointing where its
+    tensor now is, and every tensor loads through the new index."""
+    tensors = _sharded_pair(tmp_path / "m", consolidated=False, mtp=True)
+    model = inspect_model(tmp_path / "m")
+    (w,) = model.weight_sets
+    assert w.extras == ("model-mtp.safetensors",)
+    plan = make_plan(model, PlanSettings(max_layer_size=110_000, target=TARGET))
+    check_plan(model, plan)
+    assert "model-mtp.safetensors" in names(plan)  # it fits: kept as it is
+    out = materialize(plan, tmp_path / "out")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(tensors)
+    assert index["weight_map"]["model.mtp.0.proj.weight"] == "model-mtp.safetensors"
+    assert index["metadata"]["total_parameters"] == sum(a.size for a in tensors.values())  # other keys kept
+    assert index["metadata"]["total_size"] == sum(a.nbytes for a in tensors.values())
+    for name, file in index["weight_map"].items():
+        with safe_open(str(out / file), framework="np") as f:
+            assert f.get_tensor(name).tobytes() == tensors[name].tobytes()
+    # an extra file that does not fit is resharded with the rest, its entries following its tensors
+    plan = make_plan(model, PlanSettings(max_layer_size=80_000, target=TARGET))
+    check_plan(model, plan)
+    assert "model-mtp.safetensors" not in names(plan)
+    out = materialize(plan, tmp_path / "out2")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(tensors)
+    for name, file in index["weight_map"].items():
+        with safe_open(str(out / file), framework="np") as f:
+            assert f.get_tensor(name).tobytes() == tensors[name].tobytes()
+
+
+def test_stale_shards_of_another_count_collide_with_an_error(tmp_path: Path) -> None:
+    """Two shard sets of one stem (model-0000k-of-00002 and a leftover
+    -of-00003 set) both resharded would write the same names."""
+    d = tmp_path / "m"
+    _sharded_pair(d, consolidated=False)
+    rng = np.random.default_rng(3)
+    for k in range(1, 5):
+        save_file({f"old.{k}": rng.standard_normal((10, 256)).astype(np.float32)},
+                  str(d / f"model-{k:05d}-of-00004.safetensors"))
+    model = inspect_model(d)
+    stale = next(w for w in model.weight_sets if w.members[0].endswith("-of-00004.safetensors"))
+    assert stale.index_file is None  # the index names the other set's shards only
+    with pytest.raises(PlanError, match=r"^model-00001-of-00004\.safetensors: .* collide"):
+        make_plan(model, PlanSettings(max_layer_size=100_000, target=TARGET))
+
+
+def test_every_planned_path_is_unique(models: Callable[[str], ModelInfo]) -> None:
+    """No two entries for one path, whatever the model and limit."""
+    for name in ("llama-sharded", "llama-6-shards", "gguf", "diffusers", "diffusers-fp16"):
+        model = models(name)
+        for limit in (10**8, 3_000_000, 1_000_000):
+            try:
+                plan = make_plan(model, PlanSettings(max_layer_size=limit, target=TARGET))
+            except (LayerTooLarge, PlanError):
+                continue
+            paths = [e.path for e in plan.files]
+            assert len(paths) == len(set(paths)), (name, limit)

@@ -27,11 +27,13 @@ from modelimage.errors import FormatError, LayerTooLarge
 
 __all__ = [
     "DTYPE_BITS",
+    "DTYPE_ORDER",
     "FLOAT_DTYPES",
     "MAX_HEADER_SIZE",
     "SHARD_RE",
     "SafetensorsHeader",
     "TensorInfo",
+    "index_json",
     "index_name",
     "index_shards",
     "read_header",
@@ -39,6 +41,7 @@ __all__ = [
     "serialize_header",
     "shard_header_size",
     "shard_name",
+    "shard_order",
     "split",
 ]
 
@@ -435,28 +438,46 @@ def _join(directory: str, name: str) -> str:
     return f"{directory}/{name}" if directory else name
 
 
+def _digits(n: int) -> int:
+    return len(str(n))
+
+
 def _plan_shards(
     items: Sequence[tuple[SafetensorsHeader, TensorInfo]],
     metadata: Mapping[str, str],
     max_shard_size: int,
 ) -> list[list[tuple[SafetensorsHeader, TensorInfo]]]:
-    """Greedy grouping: a new shard starts when the next tensor would make the
-    current shard file exceed ``max_shard_size``."""
+    """Greedy grouping in the given order, as huggingface_hub's
+    ``split_state_dict_into_shards_factory`` (which transformers'
+    ``save_pretrained`` uses) groups a state dict: a new shard starts when the
+    next tensor would make the current shard file exceed ``max_shard_size``.
+    Unlike huggingface_hub, the size counted is the whole file (header
+    included), since the file must fit a layer.
+
+    The writer orders each shard's tensors by dtype (see :func:`shard_order`),
+    so data offsets are not known while grouping: each header entry is sized
+    with offsets as long as the shard's data size, an upper bound."""
     base = _metadata_entry(metadata)
     shards: list[list[tuple[SafetensorsHeader, TensorInfo]]] = []
     current: list[tuple[SafetensorsHeader, TensorInfo]] = []
-    json_len = _header_json_len(base)  # header JSON of `current`, unpadded
+    fixed = _header_json_len(base)  # header JSON of `current` without the offset digits
     count = len(base)  # entries in that header
     data = 0  # data bytes of `current`
+    offsets = 0  # tensors whose two offsets are not counted in `fixed`
+
+    def bound(fixed: int, offsets: int, data: int) -> int:
+        return 8 + _padded(fixed + 2 * offsets * _digits(data)) + data
 
     for src, t in items:
-        entry_len = len(_entry(t, data))
-        size = 8 + _padded(json_len + entry_len + (count > 0)) + data + t.nbytes
+        entry_len = len(_entry(t, 0)) - 1 - _digits(t.nbytes)  # without the offsets' digits
+        size = bound(fixed + entry_len + (count > 0), offsets + 1, data + t.nbytes)
+        if size > max_shard_size:  # the bound says no: the exact size decides
+            grown = shard_order([c for _, c in current] + [t])
+            size = shard_header_size(grown, metadata) + data + t.nbytes
         if size > max_shard_size and current:
             shards.append(current)
-            current, json_len, count, data = [], _header_json_len(base), len(base), 0
-            entry_len = len(_entry(t, data))
-            size = 8 + _padded(json_len + entry_len + (count > 0)) + t.nbytes
+            current, fixed, count, data, offsets = [], _header_json_len(base), len(base), 0, 0
+            size = shard_header_size([t], metadata) + t.nbytes
         if size > max_shard_size:
             raise LayerTooLarge(
                 f"{src.path}: tensor {_short(t.name)} is {t.nbytes} bytes; it cannot fit a "
@@ -464,13 +485,33 @@ def _plan_shards(
                 f"{size} bytes); raise the layer size limit"
             )
         current.append((src, t))
-        json_len += entry_len + (count > 0)
+        fixed += entry_len + (count > 0)
         count += 1
+        offsets += 1
         data += t.nbytes
 
     if current:
         shards.append(current)
     return shards
+
+
+#: The order of the reference library's ``Dtype`` enum (safetensors
+#: ``safetensors/src/tensor.rs``); its writer sorts a file's tensors by this
+#: rank, largest first, then by name.
+DTYPE_ORDER: tuple[str, ...] = (
+    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ",
+    "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64",
+)
+_DTYPE_RANK = {d: i for i, d in enumerate(DTYPE_ORDER)}
+
+
+def shard_order(tensors: Sequence[TensorInfo]) -> list[TensorInfo]:
+    """``tensors`` in the order the reference writer (``safetensors``
+    ``serialize``/``save_file``) lays them out: descending dtype rank, then
+    name. Wider dtypes come first, so every tensor's data offset is a
+    multiple of its element size (up to 8 bytes: the data section starts
+    8-aligned, the header being space-padded to a multiple of 8)."""
+    return sorted(tensors, key=lambda t: (-_DTYPE_RANK[t.dtype], t.name.encode("utf-8")))
 
 
 def split(
@@ -480,31 +521,47 @@ def split(
     directory: str,
     max_shard_size: int,
     index: Mapping[str, Any] | None = None,
+    keep: Sequence[SafetensorsHeader] = (),
 ) -> list[VirtualFile]:
-    """Re-split one weight set into shards of at most ``max_shard_size`` bytes.
+    """Re-split one weight set into shards of at most ``max_shard_size`` bytes,
+    as transformers' ``save_pretrained(max_shard_size=...)`` writes them.
 
-    ``headers`` are the set's files in order (one file, or every shard of a
-    sharded set in shard order). Returns the shards
+    ``headers`` are the files to re-split, in order (one file, or every shard
+    of a sharded set in shard order); ``keep`` are other files of the set
+    that stay as they are (an index's ``model-mtp.safetensors``): their
+    tensors keep their index entries. Returns the shards
     ``<directory>/<stem>-0000k-of-0000n.safetensors`` followed by the index
-    ``<directory>/<stem>.safetensors.index.json``. Tensor bytes are ranges of
-    the source files; headers and the index are generated deterministically.
-    ``__metadata__`` comes from the first source file that has any and is
-    written into every shard. A set without tensors gives a single shard
-    holding only the header. Raises :class:`LayerTooLarge` when one tensor
-    cannot fit a shard of its own.
+    ``<directory>/<stem>.safetensors.index.json``.
+
+    Tensors are grouped in order, greedily (huggingface_hub's
+    ``split_state_dict_into_shards_factory``); each shard is laid out
+    exactly as ``safetensors.save_file`` writes those tensors with that
+    ``__metadata__`` (tensor order by dtype then name, offsets from 0,
+    header space-padded to 8 bytes), its tensor bytes ranges of the source
+    files. ``__metadata__`` comes from the first source file that has any
+    and goes into every shard (transformers writes ``{"format": "pt"}`` into
+    each). The index is the original one (every other key kept) with a new
+    ``weight_map`` and ``metadata.total_size`` (tensor bytes of the whole
+    set), written as transformers writes it (``json.dumps(indent=2,
+    sort_keys=True)`` and a newline). A set without tensors gives a single
+    shard holding only the header. Raises :class:`LayerTooLarge` when one
+    tensor cannot fit a shard of its own, :class:`FormatError` when a tensor
+    name is in two files.
     """
     if not headers:
         raise ValueError("split() needs at least one safetensors header")
-    metadata = next((h.metadata for h in headers if h.metadata), {})
+    metadata = next((h.metadata for h in list(headers) + list(keep) if h.metadata), {})
 
     items: list[tuple[SafetensorsHeader, TensorInfo]] = []
     seen: dict[str, Path] = {}
-    for h in headers:
+    resharded = {id(h) for h in headers}
+    for h in list(keep) + list(headers):
         for t in h.tensors:
             if t.name in seen:
                 raise FormatError(h.path, f"tensor {_short(t.name)} is also in {seen[t.name]}")
             seen[t.name] = h.path
-            items.append((h, t))
+            if id(h) in resharded:
+                items.append((h, t))
 
     groups = _plan_shards(items, metadata, max_shard_size)
     if not groups:  # a set without tensors: one header-only shard
@@ -517,12 +574,13 @@ def split(
         groups = [[]]
     n = len(groups)
     files: list[VirtualFile] = []
-    weight_map: dict[str, str] = {}
+    weight_map: dict[str, str] = {t.name: h.path.name for h in keep for t in h.tensors}
     for k, group in enumerate(groups, start=1):
         name = shard_name(stem, k, n)
-        tensors = [t for _, t in group]
+        where = {t.name: src for src, t in group}
+        tensors = shard_order([t for _, t in group])
         segments: list[Segment] = [Literal(serialize_header(tensors, metadata))]
-        segments += [FileRange(src.path, t.begin, t.nbytes) for src, t in group]
+        segments += [FileRange(where[t.name].path, t.begin, t.nbytes) for t in tensors]
         sources = dict.fromkeys(_join(directory, src.path.name) for src, _ in group)
         if not group:
             sources = dict.fromkeys(_join(directory, h.path.name) for h in headers)
@@ -535,15 +593,20 @@ def split(
     out_index: dict[str, Any] = dict(index) if index else {}
     old_meta = out_index.get("metadata")
     new_meta = dict(old_meta) if isinstance(old_meta, dict) else {}
-    new_meta["total_size"] = sum(t.nbytes for _, t in items)
+    new_meta["total_size"] = sum(t.nbytes for h in list(keep) + list(headers) for t in h.tensors)
     out_index["metadata"] = new_meta
     out_index["weight_map"] = weight_map
-    index_bytes = (json.dumps(out_index, indent=2, sort_keys=True) + "\n").encode()
     files.append(
         VirtualFile(
             _join(directory, index_name(stem)),
-            (Literal(index_bytes),),
+            (Literal(index_json(out_index)),),
             origin=",".join(dict.fromkeys(_join(directory, h.path.name) for h in headers)),
         )
     )
     return files
+
+
+def index_json(index: Mapping[str, Any]) -> bytes:
+    """An index file's bytes as transformers writes them (``save_pretrained``:
+    ``json.dumps(index, indent=2, sort_keys=True) + "\\n"``)."""
+    return (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
