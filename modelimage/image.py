@@ -18,8 +18,8 @@ from typing import Any
 
 from .errors import SourceError
 from .oci import ANNOTATION_PREFIX, INDEX_MEDIA_TYPES, Descriptor, Platform, select_platform
-from .registry.auth import Credentials
 from .registry.fetch import DEFAULT_CONNECTIONS, DEFAULT_RETRIES, BlobReader, FetchStats
+from .registry.keychain import Credentials
 
 ANNOTATION_TARGET = ANNOTATION_PREFIX + "target"
 READ_CHUNK = 4 << 20

@@ -629,7 +629,7 @@ def test_push_llama_and_pull_with_oras(registry, llama_dir, tmp_path, fmt):
 def test_raw_upload_resumes_from_the_confirmed_offset(registry, gguf_file, tmp_path, monkeypatch):
     """The connection drops as the third 256 KiB PATCH of the GGUF starts:
     the raw layer continues from the offset the registry confirms."""
-    from .test_push import _cut_patch
+    from .test_registry_push import _cut_patch
 
     chunk = 256 * 1024
     cuts = _cut_patch(monkeypatch, at=2 * chunk, after_bytes=0)

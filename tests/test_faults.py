@@ -32,10 +32,11 @@ from modelimage.build import build_image
 from modelimage.cache import DigestCache
 from modelimage.cli import main
 from modelimage.job import Options, prepare
-from modelimage.registry.auth import Credentials, store_credentials
-from modelimage.registry.client import RegistryClient, RegistryError
+from modelimage.registry.client import RegistryClient
+from modelimage.registry.keychain import Credentials, store_credentials
 from modelimage.registry.push import PushSettings, RegistrySink, UploadFailed
 from modelimage.registry.reference import Reference
+from modelimage.registry.transport import RegistryError
 
 from .faultproxy import Cut, ExpireToken, FaultProxy, Respond, Rule, Stall, Throttle, too_many_requests
 

@@ -17,8 +17,8 @@ import pytest
 
 from modelimage.cli import main
 from modelimage.pull import pull
-from modelimage.registry.auth import Credentials
 from modelimage.registry.client import RegistryClient
+from modelimage.registry.keychain import Credentials
 from modelimage.registry.reference import Reference
 
 from .pullkit import sha, tree

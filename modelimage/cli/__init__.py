@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         err(f"error: {e}")
         return e.exit_code
     except httpx.TransportError as e:  # a network failure outside the retried paths (login, estimate...)
-        from ..registry.client import network_message
+        from ..registry.transport import network_message
 
         host = e.request.url.host if getattr(e, "_request", None) is not None else "registry"
         err(f"error: {network_message(host, e)}")

@@ -9,8 +9,8 @@ import click
 
 from ..config import load_config
 from ..limits import KNOWN, limits_for
-from ..registry.auth import Credentials, store_credentials
 from ..registry.client import RegistryClient
+from ..registry.keychain import Credentials, store_credentials
 from ..registry.reference import Reference
 from ._output import describe_limits, emit_json, err
 

@@ -46,8 +46,8 @@ import os
 from collections.abc import Callable, Sequence
 
 from ..errors import BadLayer, PullError, UnsafeLayer, VerifyFailed
-from ..registry.auth import Credentials
 from ..registry.fetch import DEFAULT_RETRIES
+from ..registry.keychain import Credentials
 from .job import DEFAULT_CONCURRENCY, PullJob, prepare_pull
 from .result import PulledFile, PullResult, VerifyResult
 from .tree import verify

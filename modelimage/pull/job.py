@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..errors import PullError
 from ..image import Image, open_image
-from ..registry.auth import Credentials
 from ..registry.fetch import DEFAULT_RETRIES, FetchStats
+from ..registry.keychain import Credentials
 from .apply import Applier
 from .extract import RESERVED
 from .layers import classify, subtree

@@ -19,8 +19,8 @@ from typing import Any
 
 from ..errors import PullError
 from ..image import open_image
-from ..registry.auth import Credentials
 from ..registry.fetch import FetchStats
+from ..registry.keychain import Credentials
 from .extract import OPAQUE, RESERVED, WHITEOUT
 from .layers import Layer, Selection, classify, glob_match, normalize, subtree
 from .result import VerifyResult

@@ -1,30 +1,28 @@
-"""The OCI distribution API, spoken plainly over httpx.
+"""The OCI distribution API's verbs (go-containerregistry's ``v1/remote``
+requests), one method each.
 
 One :class:`RegistryClient` per registry host. It knows the endpoints
-(HEAD/GET blobs, uploads, mounts, manifests), turns error responses into
-:class:`RegistryError` (status, spec error code, message, whether a retry can
-help), and never follows a redirect with credentials to another host. The
-upload *strategy* (resume, retries, parallelism) lives in
-:mod:`modelimage.registry.push`.
+(HEAD/GET blobs, uploads, mounts, manifests) and turns error answers into
+:class:`~modelimage.registry.transport.RegistryError`. How requests travel
+(TLS, auth, the retry policy) is :class:`~modelimage.registry.transport.Transport`'s;
+the upload *strategy* (resume, retries, parallelism) is
+:mod:`modelimage.registry.upload`'s. Never prints.
 """
 
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urljoin
 
 import httpx
 
-from ..errors import ModelImageError
 from ..oci import sha256_digest
-from .auth import Credentials, RegistryAuth, credentials_for
-from .reference import Reference
+from .keychain import Credentials
+from .reference import Reference, blob_path, manifest_path, uploads_path
+from .transport import RegistryError, Transport, TransportOptions
+from .transport import error_from_response as _error
 
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
@@ -32,73 +30,6 @@ MANIFEST_ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ])
-RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
-USER_AGENT = "modelimage/0.1 (+https://github.com/modelimage)"
-
-
-class RegistryError(ModelImageError):
-    """An error answer from a registry, with what the spec says about it."""
-
-    def __init__(self, what: str, status: int, code: str = "", message: str = "",
-                 retry_after: float | None = None):
-        self.status, self.code, self.detail, self.retry_after = status, code, message, retry_after
-        text = f"{what}: {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
-        super().__init__(text)
-
-    @property
-    def retryable(self) -> bool:
-        """Worth trying again: server trouble, rate limits, timeouts."""
-        return self.status in RETRYABLE_STATUS
-
-
-def tls_failure(e: BaseException) -> bool:
-    """A TLS certificate that did not verify (self-signed, wrong host, expired)."""
-    while e is not None:
-        if isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
-            return True
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
-    return False
-
-
-def network_message(what: str, e: BaseException) -> str:
-    """One line for a connection that failed (no request details, no headers)."""
-    if tls_failure(e):
-        return (f"{what}: the TLS certificate did not verify; fix the certificate (or the CA bundle), or use "
-                "--insecure-registry HOST only for a registry you trust on a network you trust")
-    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return f"{what}: cannot connect ({reason})"
-
-
-def _error(what: str, r: httpx.Response) -> RegistryError:
-    code = message = ""
-    try:
-        errors = r.json().get("errors") or []
-        if errors:
-            code = str(errors[0].get("code", ""))
-            message = str(errors[0].get("message", ""))
-            detail = errors[0].get("detail")
-            if detail and isinstance(detail, (str, int, float)):
-                message += f" ({detail})"
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        message = r.reason_phrase
-    if not message:
-        message = r.reason_phrase
-    if r.status_code == 401 and not code:
-        code = "UNAUTHORIZED"
-    return RegistryError(what, r.status_code, code, message[:300], _retry_after(r))
-
-
-def _retry_after(r: httpx.Response) -> float | None:
-    value = r.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
-        except (TypeError, ValueError):
-            return None
 
 
 @dataclass(frozen=True)
@@ -112,38 +43,34 @@ class Manifest:
 
 
 class RegistryClient:
-    """Endpoints of one registry (``ref.api_host``), authenticated like docker."""
+    """Endpoints of one registry (``ref.api_host``), authenticated like docker.
 
-    def __init__(self, ref: Reference, *, insecure: frozenset[str] | set[str] = frozenset(),
-                 credentials: Credentials | None = None, timeout: float = 60.0, pool: int = 8):
-        self.host = ref.host
-        self.base = ref.base_url(insecure)
-        creds = credentials if credentials is not None else credentials_for(ref.host)
-        # no timeout waiting for the answer to a final PUT: registries can take
-        # minutes to commit a big blob (containerd's 30 s header timeout killed
-        # ~2 GB uploads: unikraft-cloud/cli#511); connect/pool stay bounded.
-        self.timeout = httpx.Timeout(timeout, read=timeout)
-        limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-        headers = {"User-Agent": USER_AGENT}
-        # TLS is verified (httpx's default) for everything but loopback/--insecure-registry
-        # hosts, which are spoken to in plain HTTP; token servers get the same treatment.
-        self.token_client = httpx.Client(timeout=timeout, headers=headers, follow_redirects=True)
-        self.auth = RegistryAuth(ref.host, creds, token_client=self.token_client)
-        self.http = httpx.Client(
-            base_url=self.base, auth=self.auth, timeout=self.timeout, limits=limits,
-            follow_redirects=True, headers=headers,
-        )
+    ``options``: how to reach it (TLS, plain HTTP, timeout, retry policy);
+    ``insecure`` and ``timeout`` override those fields. ``credentials``: as
+    given, else the keychain's. ``pool``: idle connections kept.
+    """
+
+    def __init__(self, ref: Reference, *, options: TransportOptions | None = None,
+                 insecure: frozenset[str] | set[str] | None = None, credentials: Credentials | None = None,
+                 timeout: float | None = None, pool: int = 8):
+        options = options or TransportOptions()
+        if insecure is not None:
+            options = replace(options, insecure=frozenset(insecure))
+        if timeout is not None:
+            options = replace(options, timeout=timeout)
+        self.transport = Transport(ref, options, credentials=credentials, pool=pool)
+        self.host, self.base = ref.host, self.transport.base
+        self.http, self.auth, self.timeout = self.transport.http, self.transport.auth, self.transport.timeout
 
     def close(self) -> None:
-        self.http.close()
-        self.token_client.close()
+        self.transport.close()
 
     def url(self, path: str) -> str:
-        return urljoin(self.base + "/", path.lstrip("/"))
+        return self.transport.url(path)
 
     def absolute(self, location: str) -> str:
         """Registries may answer with a path-only Location: resolve it."""
-        return urljoin(self.base + "/", location)
+        return self.transport.resolve(location)
 
     # ---------------------------------------------------------------- checks
 
@@ -154,7 +81,7 @@ class RegistryClient:
 
     def blob_exists(self, repo: str, digest: str) -> int | None:
         """The blob's size if ``repo`` has it, else None."""
-        r = self.http.head(f"/v2/{repo}/blobs/{digest}")
+        r = self.http.head(blob_path(repo, digest))
         if r.status_code == 200:
             return int(r.headers.get("Content-Length", "0") or 0)
         if r.status_code == 404:
@@ -165,7 +92,7 @@ class RegistryClient:
 
     def mount(self, repo: str, digest: str, source_repo: str) -> bool:
         """Cross-repository mount; True when the registry mounted it."""
-        r = self.http.post(f"/v2/{repo}/blobs/uploads/", params={"mount": digest, "from": source_repo},
+        r = self.http.post(uploads_path(repo), params={"mount": digest, "from": source_repo},
                            headers={"Content-Length": "0"})
         if r.status_code == 201:
             return True
@@ -177,7 +104,7 @@ class RegistryClient:
         raise _error(f"{self.host}/{repo}: mounting {digest[:19]} from {source_repo}", r)
 
     def start_upload(self, repo: str) -> str:
-        r = self.http.post(f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
+        r = self.http.post(uploads_path(repo), headers={"Content-Length": "0"})
         if r.status_code != 202 or "Location" not in r.headers:
             raise _error(f"{self.host}/{repo}: starting an upload", r)
         return self.absolute(r.headers["Location"])
@@ -198,9 +125,7 @@ class RegistryClient:
         if length is not None:
             headers["Content-Length"] = str(length)
             headers["Content-Range"] = f"{start}-{start + length - 1}"
-        r = self.http.patch(url, content=content, headers=headers,
-                            timeout=httpx.Timeout(self.timeout.connect, read=None, write=self.timeout.write,
-                                                  pool=self.timeout.pool))
+        r = self.http.patch(url, content=content, headers=headers, timeout=self.transport.body_timeout)
         if r.status_code != 202:
             raise _error(f"{self.host}: uploading at byte {start}", r)
         return self.absolute(r.headers.get("Location", url))
@@ -213,8 +138,7 @@ class RegistryClient:
             headers["Content-Length"] = str(length)
         sep = "&" if "?" in url else "?"
         r = self.http.put(f"{url}{sep}digest={digest}", content=content, headers=headers,
-                          timeout=httpx.Timeout(self.timeout.connect, read=None, write=self.timeout.write,
-                                                pool=self.timeout.pool))
+                          timeout=self.transport.body_timeout)
         if r.status_code != 201:
             raise _error(f"{self.host}: committing {digest[:19]}", r)
 
@@ -233,13 +157,13 @@ class RegistryClient:
     # ---------------------------------------------------------------- manifests
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
-        r = self.http.put(f"/v2/{repo}/manifests/{ref}", content=data, headers={"Content-Type": media_type})
+        r = self.http.put(manifest_path(repo, ref), content=data, headers={"Content-Type": media_type})
         if r.status_code not in (200, 201):
             raise _error(f"{self.host}/{repo}:{ref}: pushing the manifest", r)
         return r.headers.get("Docker-Content-Digest", "")
 
     def get_manifest(self, repo: str, ref: str) -> Manifest:
-        r = self.http.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": MANIFEST_ACCEPT})
+        r = self.http.get(manifest_path(repo, ref), headers={"Accept": MANIFEST_ACCEPT})
         if r.status_code != 200:
             raise _error(f"{self.host}/{repo}:{ref}", r)
         digest = sha256_digest(r.content)
@@ -248,7 +172,7 @@ class RegistryClient:
         return Manifest(r.content, r.headers.get("Content-Type", "").split(";")[0], digest)
 
     def get_blob(self, repo: str, digest: str) -> bytes:
-        r = self.http.get(f"/v2/{repo}/blobs/{digest}")
+        r = self.http.get(blob_path(repo, digest))
         if r.status_code != 200:
             raise _error(f"{self.host}/{repo}: blob {digest[:19]}", r)
         return r.content
@@ -258,7 +182,7 @@ class RegistryClient:
         headers = {}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        req = self.http.build_request("GET", f"/v2/{repo}/blobs/{digest}", headers=headers)
+        req = self.http.build_request("GET", blob_path(repo, digest), headers=headers)
         r = self.http.send(req, stream=True)
         if r.status_code not in (200, 206):
             r.read()

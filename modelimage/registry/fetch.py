@@ -17,25 +17,28 @@ origin (scheme, host, port); a redirect target gets none (its URL is
 presigned). A piece that fails (a cut connection, a 5xx, an expired token or
 URL) is fetched again, up to ``retries`` times with backoff, re-resolving the
 URL through the client after a ``401``/``403`` (or a ``404`` from a redirect
-target). The caller verifies the digest: this module only moves bytes.
+target). Which failures are worth another attempt, how long to wait, and the
+TLS trust of the bulk connections are the client's
+:class:`~modelimage.registry.transport.Transport`'s (one retry policy, one
+TLS configuration for every request). The caller verifies the digest: this
+module only moves bytes.
 """
 
 from __future__ import annotations
 
 import http.client
-import os
 import re
 import ssl
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 
 from ..errors import ModelImageError
-from .client import USER_AGENT, RegistryClient, RegistryError
+from .client import RegistryClient
+from .transport import USER_AGENT, RegistryError, RetryPolicy
 
 PIECE = 8 << 20  # bytes per ranged GET: few round trips, bounded memory
 # Two ranged GETs per blob, three blobs at once (pull.DEFAULT_CONCURRENCY): on a
@@ -43,8 +46,7 @@ PIECE = 8 << 20  # bytes per ranged GET: few round trips, bounded memory
 # same 4.7-7.6 s (2-core VM, 2026-11-25: the machine's CPU is the limit, not
 # the streams), and 3x2 keeps the pull's peak RSS under 200 MB (188 MB; 3x4: 239 MB).
 DEFAULT_CONNECTIONS = 2
-DEFAULT_RETRIES = 5
-RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+DEFAULT_RETRIES = RetryPolicy().retries
 
 
 class FetchError(ModelImageError):
@@ -90,19 +92,6 @@ def _origin(url: httpx.URL) -> tuple[str, str, int]:
     return url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)
 
 
-def _ssl_context() -> ssl.SSLContext:
-    """Verified TLS with the CA bundle httpx uses (``SSL_CERT_FILE``, else certifi's)."""
-    cafile = os.environ.get("SSL_CERT_FILE")
-    if not cafile:
-        try:
-            import certifi
-
-            cafile = certifi.where()
-        except ImportError:  # pragma: no cover - httpx depends on certifi
-            cafile = None
-    return ssl.create_default_context(cafile=cafile)
-
-
 def _proxied(url: httpx.URL) -> bool:
     """Whether the environment sends ``url`` through a proxy (then httpx reads it)."""
     proxies = urllib.request.getproxies()
@@ -118,12 +107,12 @@ class _Connections:
     def __init__(self) -> None:
         self.conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
 
-    def get(self, origin: tuple[str, str, int], timeout: float) -> http.client.HTTPConnection:
+    def get(self, origin: tuple[str, str, int], timeout: float, context: ssl.SSLContext) -> http.client.HTTPConnection:
         conn = self.conns.get(origin)
         if conn is None:
             scheme, host, port = origin
             if scheme == "https":
-                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=_ssl_context())
+                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
             else:
                 conn = http.client.HTTPConnection(host, port, timeout=timeout)
             self.conns[origin] = conn
@@ -158,17 +147,25 @@ class _Open:
 
 
 class BlobReader:
-    """The bytes of one blob in ``repo``, from any offset, in order."""
+    """The bytes of one blob in ``repo``, from any offset, in order.
+
+    ``size``: bytes (from the descriptor); ``connections``: parallel ranged
+    GETs; ``piece``: bytes per GET; ``retries``/``backoff`` (attempts,
+    seconds) override the client transport's retry policy; ``timeout``:
+    seconds without a byte before a connection counts as cut. Raises
+    :class:`FetchError` (or the registry's :class:`RegistryError`)."""
 
     def __init__(self, client: RegistryClient, repo: str, digest: str, size: int, *,
-                 connections: int = DEFAULT_CONNECTIONS, retries: int = DEFAULT_RETRIES,
-                 stats: FetchStats | None = None, piece: int | None = None, backoff: float = 0.2,
+                 connections: int = DEFAULT_CONNECTIONS, retries: int | None = None,
+                 stats: FetchStats | None = None, piece: int | None = None, backoff: float | None = None,
                  timeout: float = 60.0):
         self.client, self.repo, self.digest, self.size = client, repo, digest, size
         self.connections = max(1, connections)
-        self.retries = max(0, retries)
+        overrides = {"retries": None if retries is None else max(0, retries), "backoff": backoff}
+        self.retry = replace(client.transport.retry, **{k: v for k, v in overrides.items() if v is not None})
+        self.retries = self.retry.retries
         self.stats = stats if stats is not None else FetchStats()
-        self.piece, self.backoff, self.timeout = piece or PIECE, backoff, timeout
+        self.piece, self.timeout = piece or PIECE, timeout
         self.label = f"{client.host}/{repo}: blob {digest[:19]}"
         self._target: _Target | None = None
         self._resolve_lock = threading.Lock()
@@ -182,18 +179,16 @@ class BlobReader:
         with self._resolve_lock:
             if stale is not None and self._target is not None and self._target.generation != stale.generation:
                 return self._target, None  # another thread already resolved again
-            last: Exception | None = None
-            for attempt in range(self.retries + 1):
+            attempt = 0
+            while True:
                 try:
                     r = self.client.stream_blob(self.repo, self.digest, lo, hi)
                     break
                 except (httpx.TransportError, RegistryError) as e:
-                    if isinstance(e, RegistryError) and not e.retryable:
-                        raise
-                    last = e
-                    self._wait(attempt)
-            else:
-                raise FetchError(f"{self.label}: gave up after {self.retries + 1} attempts ({_describe(last)})")
+                    attempt += 1
+                    if not self.retry.temporary(e) or attempt > self.retries:
+                        raise self.retry.gave_up(self.label, e, attempt, FetchError) from None
+                    self._wait(attempt, e)
             final = r.url
             headers = {"User-Agent": USER_AGENT}
             auth = r.request.headers.get("Authorization")
@@ -204,9 +199,10 @@ class BlobReader:
             self._target = _Target(final, headers, generation)
             return self._target, r
 
-    def _wait(self, attempt: int) -> None:
+    def _wait(self, attempt: int, e: BaseException | None) -> None:
+        """Count a retry, then wait as the retry policy says (``attempt`` from 1)."""
         self.stats.add(retries=1)
-        time.sleep(min(5.0, self.backoff * 2**attempt))
+        self.retry.wait(attempt, e)
 
     # ------------------------------------------------------------ reading
 
@@ -374,17 +370,16 @@ class BlobReader:
                     if r is not None:
                         r.close()
                 continue
-            except (OSError, http.client.HTTPException, FetchError) as e:
-                if isinstance(e, FetchError) and not getattr(e, "retryable", False):
-                    raise
+            except (OSError, http.client.HTTPException, RegistryError) as e:
                 last = e
                 if stream is not None:
                     stream.response = None
                 conns.drop(target.origin)
+                if not self.retry.temporary(e):
+                    raise self.retry.gave_up(f"{self.label}: bytes {lo}-{hi}", e, attempt + 1, FetchError) from None
             if attempt < self.retries:
-                self._wait(attempt)
-        raise FetchError(f"{self.label}: bytes {lo}-{hi}: gave up after {self.retries + 1} attempts "
-                         f"({_describe(last)})")
+                self._wait(attempt + 1, last)
+        raise self.retry.gave_up(f"{self.label}: bytes {lo}-{hi}", last, self.retries + 1, FetchError)
 
     def read_range(self, conns: _Connections, target: _Target, lo: int, hi: int, view: memoryview) -> None:
         """Bytes ``lo..hi`` (inclusive) into ``view``: one ranged GET."""
@@ -418,7 +413,7 @@ class BlobReader:
 
     def _open_range(self, conns: _Connections, target: _Target, lo: int, hi: int) -> http.client.HTTPResponse:
         """A ranged GET of bytes ``lo..hi`` on this thread's connection, its status and range checked."""
-        conn = conns.get(target.origin, self.timeout)
+        conn = conns.get(target.origin, self.timeout, self.client.transport.ssl_context)
         conn.request("GET", target.target, headers={**target.headers, "Range": f"bytes={lo}-{hi}"})
         r = conn.getresponse()
         if r.status != 206:
@@ -429,7 +424,8 @@ class BlobReader:
         return r
 
     def _read_range_httpx(self, target: _Target, lo: int, hi: int, view: memoryview) -> None:
-        with httpx.Client(timeout=self.timeout, follow_redirects=False) as c:
+        with httpx.Client(timeout=self.timeout, follow_redirects=False,
+                          verify=self.client.transport.ssl_context) as c:
             with c.stream("GET", str(target.url), headers={**target.headers, "Range": f"bytes={lo}-{hi}"}) as r:
                 if r.status_code != 206:
                     self._bad_status(r.status_code, target, lo, hi)
@@ -448,14 +444,4 @@ class BlobReader:
         redirected = _origin(target.url) != _origin(httpx.URL(self.client.base))
         if status in (401, 403) or (status == 404 and redirected) or status in (301, 302, 303, 307, 308):
             raise _Stale(f"HTTP {status}")
-        e = FetchError(f"{self.label}: bytes {lo}-{hi}: HTTP {status}")
-        e.retryable = status in RETRYABLE_STATUS  # type: ignore[attr-defined]
-        raise e
-
-
-def _describe(e: BaseException | None) -> str:
-    if e is None:
-        return "no answer"
-    if isinstance(e, RegistryError | FetchError):
-        return str(e)
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise RegistryError(f"{self.label}: bytes {lo}-{hi}", status)

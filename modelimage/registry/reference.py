@@ -1,9 +1,12 @@
-"""Image references: ``[HOST[:PORT]/]REPOSITORY[:TAG][@DIGEST]``.
+"""Image references: ``[HOST[:PORT]/]REPOSITORY[:TAG][@DIGEST]``, and the
+URLs of the distribution API (go-containerregistry's ``pkg/name``).
 
 One type owns the parsing and the URLs, the way docker resolves names:
 no host means Docker Hub (``docker.io``, API at ``registry-1.docker.io``,
 one-word names under ``library/``); plain HTTP only for loopback hosts or
 hosts the user names as insecure; TLS verified everywhere else.
+:func:`resolve_location` turns a ``Location`` header (registries may send a
+path only) into an absolute URL. No I/O here.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, replace
+from urllib.parse import urljoin
 
 from ..errors import ConfigError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
+DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _REPO_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
@@ -37,8 +42,46 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def registry_host(key: str) -> str:
+    """The registry a host or config key names, spelled one way: ``https://Host:443/v1/``
+    -> ``host``; Docker Hub's aliases -> ``docker.io``."""
+    host = re.sub(r"^[a-z][a-z0-9+.-]*://", "", key.strip(), flags=re.I).split("/", 1)[0].lower()
+    host = re.sub(r":(443|80)$", "", host)
+    return DOCKER_HUB if host in DOCKER_HUB_HOSTS else host
+
+
+def resolve_location(base: str, location: str) -> str:
+    """An absolute URL for a ``Location`` header answered by the registry at
+    ``base`` (``scheme://host``): registries may send a path only, or a path
+    with a query (RFC 9110 10.2.2 resolves it against the request's URL)."""
+    return urljoin(base + "/", location)
+
+
+def api_url(base: str, path: str) -> str:
+    """``base`` (``scheme://host``) + an API path such as ``/v2/REPO/blobs/DIGEST``."""
+    return urljoin(base + "/", path.lstrip("/"))
+
+
+def blob_path(repository: str, digest: str) -> str:
+    """``/v2/REPOSITORY/blobs/DIGEST`` (distribution-spec, "Pulling blobs")."""
+    return f"/v2/{repository}/blobs/{digest}"
+
+
+def manifest_path(repository: str, ref: str) -> str:
+    """``/v2/REPOSITORY/manifests/TAG-OR-DIGEST``."""
+    return f"/v2/{repository}/manifests/{ref}"
+
+
+def uploads_path(repository: str) -> str:
+    """``/v2/REPOSITORY/blobs/uploads/``: where an upload session starts."""
+    return f"/v2/{repository}/blobs/uploads/"
+
+
 @dataclass(frozen=True)
 class Reference:
+    """A parsed image reference. ``host`` as written (``docker.io`` for Docker
+    Hub), ``repository`` without the host, ``tag`` and/or ``digest``."""
+
     host: str
     repository: str
     tag: str | None = None

@@ -1,15 +1,12 @@
-"""Registry authentication the way docker does it.
+"""Registry authentication on the wire, the way docker does it
+(go-containerregistry's ``transport/bearer.go`` and ``basic.go``).
 
-Two halves:
-
-* **Where credentials live**: docker's ``config.json`` (``credHelpers``,
-  ``credsStore``, ``auths``) and the ``docker-credential-*`` helper protocol.
-  :func:`credentials_for` reads them; :func:`store_credentials` and
-  :func:`erase_credentials` back ``modelimage login`` / ``logout``.
-* **How they are used**: :class:`RegistryAuth`, an :class:`httpx.Auth` that
-  answers ``401`` challenges with Basic credentials or bearer tokens from the
-  registry's token server, requests the narrowest scope for each request and
-  caches tokens per scope until shortly before they expire.
+:class:`RegistryAuth`, an :class:`httpx.Auth`, answers ``401`` challenges
+with Basic credentials or bearer tokens from the registry's token server,
+requests the narrowest scope for each request (:func:`scopes_for`) and
+caches tokens per scope until shortly before they expire
+(:class:`TokenClient`). Where the credentials come from is
+:mod:`modelimage.registry.keychain`'s business.
 
 Secrets (passwords, identity tokens, bearer tokens) never appear in reprs,
 exception messages or logs.
@@ -18,292 +15,24 @@ exception messages or logs.
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import logging
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Callable, Generator, Iterable
 
 import httpx
 
-from ..errors import AuthError
+from ...errors import AuthError
+from ..keychain import Credentials
+from ..reference import registry_host
 
 log = logging.getLogger(__name__)
 
-DOCKER_HUB_KEY = "https://index.docker.io/v1/"
-"""The key Docker Hub credentials are stored under (config and helpers)."""
-
-DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-
-TOKEN_USERNAME = "<token>"
-"""A helper's ``Username`` that marks ``Secret`` as an identity token."""
-
 CLIENT_ID = "modelimage"
 DEFAULT_TOKEN_LIFETIME = 60.0  # seconds, when the token server gives no expires_in
-HELPER_TIMEOUT = 120.0  # seconds; helpers may unlock a keyring, never forever
-
-
-# --- host names and config keys ------------------------------------------------
-
-
-def _hostname(key: str) -> str:
-    """``https://Host:443/v1/`` -> ``host``; Docker Hub aliases -> ``docker.io``."""
-    host = re.sub(r"^[a-z][a-z0-9+.-]*://", "", key.strip(), flags=re.I).split("/", 1)[0].lower()
-    host = re.sub(r":(443|80)$", "", host)
-    return "docker.io" if host in DOCKER_HUB_HOSTS else host
-
-
-def _server_url(host: str) -> str:
-    """The key ``docker login`` uses for ``host`` (config entry and helper ServerURL)."""
-    name = _hostname(host)
-    return DOCKER_HUB_KEY if name == "docker.io" else name
-
-
-def _find_key(table: dict, host: str) -> str | None:
-    """The key of ``table`` that names ``host`` in any of docker's spellings."""
-    if host in table:
-        return host
-    want = _hostname(host)
-    return next((key for key in table if _hostname(key) == want), None)
-
-
-# --- docker config.json -----------------------------------------------------------
-
-
-def docker_config_path() -> Path:
-    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
-    folder = os.environ.get("DOCKER_CONFIG")
-    return (Path(folder) if folder else Path.home() / ".docker") / "config.json"
-
-
-def load_docker_config() -> dict:
-    """The parsed docker config; ``{}`` when there is none."""
-    path = docker_config_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise AuthError(f"{path}: cannot read the docker config ({exc.strerror})") from None
-    if not text.strip():
-        return {}
-    try:
-        config = json.loads(text)
-    except ValueError as exc:
-        # `from None`: a JSONDecodeError carries the whole document, secrets included
-        raise AuthError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); fix or remove the file") from None
-    if not isinstance(config, dict):
-        raise AuthError(f"{path}: expected a JSON object; fix or remove the file")
-    return config
-
-
-def _write_config(path: Path, config: dict) -> None:
-    """Atomically replace ``path`` (through a symlink) with ``config``, mode 0600."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.is_symlink():
-        path = path.resolve()
-    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=path.parent)  # mkstemp creates it 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent="\t")
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _helper_name(config: dict, host: str) -> tuple[str, str] | None:
-    """``(helper, setting)`` docker would use for ``host``: credHelpers, then credsStore."""
-    helpers = config.get("credHelpers") or {}
-    if isinstance(helpers, dict):
-        key = _find_key(helpers, host)
-        if key is not None and helpers[key]:
-            return str(helpers[key]), f"credHelpers[{key!r}]"
-    store = config.get("credsStore")
-    if store:
-        return str(store), "credsStore"
-    return None
-
-
-# --- credentials -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, repr=False)
-class Credentials:
-    """A username and password, or an identity (refresh) token."""
-
-    username: str
-    password: str = field(repr=False)
-    identity_token: str | None = field(default=None, repr=False)
-
-    def __repr__(self) -> str:
-        token = "None" if self.identity_token is None else "***"
-        return f"Credentials(username={self.username!r}, password=***, identity_token={token})"
-
-    @property
-    def has_password(self) -> bool:
-        return bool(self.password)
-
-    def describe(self) -> str:
-        """Who these credentials are, for messages: never the secret."""
-        if self.username:
-            return self.username
-        return "an identity token" if self.identity_token else "an empty username"
-
-
-def _from_entry(entry: dict, key: str, path: Path) -> Credentials | None:
-    """Credentials from one ``auths`` entry (``auth``, ``username``/``password``, ``identitytoken``)."""
-    if not isinstance(entry, dict):
-        raise AuthError(f"{path}: auths[{key!r}] is not an object")
-    username = str(entry.get("username") or "")
-    password = str(entry.get("password") or "")
-    if entry.get("auth"):
-        try:
-            decoded = base64.b64decode(str(entry["auth"]), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise AuthError(f"{path}: auths[{key!r}].auth is not base64 'user:password'; log in again") from None
-        username, sep, password = decoded.partition(":")
-        if not sep:
-            raise AuthError(f"{path}: auths[{key!r}].auth is not base64 'user:password'; log in again")
-    token = entry.get("identitytoken") or None
-    if not (username or password or token):
-        return None
-    return Credentials(username, password, str(token) if token else None)
-
-
-def credentials_for(host: str) -> Credentials | None:
-    """Credentials for ``host``, looked up as docker does.
-
-    ``credHelpers[host]``, else ``credsStore`` (through ``docker-credential-<name>``),
-    else (also when the helper has none) ``auths[host]``. Keys may be written
-    ``host``, ``https://host``, ``https://host/v1/``...; Docker Hub's is
-    ``https://index.docker.io/v1/``.
-    """
-    config = load_docker_config()
-    path = docker_config_path()
-    helper = _helper_name(config, host)
-    if helper is not None:
-        creds = _helper_get(helper[0], _server_url(host), helper[1], path)
-        if creds is not None:
-            return creds
-    auths = config.get("auths") or {}
-    if not isinstance(auths, dict):
-        raise AuthError(f"{path}: 'auths' is not an object; fix or remove the file")
-    key = _find_key(auths, host)
-    return None if key is None else _from_entry(auths[key], key, path)
-
-
-def store_credentials(host: str, username: str, password: str) -> str:
-    """Save a login for ``host`` where docker would; returns where it went (no secret).
-
-    With ``credHelpers[host]`` or ``credsStore`` configured, the helper stores
-    it (and any plain-text entry for ``host`` is removed from config.json);
-    otherwise it goes into ``auths`` of config.json, base64 encoded.
-    """
-    path = docker_config_path()
-    config = load_docker_config()
-    server = _server_url(host)
-    helper = _helper_name(config, host)
-    if helper is not None:
-        payload = json.dumps({"ServerURL": server, "Username": username, "Secret": password})
-        _run_helper(helper[0], "store", payload, helper[1], path, secret=password)
-        if _drop_entries(config, host):
-            _write_config(path, config)
-        return f"credential helper docker-credential-{helper[0]}"
-    auths = config.get("auths")
-    if not isinstance(auths, dict):
-        auths = config["auths"] = {}
-    _drop_entries(config, host)
-    auths[server] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode("ascii")}
-    _write_config(path, config)
-    return f"{path} (base64, not encrypted; configure a docker credential helper to avoid this)"
-
-
-def erase_credentials(host: str) -> str:
-    """Forget the login for ``host`` (helper and config.json); returns what was done."""
-    path = docker_config_path()
-    config = load_docker_config()
-    done = []
-    helper = _helper_name(config, host)
-    if helper is not None:
-        _run_helper(helper[0], "erase", _server_url(host), helper[1], path)
-        done.append(f"credential helper docker-credential-{helper[0]}")
-    if _drop_entries(config, host):
-        _write_config(path, config)
-        done.append(str(path))
-    if not done:
-        return f"no credentials for {host} were stored in {path}"
-    return "removed from " + " and ".join(done)
-
-
-def _drop_entries(config: dict, host: str) -> bool:
-    """Remove every ``auths`` entry naming ``host``; whether any was removed."""
-    auths = config.get("auths")
-    if not isinstance(auths, dict):
-        return False
-    want = _hostname(host)
-    keys = [key for key in auths if _hostname(key) == want]
-    for key in keys:
-        del auths[key]
-    return bool(keys)
-
-
-# --- docker-credential-* helpers ----------------------------------------------------
-
-
-def _run_helper(
-    name: str, action: str, stdin: str, setting: str, path: Path, *, secret: str | None = None
-) -> subprocess.CompletedProcess | None:
-    """Run ``docker-credential-<name> <action>``; ``None`` when it has no credentials."""
-    program = f"docker-credential-{name}"
-    exe = shutil.which(program)
-    if exe is None:
-        raise AuthError(
-            f"{program} not found on PATH (configured as {setting} in {path}); install it or remove the setting"
-        )
-    try:
-        proc = subprocess.run([exe, action], input=stdin, capture_output=True, text=True, timeout=HELPER_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise AuthError(f"{program} {action} did not answer within {HELPER_TIMEOUT:.0f} s") from None
-    except OSError as exc:
-        raise AuthError(f"{program} {action} could not run ({exc.strerror})") from None
-    if proc.returncode == 0:
-        return proc
-    output = (proc.stdout + "\n" + proc.stderr).strip()
-    if "credentials not found" in output.lower():
-        return None
-    first = next((line.strip() for line in output.splitlines() if line.strip()), "no output")
-    if secret:
-        first = first.replace(secret, "***")
-    raise AuthError(f"{program} {action} failed (exit {proc.returncode}): {first[:200]}")
-
-
-def _helper_get(name: str, server: str, setting: str, path: Path) -> Credentials | None:
-    proc = _run_helper(name, "get", server, setting, path)
-    if proc is None:
-        return None
-    try:
-        answer = json.loads(proc.stdout)
-        username, secret = str(answer.get("Username") or ""), str(answer.get("Secret") or "")
-    except (ValueError, AttributeError):
-        raise AuthError(f"docker-credential-{name} get {server}: answered something other than JSON") from None
-    if not secret:
-        return None
-    if username == TOKEN_USERNAME:
-        return Credentials("", "", secret)
-    return Credentials(username, secret)
 
 
 # --- WWW-Authenticate ------------------------------------------------------------------
@@ -498,13 +227,11 @@ class RegistryAuth(httpx.Auth):
         self.host = host
         self.credentials = credentials
         self._clock = clock
-        self._token_client = token_client
-        self._own_client: httpx.Client | None = None
+        self._token_server = TokenClient(host, credentials, token_client=token_client, clock=clock)
         self._lock = threading.Lock()  # guards the fields below
         self._tokens: dict[tuple[str, ...], _Token] = {}
         self._bearer: Challenge | None = None  # the last bearer challenge, realm resolved
         self._basic = False  # the registry asked for Basic
-        self._refresh_token = credentials.identity_token if credentials else None
         self._fetch_lock = threading.Lock()  # one token request at a time: parallel uploads share it
 
     def __repr__(self) -> str:
@@ -512,14 +239,12 @@ class RegistryAuth(httpx.Auth):
 
     def close(self) -> None:
         """Close the token client this object created (not one passed in)."""
-        if self._own_client is not None:
-            self._own_client.close()
-            self._own_client = None
+        self._token_server.close()
 
     # -- the flow ------------------------------------------------------------
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if _hostname(request.url.netloc.decode("ascii")) != _hostname(self.host):
+        if registry_host(request.url.netloc.decode("ascii")) != registry_host(self.host):
             yield request
             return
         key = tuple(scopes_for(request.method, request.url))
@@ -590,10 +315,31 @@ class RegistryAuth(httpx.Auth):
                     token = self._tokens.get(key)
                 if token is not None and token.expires_at > self._clock():
                     return token.value
-            value, expires_at = self._request_token(challenge, scopes)
+            value, expires_at = self._token_server.request(challenge, scopes)
             with self._lock:
                 self._tokens[key] = _Token(value, expires_at)
             return value
+
+
+class TokenClient:
+    """Talks to one registry's token server (the ``realm`` of its Bearer
+    challenges): docker's token protocol and the OAuth2 refresh grant.
+    Keeps the latest refresh token it was given. Thread-safe.
+
+    ``token_client`` is the HTTP client to use (give it the registry's TLS
+    settings); by default one is created and closed by :meth:`close`.
+    ``clock`` returns POSIX seconds (for tests)."""
+
+    def __init__(self, host: str, credentials: Credentials | None, *, token_client: httpx.Client | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.host, self.credentials, self._clock = host, credentials, clock
+        self._token_client = token_client
+        self._own_client: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._refresh_token = credentials.identity_token if credentials else None
+
+    def __repr__(self) -> str:
+        return f"TokenClient(host={self.host!r}, credentials={self.credentials!r})"
 
     def _client(self) -> httpx.Client:
         if self._token_client is not None:
@@ -602,7 +348,20 @@ class RegistryAuth(httpx.Auth):
             self._own_client = httpx.Client(timeout=30.0, follow_redirects=True)
         return self._own_client
 
-    def _request_token(self, challenge: Challenge, scopes: tuple[str, ...]) -> tuple[str, float]:
+    def close(self) -> None:
+        """Close the HTTP client this object created (not one passed in)."""
+        if self._own_client is not None:
+            self._own_client.close()
+            self._own_client = None
+
+    def request(self, challenge: Challenge, scopes: tuple[str, ...]) -> tuple[str, float]:
+        """A token for ``scopes`` from the challenge's ``realm``: ``(token, expires_at)``,
+        ``expires_at`` in POSIX seconds on this object's clock, already less a margin.
+
+        With an identity (refresh) token: the OAuth2 ``POST`` (``grant_type=refresh_token``),
+        falling back to ``GET`` when the server has no such endpoint, as containerd does;
+        otherwise ``GET`` with Basic credentials (or anonymously).
+        Raises :class:`AuthError` when the server refuses; httpx errors for the network."""
         realm, service = challenge.params["realm"], challenge.params.get("service")
         client, creds = self._client(), self.credentials
         with self._lock:
@@ -622,11 +381,9 @@ class RegistryAuth(httpx.Auth):
             params = ([("service", service)] if service else []) + [("scope", s) for s in scopes]
             basic = httpx.BasicAuth(creds.username, creds.password) if creds and creds.has_password else None
             response = client.get(realm, params=params, auth=basic) if basic else client.get(realm, params=params)
-        return self._read_token(response, scopes, used_credentials=bool(refresh or (creds and creds.has_password)))
+        return self._read(response, scopes, used_credentials=bool(refresh or (creds and creds.has_password)))
 
-    def _read_token(
-        self, response: httpx.Response, scopes: tuple[str, ...], *, used_credentials: bool
-    ) -> tuple[str, float]:
+    def _read(self, response: httpx.Response, scopes: tuple[str, ...], *, used_credentials: bool) -> tuple[str, float]:
         scope = f"scope {' '.join(scopes)}" if scopes else "no scope"
         creds = self.credentials
         who = f"the credentials for {creds.describe()}" if used_credentials and creds else "anonymous access"

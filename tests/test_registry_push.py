@@ -187,7 +187,7 @@ def test_retry_budget_gives_one_line_and_no_manifest(registry, llama_dir, cache,
 
     monkeypatch.setattr(client_module.RegistryClient, "patch", always_broken)
     ref = f"{registry.host}/budget/llama:v1"
-    monkeypatch.setattr("modelimage.registry.push._Retrier.wait", lambda self, attempt, error: None)
+    monkeypatch.setattr("modelimage.registry.transport.retry.RetryPolicy.wait", lambda self, attempt, error=None: None)
     assert main(["build", str(llama_dir), "--push", ref]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
@@ -325,7 +325,7 @@ def test_run_model_on_a_base_image(registry, busybox_base, llama_dir, podman_env
 def test_registry_that_refuses_patch_gets_one_put(registry, llama_dir, cache, monkeypatch):
     """Like Google Artifact Registry: chunked uploads refused -> the blob
     goes again as one monolithic PUT, and later blobs skip PATCH at once."""
-    from modelimage.registry.client import RegistryError
+    from modelimage.registry.transport import RegistryError
 
     calls = []
 
@@ -337,14 +337,3 @@ def test_registry_that_refuses_patch_gets_one_put(registry, llama_dir, cache, mo
     result, stats = push(llama_dir, f"{registry.host}/gar/llama:v1", cache, concurrency=1)
     assert calls == [0]  # refused once, never tried again
     assert skopeo_inspect(f"{registry.host}/gar/llama:v1")["Digest"] == result.manifest.digest
-
-
-def test_retry_after_is_honoured():
-    from modelimage.registry.client import RegistryError
-    from modelimage.registry.push import PushStats, _Retrier
-
-    slept = []
-    retrier = _Retrier(PushSettings(backoff=0.01), PushStats(), sleep=slept.append)
-    retrier.wait(1, RegistryError("x", 429, "TOOMANYREQUESTS", "slow down", retry_after=7.0))
-    retrier.wait(1, RegistryError("x", 503, "", "unavailable"))
-    assert slept[0] >= 7.0 and slept[1] < 1.0

@@ -1,0 +1,282 @@
+"""Where registry credentials live (go-containerregistry's ``pkg/authn``
+keychain): docker's ``config.json`` (``credHelpers``, ``credsStore``,
+``auths``) and the ``docker-credential-*`` helper protocol.
+
+:func:`credentials_for` reads them; :func:`store_credentials` and
+:func:`erase_credentials` back ``modelimage login`` / ``logout``. How the
+credentials are *used* (challenges, tokens) is
+:mod:`modelimage.registry.transport`'s business. No HTTP here.
+
+Secrets (passwords, identity tokens) never appear in reprs, exception
+messages or logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import AuthError
+from .reference import DOCKER_HUB, registry_host
+
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+"""The key Docker Hub credentials are stored under (config and helpers)."""
+
+TOKEN_USERNAME = "<token>"
+"""A helper's ``Username`` that marks ``Secret`` as an identity token."""
+
+HELPER_TIMEOUT = 120.0  # seconds; helpers may unlock a keyring, never forever
+
+
+# --- host names and config keys ------------------------------------------------
+
+
+def _server_url(host: str) -> str:
+    """The key ``docker login`` uses for ``host`` (config entry and helper ServerURL)."""
+    name = registry_host(host)
+    return DOCKER_HUB_KEY if name == DOCKER_HUB else name
+
+
+def _find_key(table: dict, host: str) -> str | None:
+    """The key of ``table`` that names ``host`` in any of docker's spellings."""
+    if host in table:
+        return host
+    want = registry_host(host)
+    return next((key for key in table if registry_host(key) == want), None)
+
+
+# --- docker config.json -----------------------------------------------------------
+
+
+def docker_config_path() -> Path:
+    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
+    folder = os.environ.get("DOCKER_CONFIG")
+    return (Path(folder) if folder else Path.home() / ".docker") / "config.json"
+
+
+def load_docker_config() -> dict:
+    """The parsed docker config; ``{}`` when there is none."""
+    path = docker_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise AuthError(f"{path}: cannot read the docker config ({exc.strerror})") from None
+    if not text.strip():
+        return {}
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        # `from None`: a JSONDecodeError carries the whole document, secrets included
+        raise AuthError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); fix or remove the file") from None
+    if not isinstance(config, dict):
+        raise AuthError(f"{path}: expected a JSON object; fix or remove the file")
+    return config
+
+
+def _write_config(path: Path, config: dict) -> None:
+    """Atomically replace ``path`` (through a symlink) with ``config``, mode 0600."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.is_symlink():
+        path = path.resolve()
+    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=path.parent)  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent="\t")
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _helper_name(config: dict, host: str) -> tuple[str, str] | None:
+    """``(helper, setting)`` docker would use for ``host``: credHelpers, then credsStore."""
+    helpers = config.get("credHelpers") or {}
+    if isinstance(helpers, dict):
+        key = _find_key(helpers, host)
+        if key is not None and helpers[key]:
+            return str(helpers[key]), f"credHelpers[{key!r}]"
+    store = config.get("credsStore")
+    if store:
+        return str(store), "credsStore"
+    return None
+
+
+# --- credentials -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, repr=False)
+class Credentials:
+    """A username and password, or an identity (refresh) token."""
+
+    username: str
+    password: str = field(repr=False)
+    identity_token: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        token = "None" if self.identity_token is None else "***"
+        return f"Credentials(username={self.username!r}, password=***, identity_token={token})"
+
+    @property
+    def has_password(self) -> bool:
+        return bool(self.password)
+
+    def describe(self) -> str:
+        """Who these credentials are, for messages: never the secret."""
+        if self.username:
+            return self.username
+        return "an identity token" if self.identity_token else "an empty username"
+
+
+def _from_entry(entry: dict, key: str, path: Path) -> Credentials | None:
+    """Credentials from one ``auths`` entry (``auth``, ``username``/``password``, ``identitytoken``)."""
+    if not isinstance(entry, dict):
+        raise AuthError(f"{path}: auths[{key!r}] is not an object")
+    username = str(entry.get("username") or "")
+    password = str(entry.get("password") or "")
+    if entry.get("auth"):
+        try:
+            decoded = base64.b64decode(str(entry["auth"]), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthError(f"{path}: auths[{key!r}].auth is not base64 'user:password'; log in again") from None
+        username, sep, password = decoded.partition(":")
+        if not sep:
+            raise AuthError(f"{path}: auths[{key!r}].auth is not base64 'user:password'; log in again")
+    token = entry.get("identitytoken") or None
+    if not (username or password or token):
+        return None
+    return Credentials(username, password, str(token) if token else None)
+
+
+def credentials_for(host: str) -> Credentials | None:
+    """Credentials for ``host``, looked up as docker does.
+
+    ``credHelpers[host]``, else ``credsStore`` (through ``docker-credential-<name>``),
+    else (also when the helper has none) ``auths[host]``. Keys may be written
+    ``host``, ``https://host``, ``https://host/v1/``...; Docker Hub's is
+    ``https://index.docker.io/v1/``.
+    """
+    config = load_docker_config()
+    path = docker_config_path()
+    helper = _helper_name(config, host)
+    if helper is not None:
+        creds = _helper_get(helper[0], _server_url(host), helper[1], path)
+        if creds is not None:
+            return creds
+    auths = config.get("auths") or {}
+    if not isinstance(auths, dict):
+        raise AuthError(f"{path}: 'auths' is not an object; fix or remove the file")
+    key = _find_key(auths, host)
+    return None if key is None else _from_entry(auths[key], key, path)
+
+
+def store_credentials(host: str, username: str, password: str) -> str:
+    """Save a login for ``host`` where docker would; returns where it went (no secret).
+
+    With ``credHelpers[host]`` or ``credsStore`` configured, the helper stores
+    it (and any plain-text entry for ``host`` is removed from config.json);
+    otherwise it goes into ``auths`` of config.json, base64 encoded.
+    """
+    path = docker_config_path()
+    config = load_docker_config()
+    server = _server_url(host)
+    helper = _helper_name(config, host)
+    if helper is not None:
+        payload = json.dumps({"ServerURL": server, "Username": username, "Secret": password})
+        _run_helper(helper[0], "store", payload, helper[1], path, secret=password)
+        if _drop_entries(config, host):
+            _write_config(path, config)
+        return f"credential helper docker-credential-{helper[0]}"
+    auths = config.get("auths")
+    if not isinstance(auths, dict):
+        auths = config["auths"] = {}
+    _drop_entries(config, host)
+    auths[server] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode("ascii")}
+    _write_config(path, config)
+    return f"{path} (base64, not encrypted; configure a docker credential helper to avoid this)"
+
+
+def erase_credentials(host: str) -> str:
+    """Forget the login for ``host`` (helper and config.json); returns what was done."""
+    path = docker_config_path()
+    config = load_docker_config()
+    done = []
+    helper = _helper_name(config, host)
+    if helper is not None:
+        _run_helper(helper[0], "erase", _server_url(host), helper[1], path)
+        done.append(f"credential helper docker-credential-{helper[0]}")
+    if _drop_entries(config, host):
+        _write_config(path, config)
+        done.append(str(path))
+    if not done:
+        return f"no credentials for {host} were stored in {path}"
+    return "removed from " + " and ".join(done)
+
+
+def _drop_entries(config: dict, host: str) -> bool:
+    """Remove every ``auths`` entry naming ``host``; whether any was removed."""
+    auths = config.get("auths")
+    if not isinstance(auths, dict):
+        return False
+    want = registry_host(host)
+    keys = [key for key in auths if registry_host(key) == want]
+    for key in keys:
+        del auths[key]
+    return bool(keys)
+
+
+# --- docker-credential-* helpers ----------------------------------------------------
+
+
+def _run_helper(
+    name: str, action: str, stdin: str, setting: str, path: Path, *, secret: str | None = None
+) -> subprocess.CompletedProcess | None:
+    """Run ``docker-credential-<name> <action>``; ``None`` when it has no credentials."""
+    program = f"docker-credential-{name}"
+    exe = shutil.which(program)
+    if exe is None:
+        raise AuthError(
+            f"{program} not found on PATH (configured as {setting} in {path}); install it or remove the setting"
+        )
+    try:
+        proc = subprocess.run([exe, action], input=stdin, capture_output=True, text=True, timeout=HELPER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AuthError(f"{program} {action} did not answer within {HELPER_TIMEOUT:.0f} s") from None
+    except OSError as exc:
+        raise AuthError(f"{program} {action} could not run ({exc.strerror})") from None
+    if proc.returncode == 0:
+        return proc
+    output = (proc.stdout + "\n" + proc.stderr).strip()
+    if "credentials not found" in output.lower():
+        return None
+    first = next((line.strip() for line in output.splitlines() if line.strip()), "no output")
+    if secret:
+        first = first.replace(secret, "***")
+    raise AuthError(f"{program} {action} failed (exit {proc.returncode}): {first[:200]}")
+
+
+def _helper_get(name: str, server: str, setting: str, path: Path) -> Credentials | None:
+    proc = _run_helper(name, "get", server, setting, path)
+    if proc is None:
+        return None
+    try:
+        answer = json.loads(proc.stdout)
+        username, secret = str(answer.get("Username") or ""), str(answer.get("Secret") or "")
+    except (ValueError, AttributeError):
+        raise AuthError(f"docker-credential-{name} get {server}: answered something other than JSON") from None
+    if not secret:
+        return None
+    if username == TOKEN_USERNAME:
+        return Credentials("", "", secret)
+    return Credentials(username, secret)
