@@ -93,7 +93,8 @@ def main() -> None:
         size = sum(int(d["size"]) for d in layers)
         target = manifest["annotations"]["dev.modelimage.target"]
         biggest = max(layers, key=lambda d: int(d["size"]))
-        get_bps = probes.probe_download(client.url(f"/v2/bench/model/blobs/{biggest['digest']}"), client=client.http)
+        get_bps = probes.probe_download(client.url(f"/v2/bench/model/blobs/{biggest['digest']}"),
+                                        transport=client.transport)
         client.close()
 
         for run in range(args.runs):

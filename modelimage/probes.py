@@ -22,6 +22,8 @@ from .errors import ConfigError, ModelImageError
 if TYPE_CHECKING:  # httpx is only needed by probe_download
     import httpx
 
+    from .registry.transport import Transport
+
 MiB = 2**20
 
 
@@ -54,7 +56,7 @@ def probe_disk(directory: str | os.PathLike, size: int = 256 * MiB, *, chunk: in
 
 
 def probe_download(url: str, *, client: httpx.Client | None = None, connections: int = 4,
-                   max_bytes: int = 512 * MiB) -> float:
+                   max_bytes: int = 512 * MiB, transport: Transport | None = None) -> float:
     """Bytes/s of ``connections`` parallel ranged GETs of one blob URL (e.g.
     ``http://HOST/v2/REPO/blobs/sha256:...``), reading at most ``max_bytes``
     of it in equal ranges. Not pure: this is the probe.
@@ -67,18 +69,31 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
     (http.client ``readinto``: 1.2 GB/s on one connection, 1.45 GB/s on
     four; 2026-11-25). A server that ignores ``Range`` still gives a fair
     number: each connection reads its share of bytes from the start.
+
+    ``transport`` (a registry's :class:`~modelimage.registry.transport.Transport`)
+    stands for ``client``: its auth, its retry policy for the first request
+    and its TLS context for the bulk ones (the one TLS trust of every
+    registry request, :func:`~modelimage.registry.transport.ssl_context`,
+    is used in any case).
     """
     import http.client
-    import ssl
 
     import httpx
 
+    from .registry.transport import ssl_context
+
     if connections < 1 or max_bytes < 1:
         raise ConfigError("probe_download needs at least one connection and one byte")
+    if transport is not None:
+        client = transport.http
     own = client is None
-    c = client or httpx.Client(timeout=httpx.Timeout(60.0), follow_redirects=True)
+    host = httpx.URL(url).netloc.decode("ascii")
+    c = client or httpx.Client(timeout=httpx.Timeout(60.0), follow_redirects=True, verify=ssl_context(host))
     try:
-        first = c.get(url, headers={"Range": "bytes=0-0"})
+        if transport is not None:
+            first = transport.retry.call(f"probing {url}", lambda: c.get(url, headers={"Range": "bytes=0-0"}))
+        else:
+            first = c.get(url, headers={"Range": "bytes=0-0"})
         first.raise_for_status()
         total = _content_range_total(first.headers.get("content-range")) or len(first.content) or max_bytes
         final = first.url
@@ -96,12 +111,13 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
     errors: list[BaseException] = []
     target = final.raw_path.decode("ascii")
     port = final.port or (443 if final.scheme == "https" else 80)
+    context = transport.ssl_context if transport is not None else ssl_context(final.netloc.decode("ascii"))
 
     def fetch(k: int) -> None:
         lo, hi = bounds[k]
         if final.scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                final.host, port, timeout=60, context=ssl.create_default_context())
+                final.host, port, timeout=60, context=context)
         else:
             conn = http.client.HTTPConnection(final.host, port, timeout=60)
         try:

@@ -103,12 +103,10 @@ def _model_6mb(tmp_path: Path) -> Path:
     import numpy as np
     from safetensors.numpy import save_file
 
-    model = tmp_path / "m"
-    model.mkdir()
-    rng = np.random.default_rng(0)
-    save_file({f"w{i}": rng.standard_normal((512, 1024)).astype(np.float16) for i in range(6)},
-              str(model / "model.safetensors"))
-    return model
+    (tmp_path / "m").mkdir()
+    weights = np.random.default_rng(0).standard_normal((6, 512, 1024)).astype(np.float16)
+    save_file({f"w{i}": w for i, w in enumerate(weights)}, str(tmp_path / "m" / "model.safetensors"))
+    return tmp_path / "m"
 
 
 def _cut_patch(monkeypatch, at: int, after_bytes: int) -> list[int]:

@@ -63,7 +63,7 @@ def estimate(source: str, config: Path | None, max_layer_size: int | None, bandw
                                       if d.is_dir()), Path(tempfile.gettempdir()))
             disk_bps, sync_latency = probes.probe_disk(where), probes.probe_sync_latency(where)
             if probe_url:
-                bandwidth = probes.probe_download(probe_url, client=client.http if client else None)
+                bandwidth = probes.probe_download(probe_url, transport=client.transport if client else None)
             elif bandwidth is None:
                 raise click.UsageError("--probe measures a registry: give a REF, or pass --bandwidth")
     finally:

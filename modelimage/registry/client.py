@@ -75,9 +75,14 @@ class RegistryClient:
     # ---------------------------------------------------------------- checks
 
     def ping(self) -> None:
-        r = self.http.get("/v2/")
-        if r.status_code != 200:
-            raise _error(f"{self.host}", r)
+        """``GET /v2/``: the registry answers and accepts the credentials
+        (learning its auth challenge). Retried under the transport's policy."""
+        def once() -> None:
+            r = self.http.get("/v2/")
+            if r.status_code != 200:
+                raise _error(f"{self.host}", r)
+
+        self.transport.retry.call(self.host, once)
 
     def blob_exists(self, repo: str, digest: str) -> int | None:
         """The blob's size if ``repo`` has it, else None."""

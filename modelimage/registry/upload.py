@@ -224,15 +224,3 @@ class _Counter:
         for chunk in self.it:
             self.n += len(chunk)
             yield chunk
-
-
-class _Counter:
-    """Counts the bytes an iterator hands to httpx."""
-
-    def __init__(self, it: Iterator[bytes | memoryview]):
-        self.it, self.n = it, 0
-
-    def __iter__(self) -> Iterator[bytes | memoryview]:
-        for chunk in self.it:
-            self.n += len(chunk)
-            yield chunk
