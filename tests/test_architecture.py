@@ -22,12 +22,10 @@ MAX_CLASS_LINES = 200
 CODECS = {"modelimage.formats.gguf", "modelimage.formats.safetensors"}
 # Modules over MAX_MODULE_LINES and classes over MAX_CLASS_LINES still on main.
 ALLOWED_LONG_MODULES: set[str] = {
-    "modelimage.registry.auth", "modelimage.inspect", "modelimage.artifact", "modelimage.estimate",
-    "modelimage.registry.push", "modelimage.registry.fetch",
+    "modelimage.inspect", "modelimage.artifact", "modelimage.estimate",
 }
 ALLOWED_LONG_CLASSES: set[str] = {
-    "modelimage.pull.extract.LayerWriter", "modelimage.registry.auth.RegistryAuth",
-    "modelimage.registry.fetch.BlobReader",
+    "modelimage.pull.extract.LayerWriter",
 }
 
 

@@ -41,6 +41,7 @@ from .pieces import (
     OpenStream,
     Stale,
     Target,
+    bad_status,
     check_content_range,
     in_order,
     origin,
@@ -230,7 +231,7 @@ class BlobReader:
         if proxied(target.url):
             return read_range_httpx(self.label, target, lo, hi, view, size=self.size, timeout=self.timeout,
                                     context=self.client.transport.ssl_context, stats=self.stats,
-                                    bad_status=lambda status: self._bad_status(status, target, lo, hi))
+                                    registry_base=self.client.base)
         r = self._open_range(conns, target, lo, hi)
         read_into(r, view[: hi - lo + 1], self.stats)
         if r.length:  # more than asked for: the connection cannot be reused
@@ -255,14 +256,9 @@ class BlobReader:
         if r.status != 206:
             r.read(4096)
             r.close()
-            self._bad_status(r.status, target, lo, hi)
+            bad_status(f"{self.label}: bytes {lo}-{hi}", r.status, target, self.client.base)
         check_content_range(self.label, r.getheader("Content-Range"), lo, hi, self.size)
         return r
 
-    def _bad_status(self, status: int, target: Target, lo: int, hi: int) -> None:
-        redirected = origin(target.url) != origin(httpx.URL(self.client.base))
-        if status in (401, 403) or (status == 404 and redirected) or status in (301, 302, 303, 307, 308):
-            raise Stale(f"HTTP {status}")
-        raise RegistryError(f"{self.label}: bytes {lo}-{hi}", status)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from ..errors import ModelImageError
+from .transport import RegistryError
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
@@ -125,6 +126,16 @@ def check_content_range(label: str, value: str | None, lo: int, hi: int, size: i
         raise FetchError(f"{label}: the server says the blob has {m.group(3)} bytes, the manifest says {size}")
 
 
+def bad_status(what: str, status: int, target: Target, registry_base: str) -> None:
+    """Raise for a bulk read's unexpected ``status``: :class:`Stale` when the
+    URL or credentials no longer work (401/403, a redirect, a 404 from
+    storage elsewhere), else the :class:`RegistryError`."""
+    redirected = origin(target.url) != origin(httpx.URL(registry_base))
+    if status in (401, 403) or (status == 404 and redirected) or status in (301, 302, 303, 307, 308):
+        raise Stale(f"HTTP {status}")
+    raise RegistryError(what, status)
+
+
 def read_into(r: http.client.HTTPResponse, view: memoryview, stats: FetchStats) -> None:
     """Fill ``view`` from the response (its bytes counted in ``stats``)."""
     got = 0
@@ -137,14 +148,13 @@ def read_into(r: http.client.HTTPResponse, view: memoryview, stats: FetchStats) 
 
 
 def read_range_httpx(label: str, target: Target, lo: int, hi: int, view: memoryview, *, size: int,
-                     timeout: float, context: ssl.SSLContext, stats: FetchStats,
-                     bad_status: Callable[[int], None]) -> None:
+                     timeout: float, context: ssl.SSLContext, stats: FetchStats, registry_base: str) -> None:
     """Bytes ``lo..hi`` into ``view`` through httpx (which honours the
-    environment's proxies); ``bad_status(status)`` raises for anything but 206."""
+    environment's proxies); anything but 206 raises (:func:`bad_status`)."""
     with httpx.Client(timeout=timeout, follow_redirects=False, verify=context) as c:
         with c.stream("GET", str(target.url), headers={**target.headers, "Range": f"bytes={lo}-{hi}"}) as r:
             if r.status_code != 206:
-                bad_status(r.status_code)
+                bad_status(f"{label}: bytes {lo}-{hi}", r.status_code, target, registry_base)
             check_content_range(label, r.headers.get("Content-Range"), lo, hi, size)
             got = 0
             for data in r.iter_raw(1 << 20):
