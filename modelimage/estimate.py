@@ -86,6 +86,38 @@ class LayerSpec:
         return self.size if self.unpacked is None else self.unpacked
 
 
+# A layer's compression by media type (OCI and Docker's schema 2).
+LAYER_COMPRESSION: Mapping[str, Compression] = MappingProxyType({
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": "none",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+})
+# weights barely compress (docs/benchmarks.md): the unpacked size of a
+# gzip/zstd layer whose tar size the manifest does not say is its size / 0.93
+ASSUMED_RATIO = 0.93
+
+
+def layer_specs_from_manifest(manifest: Mapping[str, Any]) -> list[LayerSpec]:
+    """The layers of an image manifest (a parsed JSON object) as a puller
+    sees them; unknown media types count as plain tar."""
+    specs = []
+    for d in manifest.get("layers", []):
+        comp = LAYER_COMPRESSION.get(d.get("mediaType", ""), "none")
+        size = int(d["size"])
+        specs.append(LayerSpec(size, size if comp == "none" else int(size / ASSUMED_RATIO), comp))
+    return specs
+
+
+def layer_specs_from_plan(plan: Any) -> list[LayerSpec]:
+    """The layers a :class:`~modelimage.plan.Plan` will build (``layer.size``
+    is the tar's size; a compressed blob is assumed ASSUMED_RATIO of it)."""
+    comp = plan.settings.compression
+    return [LayerSpec(layer.size) if comp == "none" else LayerSpec(int(layer.size * ASSUMED_RATIO), layer.size, comp)
+            for layer in plan.layers]
+
+
 @dataclass(frozen=True)
 class Engine:
     """What one container engine does when it pulls, and what that costs.

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import ConfigError, LayerTooLarge, PlanError
+from .oci import ANNOTATION_TITLE
 from .units import format_seconds, format_size, parse_size
 
 MIB, GIB = 2**20, 2**30
@@ -119,6 +120,13 @@ class LayerFacts:
 
     title: str
     size: int  # bytes as stored (an upper bound for compressed layers)
+
+
+def layer_facts(manifest: dict[str, Any]) -> list[LayerFacts]:
+    """The layers of a built image manifest (parsed JSON), for :func:`check`:
+    each titled by its ``org.opencontainers.image.title`` or its digest."""
+    return [LayerFacts((d.get("annotations") or {}).get(ANNOTATION_TITLE, d["digest"][:19]),
+                       int(d["size"])) for d in manifest.get("layers", [])]
 
 
 def check(host: str, limits: RegistryLimits, layers: Sequence[LayerFacts], *, manifest_size: int,

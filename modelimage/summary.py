@@ -21,17 +21,12 @@ import click
 
 from . import templates
 from .errors import ConfigError, ModelImageError, OutputError
-from .estimate import STANDARD_LINKS, LayerSpec, estimate_pull
+from .estimate import LAYER_COMPRESSION, STANDARD_LINKS, LayerSpec, estimate_pull
 from .inspect import ModelInfo
 from .limits import DEFAULT, RegistryLimits, limits_for
 from .registry.reference import Reference
 from .units import format_count, format_seconds, format_size
 
-COMPRESSION_OF = {
-    "application/vnd.oci.image.layer.v1.tar": "none",
-    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
-}
 DEFAULT_ENGINE = "containerd"  # what Kubernetes nodes pull with
 SHOWN_FILES = 3
 
@@ -107,11 +102,11 @@ def _checks(sizes: list[int], titles: list[str], limits: RegistryLimits) -> list
 
 def _layer_spec(layer: dict[str, Any]) -> LayerSpec:
     size = int(layer["size"])
-    compression = COMPRESSION_OF.get(layer.get("mediaType", ""), "none")
+    compression = LAYER_COMPRESSION.get(layer.get("mediaType", ""), "none")
     if compression == "none":
         return LayerSpec(size)
     unpacked = max(size, sum(int(f.get("size", 0)) for f in layer.get("files", [])))
-    return LayerSpec(size, unpacked, compression)  # type: ignore[arg-type]
+    return LayerSpec(size, unpacked, compression)
 
 
 def summarize(build: dict[str, Any], *, model: ModelInfo | None = None, target: str | None = None,

@@ -52,7 +52,10 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".") \
                     if node.level else node.module or ""
-                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+                # ``from PKG import sub`` imports the submodule; PKG itself only
+                # when a name is defined in PKG's __init__ (running a parent
+                # package first is what every submodule import does)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
             else:
                 continue
             graph[name] |= {t for t in targets if t in mods and t != name}

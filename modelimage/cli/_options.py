@@ -69,6 +69,20 @@ def plan_options(f: Callable) -> Callable:
     return f
 
 
+MODEL_ARGS = ("config", "name", "include", "exclude", "target", "max_layer_size", "platform", "compression",
+              "registry", "base")
+
+
+def model_args(kw: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :mod:`modelimage.api` that ``kw`` (a
+    command's options from :func:`source_options` and :func:`plan_options`)
+    sets; ``--insecure-registry`` becomes ``insecure``."""
+    args = {k: kw[k] for k in MODEL_ARGS if k in kw}
+    if "insecure_registry" in kw:
+        args["insecure"] = kw["insecure_registry"]
+    return args
+
+
 def job_options(**kw: Any) -> Options:
     """The library's :class:`~modelimage.job.Options` from a command's keyword arguments."""
     return Options(

@@ -22,9 +22,13 @@ def err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def warn1(warning: str) -> None:
+    err(f"warning: {warning}")
+
+
 def warn(warnings: list[str]) -> None:
     for w in warnings:
-        err(f"warning: {w}")
+        warn1(w)
 
 
 @contextmanager

@@ -8,11 +8,10 @@ from typing import Any
 
 import click
 
+from .. import api
 from ..inspect import BYTES_PER_PARAM_AS, VRAM_FACTOR, ModelInfo
-from ..job import Job, prepare
-from ..plan import Plan
 from ..units import format_count, format_size
-from ._options import job_options, plan_options, rate_callback, source_options
+from ._options import model_args, plan_options, rate_callback, source_options
 from ._output import describe_limits, emit_json, warn
 
 
@@ -28,11 +27,11 @@ def inspect(source: str, as_precision: str | None, as_json: bool, **kw: Any) -> 
     SOURCE is a model folder (Hugging Face or diffusers layout), a single
     weight file, or the name of a model in modelimage.toml.
     """
-    job = prepare(source, job_options(**kw))
+    model = api.inspect(source, **model_args(kw))
     if as_json:
-        emit_json(job.model.to_json(as_precision))
+        emit_json(model.to_json(as_precision))
     else:
-        click.echo(describe(job.model, as_precision))
+        click.echo(describe(model, as_precision))
 
 
 def describe(m: ModelInfo, as_precision: str | None) -> str:
@@ -81,22 +80,21 @@ def plan(source: str, as_json: bool, bandwidth: float | None, **kw: Any) -> None
     The plan is checked against the registry's limits (--registry) or, with
     none, those every engine has (4 MiB manifests, 125 layers).
     """
-    job = prepare(source, job_options(**kw))
-    p = job.plan()
-    warnings = job.preflight(p, bandwidth)
+    planned = api.plan(source, bandwidth=bandwidth, **model_args(kw))
     if as_json:
-        emit_json({**p.to_json(), "registry": job.registry, "limits": job.limits.to_json(), "warnings": warnings})
+        emit_json(planned.to_json())
     else:
-        click.echo(describe_plan(job, p))
-        if job.registry:
-            click.echo(f"  fits {job.registry} ({job.limits.name}): {describe_limits(job.limits)}")
-    warn(warnings)
+        click.echo(describe_plan(planned))
+        if planned.registry:
+            click.echo(f"  fits {planned.registry} ({planned.limits.name}): {describe_limits(planned.limits)}")
+    warn(list(planned.warnings))
 
 
-def describe_plan(job: Job, p: Plan) -> str:
+def describe_plan(planned: api.Planned) -> str:
+    p = planned.plan
     s = p.settings
     lines = [
-        f"{job.model.name}: {len(p.layers)} layers, {format_size(p.total_size)}, "
+        f"{planned.model.name}: {len(p.layers)} layers, {format_size(p.total_size)}, "
         f"each at most {format_size(s.max_layer_size)}, under /{s.root}"
     ]
     for i, layer in enumerate(p.layers, 1):

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from ..pull import DEFAULT_CONCURRENCY, VerifyFailed, prepare_pull, verify
+from .. import api
+from ..pull import DEFAULT_CONCURRENCY, VerifyFailed
 from ..registry.fetch import DEFAULT_CONNECTIONS
 from ..units import format_seconds, format_size
 from ._output import progress
@@ -52,10 +53,8 @@ def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, pla
     into DEST. An interrupted pull resumes: what is complete is not fetched
     again (state in DEST/.modelimage-pull/).
     """
-    job = prepare_pull(source, dest, path=path, include=include, platform=platform, concurrency=concurrency,
-                       connections=connections, insecure=frozenset(insecure_registry))
-    with progress(job.total_bytes, f"pulling {source}") as advance:
-        result = job.run(advance)
+    result = api.pull(source, dest, path=path, include=include, platform=platform, concurrency=concurrency,
+                      connections=connections, insecure=insecure_registry, progress=progress)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     rate = result.bytes_fetched / result.seconds if result.seconds > 0 else 0.0
@@ -78,8 +77,7 @@ def verify_command(source: str, dest: str, include: tuple[str, ...], path: str |
     """Check DEST against an image: every file re-hashed and compared with the
     layers' file lists (or, for layers without one, the layer's own bytes).
     Prints one line per missing, extra or changed file; exits 1 if any."""
-    result = verify(source, dest, include=include, path=path, platform=platform,
-                    insecure=frozenset(insecure_registry))
+    result = api.verify(source, dest, include=include, path=path, platform=platform, insecure=insecure_registry)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
