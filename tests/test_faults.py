@@ -210,7 +210,7 @@ def test_a_fault_that_never_clears_fails_in_one_line(faults, llama_dir, registry
     retry budget (6 attempts) with one line on stderr and exit code 1, and
     the registry holds no manifest for the tag."""
     monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("modelimage.cli.build.PushSettings", partial(PushSettings, backoff=0.01, chunk_size=CHUNK))
+    monkeypatch.setattr("modelimage.registry.push.PushSettings", partial(PushSettings, backoff=0.01, chunk_size=CHUNK))
     faults.add(Rule("PATCH", UPLOAD, fault, times=None))
     repo = f"faults/never-{type(fault).__name__.lower()}"
     code = main(["build", str(llama_dir), "--push", f"{faults.host}/{repo}:v1", "--concurrency", "1"])
