@@ -42,6 +42,10 @@ class ConfigError(ModelImageError):
     """A bad modelimage.toml or command-line setting."""
 
 
+class RenderError(ModelImageError):
+    """What was asked cannot be rendered (the message says what to do instead)."""
+
+
 class OutputError(ModelImageError):
     """The destination cannot be written."""
 

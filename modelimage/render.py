@@ -23,11 +23,12 @@ from . import templates
 from .build import model_facts
 from .config import ModelEntry, load_config, resolve
 from .content import FileRange, is_remote
-from .errors import ConfigError, ModelImageError, OutputError
-from .inspect import VRAM_FACTOR, ModelInfo
+from .errors import ConfigError, OutputError, RenderError
+from .inspect import VRAM_FACTOR
 from .job import Job, Options, prepare
 from .plan import Plan
 from .registry.reference import Reference
+from .serving import server_args, server_kind
 from .tarstream import Entry
 from .units import format_size
 
@@ -60,10 +61,6 @@ COPY_DIR = "/modelimage-copy"
 # (COPY matches sources with filepath.Match) and variable expansion.
 _COPY_UNSAFE = re.compile(r"[*?\[\]\\$]")
 _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
-
-
-class RenderError(ModelImageError):
-    """What was asked cannot be rendered (the message says what to do instead)."""
 
 
 @dataclass(frozen=True)
@@ -338,14 +335,6 @@ def pull_policy(image: str) -> str:
     return "Always" if ref.digest is None and ref.tag == "latest" else "IfNotPresent"
 
 
-def _model_path(model: ModelInfo, target: str) -> str:
-    """What the server loads: the folder, or the file of a single-file GGUF model."""
-    weights = [f for f in model.files if f.is_weights]
-    if model.format == "gguf" and len(weights) == 1:
-        return f"{target}/{weights[0].name}"
-    return target
-
-
 def k8s(job: Job, plan: Plan, image: str, settings: RenderSettings) -> str:
     """A Deployment that serves the model from its image."""
     if settings.fallback not in (None, *FALLBACKS):
@@ -366,8 +355,8 @@ def k8s(job: Job, plan: Plan, image: str, settings: RenderSettings) -> str:
         image=image,
         pull_policy=pull_policy(image),
         serve_image=settings.serve_image,
-        args=["--model", _model_path(model, target), "--served-model-name", model.name,
-              "--port", str(settings.port)],
+        args=server_args(model, plan, serve_image=settings.serve_image, port=settings.port),
+        server=server_kind(settings.serve_image),
         port=settings.port,
         gpus=settings.gpus,
         vram=format_size(model.vram_bytes),

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -24,7 +25,10 @@ from modelimage import render as rd
 from modelimage import synth
 from modelimage.build import model_facts
 from modelimage.cli import cli, main
+from modelimage.errors import ModelImageError
 from modelimage.job import Options, prepare
+from modelimage.tarstream import DIR_MODE, FILE_MODE
+from modelimage.units import parse_size
 
 from .tools import SMALL, need, run
 
@@ -125,8 +129,10 @@ def test_dockerfile_one_copy_per_layer(models: Path) -> None:
     assert len(copies) == len(plan.layers)
     assert all(c.startswith("COPY --link ") for c in copies)
     # the files layer spans folders: gathered in a stage at full paths, copied as one layer
-    assert "COPY --link --from=layer-5 / /" in copies
-    assert 'COPY ["tokenizer/vocab.json", "/models/sd/tokenizer/vocab.json"]' in text
+    assert "COPY --link --from=layer-5 / /" in copies  # keeps the stage's modes (dirs 755)
+    assert 'COPY --chmod=644 ["tokenizer/vocab.json", "/models/sd/tokenizer/vocab.json"]' in text
+    # every file gets build's mode: --chmod on each COPY of files, none on the stage copy of folders
+    assert all("--chmod=644" in c for c in copies if "--from=" not in c)
     assert f"docker build -t sd:latest -f Dockerfile {models / 'sd'}" in text
     assert "WORKDIR /models/sd" in text
 
@@ -159,6 +165,9 @@ def podman_image(models: Path, podman_env: dict[str, str], tmp_path_factory: pyt
     yields (tag, plan, saved OCI layout folder)."""
     need("podman")
     ctx = models / "sd"
+    for p in ctx.rglob("*"):  # as safetensors 0.8 writes them (issue 22, input 4)
+        if p.is_file():
+            p.chmod(0o600)
     dockerfile = tmp_path_factory.mktemp("dockerfile") / "Dockerfile"
     result = invoke("render", "dockerfile", str(ctx), "--no-link", "-o", str(dockerfile))
     assert result.exit_code == 0, result.stderr
@@ -187,6 +196,11 @@ def test_podman_builds_the_planned_layers(podman_image, models: Path, podman_env
         with tarfile.open(saved / "blobs" / "sha256" / layer["digest"][7:]) as tar:
             files = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
             assert set(files) == {e.path for e in planned.entries}  # the planner's grouping
+            # the modes `modelimage build` gives (COPY --chmod=644), whatever the folder had (0600)
+            assert {m.name: oct(m.mode & 0o7777) for m in files.values()} == {
+                m.name: oct(FILE_MODE) for m in files.values()}
+            dirs = [m for m in tar.getmembers() if m.isdir()]
+            assert all(m.mode & 0o7777 == DIR_MODE for m in dirs), [(m.name, oct(m.mode)) for m in dirs]
             for e in planned.entries:
                 source = models / "sd" / e.content.name
                 data = tar.extractfile(files[e.path])
@@ -426,3 +440,137 @@ def test_render_model_api(models: Path) -> None:
     out = rd.render_model("k8s", str(models / "llama"), Options(), rd.RenderSettings(image=IMAGE, gpus=2))
     assert out.warnings == ()
     assert 'nvidia.com/gpu: "2"' in out.text
+
+
+# ---------------------------------------------------------------- paths: only what the image holds (issue 14)
+
+LLAMA_CPP = "ghcr.io/ggml-org/llama.cpp:server"
+
+
+@pytest.fixture(scope="module")
+def path_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("path-models")
+    synth.write_llama_safetensors(base / "st", SMALL, shards=2)
+    synth.write_llama_gguf(base / "gg" / "tiny-Q4_K_M.gguf", SMALL)
+    synth.write_llama_gguf(base / "mm" / "tiny-Q4_K_M.gguf", SMALL)
+    synth.write_mmproj(base / "mm" / "mmproj-tiny-f16.gguf", hidden=64, blocks=1)
+    synth.write_llama_gguf(base / "lora" / "tiny-Q4_K_M.gguf", SMALL)
+    synth.write_gguf_lora(base / "lora" / "tiny-lora-f16.gguf", SMALL, rank=4)
+    synth.write_llama_safetensors(base / "peft", SMALL, shards=1)
+    synth.write_peft_adapter(base / "peft" / "adapter", SMALL, rank=32)
+    return base
+
+
+def _named_paths(text: str, root: str) -> set[str]:
+    """Every path under the model's root that ``text`` names (with or without
+    the leading /), as root-relative paths ("" for the root itself)."""
+    found = set()
+    for m in re.finditer(rf"/?{re.escape(root)}(/[^\s\"',\]\\`|]*)?", text):
+        rel = (m.group(1) or "").strip("/")
+        found.add("" if rel in ("", ".") else rel.removesuffix("/."))
+    return found
+
+
+def _check_named(text: str, plan) -> set[str]:
+    root = plan.settings.root
+    files = {e.content.name for e in plan.files}
+    dirs = {""} | {str(PurePosixPath(n).parent) for n in files for _ in [0]} | {
+        "/".join(n.split("/")[:i]) for n in files for i in range(1, n.count("/") + 1)}
+    named = _named_paths(text, root)
+    for rel in named:
+        assert rel in files or rel in dirs, f"{rel!r} is not in the image (files: {sorted(files)[:8]}...)"
+    return named
+
+
+@pytest.mark.parametrize("limit", ["10GB", "600KB"], ids=["whole", "split"])
+@pytest.mark.parametrize("model", ["st", "gg", "mm", "lora", "peft"])
+def test_every_kind_names_only_files_the_image_holds(path_models: Path, model: str, limit: str,
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each kind, rendered for split and unsplit models, names only paths
+    the built image holds; a kind that cannot (a Dockerfile for a resharded
+    plan, vLLM for a split GGUF) refuses in one line instead."""
+    src = str(path_models / model)
+    job = prepare(src, Options(max_layer_size=parse_size(limit)))
+    try:
+        plan = job.plan()
+    except ModelImageError:  # the PEFT adapter cannot be split: every kind that plans refuses
+        assert main(["render", "k8s", src, "--max-layer-size", limit, "--image", IMAGE]) == 1
+        assert "cannot be split" in capsys.readouterr().err
+        return
+    texts = {}
+    for kind, extra in [("dockerfile", ()), ("dockerfile-consumer", ("--image", IMAGE)),
+                        ("k8s", ("--image", IMAGE)), ("k8s", ("--image", IMAGE, "--serve-image", LLAMA_CPP)),
+                        ("k8s", ("--image", IMAGE, "--fallback", "init-container", "--serve-image", LLAMA_CPP)),
+                        ("github-action", ("--image", IMAGE)), ("makefile", ())]:
+        rc = main(["render", kind, src, "--max-layer-size", limit, *extra])
+        out, err = capsys.readouterr()
+        if rc == 0:
+            texts[(kind, *extra)] = out
+        else:
+            assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert [k for k in texts if k[0] == "k8s"], "some server takes it"
+    for key, text in texts.items():
+        named = _check_named(text, plan)
+        if key[0] in ("k8s", "dockerfile", "dockerfile-consumer"):
+            assert "" in named, key  # the model's folder, at least
+        if key[0] == "dockerfile":  # COPY ["src", ..., "dest"]: the sources are the plan's files, each once
+            sources = [src for line in text.splitlines() if line.startswith("COPY") and "[" in line
+                       for src in json.loads(line[line.index("["):])[:-1]]
+            assert sorted(sources) == sorted(e.content.name for e in plan.files)
+    # the summary of a real build of the same plan
+    from modelimage.build import build_image
+    from modelimage.layout import LayoutRef, open_sink
+    from modelimage.summary import summarize
+
+    ref = LayoutRef.parse(f"oci:{tmp_path / 'out'}:v1")
+    result = build_image(job.model, plan, open_sink(ref), settings=job.image_settings, reference=str(ref))
+    md = summarize(result.to_json(), model=job.model, target="/" + plan.settings.root)
+    layers_md = md.split("#### Layers", 1)[1].split("####", 1)[0]
+    shown = set(re.findall(r"`([^`]+)`", layers_md)) - {t for t in re.findall(r"`([^`]+)`", layers_md)
+                                                          if t.startswith("sha256:")}
+    files = {e.content.name for e in plan.files}
+    assert shown and all(s in files or s.endswith("…") for s in shown), shown
+
+
+def test_k8s_points_at_the_first_split_of_a_split_gguf(path_models: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14, input 4: --model named the unsplit file, which the image
+    does not hold. llama.cpp gets the first split; vLLM, which loads only
+    single-file GGUF, is refused with what works instead."""
+    src = str(path_models / "gg")
+    doc = k8s_doc(src, "--image", IMAGE, "--serve-image", LLAMA_CPP, "--max-layer-size", "600KB")
+    (server,) = doc["spec"]["template"]["spec"]["containers"]
+    args = server["args"]
+    model = args[args.index("-m") + 1]
+    assert re.fullmatch(r"/models/gg/tiny-Q4_K_M-00001-of-000\d\d\.gguf", model), model
+    plan = prepare(src, Options(max_layer_size=600_000)).plan()
+    assert model.lstrip("/") in {e.path for e in plan.files}
+    assert main(["render", "k8s", src, "--image", IMAGE, "--max-layer-size", "600KB"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "vLLM loads only single-file GGUF" in err and "--max-layer-size" in err and LLAMA_CPP in err, err
+    m = re.search(r"--max-layer-size (\S+) to keep it whole", err)
+    assert m
+    whole = k8s_doc(src, "--image", IMAGE, "--max-layer-size", m.group(1))
+    assert whole["spec"]["template"]["spec"]["containers"][0]["args"][:2] == [
+        "--model", "/models/gg/tiny-Q4_K_M.gguf"]
+
+
+def test_k8s_passes_projectors_and_adapters(path_models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """llama.cpp: --mmproj and --lora with their paths in the image; vLLM:
+    --enable-lora --lora-modules NAME=FOLDER (and --max-lora-rank over 16)."""
+    doc = k8s_doc(str(path_models / "mm"), "--image", IMAGE, "--serve-image", LLAMA_CPP)
+    args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--mmproj") + 1] == "/models/mm/mmproj-tiny-f16.gguf"
+    assert args[args.index("-m") + 1] == "/models/mm/tiny-Q4_K_M.gguf"
+    doc = k8s_doc(str(path_models / "lora"), "--image", IMAGE, "--serve-image", LLAMA_CPP)
+    args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--lora") + 1] == "/models/lora/tiny-lora-f16.gguf"
+    doc = k8s_doc(str(path_models / "peft"), "--image", IMAGE)
+    args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["--model", "/models/peft"]
+    assert "--enable-lora" in args and args[args.index("--lora-modules") + 1] == "adapter=/models/peft/adapter"
+    assert args[args.index("--max-lora-rank") + 1] == "32"
+    # a GGUF LoRA is not vLLM's format: refused, saying what works
+    assert main(["render", "k8s", str(path_models / "lora"), "--image", IMAGE]) == 1
+    err = capsys.readouterr().err
+    assert "PEFT" in err and LLAMA_CPP in err
