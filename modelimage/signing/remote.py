@@ -1,0 +1,127 @@
+"""An image in a registry, opened for signing and checking signatures only.
+
+Resolves a reference to one image manifest (an index picks the platform,
+as :func:`modelimage.image.open_image` does), reads its config, lists its
+referrers and reads their small blobs. It never reads a layer: the
+:class:`~modelimage.image.Image` it hands out refuses to. Every response
+body received (manifests, config, referrers list, bundles, token answers)
+is counted in :attr:`Remote.bytes_fetched`, so ``verify`` can say what it
+cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+
+from ..errors import ModelImageError, SourceError
+from ..image import Image, choose_platform, is_index, json_blob
+from ..oci import MEDIA_TYPE_MANIFEST, Descriptor
+from ..registry.auth import Credentials
+from ..registry.client import RegistryClient, RegistryError, network_message
+from ..registry.reference import Reference
+from ..registry.referrers import list_referrers
+from .referrer import Referrer, classify
+
+MAX_SMALL_BLOB = 4 << 20  # bundles and statements are KBs; anything bigger is not one
+
+
+@dataclass
+class Remote:
+    """An opened image: ``subject`` is its manifest's descriptor (what
+    referrers point at); ``image`` has the manifest and config only."""
+
+    ref: Reference
+    client: RegistryClient
+    image: Image
+    subject: Descriptor
+    responses: list[httpx.Response] = field(default_factory=list)
+
+    @property
+    def bytes_fetched(self) -> int:
+        """Response body bytes received so far (as sent: before any decoding)."""
+        return sum(r.num_bytes_downloaded for r in self.responses)
+
+    @property
+    def requests(self) -> int:
+        return len(self.responses)
+
+    @property
+    def pinned(self) -> str:
+        """``HOST/REPO@sha256:...`` of the image manifest."""
+        return f"{self.ref.host}/{self.ref.repository}@{self.subject.digest}"
+
+    def referrers(self) -> list[Referrer]:
+        entries, _ = list_referrers(self.client, self.ref.repository, self.subject.digest)
+        return [classify(d) for d in entries]
+
+    def manifest(self, digest: str) -> dict:
+        m = self.client.get_manifest(self.ref.repository, digest)
+        return json_blob(m.data, digest, f"{self.ref.host}/{self.ref.repository}@{digest[:19]}")
+
+    def small_blob(self, desc: Descriptor) -> bytes:
+        """A small blob (bundle, statement), checked against its digest."""
+        what = f"{self.ref.host}/{self.ref.repository}: blob {desc.digest[:19]}"
+        if desc.size > MAX_SMALL_BLOB:
+            raise SourceError(f"{what}: {desc.size} bytes is too big for a signature or an attestation")
+        data = self.client.get_blob(self.ref.repository, desc.digest)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
+            raise SourceError(f"{what}: does not match its digest")
+        return data
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _no_layers(desc: Descriptor, start: int) -> Iterator[memoryview]:
+    raise AssertionError(f"signing and signature checks never read layers ({desc.digest[:19]})")
+
+
+def open_remote(source: str, *, platform: str | None = None, insecure: frozenset[str] = frozenset(),
+                credentials: Credentials | None = None) -> Remote:
+    """Open ``source`` (``HOST/REPO[:TAG|@DIGEST]``): its manifest and config.
+    Raises :class:`~modelimage.errors.ModelImageError` subclasses, one line."""
+    if source.startswith(("oci:", "oci-archive:")):
+        raise SourceError(f"{source}: signatures live in a registry next to the image; push it first "
+                          "(modelimage push) and sign the pushed reference")
+    ref = Reference.parse(source)
+    client = RegistryClient(ref, insecure=insecure, credentials=credentials)
+    responses: list[httpx.Response] = []
+    for c in (client.http, client.token_client):
+        c.event_hooks = {**c.event_hooks, "response": [*c.event_hooks.get("response", []), responses.append]}
+    try:
+        m = client.get_manifest(ref.repository, ref.ref)
+        manifest, digest, media_type, size = m.json(), m.digest, m.media_type, len(m.data)
+        if is_index(manifest, m.media_type):
+            chosen = choose_platform(manifest, platform, source)
+            m = client.get_manifest(ref.repository, chosen["digest"])
+            manifest, digest, media_type, size = m.json(), m.digest, m.media_type, len(m.data)
+        if "layers" not in manifest or "config" not in manifest:
+            raise SourceError(f"{source}: not an image manifest")
+        cfg = manifest["config"]
+        config = {}
+        if "json" in cfg.get("mediaType", "") and int(cfg.get("size", 0)) < MAX_SMALL_BLOB:
+            config = json_blob(client.get_blob(ref.repository, cfg["digest"]), cfg["digest"], source)
+    except httpx.HTTPError as e:
+        client.close()
+        raise ModelImageError(network_message(f"{ref.host}", e)) from None
+    except BaseException:
+        client.close()
+        raise
+    image = Image(source, digest, manifest, config if isinstance(config, dict) else {},
+                  tuple(Descriptor.from_json(x) for x in manifest["layers"]), _no_layers, client.close,
+                  ref.host, ref.repository)
+    subject = Descriptor(media_type or manifest.get("mediaType") or MEDIA_TYPE_MANIFEST, digest, size)
+    return Remote(ref, client, image, subject, responses)
+
+
+__all__ = ["Remote", "open_remote", "RegistryError"]
