@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..pull.layers import classify, subtree
 from .oms import SignedFile, SigningError
 
 if TYPE_CHECKING:
@@ -28,12 +29,10 @@ def image_files(image: Image) -> list[SignedFile]:
     other image they could hold anything, and :class:`SigningError` says
     so (their files could only be known by reading them). Raises
     :class:`SigningError` as well when no file is found."""
-    from ..pull import _classify, _prefix  # pull/layers after the split
-
-    prefix = _prefix(None, image)
+    prefix = subtree(None, image)
     files: dict[str, str] = {}
-    for i, desc in enumerate(image.layers):
-        layer = _classify(i, desc, image.name)
+    for layer in classify(image):
+        desc = layer.desc
         if layer.listed is None:
             if image.target is not None:
                 continue  # a base image's layer: pull leaves it out too
