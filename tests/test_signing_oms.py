@@ -152,7 +152,7 @@ def test_public_key_errors(tmp_path, keys):
         oms.load_public_key(tmp_path / "missing.pub")
 
 
-@pytest.mark.parametrize("path", ["model.sig", ".git/config", "a/../b", "/abs", ".modelimage-pull/x"])
+@pytest.mark.parametrize("path", ["model.sig", ".git/config", "a/../b", "/abs", ".modelimage-pull/x", ".modelimage-pull.json"])
 def test_paths_a_folder_check_could_not_see_are_refused(keys, path):
     with pytest.raises(oms.SigningError):
         oms.sign_files(keys[0], "m", [oms.SignedFile(path, "sha256:" + "2" * 64)])

@@ -41,7 +41,8 @@ SIGNATURE_FILE = "model.sig"  # the upstream CLI's default signature name
 # Paths in a pulled folder that are not model files: the signature itself,
 # the puller's own state, and what the upstream CLI ignores by default (git).
 # They are part of the signed statement, so `model_signing verify` skips them.
-IGNORE_PATHS = (SIGNATURE_FILE, ".git", ".gitignore", ".gitattributes", ".github", ".modelimage-pull")
+IGNORE_PATHS = (SIGNATURE_FILE, ".git", ".gitignore", ".gitattributes", ".github", ".modelimage-pull",
+                ".modelimage-pull.json")
 PASSWORD_ENV = "MODELIMAGE_KEY_PASSWORD"
 SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")  # model-signing's (sigstore protobuf specs)
 
