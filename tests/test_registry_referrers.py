@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from modelimage.oci import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Descriptor, canonical_json, sha256_digest
-from modelimage.registry.client import RegistryClient, RegistryError
+from modelimage.registry.client import RegistryClient
 from modelimage.registry.reference import Reference
 from modelimage.registry.referrers import (
     EMPTY_DESCRIPTOR,
@@ -20,6 +20,7 @@ from modelimage.registry.referrers import (
     list_referrers,
     referrers_tag,
 )
+from modelimage.registry.transport import RegistryError
 
 pytestmark = pytest.mark.integration
 

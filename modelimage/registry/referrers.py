@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..oci import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Descriptor, canonical_json, sha256_digest
-from .client import RegistryClient, RegistryError, _error
+from .client import RegistryClient
+from .transport import RegistryError
+from .transport import error_from_response as _error
 
 MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"  # image-spec "Guidance for an Empty Descriptor"
 EMPTY_JSON = b"{}"

@@ -20,10 +20,11 @@ import httpx
 from ..errors import ModelImageError, SourceError
 from ..image import Image, choose_platform, is_index, json_blob
 from ..oci import MEDIA_TYPE_MANIFEST, Descriptor
-from ..registry.auth import Credentials
-from ..registry.client import RegistryClient, RegistryError, network_message
+from ..registry.client import RegistryClient
+from ..registry.keychain import Credentials
 from ..registry.reference import Reference
 from ..registry.referrers import list_referrers
+from ..registry.transport import RegistryError, network_message
 from .referrer import Referrer, classify
 
 MAX_SMALL_BLOB = 4 << 20  # bundles and statements are KBs; anything bigger is not one
@@ -96,7 +97,7 @@ def open_remote(source: str, *, platform: str | None = None, insecure: frozenset
     ref = Reference.parse(source)
     client = RegistryClient(ref, insecure=insecure, credentials=credentials)
     responses: list[httpx.Response] = []
-    for c in (client.http, client.token_client):
+    for c in (client.http, client.transport.token_client):
         c.event_hooks = {**c.event_hooks, "response": [*c.event_hooks.get("response", []), responses.append]}
     try:
         m = client.get_manifest(ref.repository, ref.ref)

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 
 from ..errors import ConfigError, ModelImageError
-from ..registry.auth import Credentials
-from ..registry.client import network_message
+from ..registry.keychain import Credentials
 from ..registry.referrers import Attached, attach
+from ..registry.transport import network_message
 from . import oms
 from .files import image_files
 from .provenance import BuildFacts

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from ..errors import ModelImageError
-from ..registry.auth import Credentials
-from ..registry.client import network_message
+from ..registry.keychain import Credentials
+from ..registry.transport import network_message
 from . import oms
 from .files import image_files
 from .referrer import Referrer, newest_first
