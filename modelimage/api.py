@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .build import BuildResult
 from .errors import ConfigError
@@ -44,6 +44,9 @@ from .plan import Plan
 from .pull import DEFAULT_CONCURRENCY as PULL_CONCURRENCY
 from .pull import PullResult, VerifyResult
 from .registry.push import DEFAULT_CONCURRENCY as PUSH_CONCURRENCY
+
+if TYPE_CHECKING:
+    from .variants.build import IndexResult
 
 Progress = Callable[[int, str], AbstractContextManager[Callable[[int], None] | None]]
 PathLike = str | os.PathLike
@@ -155,7 +158,8 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
           target: str | None = None, compression: str | None = None, bandwidth: float | None = None,
           concurrency: int = PUSH_CONCURRENCY, config: PathLike | None = None, include: Sequence[str] = (),
           exclude: Sequence[str] = (), name: str | None = None, insecure: Sequence[str] = (),
-          progress: Progress | None = None, on_warning: Callable[[str], None] | None = None) -> Built:
+          progress: Progress | None = None, on_warning: Callable[[str], None] | None = None,
+          variants: Sequence[str] = ()) -> Built | IndexResult:
     """Build an image of ``source`` into ``output`` (``oci:DIR[:TAG]`` or
     ``oci-archive:FILE[:TAG]``; default ``oci:build/NAME:TAG``), or push it
     to a registry (``push="HOST/REPO[:TAG]"``, or ``True`` for the model's
@@ -169,6 +173,10 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
     written or uploaded; their warnings go to ``on_warning`` as they come
     (and into ``Built.warnings``).
 
+    A model with variants (``variants``: ``NAME=GLOB[,GLOB]`` each, or the
+    entry's variant tables) becomes one image index, and the result an
+    :class:`~modelimage.variants.build.IndexResult` (:func:`~modelimage.variants.build.build_variants`).
+
     Returns :class:`Built`. Raises ``ConfigError`` (bad options),
     ``LayerTooLarge``/``PlanError`` (limits), ``OutputError`` (cannot write),
     ``SourceError`` (a file changed while building), registry errors."""
@@ -181,6 +189,13 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
         raise ConfigError("use either an output (oci:DIR[:TAG]) or push, not both")
     if format != "image" and base:
         raise ConfigError(f"a base applies to the image format, not {format}")
+    from .variants.build import build_variants, has_variants
+
+    if variants or has_variants(str(source), config):
+        return build_variants(str(source), _options(config, include, exclude, name, max_layer_size=max_layer_size,
+                              target=target, compression=compression, platform=platform, base=base,
+                              insecure=frozenset(insecure)), variants, output=output, push=push, format=format,
+                              concurrency=concurrency, bandwidth=bandwidth, progress=progress, on_warning=on_warning)
     ref = None
     if push not in (None, False):
         text = push if isinstance(push, str) and push else _configured_image(str(source), config)

@@ -29,12 +29,13 @@ from typing import Any
 
 from .errors import ConfigError, SourceError
 from .units import parse_size
+from .variants.spec import VariantSpec, parse_tables
 
 DEFAULT_CONFIG = "modelimage.toml"
 REMOTE_SCHEMES = ("hf://", "s3://")
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _KEYS = {"source", "include", "exclude", "target", "max_layer_size", "image", "platform", "compression", "tag",
-         "endpoint"}
+         "endpoint", "variants"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ModelEntry:
     compression: str | None = None
     tag: str | None = None
     endpoint: str | None = None  # S3-compatible endpoint URL for s3:// sources (else the AWS configuration's)
+    variants: tuple[VariantSpec, ...] = ()  # [models.NAME.variants.VARIANT] tables, in file order
     defined_in: str | None = None  # the toml file, for messages
 
     @property
@@ -130,6 +132,7 @@ def load_config(path: Path | None) -> Config:
             compression=m.get("compression"),
             tag=m.get("tag"),
             endpoint=endpoint,
+            variants=parse_tables(m["variants"], where) if "variants" in m else (),
             defined_in=str(path),
         )
     registries = data.get("registries", {})

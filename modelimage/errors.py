@@ -69,3 +69,8 @@ class UnsafeLayer(ModelImageError):
 
 class BadLayer(ModelImageError):
     """A layer that is not what it says it is (not a tar, truncated, ...)."""
+
+
+class VariantError(ModelImageError):
+    """A variant that is not there, badly described, or none that fits the
+    GPU memory given."""

@@ -144,17 +144,24 @@ def _k_quant_blocks(rng: np.random.Generator, rows: int, cols: int, kind: str) -
     return blocks.reshape(rows, cols // _QK * size)
 
 
+GGUF_QUANTS = ("Q4_K_M", "Q8_0", "F16")
+
+
 def write_llama_gguf(path: Path, shape: LlamaShape = LlamaShape(), *, seed: int = 0,
-                     name: str = "llama-demo", alignment: int | None = None) -> Path:
-    """The same llama shape as a Q4_K_M GGUF (Q4_K weights, Q6_K for
-    ffn_down and output, F32 norms, as llama.cpp's Q4_K_M mix)."""
+                     name: str = "llama-demo", alignment: int | None = None, quant: str = "Q4_K_M") -> Path:
+    """The same llama shape as a GGUF at ``quant`` (:data:`GGUF_QUANTS`):
+    ``Q4_K_M`` (Q4_K weights, Q6_K for attn_v, ffn_down and output, as
+    llama.cpp's Q4_K_M mix), ``Q8_0`` (weights quantized by gguf-py's own
+    Q8_0 quantizer) or ``F16``; F32 norms in all."""
     import gguf
 
+    if quant not in GGUF_QUANTS:
+        raise ValueError(f"quant {quant!r}: one of {', '.join(GGUF_QUANTS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = _rng(seed)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(name)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    w.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{quant}"))
     if alignment:
         w.add_custom_alignment(alignment)
     w.add_context_length(shape.context)
@@ -175,26 +182,33 @@ def write_llama_gguf(path: Path, shape: LlamaShape = LlamaShape(), *, seed: int 
     Q = gguf.GGMLQuantizationType
     h, i, kv = shape.hidden, shape.intermediate, shape.kv_heads * shape.head_dim
 
-    def quant(tname: str, rows: int, cols: int, kind: str) -> None:
-        w.add_tensor(tname, _k_quant_blocks(rng, rows, cols, kind), raw_dtype=Q[kind])
+    def weights(tname: str, rows: int, cols: int, kind: str) -> None:
+        if quant == "Q4_K_M":
+            w.add_tensor(tname, _k_quant_blocks(rng, rows, cols, kind), raw_dtype=Q[kind])
+            return
+        values = rng.standard_normal((rows, cols), dtype=np.float32) * 0.02
+        if quant == "F16":
+            w.add_tensor(tname, values.astype(np.float16))
+        else:
+            w.add_tensor(tname, gguf.quants.quantize(values, Q.Q8_0), raw_dtype=Q.Q8_0)
 
     def norm(tname: str, n: int) -> None:
         w.add_tensor(tname, np.ones(n, dtype=np.float32) + rng.standard_normal(n, dtype=np.float32) * 0.01)
 
-    quant("token_embd.weight", shape.vocab, h, "Q4_K")
+    weights("token_embd.weight", shape.vocab, h, "Q4_K")
     for n in range(shape.layers):
         p = f"blk.{n}."
         norm(p + "attn_norm.weight", h)
-        quant(p + "attn_q.weight", h, h, "Q4_K")
-        quant(p + "attn_k.weight", kv, h, "Q4_K")
-        quant(p + "attn_v.weight", kv, h, "Q6_K")
-        quant(p + "attn_output.weight", h, h, "Q4_K")
+        weights(p + "attn_q.weight", h, h, "Q4_K")
+        weights(p + "attn_k.weight", kv, h, "Q4_K")
+        weights(p + "attn_v.weight", kv, h, "Q6_K")
+        weights(p + "attn_output.weight", h, h, "Q4_K")
         norm(p + "ffn_norm.weight", h)
-        quant(p + "ffn_gate.weight", i, h, "Q4_K")
-        quant(p + "ffn_up.weight", i, h, "Q4_K")
-        quant(p + "ffn_down.weight", h, i, "Q6_K")
+        weights(p + "ffn_gate.weight", i, h, "Q4_K")
+        weights(p + "ffn_up.weight", i, h, "Q4_K")
+        weights(p + "ffn_down.weight", h, i, "Q6_K")
     norm("output_norm.weight", h)
-    quant("output.weight", shape.vocab, h, "Q6_K")
+    weights("output.weight", shape.vocab, h, "Q6_K")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

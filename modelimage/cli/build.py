@@ -11,6 +11,7 @@ import click
 from .. import api
 from ..artifact import FORMATS
 from ..units import format_size
+from . import _variants
 from ._options import model_args, plan_options, rate_callback, registry_options, source_options
 from ._output import emit_json, err, progress, warn1
 
@@ -31,10 +32,11 @@ from ._output import emit_json, err, progress, warn1
 @click.option("--platform", metavar="OS/ARCH", help="Platform recorded in the image config (default: linux/amd64).")
 @click.option("--bandwidth", callback=rate_callback, metavar="RATE",
               help="Upload bandwidth (e.g. 100Mbit/s), to warn when a layer outlasts a registry's upload timeout.")
+@_variants.variant_option
 @registry_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result (digest, layers, files) as JSON.")
 def build(source: str, output: str | None, push_ref: str | None, as_json: bool, concurrency: int,
-          bandwidth: float | None, fmt: str, **kw: Any) -> None:
+          bandwidth: float | None, fmt: str, variants: tuple[str, ...], **kw: Any) -> None:
     """Build an OCI image of a model, without a Docker daemon.
 
     Layers are deterministic tars (sorted entries, uid/gid 0, fixed modes,
@@ -49,7 +51,9 @@ def build(source: str, output: str | None, push_ref: str | None, as_json: bool, 
         raise click.UsageError(f"--base applies to --format image, not {fmt}")
     built = api.build(source, output, push=push_ref if push_ref is None else (push_ref or True), format=fmt,
                       bandwidth=bandwidth, concurrency=concurrency, progress=progress, on_warning=warn1,
-                      **model_args(kw))
+                      variants=variants, **model_args(kw))
+    if not isinstance(built, api.Built):  # a model with variants: an index
+        return _variants.report(built, as_json)
     if as_json:
         emit_json(built.to_json())
         return
