@@ -296,16 +296,19 @@ def push(layout: str, reference: str, *, concurrency: int = PUSH_CONCURRENCY, in
 
 def pull(ref: str, dest: PathLike, *, include: Sequence[str] = (), path: str | None = None,
          platform: str | None = None, concurrency: int = PULL_CONCURRENCY, connections: int | None = None,
-         insecure: Sequence[str] = (), progress: Progress | None = None) -> PullResult:
+         insecure: Sequence[str] = (), progress: Progress | None = None, overwrite: bool = False) -> PullResult:
     """Put the model files of the image ``ref`` (``HOST/REPO[:TAG|@DIGEST]``
-    or ``oci:DIR[:TAG]``) into ``dest``, verified as they stream; an
-    interrupted pull resumes. See :func:`modelimage.pull.pull` for the
-    arguments, the result (:class:`~modelimage.pull.PullResult`: files,
-    ``bytes``, ``bytes_fetched``, ``seconds``) and the errors."""
+    or ``oci:DIR[:TAG]``) into ``dest``, each layer applied once its blob
+    matched its digest; files modelimage did not write are left alone (a
+    file of the image where one of them is stops the pull, unless
+    ``overwrite``); an interrupted pull resumes. See
+    :func:`modelimage.pull.pull` for the arguments, the result
+    (:class:`~modelimage.pull.PullResult`: files, ``bytes``,
+    ``bytes_fetched``, ``seconds``) and the errors."""
     from .pull import prepare_pull
 
     job = prepare_pull(ref, dest, path=path, include=include, platform=platform, concurrency=concurrency,
-                       connections=connections, insecure=frozenset(insecure))
+                       connections=connections, insecure=frozenset(insecure), overwrite=overwrite)
     with (progress or _no_progress)(job.total_bytes, f"pulling {ref}") as advance:
         return job.run(advance)
 

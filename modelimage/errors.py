@@ -74,3 +74,7 @@ class BadLayer(ModelImageError):
 class VariantError(ModelImageError):
     """A variant that is not there, badly described, or none that fits the
     GPU memory given."""
+
+
+class PullConflict(PullError):
+    """DEST holds something modelimage did not write where the image has a file."""

@@ -30,11 +30,12 @@ def sha(data: bytes) -> str:
 
 def tree(root: Path) -> dict[str, str]:
     """``{relative path: sha256}`` of the regular files under ``root``
-    (symlinks as ``-> target``), without the puller's own folder."""
+    (symlinks as ``-> target``), without the puller's own record and
+    staging folder (see :func:`own` for those)."""
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if rel.split("/", 1)[0] == ".modelimage-pull":
+        if rel.split("/", 1)[0] in (".modelimage-pull", ".modelimage-pull.json"):
             continue
         if p.is_symlink():
             out[rel] = "-> " + os.readlink(p)
@@ -119,6 +120,11 @@ def info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", mode: int = 0
     i = tarfile.TarInfo(name)
     i.type, i.linkname, i.mode = kind, link, mode
     return i
+
+
+def own(root: Path) -> set[str]:
+    """The puller's own entries at DEST's root (record, staging folder)."""
+    return {p.name for p in root.iterdir() if p.name.startswith(".modelimage-pull")} if root.is_dir() else set()
 
 
 def push_layers(registry, repo: str, layers: list[bytes]) -> str:

@@ -42,19 +42,26 @@ def _pull_options(f: Any) -> Any:
 @click.option("--connections", type=click.IntRange(1, 32), default=None,
               help=f"GETs at once for each big blob: 1 streams it over one connection; more split it into "
                    f"ranged GETs. [default: 1 for a loopback registry, else {DEFAULT_CONNECTIONS}]")
+@click.option("--overwrite", is_flag=True,
+              help="Replace files in DEST that modelimage did not write where the image has files (without it "
+                   "the pull stops before fetching anything and names the path).")
 def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, platform: str | None,
-         insecure_registry: tuple[str, ...], as_json: bool, concurrency: int, connections: int | None) -> None:
+         insecure_registry: tuple[str, ...], as_json: bool, concurrency: int, connections: int | None,
+         overwrite: bool) -> None:
     """Put the model files of an image or model artifact into DEST.
 
     Reads modelimage's images, ModelPack and Docker Model Runner artifacts
     and images other tools built (gzip/zstd layers, whiteouts, a base), from
     a registry or an OCI layout. Blobs are fetched in parallel, big ones over
-    several connections, verified while they stream and extracted straight
-    into DEST. An interrupted pull resumes: what is complete is not fetched
-    again (state in DEST/.modelimage-pull/).
+    several connections, and each layer is applied only once its blob
+    matched its digest. DEST/.modelimage-pull.json records what modelimage
+    wrote: pulling another version into DEST removes what the old one had
+    and the new one lacks; files modelimage did not write are never
+    touched. An interrupted pull resumes: what is complete is not fetched
+    again (kept in DEST/.modelimage-pull/ until the pull succeeds).
     """
     result = api.pull(source, dest, path=path, include=include, platform=platform, concurrency=concurrency,
-                      connections=connections, insecure=insecure_registry, progress=progress)
+                      connections=connections, insecure=insecure_registry, progress=progress, overwrite=overwrite)
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     rate = result.bytes_fetched / result.seconds if result.seconds > 0 else 0.0

@@ -1,220 +1,299 @@
-"""One layer fetched, checked against its digest and applied to DEST.
+"""A verified, staged layer applied to DEST, touching only what modelimage owns.
 
-A tar layer streams through :class:`~modelimage.pull.extract.LayerWriter`
-(files staged, renamed in once the blob matched its digest); a plain tar
-that lists its files keeps a journal, so a cut can be taken up with a
-``Range`` request (:meth:`Applier.take_up`). A raw layer (the blob is one
-file) is written to ``<digest>.partial`` and continued from its end.
+:class:`DestWriter` applies :class:`~modelimage.pull.extract.StagedLayer`\\ s
+in manifest order, after each blob matched its digest:
+
+1. :meth:`DestWriter.conflicts`: before anything changes, every path the
+   layer writes is checked against DEST and the :class:`~.state.Record`: a
+   file, symlink or non-directory that modelimage did not write stops the
+   pull (:class:`~modelimage.errors.PullConflict`, naming the path), unless
+   ``overwrite``; a file that already holds the image's bytes is adopted
+   (left as it is); a symlink on the way (in DEST, or made by this layer)
+   refuses the layer.
+2. Whiteouts and opaque directories remove only what earlier layers of the
+   same image put in DEST (OCI image spec, ``layer.md`` "Whiteouts": they
+   apply to lower layers only, whatever their place in the tar).
+3. The layer's entries, in tar order (a later one for the same path wins):
+   directories made, staged files renamed into place, symlinks and hard
+   links made. Everything written is recorded as modelimage's (intent saved
+   before the first change), and made durable: staged files were fsynced,
+   folders are fsynced after the renames, then the record is saved.
+
+:meth:`DestWriter.remove_old` removes what an earlier pull of another image
+wrote and the new image does not hold.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import errno
 import os
 import shutil
 import stat
-import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+import tempfile
+from collections.abc import Iterable
 
-from ..errors import BadLayer, PullError, UnsafeLayer
-from ..image import Image
-from .extract import RESERVED, LayerWriter
-from .layers import Layer
-from .schedule import Task
-from .state import State, hash_prefix, save_journal, signature
-from .stream import Journal, Stream, decompressed
+from ..errors import BadLayer, PullConflict, PullError, UnsafeLayer
+from .extract import Entry, StagedLayer
+from .state import Record, fsync_dir, hash_file
+
+ADDS = ("dir", "file", "symlink", "link")
 
 
-class Applier:
-    """Applies tasks to ``dest`` (a realpath), staging in ``staging``;
-    records what it wrote in ``state``. ``journals``: cut tar layers' journals
-    read back (layer hex -> journal), taken up once each."""
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
-    def __init__(self, image: Image, dest: str, staging: Path, state: State, journals: dict[str, dict],
-                 warnings: list[str]):
-        self.image, self.dest, self.staging, self.state = image, dest, staging, state
-        self.journals = journals
-        self.warnings = warnings
-        self.abort = threading.Event()  # set: the other layers stop at their next chunk
 
-    def partial(self, layer: Layer) -> Path:
-        return self.staging / f"{layer.desc.hex}.partial"
+def _ancestors(rel: str) -> list[str]:
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
-    def apply(self, t: Task, progress: Callable[[int], None] | None) -> None:
-        """Fetch, check and apply one layer; record it in the state."""
-        if t.layer.kind == "raw":
-            self._apply_raw(t, progress)
-        else:
-            self._apply_tar(t, progress)
-        with self.state.lock:
-            self.state.applied.append(t.layer.desc.digest)
-        self.state.save()
 
-    def _counted(self, layer: Layer, start: int, h: Any, progress: Callable[[int], None] | None,
-                 seen: list[int]) -> Iterator[memoryview]:
-        blob = self.image.read(layer.desc, start)
-        try:
-            for view in blob:
-                if self.abort.is_set():
-                    raise PullError(f"{layer.label}: stopped, another layer failed")
-                h.update(view)
-                seen[0] += len(view)
-                if progress is not None:
-                    progress(len(view))
-                yield view
-        finally:
-            blob.close()  # type: ignore[attr-defined]
+class DestWriter:
+    """Applies staged layers to ``dest`` (a realpath) and keeps ``record``
+    up to date. ``staging``: a folder on DEST's filesystem for links made
+    before a layer's whiteouts apply. ``overwrite``: replace what modelimage
+    did not write instead of stopping."""
 
-    def _check_digest(self, layer: Layer, h: Any, size: int, what: str) -> None:
-        got = "sha256:" + h.hexdigest()
-        if got != layer.desc.digest or size != layer.desc.size:
-            raise PullError(f"{layer.label}: {what} does not match its digest ({size} bytes hashing to "
-                            f"{got[:19]}); nothing of it was kept, run again")
+    def __init__(self, dest: str, record: Record, staging: str, *, overwrite: bool = False):
+        self.dest, self.record, self.staging, self.overwrite = dest, record, staging, overwrite
+        self._dirs: set[str] = set()  # folders whose entries changed: fsynced before the record counts them
 
-    def _journal(self, layer: Layer) -> Path:
-        return self.staging / f"{layer.desc.hex}.tarjournal"
+    def path(self, rel: str) -> str:
+        return os.path.join(self.dest, rel) if rel else self.dest
 
-    def _apply_tar(self, t: Task, progress: Callable[[int], None] | None) -> None:
-        layer = t.layer
-        keep = [False]  # on failure: leave the staged files and the journal for the next run
-        writer = LayerWriter(self.dest, str(self.staging), t.selection, layer.label, ordered=not layer.known,
-                             hash_files=not layer.known, known={rel: f.sha256 for rel, f in t.files.items()},
-                             keep_staged=lambda: keep[0])
-        h, seen = hashlib.sha256(), [0]
-        journal = None
-        if layer.known:
-            journal, h = self.take_up(t) or (Journal(), h)
-        start = journal.pos if journal is not None else 0
+    # ------------------------------------------------------------ 1. what is in the way
 
-        def kind(k: str) -> None:
-            if k != "none" and journal is not None:
-                journal.valid = False  # offsets in a compressed blob cannot be taken up again
-
-        chunks = self._counted(layer, start, h, progress, seen)
-        # a journal continues a plain tar mid-way: no magic bytes to sniff there
-        tar = chunks if start else decompressed(chunks, layer.desc.media_type, kind)
-        complete = False
-        try:
-            stream = Stream(tar, start=start, journal=journal)
-            if start:
-                assert journal is not None
-                writer.resume(journal, stream)
-            writer.apply(stream)
-            stream.drain()
-            for _ in chunks:  # bytes after the compressed stream still count for the digest
-                pass
-            complete = True
-            self._check_digest(layer, h, start + seen[0], "the blob")
-            if layer.known:
-                wrote = {rel for rel in writer.pending}
-                lost = sorted(set(t.files) - wrote)
-                if lost:
-                    raise BadLayer(f"{layer.label}: lists {lost[0]} but does not hold it")
-            for rel in writer.removed:
-                self.state.forget(rel)
-            for w in writer.commit():
-                self.state.record(w.path, w.size, w.sha256, w.stat)
-            self._journal(layer).unlink(missing_ok=True)
-        except BaseException as e:
-            keep[0] = (journal is not None and journal.valid and journal.pos > 0 and not complete
-                       and not isinstance(e, BadLayer | UnsafeLayer))
-            if keep[0]:
-                assert journal is not None
-                self._save_journal(t, journal)
-            else:
-                self._journal(layer).unlink(missing_ok=True)
-            writer.abort()
-            raise
-        finally:
-            tar.close()
-            chunks.close()
-
-    def _save_journal(self, t: Task, journal: Journal) -> None:
-        save_journal(self._journal(t.layer), t.layer.desc.digest, list(t.files), journal.pos, journal.segments)
-
-    def take_up(self, t: Task) -> tuple[Journal, Any] | None:
-        """The journal a cut pull of this layer left, and the blob's prefix
-        hashed again from disk (header bytes from the journal, file bytes from
-        the staged files); None (and nothing kept) if there is none or it does
-        not match what is on disk."""
-        data = self.journals.pop(t.layer.desc.hex, None) if self.journals is not None else None
-        path = self._journal(t.layer)
-        if data is None or data["digest"] != t.layer.desc.digest or data["wanted"] != sorted(t.files):
-            path.unlink(missing_ok=True)
-            return None
-        journal, h = Journal(), hashlib.sha256()
-        try:
-            for seg in data["segments"]:
-                if seg[0] == "meta":
-                    raw = base64.b64decode(seg[1], validate=True)
-                    h.update(raw)
-                    journal.meta(journal.pos, raw)
+    def conflicts(self, entries: Iterable[Entry], label: str) -> tuple[list[str], set[str]]:
+        """(paths in DEST that modelimage did not write and that the entries
+        would change, files that already hold the entry's bytes and are
+        adopted). Raises UnsafeLayer for a write through a symlink."""
+        blocked: list[str] = []
+        adopt: set[str] = set()
+        made: dict[str, str] = {}  # what this layer makes, by path, so far
+        for e in entries:
+            if e.dropped or e.kind not in ADDS:
+                continue
+            for a in _ancestors(e.rel):
+                kind = made.get(a)
+                if kind == "symlink" or (kind is None and self._symlink_here(a)):
+                    raise UnsafeLayer(f"{label}: {e.name!r} would be written through a symlink ({a} is one); "
+                                      "refusing the layer")
+                if kind is not None:
                     continue
-                tag, n = seg[1], int(seg[2])
-                staged = os.path.join(self.staging, tag["temp"])
-                fd = os.open(staged, os.O_RDWR | os.O_NOFOLLOW)
-                try:
-                    st = os.fstat(fd)
-                    if not stat.S_ISREG(st.st_mode) or st.st_size < n:
-                        raise ValueError(f"{tag['temp']} is not what the journal says")
-                    os.ftruncate(fd, n)
-                    if hash_prefix(fd, n, h) != n:
-                        raise ValueError("a staged file is shorter than the journal says")
-                finally:
-                    os.close(fd)
-                journal.data(journal.pos, n, tag)
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-            self.warnings.append(f"{t.layer.label}: the cut pull's journal does not match the staged files ({e}); "
-                                 "fetching the layer from its start")
-            path.unlink(missing_ok=True)
-            return None
-        if journal.pos != data["pos"] or not journal.valid:
-            path.unlink(missing_ok=True)
-            return None
-        return journal, h
+                st = _lstat(self.path(a))
+                if st is None:
+                    break
+                if not stat.S_ISDIR(st.st_mode) and not self.record.owned(a):
+                    blocked.append(a)
+                    break
+            made[e.rel] = "file" if e.kind == "link" else e.kind
+            st = _lstat(self.path(e.rel))
+            if st is None or self.record.owned(e.rel) or e.rel in blocked:
+                continue
+            if e.kind == "dir" and stat.S_ISDIR(st.st_mode):
+                continue  # a folder that was there: the layer's files go into it
+            if (e.kind == "file" and stat.S_ISREG(st.st_mode) and st.st_size == e.size and e.sha256
+                    and hash_file(self.path(e.rel)) == e.sha256):
+                adopt.add(e.rel)
+                continue
+            blocked.append(e.rel)
+        return blocked, adopt
 
-    def _apply_raw(self, t: Task, progress: Callable[[int], None] | None) -> None:
-        layer = t.layer
-        (rel,) = t.files
-        checker = LayerWriter(self.dest, str(self.staging), t.selection, layer.label)
-        if rel.split("/", 1)[0] == RESERVED:
-            raise UnsafeLayer(f"{layer.label}: {rel!r} would overwrite the puller's own {RESERVED} folder")
-        checker.check_parent(rel, rel)
-        partial = self.partial(layer)
-        h, seen = hashlib.sha256(), [0]
-        have = 0
-        if partial.is_file() and not partial.is_symlink():
-            have = partial.stat().st_size
-            if have > layer.desc.size:
-                partial.unlink()
-                have = 0
-            elif have:
-                with open(partial, "rb", buffering=0) as f:  # the prefix is hashed again, not trusted
-                    hash_prefix(f.fileno(), have, h)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        chunks = self._counted(layer, have, h, progress, seen)
-        try:
-            os.lseek(fd, have, os.SEEK_SET)
-            os.ftruncate(fd, have)
-            for view in chunks:
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
-            chunks.close()
-        try:
-            self._check_digest(layer, h, have + seen[0], rel)
-        except PullError:
-            partial.unlink(missing_ok=True)
-            raise
-        final = os.path.join(self.dest, rel)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        if os.path.isdir(final) and not os.path.islink(final):
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        self.state.record(rel, layer.desc.size, layer.desc.digest, signature(os.lstat(final)))
+    def _symlink_here(self, rel: str) -> bool:
+        """A symlink at ``rel`` that this image's layers put there."""
+        st = _lstat(self.path(rel))
+        return st is not None and stat.S_ISLNK(st.st_mode) and self.record.current(rel)
+
+    def refuse(self, blocked: list[str], what: str) -> None:
+        """Stop: ``blocked`` paths are in the way (see :meth:`conflicts`)."""
+        first = blocked[0]
+        more = f" ({len(blocked) - 1} more: {', '.join(blocked[1:4])}{', ...' if len(blocked) > 4 else ''})" \
+            if len(blocked) > 1 else ""
+        raise PullConflict(f"{self.path(first)}: {what} has a file there, and what is there now was not written "
+                           f"by modelimage; move it away or pull with --overwrite{more}")
+
+    # ------------------------------------------------------------ 2 and 3. applying
+
+    def apply(self, staged: StagedLayer) -> None:
+        """Apply one verified layer (see the module docstring). Raises
+        PullConflict, UnsafeLayer, BadLayer, or OSError (with its path)."""
+        label = staged.layer.label
+        blocked, adopt = self.conflicts(staged.entries, label)
+        if blocked and not self.overwrite:
+            self.refuse(blocked, label.split(": layer")[0] + f" (layer {staged.layer.index + 1})")
+        adds = [e for e in staged.entries if e.kind in ADDS and not e.dropped]
+        linked = [self._resolve_link(e, label) for e in adds if e.kind == "link"]
+        for e in staged.entries:
+            if e.kind == "whiteout":
+                self._remove_current(e.rel, itself=True)
+            elif e.kind == "opaque":
+                self._remove_current(e.rel, itself=False)
+        for e in adds:
+            if e.rel not in adopt:
+                self.record.intend(e.rel, "symlink" if e.kind == "symlink" else e.kind)
+        self.record.save()
+        done: list[str] = []
+        for e in adds:
+            if e.dropped:
+                continue
+            if e.rel in adopt:
+                if e.temp is not None:
+                    os.unlink(e.temp)
+                self.record.put(e.rel, "file", size=e.size, sha256=e.sha256, adopted=True)
+                continue
+            self._add(e, label)
+            done.append(e.rel)
+        self.sync()
+        for rel in done + [t for t in linked if t]:
+            e = self.record.entries.get(rel)
+            if e is not None:  # stat signatures after every rename and link of the layer
+                self.record.put(rel, e["kind"], size=e.get("size", 0), sha256=e.get("sha256"), link=e.get("link"))
+        self.record.applied.append(staged.layer.desc.digest)
+        self.record.save()
+
+    def _resolve_link(self, e: Entry, label: str) -> str | None:
+        """A hard link to a file an earlier layer put in DEST becomes a staged
+        file (linked before this layer's whiteouts apply) or, to a symlink,
+        that symlink. Returns the target (its stat changes)."""
+        assert e.link is not None
+        src = self.path(e.link)
+        st = _lstat(src)
+        if st is None or not self.record.current(e.link):
+            raise BadLayer(f"{label}: {e.name!r} is a hard link to {e.link!r}, which no earlier layer holds")
+        if stat.S_ISLNK(st.st_mode):
+            e.kind, e.link = "symlink", os.readlink(src)
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise BadLayer(f"{label}: {e.name!r} is a hard link to {e.link!r}, which is not a file")
+        fd, temp = tempfile.mkstemp(suffix=".tmp", dir=self.staging)
+        os.close(fd)
+        os.unlink(temp)
+        os.link(src, temp)
+        rec = self.record.entries[e.link]
+        target = e.link
+        e.kind, e.temp, e.size, e.sha256, e.link = "file", temp, st.st_size, rec.get("sha256"), None
+        e.mode, e.mtime = stat.S_IMODE(st.st_mode), None
+        return target
+
+    def _add(self, e: Entry, label: str) -> None:
+        path = self.path(e.rel)
+        self._parents(e.rel, label)
+        st = _lstat(path)
+        if e.kind == "dir":
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                return  # there already (ours, or a folder that was there: not recorded)
+            if st is not None:
+                self._clear(e.rel, st)
+            os.mkdir(path)
+            self.record.put(e.rel, "dir")
+        else:
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self._clear(e.rel, st)
+            if e.kind == "file":
+                assert e.temp is not None
+                if e.mtime is not None:
+                    os.utime(e.temp, (e.mtime, e.mtime))
+                os.replace(e.temp, path)
+                self.record.put(e.rel, "file", size=e.size, sha256=e.sha256)
+            else:
+                assert e.link is not None
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    os.unlink(path)
+                os.symlink(e.link, path)
+                self.record.put(e.rel, "symlink", link=e.link)
+        self._dirs.add(os.path.dirname(path))
+
+    def _parents(self, rel: str, label: str) -> None:
+        """Make ``rel``'s folders (recorded as modelimage's); a file or an old
+        symlink of modelimage's on the way is replaced by a folder."""
+        for a in _ancestors(rel):
+            p = self.path(a)
+            st = _lstat(p)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                continue
+            if st is not None:
+                if stat.S_ISLNK(st.st_mode) and self.record.current(a):
+                    raise UnsafeLayer(f"{label}: {rel!r} would be written through a symlink ({a} is one); "
+                                      "refusing the layer")
+                self._clear(a, st)
+            os.mkdir(p)
+            self.record.put(a, "dir")
+            self._dirs.add(os.path.dirname(p))
+
+    def _clear(self, rel: str, st: os.stat_result) -> None:
+        """Remove what is at ``rel`` so something else can go there: what
+        modelimage wrote, or anything with ``overwrite``."""
+        path = self.path(rel)
+        if stat.S_ISDIR(st.st_mode):
+            for victim in self.record.current_under(rel) + [k for k in self.record.old() if
+                                                             k == rel or k.startswith(rel + "/")]:
+                self._remove(victim)
+            if os.path.isdir(path):
+                try:
+                    os.rmdir(path)
+                except OSError as e:
+                    if e.errno != errno.ENOTEMPTY or not self.overwrite:
+                        raise PullConflict(f"{path}: the image puts a file there, but the folder holds files "
+                                           "modelimage did not write; move them away or pull with --overwrite") \
+                            from None
+                    shutil.rmtree(path)
+        elif self.record.owned(rel) or self.overwrite:
+            os.unlink(path)
+        else:
+            raise PullConflict(f"{path}: the image needs this path, and what is there was not written by "
+                               "modelimage; move it away or pull with --overwrite")
+        self.record.forget(rel)
+        self._dirs.add(os.path.dirname(path))
+
+    # ------------------------------------------------------------ removing
+
+    def _remove_current(self, rel: str, *, itself: bool) -> None:
+        """A whiteout (``itself``) or an opaque directory: remove what this
+        image's earlier layers put at/below ``rel``, nothing else."""
+        for victim in self.record.current_under(rel):
+            if victim == rel and not itself:
+                continue
+            self._remove(victim)
+
+    def _remove(self, rel: str) -> None:
+        """Remove one path modelimage wrote (a folder only when empty) and
+        forget it; never through a symlink."""
+        path = self.path(rel)
+        parent = os.path.dirname(path)
+        if os.path.realpath(parent) != os.path.normpath(parent):
+            raise PullError(f"{path}: a folder on its way is now a symlink; refusing to remove through it")
+        kind = self.record.entries.get(rel, {}).get("kind")
+        st = _lstat(path)
+        self.record.forget(rel)
+        if st is None:
+            return
+        if kind == "dir":
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    os.rmdir(path)
+                except OSError as e:
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    return  # it holds files modelimage did not write: it stays
+        elif not stat.S_ISDIR(st.st_mode):
+            os.unlink(path)
+        else:
+            return  # not what was written there any more
+        self._dirs.add(parent)
+
+    def remove_old(self) -> None:
+        """Remove what modelimage wrote for another image and the new image
+        does not hold (folders only when empty), then make it durable."""
+        for rel in self.record.old():
+            self._remove(rel)
+        self.sync()
+
+    def sync(self) -> None:
+        """fsync every folder whose entries changed."""
+        for d in sorted(self._dirs, key=lambda p: -p.count("/")):
+            if os.path.isdir(d):
+                fsync_dir(d)
+        self._dirs.clear()

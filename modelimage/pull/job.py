@@ -1,54 +1,69 @@
-"""A pull, from a resolved image to files in DEST: lock DEST, plan what to
-fetch (:mod:`.schedule`), run the groups of layers (several blobs at once
-where layers list disjoint files; layers of unknown content alone, in
-manifest order) through the :class:`~modelimage.pull.apply.Applier`, save
-the state and report.
+"""A pull, from a resolved image to files in DEST.
+
+:class:`PullJob` locks DEST, reads its ownership record, plans what to
+fetch (:mod:`.schedule`) and checks, before anything is fetched, that no
+file the layers list would replace one modelimage did not write. :meth:`run`
+fetches and stages several layers at once (:mod:`.stage`; nothing in DEST
+changes while a blob is checked) and applies them one by one in manifest
+order (:mod:`.apply`). Once the image is in, what an earlier pull of another
+image wrote and this one does not hold is removed, the record is saved and
+the staging folder ``DEST/.modelimage-pull/`` is removed: after a
+successful pull DEST holds the image's files, the files modelimage did not
+write, and ``DEST/.modelimage-pull.json``.
+
+Staging lives inside DEST (same filesystem, so a staged file is renamed
+into place; DEST is known to be writable; DEST may be a mount point whose
+parent is neither) and only while a pull runs or waits to be resumed.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import PullError
+from ..errors import ModelImageError, PullError
 from ..image import Image, open_image
 from ..registry.fetch import DEFAULT_RETRIES, FetchStats
 from ..registry.keychain import Credentials
-from .apply import Applier
-from .extract import RESERVED
-from .layers import classify, subtree
+from ..units import format_size
+from .apply import DestWriter
+from .extract import Entry, StagedLayer
+from .layers import classify, glob_match, subtree
 from .result import PulledFile, PullResult
 from .schedule import Task, plan_resume, plan_tasks
-from .state import State, load_journals
+from .stage import LayerStager
+from .state import STAGING, Record, load_journals
 
 DEFAULT_CONCURRENCY = 3  # blobs at once; each also over image.default_connections(host) connections
 
 
 class PullJob:
     """A pull, planned: what is fetched (``total_bytes``) and what is skipped.
-    :meth:`run` does it. Use :func:`prepare_pull` (or :func:`pull`).
+    :meth:`run` does it. Use :func:`prepare_pull` (or :func:`~modelimage.pull.pull`).
 
-    Raises :class:`~modelimage.errors.PullError` when DEST cannot be written
-    or another pull holds it."""
+    Raises :class:`~modelimage.errors.PullError` when DEST cannot be written,
+    another pull holds it, or too little space is free there, and
+    :class:`~modelimage.errors.PullConflict` when a listed file would replace
+    one modelimage did not write (unless ``overwrite``)."""
 
     def __init__(self, image: Image, dest: Path, *, path: str | None, include: Sequence[str],
-                 concurrency: int, stats: FetchStats):
+                 concurrency: int, stats: FetchStats, overwrite: bool = False):
         self.image, self.stats = image, stats
         self.include = tuple(include)
         self.concurrency = max(1, concurrency)
+        self.overwrite = overwrite
         try:
             dest.mkdir(parents=True, exist_ok=True)
             self.dest = os.path.realpath(dest)
-            self.root = Path(self.dest) / RESERVED
-            self.staging = self.root / "partial"
-            self.staging.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
             raise PullError(f"{dest}: cannot write there ({e.strerror or e})") from None
-        self._lock_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -56,27 +71,38 @@ class PullJob:
             raise PullError(f"{dest}: another pull is writing there right now") from None
         try:
             self._plan(image, path)
+        except OSError as e:
+            self.close()
+            raise PullError(describe(e, "reading DEST")) from None
         except BaseException:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+            self.close()
             raise
 
     def _plan(self, image: Image, path: str | None) -> None:
-        prefix = subtree(path, image)
+        self.prefix = subtree(path, image)
         self.layers = classify(image)
-        journals = load_journals(self.staging, {layer.desc.hex for layer in self.layers})
-        self.state = State(self.root, image.digest, {"path": prefix, "include": sorted(self.include)})
-        self.schedule = plan_tasks(self.layers, prefix=prefix, include=self.include, ours=image.target is not None,
-                                   whole_image=path is not None, target=image.target)
-        plan_resume(self.schedule, self.state, self.dest, prefix, self.include)
+        self.staging = Path(self.dest) / STAGING
+        journals = load_journals(self.staging, {la.desc.hex for la in self.layers}) if self.staging.is_dir() else {}
+        self.record = Record(self.dest, image.digest, {"path": self.prefix, "include": sorted(self.include)})
+        self.schedule = plan_tasks(self.layers, prefix=self.prefix, include=self.include,
+                                   ours=image.target is not None, whole_image=path is not None,
+                                   target=image.target, config=image.config)
+        plan_resume(self.schedule, self.record)
         self.warnings = self.schedule.warnings
-        self.applier = Applier(image, self.dest, self.staging, self.state, journals, self.warnings)
-        self.total_bytes = sum(self._fetch_size(t, journals) for g in self.schedule.groups for t in g)
+        self.writer = DestWriter(self.dest, self.record, str(self.staging), overwrite=self.overwrite)
+        listed = [Entry("file", rel, rel, size=f.size, sha256=f.sha256)
+                  for t in self.schedule.tasks for rel, f in t.files.items()]
+        blocked, _ = self.writer.conflicts(listed, image.name)
+        if blocked and not self.overwrite:
+            self.writer.refuse(blocked, image.name)  # before anything is fetched
+        self.stager = LayerStager(image, self.staging, journals, self.warnings)
+        self.total_bytes = sum(self._fetch_size(t, journals) for t in self.schedule.tasks)
+        self._check_space(listed)
 
     def _fetch_size(self, t: Task, journals: dict[str, dict]) -> int:
         if t.layer.kind == "raw":
             try:
-                have = self.applier.partial(t.layer).stat().st_size
+                have = self.stager.partial(t.layer).stat().st_size
             except OSError:
                 have = 0
             return t.layer.desc.size - have if have <= t.layer.desc.size else t.layer.desc.size
@@ -85,42 +111,121 @@ class PullJob:
             return t.layer.desc.size - journal["pos"]
         return t.layer.desc.size
 
-    def run(self, progress: Callable[[int], None] | None = None) -> PullResult:
-        """Fetch and apply every planned layer; ``progress`` receives byte
-        counts as blobs arrive. Raises :class:`~modelimage.errors.PullError`,
-        :class:`~modelimage.errors.UnsafeLayer`, :class:`~modelimage.errors.BadLayer`
-        or a registry error; the state is saved either way."""
-        started = time.perf_counter()
-        fetched = 0
-        try:
-            for group in self.schedule.groups:
-                self._run_group(group, progress)
-                fetched += len(group)
-            self._tidy()
-        finally:
-            self.state.save()
-            self.close()
-        files = tuple(PulledFile(rel, int(rec["size"]), rec.get("sha256"))
-                      for rel, rec in sorted(self.state.files.items()))
-        return PullResult(self.image.name, self.image.digest, self.dest, files, self.stats.bytes,
-                          time.perf_counter() - started, fetched, self.schedule.skipped, tuple(self.warnings))
+    def _check_space(self, listed: list[Entry]) -> None:
+        """Fail before fetching when the listed files cannot fit."""
+        need = sum(e.size for e in listed)
+        if self.staging.is_dir():
+            need -= sum(p.stat().st_size for p in self.staging.iterdir() if p.is_file())
+        st = os.statvfs(self.dest)
+        free = st.f_bavail * st.f_frsize
+        if st.f_blocks and need > free:
+            raise PullError(f"{self.dest}: the files to pull need {format_size(need)}, and {format_size(free)} "
+                            "is free there; free some space (or pull fewer files with --include)")
 
-    def _run_group(self, group: list[Task], progress: Callable[[int], None] | None) -> None:
-        workers = min(self.concurrency, len(group))
-        if workers == 1:
-            for t in group:
-                self.applier.apply(t, progress)
-            return
-        with ThreadPoolExecutor(workers, thread_name_prefix="pull") as pool:
-            futures = [pool.submit(self.applier.apply, t, progress) for t in group]
-            try:
-                for f in futures:
-                    f.result()
-            except BaseException:
-                self.applier.abort.set()  # the other layers stop at their next chunk
-                for f in futures:
-                    f.cancel()
-                raise
+    # ------------------------------------------------------------ running
+
+    def run(self, progress: Callable[[int], None] | None = None) -> PullResult:
+        """Fetch, check and apply every planned layer; ``progress`` receives
+        byte counts as blobs arrive. Raises PullError (a digest, a full disk,
+        a path in the way: one line naming the path, saying what is kept
+        for the next run), UnsafeLayer, BadLayer or a registry error."""
+        started = time.perf_counter()
+        tasks = self.schedule.tasks
+        applied = 0
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="pull")
+        futures: list[Future[StagedLayer]] = []
+        try:
+            if tasks:
+                self.staging.mkdir(exist_ok=True)
+            futures = [pool.submit(self.stager.stage, t, progress) for t in tasks]
+            for t, fut in zip(tasks, futures):
+                staged = fut.result()
+                self.writer.apply(staged)
+                self.stager.journal_path(t.layer).unlink(missing_ok=True)
+                applied += 1
+            self._finish()
+        except BaseException as e:
+            self.stager.abort.set()  # the other layers stop at their next chunk
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=True)
+            kept = self._keep_verified(tasks, futures, applied)
+            self._save_quietly()
+            if isinstance(e, OSError):
+                raise PullError(describe(e, "writing DEST") + self._kept_note(applied, len(tasks), kept)) from None
+            if isinstance(e, ModelImageError) and applied and len(e.args) == 1 and isinstance(e.args[0], str):
+                e.args = (e.args[0] + self._kept_note(applied, len(tasks), kept),)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            self.close()
+        files = tuple(PulledFile(rel, int(e.get("size") or 0), e.get("sha256"))
+                      for rel, e in self.record.image_files()
+                      if not self.include or any(glob_match(rel, p) for p in self.include))
+        return PullResult(self.image.name, self.image.digest, self.dest, files, self.stats.bytes,
+                          time.perf_counter() - started, applied, self.schedule.skipped, tuple(self.warnings))
+
+    def _finish(self) -> None:
+        """The image is in: refuse a pull that wrote nothing, remove what an
+        earlier pull of another image wrote, save the record, drop staging."""
+        if not any(True for _ in self.record.image_files()) and not any(
+                e.get("kind") == "symlink" and not e.get("old") for e in self.record.entries.values()):
+            self._nothing_written()
+        self.writer.remove_old()
+        if self.record.entries:
+            self.record.save()
+        else:
+            self.record.remove()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _nothing_written(self) -> None:
+        seen = sum(s.files_seen for s in self._staged)
+        if not (self.schedule.listed_files or seen or self.schedule.skipped):
+            return  # an image without files
+        where = f"/{self.prefix}" if self.prefix else "/"
+        what = f"no file under {where} matches --include {' '.join(self.include)}" if self.include else \
+            f"its layers hold nothing under {where}"
+        elsewhere = sorted({d for s in self._staged for d in s.elsewhere})
+        hint = f" (they hold files under {', '.join('/' + d for d in elsewhere[:4])}: pick one with --path)" \
+            if elsewhere else ""
+        if self.record.entries:
+            self.record.save()
+        else:
+            self.record.remove()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        raise PullError(f"{self.image.name}: the pull wrote no file: {what}{hint}; DEST was left as it was")
+
+    @property
+    def _staged(self) -> list[StagedLayer]:
+        return self.stager.staged
+
+    def _keep_verified(self, tasks: list[Task], futures: list[Future[StagedLayer]], applied: int) -> int:
+        """After a failure: keep what was verified but not applied (for the
+        next run), drop the rest. Returns the bytes kept in staging."""
+        for t, f in list(zip(tasks, futures))[applied:]:
+            if f.cancelled() or not f.done() or f.exception() is not None:
+                continue
+            self.stager.keep(t, f.result())
+        try:
+            kept = sum(p.stat().st_size for p in self.staging.iterdir() if p.is_file())
+        except OSError:
+            return 0
+        if not kept:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        return kept
+
+    def _kept_note(self, applied: int, total: int, kept: int) -> str:
+        note = f"; {applied} of {total} layers are in DEST (recorded)" if applied else ""
+        if kept:
+            note += f"; {format_size(kept)} fetched and verified is kept in {self.staging} for the next run"
+        return note
+
+    def _save_quietly(self) -> None:
+        try:
+            if self.record.entries:
+                self.record.save()
+        except OSError:
+            pass  # the error being raised says what went wrong; the intent saved before each layer stands
 
     def close(self) -> None:
         if self._lock_fd >= 0:
@@ -128,25 +233,37 @@ class PullJob:
             self._lock_fd = -1
         self.image.close()
 
-    def _tidy(self) -> None:
-        keep = {f"{layer.desc.hex}.partial" for layer in self.layers}
-        for p in self.staging.iterdir():
-            if p.name not in keep or p.suffix == ".tmp":
-                p.unlink(missing_ok=True)
+
+def describe(e: OSError, doing: str) -> str:
+    """One line for an OSError: the path, what went wrong, what was needed."""
+    path = e.filename or "DEST"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            st = os.statvfs(os.path.dirname(str(path)) or ".")
+            free = f"; {format_size(st.f_bavail * st.f_frsize)} free there"
+        except OSError:
+            free = ""
+        return f"{path}: no space left on the device while {doing}{free}"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"{path}: permission denied while {doing} (the pull needs write permission there)"
+    if e.errno == errno.EROFS:
+        return f"{path}: read-only file system (the pull needs to write there)"
+    return f"{path}: {e.strerror or e} while {doing}"
 
 
 def prepare_pull(source: str, dest: str | os.PathLike, *, path: str | None = None, include: Sequence[str] = (),
                  platform: str | None = None, concurrency: int = DEFAULT_CONCURRENCY,
                  connections: int | None = None, retries: int = DEFAULT_RETRIES,
                  insecure: frozenset[str] | set[str] = frozenset(),
-                 credentials: Credentials | None = None) -> PullJob:
-    """Resolve ``source``, read DEST's state and plan the pull (no layer is
+                 credentials: Credentials | None = None, overwrite: bool = False) -> PullJob:
+    """Resolve ``source``, read DEST's record and plan the pull (no layer is
     fetched yet); see :func:`modelimage.pull.pull` for the arguments."""
     stats = FetchStats()
     image = open_image(source, platform=platform, insecure=frozenset(insecure), credentials=credentials,
                        connections=connections, retries=retries, stats=stats)
     try:
-        return PullJob(image, Path(dest), path=path, include=include, concurrency=concurrency, stats=stats)
+        return PullJob(image, Path(dest), path=path, include=include, concurrency=concurrency, stats=stats,
+                       overwrite=overwrite)
     except BaseException:
         image.close()
         raise

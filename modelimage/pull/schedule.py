@@ -1,11 +1,17 @@
-"""Which layers a pull fetches, in which groups, and what a resume skips.
+"""Which layers a pull fetches, and what a resume skips.
 
 :func:`plan_tasks` turns classified layers into tasks (a layer and the part
 of it that lands in DEST), leaving out layers that hold nothing selected
-and, for modelimage's images on a base, the base's layers. :func:`group`
-cuts them into groups that may run at once (layers that list disjoint files)
-and layers of unknown content (applied alone, in manifest order).
-:func:`plan_resume` drops what an earlier run already put in DEST.
+and, for modelimage's images on a base, the base's layers: those that do
+not list their files, or, when a copy dropped the layer annotations
+(skopeo, podman), those the config's history does not name as
+``modelimage build`` layers (:func:`model_layers`). :func:`plan_resume`
+drops what an earlier run already put in DEST, adopts files that already
+hold the image's bytes, and lists what is in the way.
+
+Every task may be fetched and staged at once; layers are applied one by
+one in manifest order (:mod:`.job`). ``ordered`` says how a resume works:
+by layer (some layer's content is unknown, or lists overlap) or by file.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .layers import Layer, Listed, Selection, paths_overlap
-from .state import State, hash_file, signature
+from .state import Record, hash_file
+
+MODEL_HISTORY = "modelimage build:"  # history created_by of the layers modelimage builds (build.py)
 
 
 @dataclass
@@ -30,31 +39,47 @@ class Task:
 
 @dataclass
 class Schedule:
-    """The pull, planned: groups of tasks in order, layers skipped, warnings,
-    and whether layers must be applied in order (``ordered``)."""
+    """The pull, planned: tasks in manifest order, layers skipped, warnings,
+    and whether the resume goes by layer (``ordered``)."""
 
-    groups: list[list[Task]]
+    tasks: list[Task]
     skipped: int
     warnings: list[str]
     ordered: bool
+    listed_files: int = 0  # files the layers list, before --include and --path (0: not known)
+
+
+def model_layers(config: dict[str, Any], n_layers: int) -> set[int] | None:
+    """Indexes of the layers modelimage built, from the config's history
+    (entries with ``empty_layer`` make no layer); None when the history
+    does not describe the layers or names none as modelimage's."""
+    history = [h for h in config.get("history") or [] if isinstance(h, dict) and not h.get("empty_layer")]
+    if len(history) != n_layers:
+        return None
+    ours = {i for i, h in enumerate(history) if str(h.get("created_by", "")).startswith(MODEL_HISTORY)}
+    return ours or None
 
 
 def plan_tasks(layers: Sequence[Layer], *, prefix: str, include: tuple[str, ...], ours: bool,
-               whole_image: bool, target: str | None) -> Schedule:
-    """The tasks for ``layers``: ``ours`` (the image records its target) and
-    not ``whole_image`` (no ``--path``) leaves out layers without a file list
-    (a base image's)."""
+               whole_image: bool, target: str | None, config: dict[str, Any] | None = None) -> Schedule:
+    """The tasks for ``layers``. ``ours`` (the image records its target)
+    and not ``whole_image`` (no ``--path``) leaves out a base image's
+    layers: those without a file list when some layer lists its files,
+    else those the history does not name (``config``)."""
     tasks: list[Task] = []
     warnings: list[str] = []
     skipped = base = 0
+    any_listed = any(layer.known and layer.kind == "tar" for layer in layers)
+    named = None if any_listed else model_layers(config or {}, len(layers))
     for layer in layers:
         if layer.kind == "other":
             warnings.append(f"layer {layer.index + 1} ({layer.desc.media_type}) is neither a tar "
                             "nor a named file; left out")
             skipped += 1
             continue
-        if not layer.known and ours and not whole_image and layer.kind == "tar":
-            base += 1  # a base image's layer: the model is in the layers that list their files
+        if (ours and not whole_image and layer.kind == "tar" and not layer.known
+                and (any_listed or (named is not None and layer.index not in named))):
+            base += 1  # a base image's layer: the model is in the layers modelimage built
             skipped += 1
             continue
         task = Task(layer, Selection(prefix, include))
@@ -72,76 +97,51 @@ def plan_tasks(layers: Sequence[Layer], *, prefix: str, include: tuple[str, ...]
         warnings.append(f"{base} base-image layer{'s' if base > 1 else ''} left out "
                         f"(the model is under {target}; --path / pulls everything)")
     known_paths = [rel for t in tasks for rel in t.files]
-    overlap = paths_overlap(known_paths)
-    ordered = (any(not t.layer.known for t in tasks) or overlap
+    ordered = (any(not t.layer.known for t in tasks) or paths_overlap(known_paths)
                or any(rel.rsplit("/", 1)[-1].startswith(".wh.") for rel in known_paths))
-    return Schedule(group(tasks, overlap), skipped, warnings, ordered)
+    listed = sum(len(layer.listed or ()) for layer in layers)
+    return Schedule(tasks, skipped, warnings, ordered, listed)
 
 
-def group(tasks: Sequence[Task], overlap: bool) -> list[list[Task]]:
-    """Layers that may go at once: runs of layers that list disjoint files,
-    cut by every layer of unknown content (applied alone, in order)."""
-    groups: list[list[Task]] = []
-    run: list[Task] = []
-    for t in tasks:
-        if t.layer.known and not overlap:
-            run.append(t)
-            continue
-        if run:
-            groups.append(run)
-            run = []
-        groups.append([t])
-    if run:
-        groups.append(run)
-    return groups
+def plan_resume(schedule: Schedule, record: Record) -> None:
+    """Drop from ``schedule`` what an earlier run put in DEST.
 
-
-def plan_resume(schedule: Schedule, state: State, dest: str, prefix: str, include: tuple[str, ...]) -> None:
-    """Drop from ``schedule`` what an earlier run put in ``dest`` (a realpath).
-
-    Ordered layers: those the state says were applied, as long as every file
-    it recorded is unchanged and no earlier layer runs again. Disjoint listed
-    files: each file on its own, by its recorded signature or its sha256."""
-    if not state.matches:
-        state.applied = []
+    Ordered layers: those the record says were applied, as long as every
+    file it recorded is unchanged and no earlier layer runs again; else all
+    of them, what was written counting as old until written again. Listed
+    files: each on its own, by its recorded signature or its sha256 (a file
+    that already holds the image's bytes is recorded: as modelimage's if
+    modelimage wrote it, else as adopted, left alone)."""
     if schedule.ordered:
-        intact = state.matches and all(state.file_ok(rel, None, dest) for rel in list(state.files))
-        keep: list[list[Task]] = []
+        intact = record.matches and record.intact()
+        keep: list[Task] = []
         still = intact
-        for g in schedule.groups:
-            todo = [t for t in g if not (still and t.layer.desc.digest in state.applied)]
-            if still and todo:
-                still = False
-            schedule.skipped += len(g) - len(todo)
-            if todo:
-                keep.append(todo)
-        schedule.groups = keep
-        if not intact:
-            state.applied = []
-            state.files = {}
-        return
-    if not state.matches:
-        state.files = {}
-    keep = []
-    for g in schedule.groups:
-        todo = []
-        for t in g:
-            missing = {}
-            for rel, f in t.files.items():
-                if state.file_ok(rel, f.sha256, dest):
-                    continue
-                full = os.path.join(dest, rel)
-                if (os.path.isfile(full) and not os.path.islink(full) and os.path.getsize(full) == f.size
-                        and hash_file(full) == f.sha256):
-                    state.record(rel, f.size, f.sha256, signature(os.lstat(full)))
-                    continue
-                missing[rel] = f
-            if not missing:
+        for t in schedule.tasks:
+            if still and t.layer.desc.digest in record.applied:
                 schedule.skipped += 1
                 continue
-            t.files = missing
-            t.selection = Selection(prefix, include, frozenset(missing))
-            todo.append(t)
-        if todo:
-            keep.append(todo)
-    schedule.groups = keep
+            still = False
+            keep.append(t)
+        schedule.tasks = keep
+        if not intact:
+            record.renew()
+        return
+    keep = []
+    for t in schedule.tasks:
+        missing = {}
+        for rel, f in t.files.items():
+            if record.file_ok(rel, f.sha256):
+                continue
+            full = os.path.join(record.dest, rel)
+            if (os.path.isfile(full) and not os.path.islink(full) and os.path.getsize(full) == f.size
+                    and hash_file(full) == f.sha256):
+                record.put(rel, "file", size=f.size, sha256=f.sha256, adopted=not record.owned(rel))
+                continue
+            missing[rel] = f
+        if not missing:
+            schedule.skipped += 1
+            continue
+        t.files = missing
+        t.selection = Selection(t.selection.prefix, t.selection.include, frozenset(missing))
+        keep.append(t)
+    schedule.tasks = keep

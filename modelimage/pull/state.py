@@ -1,12 +1,21 @@
-"""What a pull leaves for the next run: resume state and tar journals.
+"""What a pull owns in DEST and leaves for the next run.
 
-``DEST/.modelimage-pull/state.json`` (:class:`State`) holds the manifest
-pulled, the selection, the layers applied in order, and each file written
-with its size, sha256 and stat signature (:func:`signature`): a second run
-skips files whose signature still matches. ``partial/<hex>.tarjournal``
-(:func:`save_journal`, :func:`read_journal`) describes the prefix of a plain
-tar layer a cut pull consumed, so the next run hashes it again from disk
-(:func:`hash_prefix`) and continues with a ``Range`` request.
+- :class:`Record`, ``DEST/.modelimage-pull.json``: every path modelimage
+  wrote into DEST (files, symlinks, the directories it created) with its
+  size, sha256 and stat signature, the manifest they belong to, the
+  selection, and the layers applied in order. It is the ownership record:
+  paths not in it are never modified or removed; paths in it that the next
+  image does not hold are removed once that image is in. It is also the
+  resume state: a second run skips files whose signature still matches.
+- Tar journals (:func:`save_journal`, :func:`read_journal`): the prefix of a
+  plain tar layer that a cut pull consumed (header bytes, and staged files
+  by name), kept in the staging folder ``DEST/.modelimage-pull/`` so the next
+  run hashes it again from disk (:func:`hash_prefix`) and continues with a
+  ``Range`` request.
+
+Every file here is written whole or not at all (:func:`write_durably`:
+temporary file, fsync, rename, fsync of the folder); a write that fails
+leaves the previous version and no temporary file.
 """
 
 from __future__ import annotations
@@ -16,12 +25,13 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-STATE_VERSION = 1
+RECORD = ".modelimage-pull.json"  # the ownership record, at DEST's root
+STAGING = ".modelimage-pull"  # the staging folder, at DEST's root while a pull runs or waits to resume
+RECORD_VERSION = 2
 JOURNAL_VERSION = 1
 READ_CHUNK = 8 << 20
 
@@ -31,50 +41,181 @@ def signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-class State:
-    """``DEST/.modelimage-pull/state.json``: what earlier runs applied and wrote."""
-
-    def __init__(self, root: Path, digest: str, selection: dict[str, Any]):
-        self.path = root / "state.json"
-        self.lock = threading.Lock()
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a temporary file beside it, fsynced,
+    renamed over it, the folder fsynced. On any OSError the temporary file
+    is removed and the old ``path`` is left as it was; the error is raised."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        self.matches = (data.get("version") == STATE_VERSION and data.get("manifest") == digest
-                        and data.get("selection") == selection)
-        self.files: dict[str, dict[str, Any]] = dict(data.get("files") or {}) if isinstance(data, dict) else {}
-        self.applied: list[str] = list(data.get("applied") or []) if self.matches else []
-        self.digest, self.selection = digest, selection
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
 
-    def file_ok(self, rel: str, sha256: str | None, dest: str) -> bool:
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a folder's entries (renames, new names) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Record:
+    """``DEST/.modelimage-pull.json`` (see the module docstring).
+
+    ``entries`` maps DEST-relative paths to ``{"kind": "file"|"symlink"|"dir",
+    "size", "sha256", "stat", "link"}`` plus two flags: ``old`` (written for
+    another manifest: removed once the new image is in, unless rewritten)
+    and ``adopted`` (a file that was already in DEST with the image's bytes:
+    counted as the image's, never modified or removed)."""
+
+    def __init__(self, dest: str, manifest: str, selection: dict[str, Any]):
+        self.dest = dest
+        self.path = Path(dest) / RECORD
+        self.manifest, self.selection = manifest, selection
+        data = _load(self.path) or _load_v1(Path(dest) / STAGING / "state.json") or {}
+        self.existed = self.path.exists()
+        self.entries: dict[str, dict[str, Any]] = {
+            k: v for k, v in (data.get("entries") or {}).items() if isinstance(v, dict) and isinstance(k, str)}
+        same_image = data.get("manifest") == manifest
+        if not same_image:
+            for e in self.entries.values():
+                if not e.get("adopted"):
+                    e["old"] = True
+            self.entries = {k: e for k, e in self.entries.items() if not e.get("adopted")}
+        self.matches = same_image and data.get("selection") == selection
+        self.applied: list[str] = list(data.get("applied") or []) if self.matches else []
+
+    # -- questions
+
+    def owned(self, rel: str) -> bool:
+        """Written by modelimage (for any image): may be replaced or removed."""
+        e = self.entries.get(rel)
+        return e is not None and not e.get("adopted")
+
+    def current(self, rel: str) -> bool:
+        """Put there by this image's layers (what its whiteouts may remove)."""
+        e = self.entries.get(rel)
+        return e is not None and not e.get("old") and not e.get("adopted")
+
+    def current_under(self, rel: str) -> list[str]:
+        """This image's paths at or below ``rel`` (``""``: all), deepest first."""
+        inside = [k for k in self.entries if (not rel or k == rel or k.startswith(rel + "/")) and self.current(k)]
+        return sorted(inside, key=lambda k: (-k.count("/"), k), reverse=False)
+
+    def old(self) -> list[str]:
+        """Paths written for another manifest and not rewritten, deepest first."""
+        return sorted((k for k, e in self.entries.items() if e.get("old")), key=lambda k: (-k.count("/"), k))
+
+    def image_files(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """This image's regular files (written or adopted), by path."""
+        for rel in sorted(self.entries):
+            e = self.entries[rel]
+            if e.get("kind") == "file" and not e.get("old"):
+                yield rel, e
+
+    def file_ok(self, rel: str, sha256: str | None) -> bool:
         """Whether ``rel`` is as recorded (same sha256 if given, same stat signature)."""
-        rec = self.files.get(rel)
-        if not rec or (sha256 is not None and rec.get("sha256") != sha256):
+        e = self.entries.get(rel)
+        if not e or e.get("old") or (sha256 is not None and e.get("sha256") != sha256):
             return False
         try:
-            return list(signature(os.lstat(os.path.join(dest, rel)))) == rec.get("stat")
+            return list(signature(os.lstat(os.path.join(self.dest, rel)))) == e.get("stat")
         except OSError:
             return False
 
-    def record(self, rel: str, size: int, sha256: str | None, stat: Sequence[int]) -> None:
-        with self.lock:
-            self.files[rel] = {"size": size, "sha256": sha256, "stat": list(stat)}
+    def intact(self) -> bool:
+        """Every file and symlink of this image is as recorded."""
+        return all(self.file_ok(rel, None) for rel, e in self.entries.items()
+                   if e.get("kind") in ("file", "symlink") and not e.get("old"))
+
+    # -- changes
+
+    def put(self, rel: str, kind: str, *, size: int = 0, sha256: str | None = None, link: str | None = None,
+            adopted: bool = False, stat: Sequence[int] | None = None) -> None:
+        """``rel`` now holds what this image put there (or an adopted file)."""
+        e: dict[str, Any] = {"kind": kind}
+        if kind == "file":
+            e["size"], e["sha256"] = size, sha256
+        if link is not None:
+            e["link"] = link
+        if stat is None:
+            try:
+                stat = signature(os.lstat(os.path.join(self.dest, rel)))
+            except OSError:
+                stat = None
+        if stat is not None:
+            e["stat"] = list(stat)
+        if adopted:
+            e["adopted"] = True
+        self.entries[rel] = e
+
+    def intend(self, rel: str, kind: str) -> None:
+        """``rel`` is about to be written: owned from now on, even if the
+        run is cut before it is recorded properly."""
+        if rel not in self.entries or self.entries[rel].get("adopted"):
+            self.entries[rel] = {"kind": kind}
+        else:
+            self.entries[rel].pop("old", None)
 
     def forget(self, rel: str) -> None:
-        """``rel`` and everything below it is gone (``""``: everything)."""
-        with self.lock:
-            for key in [k for k in self.files if k == rel or not rel or k.startswith(rel + "/")]:
-                del self.files[key]
+        self.entries.pop(rel, None)
+
+    def renew(self) -> None:
+        """Everything this image wrote so far is to be written again (its
+        layers apply from the first): it all counts as old until rewritten."""
+        for e in self.entries.values():
+            if not e.get("adopted"):
+                e["old"] = True
+        self.applied = []
 
     def save(self) -> None:
-        with self.lock:
-            data = {"version": STATE_VERSION, "manifest": self.digest, "selection": self.selection,
-                    "applied": self.applied, "files": self.files}
-            fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, separators=(",", ":"), sort_keys=True)
-            os.replace(tmp, self.path)
+        """Write the record durably; none is kept (and any is removed) when
+        it holds nothing and no pull is under way."""
+        data = {"version": RECORD_VERSION, "manifest": self.manifest, "selection": self.selection,
+                "applied": self.applied, "entries": self.entries}
+        write_durably(self.path, json.dumps(data, separators=(",", ":"), sort_keys=True).encode())
+        self.existed = True
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.existed = False
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("version") == RECORD_VERSION else None
+
+
+def _load_v1(path: Path) -> dict[str, Any] | None:
+    """The state an earlier version kept in ``DEST/.modelimage-pull/state.json``:
+    its files are modelimage's too."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("files"), dict):
+        return None
+    entries = {rel: {"kind": "file", "size": f.get("size"), "sha256": f.get("sha256"), "stat": f.get("stat")}
+               for rel, f in data["files"].items() if isinstance(f, dict)}
+    return {"manifest": data.get("manifest"), "selection": data.get("selection"), "applied": data.get("applied"),
+            "entries": entries}
 
 
 # ---------------------------------------------------------------- journals
@@ -94,18 +235,34 @@ def read_journal(path: Path) -> dict | None:
 
 
 def save_journal(path: Path, digest: str, wanted: Sequence[str], pos: int, segments: Sequence[list]) -> None:
-    """Write a ``.tarjournal`` (header bytes base64, staged files by name)."""
+    """Write a ``.tarjournal`` (header bytes base64, staged files by name), durably."""
     encoded = [["meta", base64.b64encode(seg[1]).decode()] if seg[0] == "meta" else seg for seg in segments]
     data = {"version": JOURNAL_VERSION, "digest": digest, "wanted": sorted(wanted), "pos": pos,
             "segments": encoded}
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_durably(path, json.dumps(data).encode())
 
 
 def plain_name(name: object) -> bool:
     """A staged file's name: no folder, no way out of the staging folder."""
     return isinstance(name, str) and name.endswith(".tmp") and "/" not in name and name not in (".", "..")
+
+
+def load_journals(staging: Path, layer_hexes: set[str]) -> dict[str, dict]:
+    """The journals in ``staging`` that belong to one of these layers (hex
+    digest -> journal, read back); others are removed, and so are staged
+    files no journal names."""
+    journals: dict[str, dict] = {}
+    for j in staging.glob("*.tarjournal"):
+        data = read_journal(j)
+        if data is not None and j.stem in layer_hexes:
+            journals[j.stem] = data
+        else:
+            j.unlink(missing_ok=True)
+    needed = {seg[1]["temp"] for data in journals.values() for seg in data["segments"] if seg[0] == "file"}
+    for stale in staging.glob("*.tmp"):
+        if stale.name not in needed:
+            stale.unlink(missing_ok=True)
+    return journals
 
 
 # ---------------------------------------------------------------- hashing what is on disk
@@ -138,21 +295,3 @@ def hash_file(path: str) -> str | None:
     except OSError:
         return None
     return "sha256:" + h.hexdigest()
-
-
-def load_journals(staging: Path, layer_hexes: set[str]) -> dict[str, dict]:
-    """The journals in ``staging`` that belong to one of these layers (hex
-    digest -> journal, read back); others are removed, and so are staged
-    files no journal names."""
-    journals: dict[str, dict] = {}
-    for j in staging.glob("*.tarjournal"):
-        data = read_journal(j)
-        if data is not None and j.stem in layer_hexes:
-            journals[j.stem] = data
-        else:
-            j.unlink(missing_ok=True)
-    needed = {seg[1]["temp"] for data in journals.values() for seg in data["segments"] if seg[0] == "file"}
-    for stale in staging.glob("*.tmp"):
-        if stale.name not in needed:
-            stale.unlink(missing_ok=True)
-    return journals

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import PullError
+from ..errors import BadLayer, PullError
 from ..image import open_image
 from ..registry.fetch import FetchStats
 from ..registry.keychain import Credentials
 from .extract import OPAQUE, RESERVED, WHITEOUT
 from .layers import Layer, Selection, classify, glob_match, normalize, subtree
 from .result import VerifyResult
+from .schedule import plan_tasks
 from .state import hash_file
 from .stream import Stream, decompressed, members
 
@@ -44,7 +45,11 @@ class TreeModel:
     selection: Selection
     nodes: dict[str, Node] = field(default_factory=dict)
 
+    _dirs: set[str] = field(default_factory=set)  # folders some node was put in (may be stale)
+
     def apply(self, stream: Stream, label: str) -> None:
+        """Apply one tar layer: its whiteouts to what earlier layers left
+        (OCI image spec), its entries in order (a later one wins)."""
         touched: set[str] = set()
         for m in members(stream, label):
             name = normalize(m.name, label)
@@ -52,6 +57,9 @@ class TreeModel:
                 continue
             base, parent = posixpath.basename(name), posixpath.dirname(name)
             if base.startswith(WHITEOUT):
+                if base == WHITEOUT:
+                    raise BadLayer(f"{label}: {m.name!r} is a whiteout that names nothing (OCI image spec: "
+                                   "'.wh.' must be followed by a name); refusing the layer")
                 if base == OPAQUE:
                     rel = self.selection.covering(parent)
                     if rel is not None:
@@ -62,22 +70,36 @@ class TreeModel:
                         self._drop(rel, keep=touched, itself=True)
                 continue
             rel = self.selection.relative(name)
-            if not rel or m.isdir() or not self.selection.wants(rel):
+            if not rel:
+                continue
+            if m.isdir():
+                self.nodes.pop(rel, None)  # a folder replaces a file
+                continue
+            if not self.selection.wants(rel):
                 continue
             if m.isreg():
                 h = hashlib.sha256()
                 stream.seek(m.offset_data)
                 stream.copy_to(m.size, None, h)
-                self.nodes[rel] = Node("file", m.size, "sha256:" + h.hexdigest())
+                self.add(rel, Node("file", m.size, "sha256:" + h.hexdigest()))
             elif m.issym():
-                self.nodes[rel] = Node("symlink", link=m.linkname)
+                self.add(rel, Node("symlink", link=m.linkname))
             elif m.islnk():
                 target = self.selection.relative(normalize(m.linkname, label))
                 if target and target in self.nodes:
-                    self.nodes[rel] = self.nodes[target]
+                    self.add(rel, self.nodes[target])  # to a symlink: that symlink
             touched.add(rel)
 
     def add(self, rel: str, node: Node) -> None:
+        """``rel`` holds ``node``; a file in the way of its folders, or a folder where it goes, is gone."""
+        if rel in self._dirs:
+            self._drop(rel, keep=set())
+            self._dirs.discard(rel)
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            a = "/".join(parts[:i])
+            self.nodes.pop(a, None)
+            self._dirs.add(a)
         self.nodes[rel] = node
 
     def _drop(self, rel: str, *, keep: set[str], itself: bool = False) -> None:
@@ -91,12 +113,13 @@ class TreeModel:
 
 def dest_files(dest: Path) -> dict[str, os.stat_result]:
     """Files and symlinks under ``dest`` (relative POSIX paths), without the
-    puller's own folder."""
+    puller's own record and staging folder."""
     out: dict[str, os.stat_result] = {}
     for root, dirs, files in os.walk(dest):
         rel_root = os.path.relpath(root, dest)
         if rel_root == ".":
-            dirs[:] = [d for d in dirs if d != RESERVED]
+            dirs[:] = [d for d in dirs if d not in RESERVED]
+            files = [f for f in files if f not in RESERVED]
         for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             rel = name if rel_root == "." else f"{rel_root}/{name}".replace(os.sep, "/")
             out[rel] = os.lstat(os.path.join(root, name))
@@ -115,18 +138,16 @@ def verify(source: str, dest: str | os.PathLike, *, include: Sequence[str] = (),
     image = open_image(source, platform=platform, insecure=frozenset(insecure), credentials=credentials,
                        connections=connections, stats=stats)
     try:
-        ours = image.target is not None
-        selection = Selection(subtree(path, image), tuple(include))
+        prefix = subtree(path, image)
+        selection = Selection(prefix, tuple(include))
         model = TreeModel(selection)
-        for layer in classify(image):
-            d = layer.desc
-            if layer.kind == "other" or (not layer.known and ours and path is None):
-                continue
+        schedule = plan_tasks(classify(image), prefix=prefix, include=tuple(include), ours=image.target is not None,
+                              whole_image=path is not None, target=image.target, config=image.config)
+        for t in schedule.tasks:
+            layer, d = t.layer, t.layer.desc
             if layer.known:
-                for f in layer.listed or ():
-                    rel = selection.relative(f.name)
-                    if rel and selection.wants(rel):
-                        model.add(rel, Node("file", f.size, f.sha256))
+                for rel, f in t.files.items():
+                    model.add(rel, Node("file", f.size, f.sha256))
                 continue
             h, seen = hashlib.sha256(), 0
 
