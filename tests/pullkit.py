@@ -122,6 +122,40 @@ def info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", mode: int = 0
     return i
 
 
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything under ``root``, the puller's own entries included: folders
+    (mode, mtime), files (bytes' sha256, mode, mtime), symlinks (target)."""
+    out: dict[str, tuple] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        st = p.lstat()
+        if p.is_symlink():
+            out[rel] = ("symlink", os.readlink(p))
+        elif p.is_dir():
+            out[rel] = ("dir", st.st_mode, st.st_mtime_ns)
+        else:
+            out[rel] = ("file", sha(p.read_bytes()), st.st_mode, st.st_mtime_ns)
+    return out
+
+
+def kinds(root: Path) -> dict[str, str]:
+    """Paths, types, bytes and link targets under ``root`` (folders as
+    ``dir``), without the puller's own entries: what umoci's rootfs is
+    compared by."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if rel.split("/", 1)[0] in (".modelimage-pull", ".modelimage-pull.json"):
+            continue
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = sha(p.read_bytes())
+    return out
+
+
 def own(root: Path) -> set[str]:
     """The puller's own entries at DEST's root (record, staging folder)."""
     return {p.name for p in root.iterdir() if p.name.startswith(".modelimage-pull")} if root.is_dir() else set()

@@ -42,8 +42,13 @@ ADDS = ("dir", "file", "symlink", "link")
 def _lstat(path: str) -> os.stat_result | None:
     try:
         return os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+def _real_dir(path: str) -> bool:
+    st = _lstat(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
 
 
 def _ancestors(rel: str) -> list[str]:
@@ -72,25 +77,33 @@ class DestWriter:
         adopted). Raises UnsafeLayer for a write through a symlink."""
         blocked: list[str] = []
         adopt: set[str] = set()
+        entries = list(entries)
+        gone = {v for e in entries if e.kind in ("whiteout", "opaque")
+                for v in self.record.current_under(e.rel) if e.kind == "whiteout" or v != e.rel}
         made: dict[str, str] = {}  # what this layer makes, by path, so far
         for e in entries:
-            if e.dropped or e.kind not in ADDS:
+            if e.kind not in ADDS:
                 continue
+            absent = False  # a folder on the way is not there (yet): neither is the path
             for a in _ancestors(e.rel):
                 kind = made.get(a)
-                if kind == "symlink" or (kind is None and self._symlink_here(a)):
+                if kind == "symlink" or (kind is None and a not in gone and self._symlink_here(a)):
                     raise UnsafeLayer(f"{label}: {e.name!r} would be written through a symlink ({a} is one); "
                                       "refusing the layer")
                 if kind is not None:
+                    if kind != "dir" or not _real_dir(self.path(a)):
+                        absent = True  # what is at ``a`` now goes before this entry is written
+                        break
                     continue
-                st = _lstat(self.path(a))
+                st = None if a in gone else _lstat(self.path(a))
                 if st is None:
+                    absent = True
                     break
                 if not stat.S_ISDIR(st.st_mode) and not self.record.owned(a):
                     blocked.append(a)
                     break
             made[e.rel] = "file" if e.kind == "link" else e.kind
-            st = _lstat(self.path(e.rel))
+            st = None if absent or e.rel in gone else _lstat(self.path(e.rel))
             if st is None or self.record.owned(e.rel) or e.rel in blocked:
                 continue
             if e.kind == "dir" and stat.S_ISDIR(st.st_mode):
@@ -124,21 +137,23 @@ class DestWriter:
         blocked, adopt = self.conflicts(staged.entries, label)
         if blocked and not self.overwrite:
             self.refuse(blocked, label.split(": layer")[0] + f" (layer {staged.layer.index + 1})")
-        adds = [e for e in staged.entries if e.kind in ADDS and not e.dropped]
+        adds = [e for e in staged.entries if e.kind in ADDS]
         linked = [self._resolve_link(e, label) for e in adds if e.kind == "link"]
+        removed = 0
         for e in staged.entries:
             if e.kind == "whiteout":
-                self._remove_current(e.rel, itself=True)
+                removed += self._remove_current(e.rel, itself=True)
             elif e.kind == "opaque":
-                self._remove_current(e.rel, itself=False)
+                removed += self._remove_current(e.rel, itself=False)
+        self.record.applied.append(staged.layer.desc.digest)
+        if not adds and not removed:
+            return  # nothing of this layer is in the selection: DEST and the record stay as they are
         for e in adds:
             if e.rel not in adopt:
                 self.record.intend(e.rel, "symlink" if e.kind == "symlink" else e.kind)
         self.record.save()
         done: list[str] = []
         for e in adds:
-            if e.dropped:
-                continue
             if e.rel in adopt:
                 if e.temp is not None:
                     os.unlink(e.temp)
@@ -151,7 +166,6 @@ class DestWriter:
             e = self.record.entries.get(rel)
             if e is not None:  # stat signatures after every rename and link of the layer
                 self.record.put(rel, e["kind"], size=e.get("size", 0), sha256=e.get("sha256"), link=e.get("link"))
-        self.record.applied.append(staged.layer.desc.digest)
         self.record.save()
 
     def _resolve_link(self, e: Entry, label: str) -> str | None:
@@ -250,13 +264,16 @@ class DestWriter:
 
     # ------------------------------------------------------------ removing
 
-    def _remove_current(self, rel: str, *, itself: bool) -> None:
+    def _remove_current(self, rel: str, *, itself: bool) -> int:
         """A whiteout (``itself``) or an opaque directory: remove what this
-        image's earlier layers put at/below ``rel``, nothing else."""
+        image's earlier layers put at/below ``rel``, nothing else; how many."""
+        n = 0
         for victim in self.record.current_under(rel):
             if victim == rel and not itself:
                 continue
             self._remove(victim)
+            n += 1
+        return n
 
     def _remove(self, rel: str) -> None:
         """Remove one path modelimage wrote (a folder only when empty) and

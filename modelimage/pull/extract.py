@@ -58,7 +58,6 @@ class Entry:
     mode: int = 0o644
     mtime: int | None = None
     link: str | None = None
-    dropped: bool = False  # a later member of the same layer replaced it
 
 
 @dataclass
@@ -76,7 +75,7 @@ class StagedLayer:
     journal: Journal | None = None
 
     def temps(self) -> list[str]:
-        return [e.temp for e in self.entries if e.temp is not None and not e.dropped]
+        return [e.temp for e in self.entries if e.temp is not None]
 
     def discard(self) -> None:
         """Remove the staged files."""
@@ -147,25 +146,22 @@ class TarStager:
         return self.staged
 
     def _add(self, e: Entry) -> None:
-        old = self._files.pop(e.rel, None)
-        if old is not None and not old.dropped:
-            old.dropped = True
-            if old.temp is not None:
-                os.unlink(old.temp)
-        if e.kind in ("file", "symlink", "dir", "link"):
-            self._files[e.rel] = e
+        """Entries apply in tar order, each replacing what is at its path
+        (a file that replaced a folder removed what was in it, even if a
+        later entry puts a folder there again)."""
+        self._files[e.rel] = e  # the one a hard link in this layer refers to
         self.staged.entries.append(e)
 
     def _member(self, m: tarfile.TarInfo, stream: Stream) -> None:
         name = normalize(m.name, self.label)
         if not name:
             return
-        if m.isreg():
-            self.staged.files_seen += 1
         base, parent = posixpath.basename(name), posixpath.dirname(name)
         if base.startswith(WHITEOUT):
             self._whiteout(m, base, parent)
             return
+        if m.isreg():
+            self.staged.files_seen += 1
         rel = self.selection.relative(name)
         if rel is None:
             if m.isreg():
@@ -231,6 +227,8 @@ class TarStager:
             self._add(Entry("file", rel, m.name, temp, src.size, src.sha256, src.mode, src.mtime))
         elif src is not None and src.kind == "symlink":
             self._add(Entry("symlink", rel, m.name, link=src.link))  # a link to a symlink is that symlink
+        elif src is not None and src.kind == "link":
+            self._add(Entry("link", rel, m.name, link=src.link))  # to a link of this layer: to what it links to
         elif src is not None and src.kind == "dir":
             raise BadLayer(f"{self.label}: {m.name!r} is a hard link to the directory {m.linkname!r}")
         else:

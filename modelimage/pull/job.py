@@ -166,10 +166,12 @@ class PullJob:
                           time.perf_counter() - started, applied, self.schedule.skipped, tuple(self.warnings))
 
     def _finish(self) -> None:
-        """The image is in: refuse a pull that wrote nothing, remove what an
-        earlier pull of another image wrote, save the record, drop staging."""
-        if not any(True for _ in self.record.image_files()) and not any(
-                e.get("kind") == "symlink" and not e.get("old") for e in self.record.entries.values()):
+        """The image is in: refuse a pull that selected nothing, remove what
+        an earlier pull of another image wrote, save the record, drop staging."""
+        selected = any(t.files for t in self.schedule.tasks) or any(
+            e.kind in ("file", "symlink", "link") for s in self._staged for e in s.entries)
+        if not selected and not any(e.get("kind") in ("file", "symlink") and not e.get("old")
+                                    for e in self.record.entries.values()):
             self._nothing_written()
         self.writer.remove_old()
         if self.record.entries:
@@ -188,10 +190,6 @@ class PullJob:
         elsewhere = sorted({d for s in self._staged for d in s.elsewhere})
         hint = f" (they hold files under {', '.join('/' + d for d in elsewhere[:4])}: pick one with --path)" \
             if elsewhere else ""
-        if self.record.entries:
-            self.record.save()
-        else:
-            self.record.remove()
         shutil.rmtree(self.staging, ignore_errors=True)
         raise PullError(f"{self.image.name}: the pull wrote no file: {what}{hint}; DEST was left as it was")
 
@@ -222,7 +220,7 @@ class PullJob:
 
     def _save_quietly(self) -> None:
         try:
-            if self.record.entries:
+            if self.record.changed and self.record.entries:
                 self.record.save()
         except OSError:
             pass  # the error being raised says what went wrong; the intent saved before each layer stands

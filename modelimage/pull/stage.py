@@ -129,7 +129,7 @@ class LayerStager:
             complete = True
             self._check_digest(layer, h, start + seen[0], "the blob")
             if layer.known:
-                wrote = {e.rel for e in staged.entries if e.kind == "file" and not e.dropped}
+                wrote = {e.rel for e in staged.entries if e.kind == "file"}
                 lost = sorted(set(t.files) - wrote)
                 if lost:
                     raise BadLayer(f"{layer.label}: lists {lost[0]} but does not hold it")

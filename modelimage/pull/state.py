@@ -95,6 +95,7 @@ class Record:
             self.entries = {k: e for k, e in self.entries.items() if not e.get("adopted")}
         self.matches = same_image and data.get("selection") == selection
         self.applied: list[str] = list(data.get("applied") or []) if self.matches else []
+        self.changed = False  # something was recorded that DEST shows (put, intend, forget)
 
     # -- questions
 
@@ -144,6 +145,7 @@ class Record:
     def put(self, rel: str, kind: str, *, size: int = 0, sha256: str | None = None, link: str | None = None,
             adopted: bool = False, stat: Sequence[int] | None = None) -> None:
         """``rel`` now holds what this image put there (or an adopted file)."""
+        self.changed = True
         e: dict[str, Any] = {"kind": kind}
         if kind == "file":
             e["size"], e["sha256"] = size, sha256
@@ -163,12 +165,14 @@ class Record:
     def intend(self, rel: str, kind: str) -> None:
         """``rel`` is about to be written: owned from now on, even if the
         run is cut before it is recorded properly."""
+        self.changed = True
         if rel not in self.entries or self.entries[rel].get("adopted"):
             self.entries[rel] = {"kind": kind}
         else:
             self.entries[rel].pop("old", None)
 
     def forget(self, rel: str) -> None:
+        self.changed = True
         self.entries.pop(rel, None)
 
     def renew(self) -> None:
