@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -183,6 +184,61 @@ def test_whiteouts_from_a_podman_build(registry, busybox_base, tmp_path, podman_
     root = tmp_path / "root"
     pull(ref, root)
     assert not (root / "models" / "m" / "gone.txt").exists() and (root / "bin" / "busybox").is_file()
+
+
+# ---------------------------------------------------------------- what skopeo and podman rewrote (issue 13, input 3)
+
+
+def _layer_annotations(layout_dir: Path) -> list[dict]:
+    index = json.loads((layout_dir / "index.json").read_text())
+    blobs = layout_dir / "blobs" / "sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_text())
+    return [(d["mediaType"], d.get("annotations") or {}) for d in manifest["layers"]]
+
+
+@pytest.mark.parametrize("fmt", ["gzip", "zstd", "zstd:chunked"])
+def test_issue13_3_a_skopeo_copy_that_dropped_the_layer_annotations(tmp_path, llama_dir, fmt, capsys):
+    """``skopeo copy --dest-compress-format gzip|zstd|zstd:chunked`` drops the
+    layers' file lists; the config's target and history still say where the
+    model is and which layers are its."""
+    need("skopeo")
+    out, copy = tmp_path / "out", tmp_path / "copy"
+    assert main(["build", str(llama_dir), "-o", f"oci:{out}:v1"]) == 0
+    run("skopeo", "copy", "-q", "--dest-compress-format", fmt, f"oci:{out}:v1", f"oci:{copy}:v1")
+    layers = _layer_annotations(copy)
+    assert all(m.endswith("+" + fmt.split(":")[0]) and "dev.modelimage.files" not in a for m, a in layers)
+    dest = tmp_path / "dest"
+    assert main(["pull", f"oci:{copy}:v1", str(dest)]) == 0
+    assert tree(dest) == tree(llama_dir)
+    assert main(["verify", f"oci:{copy}:v1", str(dest)]) == 0
+    capsys.readouterr()
+
+
+def test_issue13_3_pushed_again_by_skopeo_and_podman(registry, pushed_llama, podman_env, tmp_path):
+    """The image pushed again to the registry by ``skopeo copy`` (Docker
+    media types: no annotations at all) and by ``podman push`` (gzip)."""
+    need("skopeo")
+    ref, files, _ = pushed_llama
+    again = {"skopeo": f"{registry.host}/pull/llama-skopeo:v1", "podman": f"{registry.host}/pull/llama-podman:v1"}
+    run("skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false", "--format", "v2s2",
+        f"docker://{ref}", f"docker://{again['skopeo']}")
+    local = "localhost/modelimage-test/pull-llama-again:v1"
+    run("podman", "pull", "-q", "--tls-verify=false", ref, env=podman_env)
+    try:
+        run("podman", "tag", ref, local, env=podman_env)
+        run("podman", "push", "-q", "--tls-verify=false", "--compression-format", "gzip", local,
+            f"docker://{again['podman']}", env=podman_env)
+    finally:
+        run("podman", "rmi", "-f", ref, local, env=podman_env)
+    for tool, copy in again.items():
+        client = RegistryClient(Reference.parse(copy))
+        manifest = client.get_manifest(*copy.split("/", 1)[1].rsplit(":", 1)).json()
+        client.close()
+        assert not any("annotations" in d for d in manifest["layers"]), tool
+        dest = tmp_path / tool
+        result = pull(copy, dest)
+        assert tree(dest) == files and {f.path for f in result.files} == set(files), tool
+        assert main(["verify", copy, str(dest)]) == 0
 
 
 def test_pull_over_one_streaming_connection_per_blob(pushed_llama, tmp_path, small_pieces):

@@ -240,9 +240,13 @@ class TarStager:
         h = hashlib.sha256() if self.hash_files else None
         try:
             def write(view: memoryview) -> None:
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                done = 0
+                try:
+                    while done < len(view):
+                        done += os.write(fd, view[done:])
+                except OSError as e:
+                    e.written = done  # type: ignore[attr-defined]  # for the journal (Stream._hand)
+                    raise
 
             try:
                 stream.copy_to(tag["size"] - have, write, h, tag)
@@ -251,6 +255,7 @@ class TarStager:
             except OSError as e:
                 if e.filename is None:
                     e.filename = temp
+                e.pull_doing = f"staging {tag['rel']} ({tag['size']:,} bytes)"  # type: ignore[attr-defined]
                 raise
         except BaseException:
             os.close(fd)

@@ -152,7 +152,7 @@ class PullJob:
             kept = self._keep_verified(tasks, futures, applied)
             self._save_quietly()
             if isinstance(e, OSError):
-                raise PullError(describe(e, "writing DEST") + self._kept_note(applied, len(tasks), kept)) from None
+                raise PullError(describe(e, "writing DEST", self.dest) + self._kept_note(applied, len(tasks), kept)) from None
             if isinstance(e, ModelImageError) and applied and len(e.args) == 1 and isinstance(e.args[0], str):
                 e.args = (e.args[0] + self._kept_note(applied, len(tasks), kept),)
             raise
@@ -215,7 +215,7 @@ class PullJob:
     def _kept_note(self, applied: int, total: int, kept: int) -> str:
         note = f"; {applied} of {total} layers are in DEST (recorded)" if applied else ""
         if kept:
-            note += f"; {format_size(kept)} fetched and verified is kept in {self.staging} for the next run"
+            note += f"; {format_size(kept)} fetched is kept in {self.staging} for the next run (hashed again then)"
         return note
 
     def _save_quietly(self) -> None:
@@ -232,12 +232,13 @@ class PullJob:
         self.image.close()
 
 
-def describe(e: OSError, doing: str) -> str:
+def describe(e: OSError, doing: str, dest: str = ".") -> str:
     """One line for an OSError: the path, what went wrong, what was needed."""
     path = e.filename or "DEST"
+    doing = getattr(e, "pull_doing", doing)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         try:
-            st = os.statvfs(os.path.dirname(str(path)) or ".")
+            st = os.statvfs(dest)
             free = f"; {format_size(st.f_bavail * st.f_frsize)} free there"
         except OSError:
             free = ""

@@ -11,6 +11,7 @@ continued from its end. Either way the result is a
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import os
 import stat
@@ -53,7 +54,11 @@ class LayerStager:
         except what a journal or a partial raw blob keeps for the next run."""
         if self.abort.is_set():
             raise PullError(f"{t.layer.label}: not fetched, another layer failed")
-        staged = self._stage_raw(t, progress) if t.layer.kind == "raw" else self._stage_tar(t, progress)
+        try:
+            staged = self._stage_raw(t, progress) if t.layer.kind == "raw" else self._stage_tar(t, progress)
+        except BaseException:
+            self.abort.set()  # no other layer starts, the running ones stop at their next chunk
+            raise
         self.staged.append(staged)
         return staged
 
@@ -140,7 +145,7 @@ class LayerStager:
                        and not isinstance(e, BadLayer | UnsafeLayer))
             if keep[0]:
                 assert journal is not None
-                self._save_journal(t, journal)
+                keep[0] = self._keep_journal(t, journal)
             else:
                 self.journal_path(layer).unlink(missing_ok=True)
             writer.abort()
@@ -148,6 +153,26 @@ class LayerStager:
         finally:
             tar.close()
             chunks.close()
+
+    def _keep_journal(self, t: Task, journal: Journal) -> bool:
+        """Save the journal of a cut layer. On a full disk, give back the
+        last MiB of the staged file it was cut in (the journal then ends
+        earlier) and try once more. False: nothing could be kept."""
+        for attempt in range(2):
+            try:
+                self._save_journal(t, journal)
+                return True
+            except OSError as e:
+                cut = journal.trim(1 << 20) if attempt == 0 and e.errno in (errno.ENOSPC, errno.EDQUOT) else None
+                if cut is None:
+                    break
+                tag, n = cut
+                try:
+                    os.truncate(self.staging / tag["temp"], n)
+                except OSError:
+                    break
+        self.journal_path(t.layer).unlink(missing_ok=True)
+        return False
 
     def _save_journal(self, t: Task, journal: Journal) -> None:
         save_journal(self.journal_path(t.layer), t.layer.desc.digest, list(t.files), journal.pos, journal.segments)
@@ -221,8 +246,9 @@ class LayerStager:
             os.fchmod(fd, 0o644)
             os.fsync(fd)
         except BaseException as e:
-            if isinstance(e, OSError) and e.filename is None:
-                e.filename = str(partial)
+            if isinstance(e, OSError):
+                e.filename = e.filename or str(partial)
+                e.pull_doing = f"staging {rel} ({layer.desc.size:,} bytes)"  # type: ignore[attr-defined]
             if os.fstat(fd).st_size == 0:
                 partial.unlink()  # nothing to take up
             raise

@@ -61,6 +61,20 @@ class Journal:
             self.segments.append(["meta", new])
         self.pos = end
 
+    def trim(self, n: int) -> tuple[dict, int] | None:
+        """Forget up to ``n`` bytes at the end, if the journal ends in a
+        staged file: (its tag, the bytes of it still described), else None.
+        The caller truncates the staged file to match."""
+        if not self.valid or not self.segments or self.segments[-1][0] != "file":
+            return None
+        last = self.segments[-1]
+        cut = min(n, last[2])
+        last[2] -= cut
+        self.pos -= cut
+        if last[2] == 0:
+            self.segments.pop()
+        return last[1], last[2]
+
     def data(self, pos: int, n: int, tag: dict) -> None:
         if not self.valid:
             return
@@ -168,7 +182,14 @@ class Stream:
     def _hand(self, view: memoryview, write: Callable[[memoryview], None] | None,
               hasher: "hashlib._Hash | None", tag: dict | None) -> None:
         if write is not None:
-            write(view)
+            try:
+                write(view)
+            except OSError as e:  # a full disk: what was written before stays described
+                done = getattr(e, "written", 0)
+                if done and self.journal is not None and tag is not None:
+                    self.journal.data(self._pos, done, tag)
+                self._pos += done
+                raise
         if hasher is not None:
             hasher.update(view)
         if self.journal is not None:
