@@ -3,7 +3,7 @@
 :class:`DestWriter` applies :class:`~modelimage.pull.extract.StagedLayer`\\ s
 in manifest order, after each blob matched its digest:
 
-1. :meth:`DestWriter.conflicts`: before anything changes, every path the
+1. :meth:`~.owned.Ownership.conflicts`: before anything changes, every path the
    layer writes is checked against DEST and the :class:`~.state.Record`: a
    file, symlink or non-directory that modelimage did not write stops the
    pull (:class:`~modelimage.errors.PullConflict`, naming the path), unless
@@ -19,8 +19,9 @@ in manifest order, after each blob matched its digest:
    before the first change), and made durable: staged files were fsynced,
    folders are fsynced after the renames, then the record is saved.
 
-:meth:`DestWriter.remove_old` removes what an earlier pull of another image
-wrote and the new image does not hold.
+What is modelimage's, what is in the way and how it is removed is
+:mod:`.owned`'s; :meth:`~.owned.Ownership.remove_old` removes what an
+earlier pull of another image wrote and the new image does not hold.
 """
 
 from __future__ import annotations
@@ -30,30 +31,11 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable
 
-from ..errors import BadLayer, PullConflict, PullError, UnsafeLayer
+from ..errors import BadLayer, PullConflict, UnsafeLayer
 from .extract import Entry, StagedLayer
-from .state import Record, fsync_dir, hash_file
-
-ADDS = ("dir", "file", "symlink", "link")
-
-
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _real_dir(path: str) -> bool:
-    st = _lstat(path)
-    return st is not None and stat.S_ISDIR(st.st_mode)
-
-
-def _ancestors(rel: str) -> list[str]:
-    parts = rel.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+from .owned import ADDS, Ownership, ancestors, lstat_or_none
+from .state import Record
 
 
 class DestWriter:
@@ -64,69 +46,8 @@ class DestWriter:
 
     def __init__(self, dest: str, record: Record, staging: str, *, overwrite: bool = False):
         self.dest, self.record, self.staging, self.overwrite = dest, record, staging, overwrite
-        self._dirs: set[str] = set()  # folders whose entries changed: fsynced before the record counts them
-
-    def path(self, rel: str) -> str:
-        return os.path.join(self.dest, rel) if rel else self.dest
-
-    # ------------------------------------------------------------ 1. what is in the way
-
-    def conflicts(self, entries: Iterable[Entry], label: str) -> tuple[list[str], set[str]]:
-        """(paths in DEST that modelimage did not write and that the entries
-        would change, files that already hold the entry's bytes and are
-        adopted). Raises UnsafeLayer for a write through a symlink."""
-        blocked: list[str] = []
-        adopt: set[str] = set()
-        entries = list(entries)
-        gone = {v for e in entries if e.kind in ("whiteout", "opaque")
-                for v in self.record.current_under(e.rel) if e.kind == "whiteout" or v != e.rel}
-        made: dict[str, str] = {}  # what this layer makes, by path, so far
-        for e in entries:
-            if e.kind not in ADDS:
-                continue
-            absent = False  # a folder on the way is not there (yet): neither is the path
-            for a in _ancestors(e.rel):
-                kind = made.get(a)
-                if kind == "symlink" or (kind is None and a not in gone and self._symlink_here(a)):
-                    raise UnsafeLayer(f"{label}: {e.name!r} would be written through a symlink ({a} is one); "
-                                      "refusing the layer")
-                if kind is not None:
-                    if kind != "dir" or not _real_dir(self.path(a)):
-                        absent = True  # what is at ``a`` now goes before this entry is written
-                        break
-                    continue
-                st = None if a in gone else _lstat(self.path(a))
-                if st is None:
-                    absent = True
-                    break
-                if not stat.S_ISDIR(st.st_mode) and not self.record.owned(a):
-                    blocked.append(a)
-                    break
-            made[e.rel] = "file" if e.kind == "link" else e.kind
-            st = None if absent or e.rel in gone else _lstat(self.path(e.rel))
-            if st is None or self.record.owned(e.rel) or e.rel in blocked:
-                continue
-            if e.kind == "dir" and stat.S_ISDIR(st.st_mode):
-                continue  # a folder that was there: the layer's files go into it
-            if (e.kind == "file" and stat.S_ISREG(st.st_mode) and st.st_size == e.size and e.sha256
-                    and hash_file(self.path(e.rel)) == e.sha256):
-                adopt.add(e.rel)
-                continue
-            blocked.append(e.rel)
-        return blocked, adopt
-
-    def _symlink_here(self, rel: str) -> bool:
-        """A symlink at ``rel`` that this image's layers put there."""
-        st = _lstat(self.path(rel))
-        return st is not None and stat.S_ISLNK(st.st_mode) and self.record.current(rel)
-
-    def refuse(self, blocked: list[str], what: str) -> None:
-        """Stop: ``blocked`` paths are in the way (see :meth:`conflicts`)."""
-        first = blocked[0]
-        more = f" ({len(blocked) - 1} more: {', '.join(blocked[1:4])}{', ...' if len(blocked) > 4 else ''})" \
-            if len(blocked) > 1 else ""
-        raise PullConflict(f"{self.path(first)}: {what} has a file there, and what is there now was not written "
-                           f"by modelimage; move it away or pull with --overwrite{more}")
+        self.owned = Ownership(dest, record, overwrite=overwrite)
+        self.path = self.owned.path
 
     # ------------------------------------------------------------ 2 and 3. applying
 
@@ -134,17 +55,17 @@ class DestWriter:
         """Apply one verified layer (see the module docstring). Raises
         PullConflict, UnsafeLayer, BadLayer, or OSError (with its path)."""
         label = staged.layer.label
-        blocked, adopt = self.conflicts(staged.entries, label)
+        blocked, adopt = self.owned.conflicts(staged.entries, label)
         if blocked and not self.overwrite:
-            self.refuse(blocked, label.split(": layer")[0] + f" (layer {staged.layer.index + 1})")
+            self.owned.refuse(blocked, label.split(": layer")[0] + f" (layer {staged.layer.index + 1})")
         adds = [e for e in staged.entries if e.kind in ADDS]
         linked = [self._resolve_link(e, label) for e in adds if e.kind == "link"]
         removed = 0
         for e in staged.entries:
             if e.kind == "whiteout":
-                removed += self._remove_current(e.rel, itself=True)
+                removed += self.owned.remove_current(e.rel, itself=True)
             elif e.kind == "opaque":
-                removed += self._remove_current(e.rel, itself=False)
+                removed += self.owned.remove_current(e.rel, itself=False)
         self.record.applied.append(staged.layer.desc.digest)
         if not adds and not removed:
             return  # nothing of this layer is in the selection: DEST and the record stay as they are
@@ -161,7 +82,7 @@ class DestWriter:
                 continue
             self._add(e, label)
             done.append(e.rel)
-        self.sync()
+        self.owned.sync()
         for rel in done + [t for t in linked if t]:
             e = self.record.entries.get(rel)
             if e is not None:  # stat signatures after every rename and link of the layer
@@ -174,7 +95,7 @@ class DestWriter:
         that symlink. Returns the target (its stat changes)."""
         assert e.link is not None
         src = self.path(e.link)
-        st = _lstat(src)
+        st = lstat_or_none(src)
         if st is None or not self.record.current(e.link):
             raise BadLayer(f"{label}: {e.name!r} is a hard link to {e.link!r}, which no earlier layer holds")
         if stat.S_ISLNK(st.st_mode):
@@ -195,7 +116,7 @@ class DestWriter:
     def _add(self, e: Entry, label: str) -> None:
         path = self.path(e.rel)
         self._parents(e.rel, label)
-        st = _lstat(path)
+        st = lstat_or_none(path)
         if e.kind == "dir":
             if st is not None and stat.S_ISDIR(st.st_mode):
                 return  # there already (ours, or a folder that was there: not recorded)
@@ -218,14 +139,14 @@ class DestWriter:
                     os.unlink(path)
                 os.symlink(e.link, path)
                 self.record.put(e.rel, "symlink", link=e.link)
-        self._dirs.add(os.path.dirname(path))
+        self.owned.touch(os.path.dirname(path))
 
     def _parents(self, rel: str, label: str) -> None:
         """Make ``rel``'s folders (recorded as modelimage's); a file or an old
         symlink of modelimage's on the way is replaced by a folder."""
-        for a in _ancestors(rel):
+        for a in ancestors(rel):
             p = self.path(a)
-            st = _lstat(p)
+            st = lstat_or_none(p)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 continue
             if st is not None:
@@ -235,7 +156,7 @@ class DestWriter:
                 self._clear(a, st)
             os.mkdir(p)
             self.record.put(a, "dir")
-            self._dirs.add(os.path.dirname(p))
+            self.owned.touch(os.path.dirname(p))
 
     def _clear(self, rel: str, st: os.stat_result) -> None:
         """Remove what is at ``rel`` so something else can go there: what
@@ -244,7 +165,7 @@ class DestWriter:
         if stat.S_ISDIR(st.st_mode):
             for victim in self.record.current_under(rel) + [k for k in self.record.old() if
                                                              k == rel or k.startswith(rel + "/")]:
-                self._remove(victim)
+                self.owned.remove(victim)
             if os.path.isdir(path):
                 try:
                     os.rmdir(path)
@@ -260,57 +181,5 @@ class DestWriter:
             raise PullConflict(f"{path}: the image needs this path, and what is there was not written by "
                                "modelimage; move it away or pull with --overwrite")
         self.record.forget(rel)
-        self._dirs.add(os.path.dirname(path))
+        self.owned.touch(os.path.dirname(path))
 
-    # ------------------------------------------------------------ removing
-
-    def _remove_current(self, rel: str, *, itself: bool) -> int:
-        """A whiteout (``itself``) or an opaque directory: remove what this
-        image's earlier layers put at/below ``rel``, nothing else; how many."""
-        n = 0
-        for victim in self.record.current_under(rel):
-            if victim == rel and not itself:
-                continue
-            self._remove(victim)
-            n += 1
-        return n
-
-    def _remove(self, rel: str) -> None:
-        """Remove one path modelimage wrote (a folder only when empty) and
-        forget it; never through a symlink."""
-        path = self.path(rel)
-        parent = os.path.dirname(path)
-        if os.path.realpath(parent) != os.path.normpath(parent):
-            raise PullError(f"{path}: a folder on its way is now a symlink; refusing to remove through it")
-        kind = self.record.entries.get(rel, {}).get("kind")
-        st = _lstat(path)
-        self.record.forget(rel)
-        if st is None:
-            return
-        if kind == "dir":
-            if stat.S_ISDIR(st.st_mode):
-                try:
-                    os.rmdir(path)
-                except OSError as e:
-                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                        raise
-                    return  # it holds files modelimage did not write: it stays
-        elif not stat.S_ISDIR(st.st_mode):
-            os.unlink(path)
-        else:
-            return  # not what was written there any more
-        self._dirs.add(parent)
-
-    def remove_old(self) -> None:
-        """Remove what modelimage wrote for another image and the new image
-        does not hold (folders only when empty), then make it durable."""
-        for rel in self.record.old():
-            self._remove(rel)
-        self.sync()
-
-    def sync(self) -> None:
-        """fsync every folder whose entries changed."""
-        for d in sorted(self._dirs, key=lambda p: -p.count("/")):
-            if os.path.isdir(d):
-                fsync_dir(d)
-        self._dirs.clear()

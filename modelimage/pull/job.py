@@ -36,9 +36,10 @@ from .apply import DestWriter
 from .extract import Entry, StagedLayer
 from .layers import classify, glob_match, subtree
 from .result import PulledFile, PullResult
+from .resume import Journals, load_journals
 from .schedule import Task, plan_resume, plan_tasks
 from .stage import LayerStager
-from .state import STAGING, Record, load_journals
+from .state import STAGING, Record
 
 DEFAULT_CONCURRENCY = 3  # blobs at once; each also over image.default_connections(host) connections
 
@@ -82,7 +83,7 @@ class PullJob:
         self.prefix = subtree(path, image)
         self.layers = classify(image)
         self.staging = Path(self.dest) / STAGING
-        journals = load_journals(self.staging, {la.desc.hex for la in self.layers}) if self.staging.is_dir() else {}
+        found = load_journals(self.staging, {la.desc.hex for la in self.layers}) if self.staging.is_dir() else {}
         self.record = Record(self.dest, image.digest, {"path": self.prefix, "include": sorted(self.include)})
         self.schedule = plan_tasks(self.layers, prefix=self.prefix, include=self.include,
                                    ours=image.target is not None, whole_image=path is not None,
@@ -92,24 +93,22 @@ class PullJob:
         self.writer = DestWriter(self.dest, self.record, str(self.staging), overwrite=self.overwrite)
         listed = [Entry("file", rel, rel, size=f.size, sha256=f.sha256)
                   for t in self.schedule.tasks for rel, f in t.files.items()]
-        blocked, _ = self.writer.conflicts(listed, image.name)
+        blocked, _ = self.writer.owned.conflicts(listed, image.name)
         if blocked and not self.overwrite:
-            self.writer.refuse(blocked, image.name)  # before anything is fetched
-        self.stager = LayerStager(image, self.staging, journals, self.warnings)
-        self.total_bytes = sum(self._fetch_size(t, journals) for t in self.schedule.tasks)
+            self.writer.owned.refuse(blocked, image.name)  # before anything is fetched
+        self.journals = Journals(self.staging, found, self.warnings)
+        self.stager = LayerStager(image, self.staging, self.journals, self.warnings)
+        self.total_bytes = sum(self._fetch_size(t) for t in self.schedule.tasks)
         self._check_space(listed)
 
-    def _fetch_size(self, t: Task, journals: dict[str, dict]) -> int:
+    def _fetch_size(self, t: Task) -> int:
         if t.layer.kind == "raw":
             try:
                 have = self.stager.partial(t.layer).stat().st_size
             except OSError:
                 have = 0
             return t.layer.desc.size - have if have <= t.layer.desc.size else t.layer.desc.size
-        journal = journals.get(t.layer.desc.hex)
-        if journal is not None and journal["wanted"] == sorted(t.files):
-            return t.layer.desc.size - journal["pos"]
-        return t.layer.desc.size
+        return t.layer.desc.size - self.journals.prefix_bytes(t)
 
     def _check_space(self, listed: list[Entry]) -> None:
         """Fail before fetching when the listed files cannot fit."""
@@ -141,7 +140,7 @@ class PullJob:
             for t, fut in zip(tasks, futures):
                 staged = fut.result()
                 self.writer.apply(staged)
-                self.stager.journal_path(t.layer).unlink(missing_ok=True)
+                self.journals.path(t.layer).unlink(missing_ok=True)
                 applied += 1
             self._finish()
         except BaseException as e:
@@ -152,7 +151,8 @@ class PullJob:
             kept = self._keep_verified(tasks, futures, applied)
             self._save_quietly()
             if isinstance(e, OSError):
-                raise PullError(describe(e, "writing DEST", self.dest) + self._kept_note(applied, len(tasks), kept)) from None
+                note = self._kept_note(applied, len(tasks), kept)
+                raise PullError(describe(e, "writing DEST", self.dest) + note) from None
             if isinstance(e, ModelImageError) and applied and len(e.args) == 1 and isinstance(e.args[0], str):
                 e.args = (e.args[0] + self._kept_note(applied, len(tasks), kept),)
             raise
@@ -173,7 +173,7 @@ class PullJob:
         if not selected and not any(e.get("kind") in ("file", "symlink") and not e.get("old")
                                     for e in self.record.entries.values()):
             self._nothing_written()
-        self.writer.remove_old()
+        self.writer.owned.remove_old()
         if self.record.entries:
             self.record.save()
         else:
@@ -203,7 +203,7 @@ class PullJob:
         for t, f in list(zip(tasks, futures))[applied:]:
             if f.cancelled() or not f.done() or f.exception() is not None:
                 continue
-            self.stager.keep(t, f.result())
+            self.journals.keep_whole(t, f.result())
         try:
             kept = sum(p.stat().st_size for p in self.staging.iterdir() if p.is_file())
         except OSError:

@@ -2,7 +2,7 @@
 
 A tar layer streams through :class:`~modelimage.pull.extract.TarStager`
 into the staging folder; a plain tar that lists its files keeps a journal,
-so a cut can be taken up with a ``Range`` request (:meth:`LayerStager.take_up`).
+so a cut can be taken up with a ``Range`` request (:mod:`.resume`).
 A raw layer (the blob is one file) is written to ``<digest>.partial`` and
 continued from its end. Either way the result is a
 :class:`~modelimage.pull.extract.StagedLayer` that :mod:`.apply` applies.
@@ -10,11 +10,8 @@ continued from its end. Either way the result is a
 
 from __future__ import annotations
 
-import base64
-import errno
 import hashlib
 import os
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,17 +21,18 @@ from ..errors import BadLayer, PullError, UnsafeLayer
 from ..image import Image
 from .extract import RESERVED, Entry, StagedLayer, TarStager
 from .layers import Layer
+from .resume import Journals
 from .schedule import Task
-from .state import hash_prefix, save_journal
+from .state import hash_prefix
 from .stream import Journal, Stream, decompressed
 
 
 class LayerStager:
-    """Fetches and stages tasks into ``staging`` (a realpath folder).
-    ``journals``: cut tar layers' journals read back (layer hex -> journal),
-    taken up once each; ``warnings`` collects one-line notes."""
+    """Fetches and stages tasks into ``staging`` (a realpath folder);
+    ``journals`` takes up what a cut pull left there; ``warnings`` collects
+    one-line notes."""
 
-    def __init__(self, image: Image, staging: Path, journals: dict[str, dict], warnings: list[str]):
+    def __init__(self, image: Image, staging: Path, journals: Journals, warnings: list[str]):
         self.image, self.staging = image, staging
         self.journals = journals
         self.warnings = warnings
@@ -43,9 +41,6 @@ class LayerStager:
 
     def partial(self, layer: Layer) -> Path:
         return self.staging / f"{layer.desc.hex}.partial"
-
-    def journal_path(self, layer: Layer) -> Path:
-        return self.staging / f"{layer.desc.hex}.tarjournal"
 
     def stage(self, t: Task, progress: Callable[[int], None] | None) -> StagedLayer:
         """Fetch one layer, stage it and check its digest. Raises
@@ -61,22 +56,6 @@ class LayerStager:
             raise
         self.staged.append(staged)
         return staged
-
-    def keep(self, t: Task, staged: StagedLayer) -> bool:
-        """A verified layer that was not applied: keep what it staged for the
-        next run (a raw layer's complete partial blob, a plain tar's staged
-        files with a journal of the whole blob). False: it was discarded."""
-        if t.layer.kind == "raw":
-            return True
-        j = staged.journal
-        if j is not None and j.valid and j.pos == t.layer.desc.size:
-            try:
-                self._save_journal(t, j)
-                return True
-            except OSError:
-                self.journal_path(t.layer).unlink(missing_ok=True)
-        staged.discard()
-        return False
 
     def _counted(self, layer: Layer, start: int, h: Any, progress: Callable[[int], None] | None,
                  seen: list[int]) -> Iterator[memoryview]:
@@ -108,7 +87,7 @@ class LayerStager:
         h, seen = hashlib.sha256(), [0]
         journal = None
         if layer.known:
-            journal, h = self.take_up(t) or (Journal(), h)
+            journal, h = self.journals.take_up(t) or (Journal(), h)
         start = journal.pos if journal is not None else 0
 
         def kind(k: str) -> None:
@@ -138,85 +117,21 @@ class LayerStager:
                 lost = sorted(set(t.files) - wrote)
                 if lost:
                     raise BadLayer(f"{layer.label}: lists {lost[0]} but does not hold it")
-            self.journal_path(layer).unlink(missing_ok=True)
+            self.journals.path(layer).unlink(missing_ok=True)
             return staged
         except BaseException as e:
             keep[0] = (journal is not None and journal.valid and journal.pos > 0 and not complete
                        and not isinstance(e, BadLayer | UnsafeLayer))
             if keep[0]:
                 assert journal is not None
-                keep[0] = self._keep_journal(t, journal)
+                keep[0] = self.journals.keep_cut(t, journal)
             else:
-                self.journal_path(layer).unlink(missing_ok=True)
+                self.journals.path(layer).unlink(missing_ok=True)
             writer.abort()
             raise
         finally:
             tar.close()
             chunks.close()
-
-    def _keep_journal(self, t: Task, journal: Journal) -> bool:
-        """Save the journal of a cut layer. On a full disk, give back the
-        last MiB of the staged file it was cut in (the journal then ends
-        earlier) and try once more. False: nothing could be kept."""
-        for attempt in range(2):
-            try:
-                self._save_journal(t, journal)
-                return True
-            except OSError as e:
-                cut = journal.trim(1 << 20) if attempt == 0 and e.errno in (errno.ENOSPC, errno.EDQUOT) else None
-                if cut is None:
-                    break
-                tag, n = cut
-                try:
-                    os.truncate(self.staging / tag["temp"], n)
-                except OSError:
-                    break
-        self.journal_path(t.layer).unlink(missing_ok=True)
-        return False
-
-    def _save_journal(self, t: Task, journal: Journal) -> None:
-        save_journal(self.journal_path(t.layer), t.layer.desc.digest, list(t.files), journal.pos, journal.segments)
-
-    def take_up(self, t: Task) -> tuple[Journal, Any] | None:
-        """The journal a cut pull of this layer left, and the blob's prefix
-        hashed again from disk (header bytes from the journal, file bytes from
-        the staged files); None (and nothing kept) if there is none or it does
-        not match what is on disk."""
-        data = self.journals.pop(t.layer.desc.hex, None) if self.journals is not None else None
-        path = self.journal_path(t.layer)
-        if data is None or data["digest"] != t.layer.desc.digest or data["wanted"] != sorted(t.files):
-            path.unlink(missing_ok=True)
-            return None
-        journal, h = Journal(), hashlib.sha256()
-        try:
-            for seg in data["segments"]:
-                if seg[0] == "meta":
-                    raw = base64.b64decode(seg[1], validate=True)
-                    h.update(raw)
-                    journal.meta(journal.pos, raw)
-                    continue
-                tag, n = seg[1], int(seg[2])
-                staged = os.path.join(self.staging, tag["temp"])
-                fd = os.open(staged, os.O_RDWR | os.O_NOFOLLOW)
-                try:
-                    st = os.fstat(fd)
-                    if not stat.S_ISREG(st.st_mode) or st.st_size < n:
-                        raise ValueError(f"{tag['temp']} is not what the journal says")
-                    os.ftruncate(fd, n)
-                    if hash_prefix(fd, n, h) != n:
-                        raise ValueError("a staged file is shorter than the journal says")
-                finally:
-                    os.close(fd)
-                journal.data(journal.pos, n, tag)
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-            self.warnings.append(f"{t.layer.label}: the cut pull's journal does not match the staged files ({e}); "
-                                 "fetching the layer from its start")
-            path.unlink(missing_ok=True)
-            return None
-        if journal.pos != data["pos"] or not journal.valid:
-            path.unlink(missing_ok=True)
-            return None
-        return journal, h
 
     def _stage_raw(self, t: Task, progress: Callable[[int], None] | None) -> StagedLayer:
         layer = t.layer

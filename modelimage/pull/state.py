@@ -7,11 +7,8 @@
   paths not in it are never modified or removed; paths in it that the next
   image does not hold are removed once that image is in. It is also the
   resume state: a second run skips files whose signature still matches.
-- Tar journals (:func:`save_journal`, :func:`read_journal`): the prefix of a
-  plain tar layer that a cut pull consumed (header bytes, and staged files
-  by name), kept in the staging folder ``DEST/.modelimage-pull/`` so the next
-  run hashes it again from disk (:func:`hash_prefix`) and continues with a
-  ``Range`` request.
+- The staging folder ``DEST/.modelimage-pull/`` (:data:`STAGING`), where
+  a cut pull leaves what the next one takes up (:mod:`.resume`).
 
 Every file here is written whole or not at all (:func:`write_durably`:
 temporary file, fsync, rename, fsync of the folder); a write that fails
@@ -20,7 +17,6 @@ leaves the previous version and no temporary file.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -32,7 +28,6 @@ from typing import Any
 RECORD = ".modelimage-pull.json"  # the ownership record, at DEST's root
 STAGING = ".modelimage-pull"  # the staging folder, at DEST's root while a pull runs or waits to resume
 RECORD_VERSION = 2
-JOURNAL_VERSION = 1
 READ_CHUNK = 8 << 20
 
 
@@ -220,53 +215,6 @@ def _load_v1(path: Path) -> dict[str, Any] | None:
                for rel, f in data["files"].items() if isinstance(f, dict)}
     return {"manifest": data.get("manifest"), "selection": data.get("selection"), "applied": data.get("applied"),
             "entries": entries}
-
-
-# ---------------------------------------------------------------- journals
-
-
-def read_journal(path: Path) -> dict | None:
-    """A ``.tarjournal`` read back, or None if it is not one this version wrote."""
-    try:
-        data = json.loads(path.read_text())
-        ok = (data.get("version") == JOURNAL_VERSION and isinstance(data.get("pos"), int)
-              and isinstance(data.get("segments"), list) and isinstance(data.get("wanted"), list)
-              and all(seg[0] == "meta" or (seg[0] == "file" and isinstance(seg[1], dict)
-                                           and plain_name(seg[1].get("temp"))) for seg in data["segments"]))
-    except (OSError, ValueError, AttributeError, IndexError, TypeError):
-        return None
-    return data if ok else None
-
-
-def save_journal(path: Path, digest: str, wanted: Sequence[str], pos: int, segments: Sequence[list]) -> None:
-    """Write a ``.tarjournal`` (header bytes base64, staged files by name), durably."""
-    encoded = [["meta", base64.b64encode(seg[1]).decode()] if seg[0] == "meta" else seg for seg in segments]
-    data = {"version": JOURNAL_VERSION, "digest": digest, "wanted": sorted(wanted), "pos": pos,
-            "segments": encoded}
-    write_durably(path, json.dumps(data).encode())
-
-
-def plain_name(name: object) -> bool:
-    """A staged file's name: no folder, no way out of the staging folder."""
-    return isinstance(name, str) and name.endswith(".tmp") and "/" not in name and name not in (".", "..")
-
-
-def load_journals(staging: Path, layer_hexes: set[str]) -> dict[str, dict]:
-    """The journals in ``staging`` that belong to one of these layers (hex
-    digest -> journal, read back); others are removed, and so are staged
-    files no journal names."""
-    journals: dict[str, dict] = {}
-    for j in staging.glob("*.tarjournal"):
-        data = read_journal(j)
-        if data is not None and j.stem in layer_hexes:
-            journals[j.stem] = data
-        else:
-            j.unlink(missing_ok=True)
-    needed = {seg[1]["temp"] for data in journals.values() for seg in data["segments"] if seg[0] == "file"}
-    for stale in staging.glob("*.tmp"):
-        if stale.name not in needed:
-            stale.unlink(missing_ok=True)
-    return journals
 
 
 # ---------------------------------------------------------------- hashing what is on disk
