@@ -24,9 +24,7 @@ CODECS = {"modelimage.formats.gguf", "modelimage.formats.safetensors"}
 ALLOWED_LONG_MODULES: set[str] = {
     "modelimage.inspect", "modelimage.artifact", "modelimage.estimate",
 }
-ALLOWED_LONG_CLASSES: set[str] = {
-    "modelimage.pull.extract.LayerWriter",
-}
+ALLOWED_LONG_CLASSES: set[str] = set()
 
 
 def modules() -> dict[str, tuple[Path, list[str]]]:
