@@ -32,16 +32,7 @@ def tree(root: Path) -> dict[str, str]:
     """``{relative path: sha256}`` of the regular files under ``root``
     (symlinks as ``-> target``), without the puller's own record and
     staging folder (see :func:`own` for those)."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if rel.split("/", 1)[0] in (".modelimage-pull", ".modelimage-pull.json"):
-            continue
-        if p.is_symlink():
-            out[rel] = "-> " + os.readlink(p)
-        elif p.is_file():
-            out[rel] = sha(p.read_bytes())
-    return out
+    return {rel: what for rel, what in kinds(root).items() if what != "dir"}
 
 
 def cut_after(monkeypatch, limit: int) -> list[int]:
