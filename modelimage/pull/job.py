@@ -38,7 +38,7 @@ from .layers import classify, glob_match, subtree
 from .result import PulledFile, PullResult
 from .resume import Journals, load_journals
 from .schedule import Task, plan_resume, plan_tasks
-from .stage import LayerStager
+from .stage import LayerStager, Stopped
 from .state import STAGING, Record
 
 DEFAULT_CONCURRENCY = 3  # blobs at once; each also over image.default_connections(host) connections
@@ -148,6 +148,9 @@ class PullJob:
             for f in futures:
                 f.cancel()
             pool.shutdown(wait=True)
+            if isinstance(e, Stopped):  # say what failed, not what stopped because of it
+                e = next((x for f in futures if not f.cancelled() and (x := f.exception()) is not None
+                          and not isinstance(x, Stopped)), e)
             kept = self._keep_verified(tasks, futures, applied)
             self._save_quietly()
             if isinstance(e, OSError):
@@ -155,7 +158,7 @@ class PullJob:
                 raise PullError(describe(e, "writing DEST", self.dest) + note) from None
             if isinstance(e, ModelImageError) and applied and len(e.args) == 1 and isinstance(e.args[0], str):
                 e.args = (e.args[0] + self._kept_note(applied, len(tasks), kept),)
-            raise
+            raise e from None
         finally:
             pool.shutdown(wait=True)
             self.close()

@@ -27,6 +27,10 @@ from .state import hash_prefix
 from .stream import Journal, Stream, decompressed
 
 
+class Stopped(PullError):
+    """A layer not fetched (or not to the end) because another one failed."""
+
+
 class LayerStager:
     """Fetches and stages tasks into ``staging`` (a realpath folder);
     ``journals`` takes up what a cut pull left there; ``warnings`` collects
@@ -48,7 +52,7 @@ class LayerStager:
         OSError (staging) or a registry error; nothing staged stays then,
         except what a journal or a partial raw blob keeps for the next run."""
         if self.abort.is_set():
-            raise PullError(f"{t.layer.label}: not fetched, another layer failed")
+            raise Stopped(f"{t.layer.label}: not fetched, another layer failed")
         try:
             staged = self._stage_raw(t, progress) if t.layer.kind == "raw" else self._stage_tar(t, progress)
         except BaseException:
@@ -63,7 +67,7 @@ class LayerStager:
         try:
             for view in blob:
                 if self.abort.is_set():
-                    raise PullError(f"{layer.label}: stopped, another layer failed")
+                    raise Stopped(f"{layer.label}: stopped, another layer failed")
                 h.update(view)
                 seen[0] += len(view)
                 if progress is not None:
