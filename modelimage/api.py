@@ -265,7 +265,7 @@ class Pushed:
 
 def push(layout: str, reference: str, *, concurrency: int = PUSH_CONCURRENCY, insecure: Sequence[str] = (),
          progress: Progress | None = None) -> Pushed:
-    """Push the image of an OCI layout (``oci:DIR[:TAG]``) to ``reference``
+    """Push the image of an OCI layout (``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``) to ``reference``
     (``HOST/REPO[:TAG]``): blobs the registry has are skipped or mounted,
     uploads resume, the manifest goes last. The registry's limits are
     checked first. Returns :class:`Pushed`; raises ``ConfigError`` (not a
@@ -278,8 +278,6 @@ def push(layout: str, reference: str, *, concurrency: int = PUSH_CONCURRENCY, in
     from .registry.reference import Reference
 
     src = LayoutRef.parse(layout)
-    if src.transport != "oci":
-        raise ConfigError(f"{layout}: push reads an oci:DIR[:TAG] layout")
     ref = Reference.parse(reference)
     limits = limits_for(ref.host, load_config(None).registries)
     desc, manifest = read_layout(src)
@@ -287,7 +285,7 @@ def push(layout: str, reference: str, *, concurrency: int = PUSH_CONCURRENCY, in
     sink = _registry_sink(ref, limits, concurrency, insecure)
     total = sum(int(d["size"]) for d in [manifest.get("config", {}), *manifest.get("layers", [])] if d)
     with (progress or _no_progress)(total, f"pushing {ref.repository}") as advance:
-        pushed = push_layout(src.path, src.tag, sink, advance)
+        pushed = push_layout(src, sink, advance)
     return Pushed(pushed.reference, pushed.digest, str(ref), tuple(pushed.blobs))
 
 
@@ -416,13 +414,15 @@ def _estimate_inputs(source: str, config: Path | None, max_layer_size: int | Non
     from .config import REMOTE_SCHEMES
     from .errors import ModelImageError
     from .estimate import layer_specs_from_manifest, layer_specs_from_plan
-    from .image import choose_platform, is_index
-    from .layout import LayoutRef, read_layout
+    from .image import choose_platform, is_index, open_image
+    from .layout import LayoutRef
     from .registry.client import RegistryClient
     from .registry.reference import Reference
 
-    if source.startswith("oci:"):
-        return layer_specs_from_manifest(read_layout(LayoutRef.parse(source))[1]), None, None
+    if LayoutRef.is_layout(source):  # the image a layout's reference means, through its indexes
+        image = open_image(source)
+        image.close()
+        return layer_specs_from_manifest(image.manifest), None, None
     try:
         job = prepare(source, Options(config=config, max_layer_size=max_layer_size))
     except ModelImageError:

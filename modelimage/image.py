@@ -1,28 +1,35 @@
 """Existing images, read: from a registry (``HOST/REPO[:TAG|@DIGEST]``) or
-an OCI layout (``oci:DIR[:TAG]``).
+an OCI layout (``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, read by
+:mod:`modelimage.layout`).
 
-One place resolves a reference to an image manifest (choosing the platform
-from an index), reads its config, and streams its blobs: base images for
-``build --base``, ``pull``/``verify``, ``estimate REF``. Blobs stream over
-several ranged connections from registries (:class:`BlobReader`) and are
-verified by whoever consumes them (:func:`fetch` verifies as it goes).
+One place resolves a reference to an image manifest (through indexes,
+nested ones too, choosing the platform: :func:`choose_platform`), reads its
+config, and streams its blobs: base images for ``build --base``,
+``pull``/``verify``, ``estimate REF``. Docker schema 2 manifests and
+manifest lists read like their OCI counterparts. Blobs stream over several
+ranged connections from registries (:class:`BlobReader`), in place from
+layouts, and are verified by whoever consumes them (:meth:`Image.fetch`
+verifies as it goes). Go-containerregistry's ``remote.Get``/``layout``
+``Image`` split, in one small type.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import SourceError
+from .layout import LayoutReader, LayoutRef, open_layout
+from .layout.read import check_digest, json_object
 from .oci import ANNOTATION_PREFIX, INDEX_MEDIA_TYPES, Descriptor, Platform, select_platform
 from .registry.fetch import DEFAULT_CONNECTIONS, DEFAULT_RETRIES, BlobReader, FetchStats
 from .registry.keychain import Credentials
 
 ANNOTATION_TARGET = ANNOTATION_PREFIX + "target"
-READ_CHUNK = 4 << 20
+MAX_NESTING = 4  # index -> index -> ... -> manifest: deeper is a loop or a mistake
+MAX_CONFIG = 4 << 20  # configs read (bigger ones are not an image's)
 
 
 @dataclass
@@ -91,15 +98,6 @@ def choose_platform(index: dict[str, Any], platform: str | Platform | None, name
     raise SourceError(f"{name}: no {want or Platform.host()} image in the index (it has: {have or 'none'})")
 
 
-def json_blob(data: bytes, digest: str, what: str) -> dict[str, Any]:
-    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-        raise SourceError(f"{what}: blob {digest[:19]} does not match its digest")
-    try:
-        return json.loads(data)
-    except ValueError as e:
-        raise SourceError(f"{what}: blob {digest[:19]} is not JSON ({e})") from None
-
-
 def default_connections(host: str) -> int:
     """Connections per blob for a registry: one streaming GET on loopback
     (no latency to hide, and each extra ranged request costs the registry
@@ -111,86 +109,123 @@ def default_connections(host: str) -> int:
     return 1 if is_loopback(host) else DEFAULT_CONNECTIONS
 
 
-def open_image(source: str, *, platform: str | None = None, insecure: frozenset[str] = frozenset(),
+class _Store(Protocol):
+    """Where an image's manifests and blobs are (a registry repository, a layout)."""
+
+    def top(self) -> tuple[Descriptor, bytes]: ...  # what the reference names, and its bytes (verified)
+    def manifest(self, desc: Descriptor) -> bytes: ...  # a manifest or index by digest (verified)
+    def blob(self, desc: Descriptor) -> bytes: ...  # a small blob (a config), not verified yet
+    def read(self, desc: Descriptor, start: int) -> Iterator[memoryview]: ...
+    def close(self) -> None: ...
+
+
+class _LayoutStore:
+    def __init__(self, layout: LayoutReader, stats: FetchStats):
+        self.layout, self.stats = layout, stats
+
+    def top(self) -> tuple[Descriptor, bytes]:
+        desc = self.layout.top()
+        return desc, self.layout.blob_bytes(desc)
+
+    def manifest(self, desc: Descriptor) -> bytes:
+        return self.layout.blob_bytes(desc)
+
+    def blob(self, desc: Descriptor) -> bytes:
+        return self.layout.blob_bytes(desc)
+
+    def read(self, desc: Descriptor, start: int) -> Iterator[memoryview]:
+        return self.layout.read(desc, start, self.stats.add)
+
+    def close(self) -> None:
+        self.layout.close()
+
+
+class _RegistryStore:
+    def __init__(self, source: str, client: Any, repository: str, ref: str, connections: int, retries: int,
+                 stats: FetchStats):
+        self.source, self.client, self.repository, self.ref = source, client, repository, ref
+        self.connections, self.retries, self.stats = connections, retries, stats
+
+    def top(self) -> tuple[Descriptor, bytes]:
+        m = self.client.get_manifest(self.repository, self.ref)
+        return Descriptor(m.media_type, m.digest, len(m.data)), m.data
+
+    def manifest(self, desc: Descriptor) -> bytes:
+        m = self.client.get_manifest(self.repository, desc.digest)  # checked against the digest
+        return m.data
+
+    def blob(self, desc: Descriptor) -> bytes:
+        return self.client.get_blob(self.repository, desc.digest)
+
+    def read(self, desc: Descriptor, start: int) -> Iterator[memoryview]:
+        return BlobReader(self.client, self.repository, desc.digest, desc.size, connections=self.connections,
+                          retries=self.retries, stats=self.stats).chunks(start)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _resolve(store: _Store, platform: str | Platform | None, name: str) -> tuple[str, dict[str, Any]]:
+    """(digest, parsed manifest) of the image ``name`` means: its indexes
+    followed down to the platform's image manifest."""
+    desc, data = store.top()
+    for _ in range(MAX_NESTING):
+        manifest = json_object(data, f"{name}: manifest {desc.digest[:19]}")
+        if not is_index(manifest, desc.media_type):
+            break
+        entry = choose_platform(manifest, platform, name)
+        try:
+            desc = Descriptor.from_json(entry)
+        except (KeyError, TypeError, ValueError) as e:
+            raise SourceError(f"{name}: index {desc.digest[:19]} has a malformed entry ({e})") from None
+        data = store.manifest(desc)
+    else:
+        raise SourceError(f"{name}: indexes nested more than {MAX_NESTING} deep")
+    if not isinstance(manifest.get("layers"), list) or not isinstance(manifest.get("config"), dict):
+        raise SourceError(f"{name}: not an image manifest (schema 1 manifests are not supported)")
+    return desc.digest, manifest
+
+
+def open_image(source: str, *, platform: str | Platform | None = None, insecure: frozenset[str] = frozenset(),
                credentials: Credentials | None = None, connections: int | None = None,
                retries: int = DEFAULT_RETRIES, stats: FetchStats | None = None) -> Image:
-    """Resolve ``source`` (a registry reference or ``oci:DIR[:TAG]``) to one image manifest.
-    ``connections`` per blob: None picks :func:`default_connections` for its host."""
+    """Resolve ``source`` (a registry reference, ``oci:DIR[:TAG]`` or
+    ``oci-archive:FILE[:TAG]``) to one image manifest, for ``platform``
+    (:func:`choose_platform`). ``connections`` per blob: None picks
+    :func:`default_connections` for its host. Raises
+    :class:`SourceError` (and the registry's errors) naming ``source``."""
     stats = stats if stats is not None else FetchStats()
-    if source.startswith("oci:"):
-        return _open_layout(source, platform, stats)
-    from .registry.client import RegistryClient
-    from .registry.reference import Reference
+    host = repository = None
+    if LayoutRef.is_layout(source):
+        store: _Store = _LayoutStore(open_layout(LayoutRef.parse(source)), stats)
+    else:
+        from .registry.client import RegistryClient
+        from .registry.reference import Reference
 
-    ref = Reference.parse(source)
-    if connections is None:
-        connections = default_connections(ref.host)
-    client = RegistryClient(ref, insecure=insecure, credentials=credentials)
+        ref = Reference.parse(source)
+        client = RegistryClient(ref, insecure=insecure, credentials=credentials)
+        store = _RegistryStore(source, client, ref.repository, ref.ref,
+                               default_connections(ref.host) if connections is None else connections, retries, stats)
+        host, repository = ref.host, ref.repository
     try:
-        m = client.get_manifest(ref.repository, ref.ref)
-        manifest, digest = m.json(), m.digest
-        if is_index(manifest, m.media_type):
-            chosen = choose_platform(manifest, platform, source)
-            m = client.get_manifest(ref.repository, chosen["digest"])
-            manifest, digest = m.json(), m.digest
-        if "layers" not in manifest or "config" not in manifest:
-            raise SourceError(f"{source}: not an image manifest (schema 1 manifests are not supported)")
-        cfg = manifest["config"]
-        config = json_blob(client.get_blob(ref.repository, cfg["digest"]), cfg["digest"], source) \
-            if "json" in cfg.get("mediaType", "json") and int(cfg.get("size", 0)) < (4 << 20) else {}
+        digest, manifest = _resolve(store, platform, source)
+        config = _config(store, manifest["config"], source)
+        layers = tuple(Descriptor.from_json(x) for x in manifest["layers"])
+    except (KeyError, TypeError, ValueError) as e:
+        store.close()
+        raise SourceError(f"{source}: malformed manifest ({type(e).__name__}: {e})") from None
     except BaseException:
-        client.close()
+        store.close()
         raise
-
-    def read(desc: Descriptor, start: int) -> Iterator[memoryview]:
-        return BlobReader(client, ref.repository, desc.digest, desc.size, connections=connections,
-                          retries=retries, stats=stats).chunks(start)
-
-    return Image(source, digest, manifest, config if isinstance(config, dict) else {},
-                 tuple(Descriptor.from_json(x) for x in manifest["layers"]), read, client.close,
-                 ref.host, ref.repository)
+    return Image(source, digest, manifest, config, layers, store.read, store.close, host, repository)
 
 
-def _open_layout(source: str, platform: str | None, stats: FetchStats) -> Image:
-    from .layout import LayoutRef, read_layout
-
-    ref = LayoutRef.parse(source)
-    if ref.transport != "oci":
-        raise SourceError(f"{source}: only registries and oci:DIR[:TAG] layouts can be read")
-    desc, manifest = read_layout(ref)
-    blobs = ref.path / "blobs" / "sha256"
-
-    def blob(digest: str) -> bytes:
-        try:
-            return (blobs / digest.split(":", 1)[1]).read_bytes()
-        except OSError as e:
-            raise SourceError(f"{source}: blob {digest[:19]} is missing ({e.strerror})") from None
-
-    digest = desc.digest
-    if is_index(manifest, desc.media_type):
-        chosen = choose_platform(manifest, platform, source)
-        digest = chosen["digest"]
-        manifest = json_blob(blob(digest), digest, source)
-    if "layers" not in manifest or "config" not in manifest:
-        raise SourceError(f"{source}: not an image manifest")
-    cfg = manifest["config"]
-    config = json_blob(blob(cfg["digest"]), cfg["digest"], source) if "json" in cfg.get("mediaType", "json") else {}
-
-    def read(d: Descriptor, start: int) -> Iterator[memoryview]:
-        try:
-            f = open(blobs / d.hex, "rb", buffering=0)
-        except OSError as e:
-            raise SourceError(f"{source}: blob {d.digest[:19]} is missing ({e.strerror})") from None
-        with f:
-            f.seek(start)
-            buf = bytearray(READ_CHUNK)
-            view = memoryview(buf)
-            while True:
-                n = f.readinto(buf)
-                if not n:
-                    return
-                stats.add(n)
-                yield view[:n]
-
-    return Image(source, digest, manifest, config, tuple(Descriptor.from_json(x) for x in manifest["layers"]),
-                 read, lambda: None)
+def _config(store: _Store, cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """The image config (parsed) when it is JSON of a config's size, else {}
+    (an artifact's config may be anything)."""
+    if "json" not in str(cfg.get("mediaType", "json")) or int(cfg.get("size", 0)) >= MAX_CONFIG:
+        return {}
+    desc = Descriptor.from_json(cfg)
+    data = store.blob(desc)
+    check_digest(data, desc.digest, name)
+    return json_object(data, f"{name}: config {desc.digest[:19]}")

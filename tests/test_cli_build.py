@@ -258,11 +258,11 @@ class _BoomFd:
 
 
 def _break_second_layer(monkeypatch: pytest.MonkeyPatch) -> None:
-    import modelimage.layout
+    import modelimage.layout.blobs as blobs
 
     monkeypatch.setenv("MODELIMAGE_NO_CACHE", "1")
-    monkeypatch.setattr(modelimage.layout, "blob_chunks", _Boom(modelimage.layout.blob_chunks))
-    monkeypatch.setattr(modelimage.layout, "write_layer_fd", _BoomFd(modelimage.layout.write_layer_fd))
+    monkeypatch.setattr(blobs, "blob_chunks", _Boom(blobs.blob_chunks))
+    monkeypatch.setattr(blobs, "write_layer_fd", _BoomFd(blobs.write_layer_fd))
 
 
 @pytest.mark.parametrize("output", ["oci:{out}/deep/layout", "oci:{out}/layout", "oci-archive:{out}/image.tar",

@@ -154,3 +154,21 @@ def test_an_artifact_is_not_a_base(llama_dir, tmp_path, capsys):
     assert err.startswith(f"error: --base oci:{art}:mp: its config is application/vnd.cncf.model.config.v1+json")
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_base_from_an_oci_archive_streams_from_the_tar(busybox_base, llama_dir, tmp_path, podman_env, capsys):
+    """--base oci-archive:FILE: the base's blobs are read from their offsets
+    in the tar (nothing extracted beside it) and the result runs."""
+    archive = tmp_path / "base" / "busybox.tar"
+    archive.parent.mkdir()
+    run("skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{busybox_base}", f"oci-archive:{archive}")
+    out = tmp_path / "out"
+    assert main(["build", str(llama_dir), "--base", f"oci-archive:{archive}", "-o", f"oci:{out}:v1"]) == 0
+    capsys.readouterr()
+    assert [p.name for p in archive.parent.iterdir()] == ["busybox.tar"]
+    image = run("podman", "pull", "-q", f"oci:{out}:v1", env=podman_env).stdout.strip()
+    try:
+        seen = run_sha256sums(image, podman_env)
+    finally:
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=podman_env)
+    assert seen["config.json"] == sha256(llama_dir / "config.json")

@@ -65,12 +65,12 @@ def build(source: str, output: str | None, push_ref: str | None, as_json: bool, 
 
 
 @click.command()
-@click.argument("layout", metavar="oci:DIR[:TAG]")
+@click.argument("layout", metavar="oci:DIR[:TAG]|oci-archive:FILE[:TAG]")
 @click.argument("reference", metavar="REF")
 @registry_options
 @click.option("--json", "as_json", is_flag=True, help="Print digest, reference and blobs as JSON.")
 def push(layout: str, reference: str, concurrency: int, insecure_registry: tuple[str, ...], as_json: bool) -> None:
-    """Push an image from an OCI layout to a registry.
+    """Push an image from an OCI layout (directory or archive) to a registry.
 
     Blobs the registry already has are skipped (or mounted from another
     repository we pushed them to); uploads resume where the registry says

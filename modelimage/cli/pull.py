@@ -34,7 +34,7 @@ def _pull_options(f: Any) -> Any:
 
 
 @click.command()
-@click.argument("source", metavar="REF|oci:DIR[:TAG]")
+@click.argument("source", metavar="REF|oci:DIR[:TAG]|oci-archive:FILE[:TAG]")
 @click.argument("dest", type=click.Path(file_okay=False))
 @_pull_options
 @click.option("--concurrency", type=click.IntRange(1, 32), default=DEFAULT_CONCURRENCY, show_default=True,
@@ -76,7 +76,7 @@ def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, pla
 
 
 @click.command("verify")
-@click.argument("source", metavar="REF|oci:DIR[:TAG]")
+@click.argument("source", metavar="REF|oci:DIR[:TAG]|oci-archive:FILE[:TAG]")
 @click.argument("dest", type=click.Path(file_okay=False))
 @_pull_options
 def verify_command(source: str, dest: str, include: tuple[str, ...], path: str | None, platform: str | None,

@@ -26,6 +26,7 @@ from .reference import Reference
 from .upload import DEFAULT_CONCURRENCY, SNAPSHOT_EVERY, PushSettings, PushStats, Uploader, UploadFailed
 
 if TYPE_CHECKING:
+    from ..layout import LayoutRef
     from ..sink import BlobSource
 
 __all__ = ["DEFAULT_CONCURRENCY", "PushSettings", "PushStats", "PushedLayout", "RegistrySink", "UploadFailed",
@@ -87,13 +88,14 @@ class _FileSource:
 
     resumable = True
 
-    def __init__(self, path: Path, digest: str, size: int, progress: Callable[[int], None] | None):
-        self.path, self._digest, self.size, self.progress = path, digest, size, progress
+    def __init__(self, path: Path, digest: str, size: int, progress: Callable[[int], None] | None,
+                 offset: int = 0):  # where the blob starts in the file (an oci-archive member)
+        self.path, self._digest, self.size, self.progress, self.offset = path, digest, size, progress, offset
 
     def body(self, start: int, end: int | None) -> Iterator[bytes]:
         end = self.size if end is None else end
         with open(self.path, "rb") as f:
-            f.seek(start)
+            f.seek(self.offset + start)
             left = end - start
             while left:
                 data = f.read(min(4 << 20, left))
@@ -205,16 +207,15 @@ class PushedLayout:
     blobs: tuple[dict, ...]
 
 
-def push_layout(root: Path, tag: str, sink: RegistrySink, progress: Callable[[int], None] | None = None
+def push_layout(layout: LayoutRef, sink: RegistrySink, progress: Callable[[int], None] | None = None
                 ) -> PushedLayout:
-    """Push the image (or index) tagged ``tag`` in the OCI layout ``root``."""
-    from ..layout import LayoutRef, read_layout
+    """Push the image (or index) ``layout`` names (an OCI layout directory
+    or archive, read in place by :class:`modelimage.layout.LayoutReader`)."""
+    from ..layout import open_layout
 
-    desc, _ = read_layout(LayoutRef("oci", root, tag))
+    source = open_layout(layout)
+    desc = source.top()
     report: list[dict] = []
-
-    def blob_path(digest: str) -> Path:
-        return root / "blobs" / "sha256" / digest.split(":", 1)[1]
 
     def push_blob(d: dict) -> None:
         digest, size = d["digest"], int(d["size"])
@@ -223,16 +224,17 @@ def push_layout(root: Path, tag: str, sink: RegistrySink, progress: Callable[[in
             if progress is not None:
                 progress(size)
             return
-        sink.uploader.upload(_FileSource(blob_path(digest), digest, size, progress), digest)
+        path, offset, _ = source.locate_blob(digest)
+        sink.uploader.upload(_FileSource(path, digest, size, progress, offset), digest)
         sink.cache.remember(digest, sink.ref.host, sink.ref.repository)
         report.append({"digest": digest, "size": size, "action": "uploaded"})
 
-    def push_manifest(digest: str, media_type: str, tags: list[str]) -> None:
-        data = blob_path(digest).read_bytes()
+    def push_manifest(digest: str, media_type: str, size: int, tags: list[str]) -> None:
+        data = source.blob_bytes(Descriptor(media_type, digest, size))
         m = json.loads(data)
         if media_type == MEDIA_TYPE_INDEX or "manifests" in m:
             for child in m.get("manifests", []):
-                push_manifest(child["digest"], child.get("mediaType", ""), [])
+                push_manifest(child["digest"], child.get("mediaType", ""), int(child["size"]), [])
         else:
             push_blob(m["config"])
             with ThreadPoolExecutor(sink.parallel) as pool:
@@ -245,7 +247,8 @@ def push_layout(root: Path, tag: str, sink: RegistrySink, progress: Callable[[in
             )
 
     try:
-        push_manifest(desc.digest, desc.media_type, sink._tags())
+        push_manifest(desc.digest, desc.media_type, desc.size, sink._tags())
     finally:
+        source.close()
         sink.close()
     return PushedLayout(f"{sink.ref.name}@{desc.digest}", desc.digest, tuple(report))
