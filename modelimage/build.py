@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
-from . import mutate
 from .cache import DigestCache
 from .errors import ConfigError
 from .image import Image
 from .inspect import ModelInfo
+from .mutate import append_config, base_layers
 from .oci import (
     ANNOTATION_CREATED,
     ANNOTATION_FILES,
@@ -158,9 +158,9 @@ def _assemble(model: ModelInfo, plan: Plan, built: list[BuiltLayer], settings: I
     diff_ids = [b.diff_id for b in built]
     layers = tuple(b.descriptor for b in built)
     if base is not None:
-        config = mutate.append_config(base, labels=labels, history=history, diff_ids=diff_ids, created=created)
+        config = append_config(base, labels=labels, history=history, diff_ids=diff_ids, created=created)
         platform = base.platform
-        layers = mutate.base_layers(base) + layers
+        layers = base_layers(base) + layers
     else:
         platform = Platform.parse(settings.platform)
         config = ImageConfig(
