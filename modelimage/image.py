@@ -226,6 +226,11 @@ def _config(store: _Store, cfg: dict[str, Any], name: str) -> dict[str, Any]:
     if "json" not in str(cfg.get("mediaType", "json")) or int(cfg.get("size", 0)) >= MAX_CONFIG:
         return {}
     desc = Descriptor.from_json(cfg)
-    data = store.blob(desc)
-    check_digest(data, desc.digest, name)
-    return json_object(data, f"{name}: config {desc.digest[:19]}")
+    return json_blob(store.blob(desc), desc.digest, name)
+
+
+def json_blob(data: bytes, digest: str, what: str) -> dict[str, Any]:
+    """A small blob (a manifest, a config) checked against ``digest`` and
+    parsed as a JSON object; raises :class:`SourceError` naming ``what``."""
+    check_digest(data, digest, what)
+    return json_object(data, f"{what}: blob {digest[:19]}")
