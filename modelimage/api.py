@@ -27,6 +27,7 @@ Conventions of every function:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -161,9 +162,11 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
           progress: Progress | None = None, on_warning: Callable[[str], None] | None = None,
           variants: Sequence[str] = ()) -> Built | IndexResult:
     """Build an image of ``source`` into ``output`` (``oci:DIR[:TAG]`` or
-    ``oci-archive:FILE[:TAG]``; default ``oci:build/NAME:TAG``), or push it
+    ``oci-archive:FILE[:TAG]``; default ``oci:build/NAME``; without a TAG,
+    the model's ``tag`` in modelimage.toml, else ``latest``), or push it
     to a registry (``push="HOST/REPO[:TAG]"``, or ``True`` for the model's
-    ``image`` in modelimage.toml), streaming each layer from the files.
+    ``image`` in modelimage.toml; without a TAG, the model's ``tag``),
+    streaming each layer from the files.
 
     ``format``: ``image`` (tar layers under ``target``, default
     ``/models/NAME``), ``modelpack`` or ``docker-model`` (one raw file per
@@ -196,7 +199,7 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
                               target=target, compression=compression, platform=platform, base=base,
                               insecure=frozenset(insecure)), variants, output=output, push=push, format=format,
                               concurrency=concurrency, bandwidth=bandwidth, progress=progress, on_warning=on_warning)
-    ref = None
+    ref, text = None, ""
     if push not in (None, False):
         text = push if isinstance(push, str) and push else _configured_image(str(source), config)
         if not text:
@@ -206,6 +209,8 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
                                         target=target, compression=compression, platform=platform,
                                         registry=ref.host if ref else None, base=base,
                                         insecure=frozenset(insecure)))
+    if ref is not None and job.entry.tag and ref.digest is None and ":" not in text.rsplit("/", 1)[-1]:
+        ref = dataclasses.replace(ref, tag=job.entry.tag)  # REF without a TAG: the model's tag
     p = job.plan()
     warnings = tuple(job.preflight(p, bandwidth, format))
     for w in warnings:
@@ -214,7 +219,9 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
         sink: Any = _registry_sink(ref, job.limits, concurrency, insecure)
         reference = str(ref)
     else:
-        layout = LayoutRef.parse(output or f"oci:build/{job.model.name}:{job.entry.tag or 'latest'}")
+        layout = LayoutRef.parse(output or f"oci:build/{job.model.name}")
+        if not layout.explicit_tag and job.entry.tag:  # oci:DIR without a TAG: the model's tag
+            layout = dataclasses.replace(layout, tag=job.entry.tag)
         sink, reference = open_sink(layout), str(layout)
     with (progress or _no_progress)(p.total_size, f"{'pushing' if ref else 'building'} {job.model.name}") as advance:
         if format == "image":
@@ -257,6 +264,18 @@ class Pushed:
     digest: str  # the manifest's
     tag: str  # HOST/REPO:TAG
     blobs: tuple[dict[str, Any], ...] = field(default=())  # digest, size, action (uploaded, exists, mounted)
+    layer_digests: frozenset[str] = frozenset()  # which blobs are layers (the rest: configs, manifests)
+    manifest_size: int = 0
+
+    @property
+    def layers(self) -> tuple[dict[str, Any], ...]:
+        """The layer blobs (of every image, for an index)."""
+        return tuple(b for b in self.blobs if b["digest"] in self.layer_digests) or self.blobs
+
+    @property
+    def size(self) -> int:
+        """Bytes of the manifest and every blob."""
+        return self.manifest_size + sum(int(b["size"]) for b in self.blobs)
 
     def to_json(self) -> dict[str, Any]:
         """``modelimage push --json``."""
@@ -286,7 +305,8 @@ def push(layout: str, reference: str, *, concurrency: int = PUSH_CONCURRENCY, in
     total = sum(int(d["size"]) for d in [manifest.get("config", {}), *manifest.get("layers", [])] if d)
     with (progress or _no_progress)(total, f"pushing {ref.repository}") as advance:
         pushed = push_layout(src, sink, advance)
-    return Pushed(pushed.reference, pushed.digest, str(ref), tuple(pushed.blobs))
+    layers = frozenset(d["digest"] for d in manifest.get("layers", []))
+    return Pushed(pushed.reference, pushed.digest, str(ref), tuple(pushed.blobs), layers, desc.size)
 
 
 # ---------------------------------------------------------------- pull, verify

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -21,7 +22,7 @@ from typing import Any
 
 from . import templates
 from .build import model_facts
-from .config import ModelEntry, load_config, resolve
+from .config import REMOTE_SCHEMES, ModelEntry, load_config, resolve
 from .content import FileRange, is_remote
 from .errors import ConfigError, OutputError, RenderError
 from .inspect import VRAM_FACTOR
@@ -30,7 +31,7 @@ from .plan import Plan
 from .registry.reference import Reference
 from .serving import server_args, server_kind
 from .tarstream import Entry
-from .units import format_size
+from .units import format_size, plural
 
 KINDS: dict[str, str] = {
     "dockerfile": "FROM scratch, one COPY per planned layer; build context: the model folder",
@@ -43,6 +44,17 @@ KINDS: dict[str, str] = {
 NEEDS_MODEL = ("dockerfile", "dockerfile-consumer", "k8s")
 FALLBACKS = ("init-container",)
 
+# Who builds a rendered Dockerfile: its build command, and whether it takes
+# COPY --link. BuildKit (docker's builder by default since 23.0, and docker
+# buildx) does; podman 4.3 refuses it ("COPY only supports the --chmod,
+# --chown and --from flags", ../shared/ENVIRONMENT.md), and so does buildah
+# before 1.32.
+BUILDERS: dict[str, tuple[str, bool]] = {
+    "docker": ("docker build", True),
+    "buildkit": ("docker buildx build", True),
+    "podman": ("podman build", False),
+    "buildah": ("buildah build", False),
+}
 DEFAULT_SERVE_IMAGE = "vllm/vllm-openai:latest"
 DEFAULT_SERVE_PORT = 8000
 # The musl variant of the official busybox image is statically linked
@@ -67,7 +79,9 @@ _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
 class RenderSettings:
     """What the kinds take besides the model (defaults: the CLI's)."""
 
-    link: bool = True  # COPY --link (BuildKit); podman 4.3 rejects it
+    builder: str = "docker"  # who builds the Dockerfiles: a key of BUILDERS
+    link: bool | None = None  # COPY --link; None: what the builder takes
+    dockerfile: str = "Dockerfile"  # the file's name, for the build command in its header
     image: str | None = None  # the model image (default: the model's `image` in modelimage.toml)
     serve_image: str = DEFAULT_SERVE_IMAGE
     port: int = DEFAULT_SERVE_PORT
@@ -77,10 +91,26 @@ class RenderSettings:
     action: str = DEFAULT_ACTION
 
 
+    @property
+    def copy_link(self) -> bool:
+        """Whether COPY gets --link: asked for, or else what the builder takes."""
+        return BUILDERS[self.builder][1] if self.link is None else self.link
+
+
 @dataclass(frozen=True)
 class Rendered:
     text: str
     warnings: tuple[str, ...] = field(default=())
+
+
+def detect_builder(path: str | None = None) -> tuple[str, bool]:
+    """The builder for a Dockerfile rendered here, and whether it was found
+    on ``path`` (default ``$PATH``). podman or buildah when either is there
+    (without COPY --link the file builds with docker too), else docker."""
+    for name in ("podman", "buildah", "docker"):
+        if shutil.which(name, path=path):
+            return name, True
+    return "docker", False
 
 
 def render_model(kind: str, source: str | None, options: Options | None = None,
@@ -99,16 +129,12 @@ def render_model(kind: str, source: str | None, options: Options | None = None,
     job = prepare(source, options)
     plan = job.plan()
     if kind == "dockerfile":
-        return Rendered(dockerfile(job, plan, link=settings.link))
+        return Rendered(dockerfile(job, plan, link=settings.copy_link, builder=settings.builder,
+                                   name=settings.dockerfile))
     image = _model_image(job, settings, kind)
     if kind == "dockerfile-consumer":
         return dockerfile_consumer(job, plan, image, settings)
     return Rendered(k8s(job, plan, image, settings))
-
-
-def count(n: int, noun: str) -> str:
-    """``3 layers``, ``1 layer``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -178,8 +204,12 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
-def dockerfile(job: Job, plan: Plan, *, link: bool = True) -> str:
-    """A Dockerfile that builds the plan's layers from the model folder."""
+def dockerfile(job: Job, plan: Plan, *, link: bool = True, builder: str = "docker", name: str = "Dockerfile") -> str:
+    """A Dockerfile that builds the plan's layers from the model folder with
+    ``builder`` (a key of :data:`BUILDERS`); ``name``: the file's own name,
+    for the build command in its header."""
+    if builder not in BUILDERS:
+        raise ConfigError(f"builder {builder!r}: choose one of {', '.join(BUILDERS)}")
     if is_remote(job.model.root):
         raise RenderError(f"{job.model.root}: a Dockerfile copies from a local build context, not from a bucket; "
                           "build with `modelimage build` (it streams the objects into the layers), or download "
@@ -211,7 +241,10 @@ def dockerfile(job: Job, plan: Plan, *, link: bool = True) -> str:
         context=str(job.model.root),
         target=target,
         link=link,
-        layers_text=count(len(plan.layers), "layer"),
+        builder=builder,
+        build_command=BUILDERS[builder][0],
+        dockerfile=name,
+        layers_text=plural(len(plan.layers), "layer"),
         total=format_size(plan.total_size),
         max_layer_size=format_size(plan.settings.max_layer_size),
         image=job.entry.image or f"{job.model.name}:latest",
@@ -251,9 +284,12 @@ def dockerfile_consumer(job: Job, plan: Plan, image: str, settings: RenderSettin
         image=image,
         serve_image=settings.serve_image,
         target=target,
-        link=settings.link,
+        link=settings.copy_link,
+        builder=settings.builder,
+        build_command=BUILDERS[settings.builder][0],
+        dockerfile=settings.dockerfile,
         size=format_size(content),
-        layers_text=count(len(plan.layers), "layer"),
+        layers_text=plural(len(plan.layers), "layer"),
         warnings=warnings,
     ), tuple(warnings))
 
@@ -265,6 +301,24 @@ def _config_for_workflow(options: Options) -> str | None:
     if options.config is not None:
         return str(options.config)
     return "modelimage.toml" if Path("modelimage.toml").is_file() else None
+
+
+def _model_path_in_repo(source: str, named: bool) -> str | None:
+    """The workflow's ``paths`` filter for a local model: its folder's files
+    (``DIR/**``) or the weight file, relative to the repository root (the
+    working directory). None for ``hf://``/``s3://`` sources, and for a
+    named model whose folder is outside the repository (a path given on the
+    command line is kept as it was given)."""
+    if source.startswith(REMOTE_SCHEMES):
+        return None
+    rel = Path(os.path.relpath(Path(source).absolute(), Path.cwd())).as_posix()
+    if rel == ".." or rel.startswith("../"):
+        if named:
+            return None
+        rel = source
+    if Path(source).is_file():
+        return rel
+    return "**" if rel == "." else f"{rel.rstrip('/')}/**"
 
 
 def github_workflow(source: str, options: Options, settings: RenderSettings) -> str:
@@ -290,8 +344,9 @@ def github_workflow(source: str, options: Options, settings: RenderSettings) -> 
     if config_path:
         with_inputs.append(("config", config_path))
     paths = [config_path] if config_path else []
-    if not entry.name:  # a path: changes to the model files run the workflow
-        paths.append(f"{source.rstrip('/')}/**" if Path(source).is_dir() else source)
+    folder = _model_path_in_repo(entry.source, named=bool(entry.name))
+    if folder:  # new weights in the model's own folder (or a new weight file) run the workflow too
+        paths.append(folder)
     return templates.render(
         "github-action",
         name=entry.name or Path(source).name,

@@ -25,7 +25,7 @@ from .estimate import LAYER_COMPRESSION, STANDARD_LINKS, LayerSpec, estimate_pul
 from .inspect import ModelInfo
 from .limits import DEFAULT, RegistryLimits, limits_for
 from .registry.reference import Reference
-from .units import format_count, format_seconds, format_size
+from .units import format_count, format_seconds, format_size, plural
 
 DEFAULT_ENGINE = "containerd"  # what Kubernetes nodes pull with
 SHOWN_FILES = 3
@@ -154,7 +154,7 @@ def summarize(build: dict[str, Any], *, model: ModelInfo | None = None, target: 
         pushed=bool(build.get("tag")),
         facts=facts,
         total=format_size(sum(sizes)),
-        layers_text=f"{len(layers)} layer{'' if len(layers) == 1 else 's'}",
+        layers_text=plural(len(layers), "layer"),
         root=_code(root or "/"),
         layers=rows,
         registry=_md(registry or "any registry"),

@@ -59,6 +59,11 @@ def format_count(n: int) -> str:
     return str(n)
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 layer``, ``3 layers``, ``0 files`` (``nouns``: an irregular plural)."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def format_seconds(s: float) -> str:
     if s < 1:
         return f"{s * 1000:.0f} ms"

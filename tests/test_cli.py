@@ -71,3 +71,18 @@ def test_bad_config_file(llama: Path, tmp_path: Path, capsys: pytest.CaptureFixt
         assert main(["plan", "x", "--config", str(cfg)]) == 1, text
         line = error_line(capsys)
         assert line.startswith("error: ") and expected in line, (text, line)
+
+
+def test_top_level_help_shows_whole_descriptions() -> None:
+    """Each command's whole first paragraph, not click's 45 characters and '...'."""
+    text = " ".join(CliRunner().invoke(cli, ["--help"]).stdout.split("Commands:")[1].split())
+    assert "..." not in text
+    for name, command in cli.commands.items():
+        first = " ".join((command.short_help or command.help or "").split("\n\n")[0].split())
+        assert first in text, name
+
+
+def test_quiet_is_an_option_of_the_group_and_of_every_command() -> None:
+    for name in cli.commands:
+        assert "--quiet" in CliRunner().invoke(cli, [name, "--help"]).stdout, name
+    assert "-q, --quiet" in CliRunner().invoke(cli, ["--help"]).stdout

@@ -150,8 +150,11 @@ def test_named_model_from_config(llama: Path, tmp_path: Path, monkeypatch: pytes
     p2 = run_json("plan", "tiny-llama", "--config", str(cfg), "--max-layer-size", "2MB", "--target", "/x")
     assert (p2["target"], p2["max_layer_size"]) == ("/x", 2_000_000)
 
+    # -o oci:DIR without a TAG: the entry's tag (issue 16), an explicit one wins
     d = run_json("build", "tiny-llama", "--config", str(cfg), "-o", f"oci:{tmp_path / 'out'}")
-    _, manifest = manifest_of(tmp_path / "out", "latest")
+    _, manifest = manifest_of(tmp_path / "out", "v3")
+    run("build", "tiny-llama", "--config", str(cfg), "-o", f"oci:{tmp_path / 'out'}:mine")
+    assert tagged(tmp_path / "out", "mine")["digest"] == d["digest"]
     assert manifest["annotations"]["dev.modelimage.name"] == "tiny-llama"
     assert manifest["annotations"]["dev.modelimage.target"] == "/opt/tiny"
     assert all(layer["size"] <= 1_000_000 for layer in manifest["layers"])

@@ -75,3 +75,11 @@ def test_example_model(tmp_path: Path) -> None:
     result = run("example-model", str(d), "--kind", "gguf")
     assert result.stdout.strip() == str(d)
     assert run_json("inspect", str(d))["quantization"] == "Q4_K_M"
+
+
+def test_one_of_a_thing_is_singular(tmp_path: Path) -> None:
+    """"1 layer", "1 file" (issue 16: "1 layers")."""
+    d = tmp_path / "one"
+    run("example-model", str(d), "--kind", "gguf")
+    assert "in 1 file\n" in run("inspect", str(d)).stdout
+    assert run("plan", str(d)).stdout.startswith("one: 1 layer, ")

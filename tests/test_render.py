@@ -95,7 +95,7 @@ def test_output_file_is_written_atomically(models: Path, tmp_path: Path) -> None
     result = invoke("render", "dockerfile", str(models / "llama"), "-o", str(out))
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
-    assert out.read_text() == rendered("dockerfile", str(models / "llama"))
+    assert out.read_text() == rendered("dockerfile", str(models / "llama")).replace("-f Dockerfile ", f"-f {out} ")
     assert oct(out.stat().st_mode & 0o777) == "0o644"
     assert [p.name for p in tmp_path.iterdir()] == ["Dockerfile"]  # no temporary file left
 
@@ -123,7 +123,7 @@ def test_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
 def test_dockerfile_one_copy_per_layer(models: Path) -> None:
     job = prepare(str(models / "sd"))
     plan = job.plan()
-    text = rendered("dockerfile", str(models / "sd"))
+    text = rendered("dockerfile", str(models / "sd"), "--builder", "docker")
     final = text.split("\nFROM scratch\n", 1)[1]
     copies = [line for line in final.splitlines() if line.startswith("COPY")]
     assert len(copies) == len(plan.layers)
@@ -161,22 +161,54 @@ def test_dockerfile_refuses_names_copy_would_glob(tmp_path: Path, capsys: pytest
 
 @pytest.fixture(scope="module")
 def podman_image(models: Path, podman_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
-    """The diffusers model built by podman from `render dockerfile --no-link`;
-    yields (tag, plan, saved OCI layout folder)."""
+    """The diffusers model built by podman from `render dockerfile` (podman
+    is on PATH: the builder found there, issue 16); yields (tag, plan, saved
+    OCI layout folder)."""
     need("podman")
     ctx = models / "sd"
     for p in ctx.rglob("*"):  # as safetensors 0.8 writes them (issue 22, input 4)
         if p.is_file():
             p.chmod(0o600)
-    dockerfile = tmp_path_factory.mktemp("dockerfile") / "Dockerfile"
-    result = invoke("render", "dockerfile", str(ctx), "--no-link", "-o", str(dockerfile))
+    dockerfile = tmp_path_factory.mktemp("dockerfile") / "Dockerfile.sd"
+    result = invoke("render", "dockerfile", str(ctx), "-o", str(dockerfile))
     assert result.exit_code == 0, result.stderr
+    assert "rendered for podman (found on PATH" in result.stderr
+    # the header's build command names this file and the model folder
+    assert f"#   podman build -t sd:latest -f {dockerfile} {ctx}\n" in dockerfile.read_text()
     tag = f"localhost/modelimage-render-test:{os.getpid()}"
     run("podman", "build", "-q", "--no-cache", "-t", tag, "-f", dockerfile, ctx, env=podman_env)
     saved = tmp_path_factory.mktemp("saved") / "oci"
     run("podman", "save", "--format", "oci-dir", "-o", saved, tag, env=podman_env)
     yield tag, prepare(str(ctx)).plan(), saved
     subprocess.run(["podman", "rmi", "-f", tag], env=podman_env, capture_output=True)
+
+
+def _executables(folder: Path, *names: str) -> str:
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_text("#!/bin/sh\n")
+        (folder / name).chmod(0o755)
+    return str(folder)
+
+
+def test_the_builder_is_the_one_on_path(models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """podman or buildah when one is there (their Dockerfile builds with docker
+    too), else docker; --builder chooses; --no-link wins over the builder."""
+    for i, (names, expected) in enumerate([((), ("docker", False)), (("docker",), ("docker", True)),
+                                           (("docker", "podman"), ("podman", True)),
+                                           (("docker", "buildah"), ("buildah", True))]):
+        assert rd.detect_builder(_executables(tmp_path / str(i), *names)) == expected
+    monkeypatch.setenv("PATH", str(tmp_path / "1"))  # docker only
+    result = invoke("render", "dockerfile", str(models / "llama"), "-o", str(tmp_path / "Dockerfile.docker"))
+    text = (tmp_path / "Dockerfile.docker").read_text()
+    assert f"#   docker build -t llama:latest -f {tmp_path / 'Dockerfile.docker'} " in text
+    assert "\nCOPY --link --chmod=644 " in text and "rendered for docker (found on PATH" in result.stderr
+    for builder, command, link in [("buildkit", "docker buildx build", True), ("podman", "podman build", False),
+                                   ("buildah", "buildah build", False)]:
+        text = rendered("dockerfile", str(models / "llama"), "--builder", builder)
+        assert f"#   {command} -t llama:latest -f Dockerfile " in text
+        assert ("\nCOPY --link " in text) == link, builder
+    assert "\nCOPY --link " not in rendered("dockerfile", str(models / "llama"), "--builder", "docker", "--no-link")
 
 
 def test_podman_builds_the_planned_layers(podman_image, models: Path, podman_env: dict[str, str]) -> None:
@@ -212,10 +244,11 @@ def test_podman_builds_the_planned_layers(podman_image, models: Path, podman_env
 
 
 def test_consumer_copies_the_model_folder(models: Path) -> None:
-    text = rendered("dockerfile-consumer", str(models / "llama"), "--image", IMAGE, "--serve-image", "srv:1")
+    text = rendered("dockerfile-consumer", str(models / "llama"), "--image", IMAGE, "--serve-image", "srv:1",
+                    "--builder", "buildkit")
     assert "FROM srv:1\n" in text
     assert f"COPY --link --from={IMAGE} /models/llama /models/llama\n" in text
-    plain = rendered("dockerfile-consumer", str(models / "llama"), "--image", IMAGE, "--no-link")
+    plain = rendered("dockerfile-consumer", str(models / "llama"), "--image", IMAGE, "--builder", "podman")
     assert f"COPY --from={IMAGE} /models/llama /models/llama\n" in plain
 
 

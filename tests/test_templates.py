@@ -123,9 +123,9 @@ def test_templates_are_package_data() -> None:
 
 
 GOLDEN_CASES = {
-    "dockerfile": ["dockerfile", "tiny-llama"],
-    "dockerfile-no-link": ["dockerfile", "sd", "--no-link"],
-    "dockerfile-consumer": ["dockerfile-consumer", "tiny-llama"],
+    "dockerfile": ["dockerfile", "tiny-llama", "--builder", "docker"],
+    "dockerfile-no-link": ["dockerfile", "sd", "--builder", "podman"],
+    "dockerfile-consumer": ["dockerfile-consumer", "tiny-llama", "--builder", "docker"],
     "github-action": ["github-action", "tiny-llama"],
     "makefile": ["makefile"],
     "k8s": ["k8s", "tiny-llama"],

@@ -20,11 +20,32 @@ import httpx
 from .. import __version__
 from ..errors import ModelImageError
 from . import build, estimate, model, pull, registry, render
-from ._output import err
+from ._output import err, set_quiet
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Lists each command with its whole first paragraph (click cuts it at ~45 characters)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            text = cmd.short_help or (cmd.help or "").split("\n\n", 1)[0]
+            rows.append((name, " ".join(text.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+QUIET_OPTION = dict(is_flag=True, expose_value=False, is_eager=True, callback=set_quiet,
+                    help="Print only results and errors: no progress, no summary lines on stderr.")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="modelimage")
+@click.option("-q", "--quiet", **QUIET_OPTION)  # type: ignore[call-overload]
 def cli() -> None:
     """Pack model weights into deterministic, size-bounded OCI images.
 
@@ -37,8 +58,9 @@ def cli() -> None:
 
 
 for _command in (model.inspect, model.plan, model.example_model, build.build, build.push, registry.login,
-                 registry.limits_command, pull.pull, pull.verify_command, estimate.estimate,
+                 registry.logout, registry.limits_command, pull.pull, pull.verify_command, estimate.estimate,
                  render.render_command):
+    _command.params.append(click.Option(["-q", "--quiet"], **QUIET_OPTION))  # type: ignore[arg-type]
     cli.add_command(_command)
 
 

@@ -10,10 +10,10 @@ import click
 
 from .. import api
 from ..artifact import FORMATS
-from ..units import format_size
+from ..units import format_size, plural
 from . import _variants
 from ._options import model_args, plan_options, rate_callback, registry_options, source_options
-from ._output import emit_json, err, progress, warn1
+from ._output import emit_json, info, progress, pushed, warn1
 
 
 @click.command()
@@ -58,10 +58,12 @@ def build(source: str, output: str | None, push_ref: str | None, as_json: bool, 
         emit_json(built.to_json())
         return
     click.echo(built.reference if built.tag else built.digest)
-    actions = Counter(layer.action for layer in built.result.layers)
-    done = ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))
-    err(f"{'pushed ' + built.tag if built.tag else 'wrote ' + built.reference} ({len(built.result.layers)} layers: "
-        f"{done}; {format_size(built.size)})")
+    actions = [layer.action for layer in built.result.layers]
+    if built.tag:
+        info(pushed(built.tag, actions, built.size))
+    else:
+        done = ", ".join(f"{n} {a}" for a, n in sorted(Counter(actions).items()))
+        info(f"wrote {built.reference} ({plural(len(actions), 'layer')}: {done}; {format_size(built.size)})")
 
 
 @click.command()
@@ -76,10 +78,9 @@ def push(layout: str, reference: str, concurrency: int, insecure_registry: tuple
     repository we pushed them to); uploads resume where the registry says
     they stopped. Prints HOST/REPO@DIGEST.
     """
-    pushed = api.push(layout, reference, concurrency=concurrency, insecure=insecure_registry, progress=progress)
+    result = api.push(layout, reference, concurrency=concurrency, insecure=insecure_registry, progress=progress)
     if as_json:
-        emit_json(pushed.to_json())
+        emit_json(result.to_json())
         return
-    click.echo(pushed.reference)
-    actions = Counter(b["action"] for b in pushed.blobs)
-    err(f"pushed {pushed.tag} (" + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())) + ")")
+    click.echo(result.reference)
+    info(pushed(result.tag, [b["action"] for b in result.layers], result.size))

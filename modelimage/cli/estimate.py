@@ -9,7 +9,7 @@ import click
 
 from .. import api
 from ..api import ProbeNeedsTarget
-from ..units import format_rate, format_seconds, format_size
+from ..units import format_rate, format_seconds, format_size, plural
 from ._options import rate_callback, size_callback
 from ._output import emit_json
 
@@ -52,7 +52,7 @@ def estimate(source: str, config: Path | None, max_layer_size: int | None, bandw
     if as_json:
         emit_json(report.to_json())
         return
-    click.echo(f"{source}: {len(report.layers)} layers, {format_size(report.bytes)}, pulled by {engine}"
+    click.echo(f"{source}: {plural(len(report.layers), 'layer')}, {format_size(report.bytes)}, pulled by {engine}"
                + (f"; disk {format_rate(report.disk_bps)}" if report.disk_bps else ""))
     for name, r in report.links.items():
         phases = ", ".join(f"{k} {format_seconds(v)}" for k, v in r.phases.items() if v >= 0.0005)

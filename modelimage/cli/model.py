@@ -10,7 +10,7 @@ import click
 
 from .. import api
 from ..inspect import BYTES_PER_PARAM_AS, VRAM_FACTOR, ModelInfo
-from ..units import format_count, format_size
+from ..units import format_count, format_size, plural
 from ._options import model_args, plan_options, rate_callback, source_options
 from ._output import describe_limits, emit_json, warn
 
@@ -41,7 +41,7 @@ def describe(m: ModelInfo, as_precision: str | None) -> str:
     per_dtype = f"  [{dtypes}]" if dtypes else ""
     lines.append(f"  parameters    {format_count(m.parameters)} ({m.parameters:,}){per_dtype}")
     lines.append(f"  quantization  {m.quantization}")
-    lines.append(f"  size          {format_size(m.bytes)} in {len(m.files)} file{'' if len(m.files) == 1 else 's'}")
+    lines.append(f"  size          {format_size(m.bytes)} in {plural(len(m.files), 'file')}")
     if m.parameters:
         rule = f"parameters x {m.bytes_per_parameter:.3g} bytes x {VRAM_FACTOR}"
         lines.append(f"  GPU memory    ~{format_size(m.vram_bytes)}  ({rule})")
@@ -94,13 +94,13 @@ def describe_plan(planned: api.Planned) -> str:
     p = planned.plan
     s = p.settings
     lines = [
-        f"{planned.model.name}: {len(p.layers)} layers, {format_size(p.total_size)}, "
+        f"{planned.model.name}: {plural(len(p.layers), 'layer')}, {format_size(p.total_size)}, "
         f"each at most {format_size(s.max_layer_size)}, under /{s.root}"
     ]
     for i, layer in enumerate(p.layers, 1):
         names = [e.path.removeprefix(s.root + "/") for e in layer.entries]
         more = ", ..." if len(names) > 4 else ""
-        shown = names[0] if len(names) == 1 else f"{len(names)} files: " + ", ".join(names[:4]) + more
+        shown = names[0] if len(names) == 1 else f"{plural(len(names), 'file')}: " + ", ".join(names[:4]) + more
         lines.append(f"  {i:>3}  {format_size(layer.size):>9}  {shown}")
     for r in p.reshards:
         lines.append(f"  reshard {', '.join(r.sources)}\n       -> {', '.join(r.outputs)}\n       ({r.reason})")

@@ -11,8 +11,8 @@ import click
 from .. import api
 from ..pull import DEFAULT_CONCURRENCY, VerifyFailed
 from ..registry.fetch import DEFAULT_CONNECTIONS
-from ..units import format_seconds, format_size
-from ._output import progress
+from ..units import format_seconds, format_size, plural
+from ._output import info, progress, warn
 
 
 def _pull_options(f: Any) -> Any:
@@ -62,15 +62,11 @@ def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, pla
     """
     result = api.pull(source, dest, path=path, include=include, platform=platform, concurrency=concurrency,
                       connections=connections, insecure=insecure_registry, progress=progress, overwrite=overwrite)
-    for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
+    warn(list(result.warnings))
     rate = result.bytes_fetched / result.seconds if result.seconds > 0 else 0.0
-    click.echo(
-        f"pulled {len(result.files)} files ({format_size(result.bytes)}) into {result.dest} in "
-        f"{format_seconds(result.seconds)}: {format_size(result.bytes_fetched)} fetched at {rate / 1e6:.0f} MB/s; "
-        f"{result.layers_fetched} layers fetched, {result.layers_skipped} skipped",
-        err=True,
-    )
+    info(f"pulled {plural(len(result.files), 'file')} ({format_size(result.bytes)}) into {result.dest} in "
+         f"{format_seconds(result.seconds)}: {format_size(result.bytes_fetched)} fetched at {rate / 1e6:.0f} MB/s; "
+         f"{plural(result.layers_fetched, 'layer')} fetched, {result.layers_skipped} skipped")
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
 
@@ -94,4 +90,4 @@ def verify_command(source: str, dest: str, include: tuple[str, ...], path: str |
     if not result.ok:
         raise VerifyFailed(f"{result.dest} differs from {source}: {len(result.missing)} missing, "
                            f"{len(result.changed)} changed, {len(result.extra)} extra of {result.checked} files")
-    click.echo(f"{result.dest}: all {result.checked} files match {source}", err=True)
+    info(f"{result.dest}: all {plural(result.checked, 'file')} match {source}")

@@ -1,4 +1,4 @@
-"""``login`` and ``limits``: credentials for a registry, and what a registry accepts."""
+"""``login``, ``logout`` and ``limits``: credentials for a registry, and what a registry accepts."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import click
 from ..config import load_config
 from ..limits import KNOWN, limits_for
 from ..registry.client import RegistryClient
-from ..registry.keychain import Credentials, store_credentials
+from ..registry.keychain import Credentials, erase_credentials, store_credentials
 from ..registry.reference import Reference
-from ._output import describe_limits, emit_json, err
+from ._output import describe_limits, emit_json, info
 
 
 @click.command()
@@ -38,7 +38,15 @@ def login(host: str, username: str, password_stdin: bool) -> None:
     finally:
         client.close()
     where = store_credentials(host, username, password)
-    err(f"login succeeded for {username} at {host}; credentials stored in {where}")
+    info(f"login succeeded for {username} at {host}; credentials stored in {where}")
+
+
+@click.command()
+@click.argument("host")
+def logout(host: str) -> None:
+    """Forget the stored credentials for HOST (from the credential helper
+    and from ~/.docker/config.json or $DOCKER_CONFIG), as docker logout does."""
+    info(erase_credentials(host))
 
 
 @click.command("limits")

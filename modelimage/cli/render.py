@@ -10,7 +10,7 @@ import click
 
 from .. import render as _render
 from ._options import job_options, plan_options
-from ._output import err, warn
+from ._output import info, warn
 
 
 def _render_help() -> str:
@@ -22,8 +22,8 @@ def _render_help() -> str:
         "(dockerfile, dockerfile-consumer and k8s inspect and plan it; github-action passes it to the "
         "action; makefile makes it the default MODEL). The output goes to stdout, or atomically to -o FILE.\n\n"
         "\b\n"
-        "modelimage render dockerfile llama -o Dockerfile   then: docker build -f Dockerfile ./llama\n"
-        "modelimage render dockerfile llama --no-link       for podman 4.3 and buildah < 1.32\n"
+        "modelimage render dockerfile llama -o Dockerfile   then: podman build -f Dockerfile ./llama\n"
+        "modelimage render dockerfile llama --builder docker   COPY --link, for BuildKit\n"
         "modelimage render k8s llama --image ghcr.io/acme/llama:v1 --fallback init-container\n"
         "modelimage render makefile -o modelimage.mk"
     )
@@ -42,9 +42,12 @@ def _render_help() -> str:
 @click.option("--name", help="Model name (default: the entry name or the folder name).")
 @plan_options
 @click.option("--registry", metavar="HOST", help="Plan within this registry's limits (see `modelimage limits`).")
+@click.option("--builder", type=click.Choice(list(_render.BUILDERS)),
+              help="dockerfile, dockerfile-consumer: who builds it (the build command in its header; COPY --link "
+                   "for docker and buildkit, plain COPY for podman and buildah, which reject --link before "
+                   "buildah 1.32). Default: podman or buildah when one is on PATH, else docker.")
 @click.option("--no-link", is_flag=True,
-              help="dockerfile, dockerfile-consumer: plain COPY instead of COPY --link "
-                   "(podman 4.3 and buildah before 1.32 reject --link).")
+              help="dockerfile, dockerfile-consumer: plain COPY instead of COPY --link, whatever the builder.")
 @click.option("--image", metavar="REF",
               help="The model image (dockerfile-consumer, k8s) or where the workflow pushes (github-action); "
                    "default: the model's `image` in modelimage.toml.")
@@ -62,17 +65,25 @@ def _render_help() -> str:
                    "to run the copy inside the FROM-scratch model image.")
 @click.option("--action", metavar="OWNER/REPO@REF", default=_render.DEFAULT_ACTION, show_default=True,
               help="github-action: modelimage's action.")
-def render_command(kind: str, source: str | None, output: Path | None, no_link: bool, image: str | None,
-                   serve_image: str, port: int, gpus: int, fallback: str | None, copier_image: str, action: str,
-                   **kw: Any) -> None:
-    settings = _render.RenderSettings(link=not no_link, image=image, serve_image=serve_image, port=port,
-                                      gpus=gpus, fallback=fallback, copier_image=copier_image, action=action)
+def render_command(kind: str, source: str | None, output: Path | None, builder: str | None, no_link: bool,
+                   image: str | None, serve_image: str, port: int, gpus: int, fallback: str | None,
+                   copier_image: str, action: str, **kw: Any) -> None:
+    detected = builder is None and kind.startswith("dockerfile")
+    if detected:
+        builder, found = _render.detect_builder()
+    settings = _render.RenderSettings(builder=builder or "docker", link=False if no_link else None, image=image,
+                                      dockerfile=str(output) if output else "Dockerfile", serve_image=serve_image,
+                                      port=port, gpus=gpus, fallback=fallback, copier_image=copier_image,
+                                      action=action)
     if source is None and kind != "makefile":
         raise click.UsageError(f"render {kind} needs a SOURCE or NAME")
     rendered = _render.render_model(kind, source, job_options(**kw), settings)
+    if detected:
+        info(f"rendered for {builder} ({'found on PATH' if found else 'none of podman, buildah, docker on PATH'};"
+             " choose with --builder)")
     warn(list(rendered.warnings))
     if output is None:
         click.echo(rendered.text, nl=False)
     else:
         _render.write_atomic(output, rendered.text)
-        err(f"wrote {output}")
+        info(f"wrote {output}")

@@ -20,7 +20,7 @@ import httpx
 
 from ..oci import sha256_digest
 from .keychain import Credentials
-from .reference import Reference, blob_path, manifest_path, uploads_path
+from .reference import Reference, blob_path, manifest_path, name_at, uploads_path
 from .transport import RegistryError, Transport, TransportOptions
 from .transport import error_from_response as _error
 
@@ -164,13 +164,13 @@ class RegistryClient:
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         r = self.http.put(manifest_path(repo, ref), content=data, headers={"Content-Type": media_type})
         if r.status_code not in (200, 201):
-            raise _error(f"{self.host}/{repo}:{ref}: pushing the manifest", r)
+            raise _error(f"{name_at(f'{self.host}/{repo}', ref)}: pushing the manifest", r)
         return r.headers.get("Docker-Content-Digest", "")
 
     def get_manifest(self, repo: str, ref: str) -> Manifest:
         r = self.http.get(manifest_path(repo, ref), headers={"Accept": MANIFEST_ACCEPT})
         if r.status_code != 200:
-            raise _error(f"{self.host}/{repo}:{ref}", r)
+            raise _error(name_at(f"{self.host}/{repo}", ref), r)
         digest = sha256_digest(r.content)
         if ref.startswith("sha256:") and digest != ref:
             raise RegistryError(f"{self.host}/{repo}@{ref}", 200, "DIGEST_INVALID", f"content hashes to {digest}")

@@ -22,7 +22,7 @@ from ..errors import ModelImageError
 from ..oci import MEDIA_TYPE_INDEX, Descriptor
 from ..tarstream import Digester, LayerResult, LayerStream
 from .client import RegistryClient
-from .reference import Reference
+from .reference import Reference, name_at
 from .upload import DEFAULT_CONCURRENCY, SNAPSHOT_EVERY, PushSettings, PushStats, Uploader, UploadFailed
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class RegistrySink:
         """The manifest last (by digest), then each tag pointing at it."""
         repo = self.ref.repository
         for ref in (manifest.digest, *self._tags()):
-            self.uploader.call(f"{self.ref.name}:{ref}: pushing the manifest",
+            self.uploader.call(f"{name_at(self.ref.name, ref)}: pushing the manifest",
                                      lambda ref=ref: self.client.put_manifest(repo, ref, data, manifest.media_type))
         self.pushed_digest = manifest.digest
 
@@ -241,7 +241,7 @@ def push_layout(layout: LayoutRef, sink: RegistrySink, progress: Callable[[int],
                 list(pool.map(push_blob, m.get("layers", [])))
         for ref in [digest, *tags]:
             sink.uploader.call(
-                f"{sink.ref.name}:{ref}: pushing the manifest",
+                f"{name_at(sink.ref.name, ref)}: pushing the manifest",
                 lambda ref=ref: sink.client.put_manifest(sink.ref.repository, ref, data, media_type
                                                          or m.get("mediaType", ""))
             )

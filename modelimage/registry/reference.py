@@ -27,6 +27,12 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 
 
+def name_at(name: str, ref: str) -> str:
+    """``NAME:TAG``, or ``NAME@sha256:...`` when ``ref`` is a digest (a tag
+    never holds a colon), the way docker writes them."""
+    return f"{name}@{ref}" if ":" in ref else f"{name}:{ref}"
+
+
 def is_loopback(host: str) -> bool:
     """``localhost``, ``127.0.0.0/8`` or ``[::1]``, with or without a port."""
     name = host
