@@ -30,7 +30,7 @@ def test_file_changed_after_inspect_stops_the_build(llama_dir, tmp_path, capsys,
     """A weight file rewritten between inspect and streaming is refused."""
     d = tmp_path / "m"
     shutil.copytree(llama_dir, d)
-    import modelimage.api as cli_module
+    import modelimage.api._write as cli_module
 
     real_prepare = cli_module.prepare
 

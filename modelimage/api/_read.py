@@ -1,0 +1,41 @@
+"""``pull`` and ``verify``: the model files of an image, on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..pull import DEFAULT_CONCURRENCY as PULL_CONCURRENCY
+from ..pull import PullResult, VerifyResult
+from ._common import PathLike, Progress, no_progress
+
+# ---------------------------------------------------------------- pull, verify
+
+
+def pull(ref: str, dest: PathLike, *, include: Sequence[str] = (), path: str | None = None,
+         platform: str | None = None, concurrency: int = PULL_CONCURRENCY, connections: int | None = None,
+         insecure: Sequence[str] = (), progress: Progress | None = None, overwrite: bool = False) -> PullResult:
+    """Put the model files of the image ``ref`` (``HOST/REPO[:TAG|@DIGEST]``
+    or ``oci:DIR[:TAG]``) into ``dest``, each layer applied once its blob
+    matched its digest; files modelimage did not write are left alone (a
+    file of the image where one of them is stops the pull, unless
+    ``overwrite``); an interrupted pull resumes. See
+    :func:`modelimage.pull.pull` for the arguments, the result
+    (:class:`~modelimage.pull.PullResult`: files, ``bytes``,
+    ``bytes_fetched``, ``seconds``) and the errors."""
+    from ..pull import prepare_pull
+
+    job = prepare_pull(ref, dest, path=path, include=include, platform=platform, concurrency=concurrency,
+                       connections=connections, insecure=frozenset(insecure), overwrite=overwrite)
+    with (progress or no_progress)(job.total_bytes, f"pulling {ref}") as advance:
+        return job.run(advance)
+
+
+def verify(ref: str, dest: PathLike, *, include: Sequence[str] = (), path: str | None = None,
+           platform: str | None = None, insecure: Sequence[str] = ()) -> VerifyResult:
+    """Compare ``dest`` with the image ``ref``, re-hashing every file.
+    Returns :class:`~modelimage.pull.VerifyResult` (``ok``, ``missing``,
+    ``changed``, ``extra``, ``checked``); a difference is not an error here
+    (the CLI exits 1 on it). Raises ``SourceError`` and registry errors."""
+    from ..pull import verify as verify_tree
+
+    return verify_tree(ref, dest, include=include, path=path, platform=platform, insecure=frozenset(insecure))
