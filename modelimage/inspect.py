@@ -1,24 +1,27 @@
-"""What is this model? Files, weight sets, parameters, dtypes, components.
+"""What is this model? Weight sets, parameters, dtypes, components, VRAM.
 
-Reads only headers (safetensors JSON headers, GGUF metadata and tensor
-infos) and small JSON configs; never tensor data, never the network.
+Describes the files a source listed (:mod:`modelimage.sources`: a local
+folder, ``s3://``; ``hf://`` becomes a local folder). Reads only headers
+(safetensors JSON headers, GGUF metadata and tensor infos) and small JSON
+configs; never tensor data, never the network.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from .content import Source, is_remote
-from .errors import FormatError, SourceError
+from .content import is_remote
+from .errors import FormatError
+from .formats import WEIGHT_SUFFIXES
 from .formats import safetensors as st
+from .sources.files import RemoteFolder, SourceFile
+from .sources.local import list_files
 from .weights import (
     DIFFUSION_GGUF_ARCHS,
     DIFFUSION_PREFIXES,
@@ -28,25 +31,6 @@ from .weights import (
     is_diffusion_checkpoint,
 )
 
-# Files that hold weights, by suffix. Only safetensors and GGUF are parsed;
-# the others are listed with their sizes.
-WEIGHT_SUFFIXES: dict[str, str] = {
-    ".safetensors": "safetensors",
-    ".gguf": "gguf",
-    ".bin": "pytorch",
-    ".pt": "pytorch",
-    ".pth": "pytorch",
-    ".ckpt": "pytorch",
-    ".onnx": "onnx",
-    ".onnx_data": "onnx",
-    ".h5": "keras",
-    ".keras": "keras",
-    ".msgpack": "flax",
-    ".tflite": "tflite",
-    ".npz": "numpy",
-    ".ot": "rust-bert",
-    ".pdparams": "paddle",
-}
 TOKENIZER_FILES = {
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
     "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json", "spiece.model",
@@ -75,35 +59,6 @@ Kind = Literal["language-model", "diffusion", "embedding", "unknown"]
 
 
 @dataclass(frozen=True)
-class SourceFile:
-    """One file of the model: ``name`` is its POSIX path in the model root,
-    ``path`` where its bytes are (a local file, or a remote object)."""
-
-    name: str
-    path: Source
-    size: int
-    mtime_ns: int = 0
-
-    @property
-    def stamp(self) -> tuple[int, int | str]:
-        """(size, mtime in ns) of a local file; (size, ETag) of a remote object."""
-        return self.path.stamp if is_remote(self.path) else (self.size, self.mtime_ns)
-
-    @property
-    def format(self) -> str | None:
-        return WEIGHT_SUFFIXES.get(PurePosixPath(self.name).suffix.lower())
-
-    @property
-    def is_weights(self) -> bool:
-        return self.format is not None
-
-    @property
-    def directory(self) -> str:
-        parent = str(PurePosixPath(self.name).parent)
-        return "" if parent == "." else parent
-
-
-@dataclass(frozen=True)
 class Component:
     name: str
     parameters: int
@@ -111,16 +66,6 @@ class Component:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "parameters": self.parameters, "bytes": self.bytes}
-
-
-class RemoteFolder(Protocol):
-    """A model folder that is not on a local disk (``s3://bucket/prefix``):
-    it lists its files; their ``path`` is a remote object that reads by range."""
-
-    @property
-    def name(self) -> str: ...
-
-    def list_files(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[SourceFile]: ...
 
 
 @dataclass(frozen=True)
@@ -183,106 +128,6 @@ class ModelInfo:
         if as_precision:
             d["vram_as"] = {"precision": as_precision, "bytes": self.vram_as(as_precision)}
         return d
-
-
-# ---------------------------------------------------------------- listing
-
-
-def list_files(root: Path, include: Sequence[str] = (), exclude: Sequence[str] = (), *,
-               links_within: Path | None = None) -> list[SourceFile]:
-    """Regular files under ``root`` (sorted), hidden entries (``.git``,
-    ``.cache``, ``.gitattributes``) skipped, include/exclude globs applied.
-
-    Symlinks are followed (the Hugging Face cache is made of them) when they
-    resolve inside ``links_within`` (default: ``root``); the file's content
-    is stored, never the link. Links that lead outside, devices, fifos,
-    sockets and names that are not UTF-8 are refused.
-    """
-    if not root.exists():
-        raise SourceError(f"{root}: no such file or directory")
-    if root.is_file():
-        s = root.stat()
-        _check_name(root, root.name)
-        return [SourceFile(root.name, root.resolve(), s.st_size, s.st_mtime_ns)]
-    if not root.is_dir():
-        raise SourceError(f"{root}: not a regular file or directory")
-    fence = (links_within or hf_cache_repo(root) or root).resolve()
-    out: list[SourceFile] = []
-    seen_dirs: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:  # a link loop: do not walk it twice
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real)
-        keep = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                continue
-            _check_link(Path(dirpath) / d, fence)
-            keep.append(d)
-        dirnames[:] = keep
-        for fn in filenames:
-            if fn.startswith("."):
-                continue
-            p = Path(dirpath) / fn
-            rel = p.relative_to(root).as_posix()
-            _check_name(p, rel)
-            if not selected(rel, include, exclude):
-                continue
-            _check_link(p, fence)
-            try:
-                s = p.stat()
-            except OSError as e:
-                raise SourceError(f"{p}: cannot read: {e.strerror or e}") from e
-            if not stat.S_ISREG(s.st_mode):
-                raise SourceError(f"{p}: not a regular file (device, fifo or socket)")
-            out.append(SourceFile(rel, p.absolute(), s.st_size, s.st_mtime_ns))
-    out.sort(key=lambda f: f.name)
-    if not out:
-        raise SourceError(f"{root}: no files to pack" + (" (after include/exclude)" if include or exclude else ""))
-    return out
-
-
-def hf_cache_repo(root: Path) -> Path | None:
-    """``.../models--ORG--NAME`` when ``root`` is a Hugging Face cache
-    snapshot (``.../models--ORG--NAME/snapshots/REV``), whose files are
-    symlinks into ``../../blobs``: links may lead anywhere inside the repo."""
-    r = root.absolute()
-    if r.parent.name == "snapshots" and r.parent.parent.name.startswith(("models--", "datasets--")):
-        return r.parent.parent
-    return None
-
-
-def _check_name(p: Path, rel: str) -> None:
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SourceError(f"{os.fsencode(p)!r}: file names must be UTF-8 (image layers store UTF-8 paths)") from None
-
-
-def _check_link(p: Path, fence: Path) -> None:
-    """Refuse ``p`` when it resolves outside ``fence`` (through a symlink of
-    its own or of a folder above it)."""
-    target = p.resolve()
-    if target != fence and fence not in target.parents:
-        raise SourceError(f"{p}: symlink leads outside the model folder (to {target}); copy the file in instead")
-
-
-def _glob_match(rel: str, pattern: str) -> bool:
-    from fnmatch import fnmatchcase
-
-    if "/" in pattern:
-        return fnmatchcase(rel, pattern)
-    return fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
-
-
-def selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    """Globs without ``/`` match the file name anywhere, others the whole
-    path. Include first (default: everything), then exclude."""
-    if include and not any(_glob_match(rel, p) for p in include):
-        return False
-    return not any(_glob_match(rel, p) for p in exclude)
 
 
 # ---------------------------------------------------------------- facts

@@ -23,33 +23,14 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
+from modelimage import modelspec as ms
 from modelimage import synth
 from modelimage.artifact import (
-    ANNOTATION_FILE_METADATA,
-    ANNOTATION_FILEPATH,
-    ANNOTATION_MEDIATYPE_UNTESTED,
-    DOCKER_CHAT_TEMPLATE,
-    DOCKER_CONFIG,
-    DOCKER_CONFIG_TAR,
-    DOCKER_GGUF,
-    DOCKER_LICENSE,
-    DOCKER_SAFETENSORS,
     FORMATS,
-    MODELPACK_ARTIFACT_TYPE,
-    MODELPACK_CODE,
-    MODELPACK_CONFIG,
-    MODELPACK_DATASET,
-    MODELPACK_DOC,
-    MODELPACK_WEIGHT,
-    MODELPACK_WEIGHT_CONFIG,
     artifact_manifest_size,
     artifact_size,
     build_artifact,
-    docker_media_type,
-    modelpack_media_type,
-    param_size,
     plan_artifact,
-    precision,
 )
 from modelimage.build import build_image
 from modelimage.cache import DigestCache
@@ -177,71 +158,16 @@ def test_raw_and_tar_layers_of_one_file_have_different_cache_keys(tmp_path):
 # ---------------------------------------------------------------- classifying
 
 
-@pytest.mark.parametrize(("name", "size", "expected", "tested"), [
-    ("model-00001-of-00002.safetensors", 10, MODELPACK_WEIGHT, True),
-    ("llama-Q4_K_M.gguf", 10, MODELPACK_WEIGHT, True),
-    ("pytorch_model.bin", 10, MODELPACK_WEIGHT, True),
-    ("unet/diffusion_pytorch_model.safetensors", 10, MODELPACK_WEIGHT, True),
-    ("config.json", 10, MODELPACK_WEIGHT_CONFIG, True),
-    ("model.safetensors.index.json", 10, MODELPACK_WEIGHT_CONFIG, True),
-    ("tokenizer.model", 10, MODELPACK_WEIGHT_CONFIG, True),
-    ("merges.txt", 10, MODELPACK_WEIGHT_CONFIG, True),
-    ("chat_template.jinja", 10, MODELPACK_WEIGHT_CONFIG, True),
-    ("README.md", 10, MODELPACK_DOC, True),
-    ("LICENSE", 10, MODELPACK_DOC, True),
-    ("LICENSE.txt", 10, MODELPACK_DOC, True),
-    ("USE_POLICY.md", 10, MODELPACK_DOC, True),
-    ("figures/arch.png", 10, MODELPACK_DOC, True),
-    ("modeling_custom.py", 10, MODELPACK_CODE, True),
-    ("eval/sample.jsonl", 10, MODELPACK_DATASET, True),
-    ("odd.blob", 10, MODELPACK_WEIGHT_CONFIG, False),
-    ("odd.blob", 64 * 2**20, MODELPACK_WEIGHT, False),
-])
-def test_modelpack_media_types(name, size, expected, tested):
-    assert modelpack_media_type(name, size) == (expected, tested)
-
-
-@pytest.mark.parametrize(("name", "expected"), [
-    ("model.gguf", DOCKER_GGUF),
-    ("model-00001-of-00002.safetensors", DOCKER_SAFETENSORS),
-    ("LICENSE", DOCKER_LICENSE),
-    ("LICENSE.md", DOCKER_LICENSE),
-    ("NOTICE", DOCKER_LICENSE),
-    ("chat_template.jinja", DOCKER_CHAT_TEMPLATE),
-    ("config.json", DOCKER_CONFIG_TAR),
-    ("tokenizer.model", DOCKER_CONFIG_TAR),
-    ("README.md", DOCKER_CONFIG_TAR),
-])
-def test_docker_media_types(name, expected):
-    assert docker_media_type(name) == expected
-
-
-@pytest.mark.parametrize(("parameters", "expected"), [
-    (8_030_261_248, "8B"), (6_738_415_616, "6.7B"), (1_705_216, "1.7M"), (999_960_000, "1B"),
-    (70_553_706_496, "70.6B"), (1_000_000_000_000, "1T"), (137_000_000, "137M"), (500, None), (0, None),
-])
-def test_param_size_is_count_and_scale(parameters, expected):
-    assert param_size(parameters) == expected
-
-
-@pytest.mark.parametrize(("dtypes", "expected"), [
-    ({"F16": 100}, "fp16"), ({"BF16": 990, "F32": 10}, "bf16"), ({"Q4_K": 65, "Q6_K": 35}, "mixed"),
-    ({"Q8_0": 99, "F32": 1}, "int8"), ({"INT4": 100}, "int4"), ({}, None),
-])
-def test_precision(dtypes, expected):
-    assert precision(dtypes) == expected
-
-
 # ---------------------------------------------------------------- ModelPack
 
 
 def check_raw_layer(layer: dict, source_root: Path, epoch: int = 0) -> None:
     """A raw layer as model-spec annotations.md says, with the file's digest."""
     ann = layer["annotations"]
-    path = ann[ANNOTATION_FILEPATH]
+    path = ann[ms.ANNOTATION_FILEPATH]
     assert ann[ANNOTATION_TITLE] == path
-    assert ann[ANNOTATION_MEDIATYPE_UNTESTED] in ("true", "false")
-    meta = json.loads(ann[ANNOTATION_FILE_METADATA])
+    assert ann[ms.ANNOTATION_MEDIATYPE_UNTESTED] in ("true", "false")
+    meta = json.loads(ann[ms.ANNOTATION_FILE_METADATA])
     assert meta == {"name": Path(path).name, "mode": 0o644, "uid": 0, "gid": 0, "size": layer["size"],
                     "mtime": "1970-01-01T00:00:00Z" if epoch == 0 else meta["mtime"], "typeflag": ord("0")}
     if (source_root / path).exists():
@@ -267,25 +193,25 @@ def test_modelpack_llama(llama_dir, tmp_path, cache):
     b = Built(llama_dir, "modelpack", tmp_path / "oci", cache)
     m = b.manifest
     assert m["mediaType"] == MEDIA_TYPE_MANIFEST and m["schemaVersion"] == 2
-    assert m["artifactType"] == MODELPACK_ARTIFACT_TYPE
-    assert m["config"]["mediaType"] == MODELPACK_CONFIG
-    assert b.result.manifest.artifact_type == MODELPACK_ARTIFACT_TYPE
+    assert m["artifactType"] == ms.MODELPACK_ARTIFACT_TYPE
+    assert m["config"]["mediaType"] == ms.MODELPACK_CONFIG
+    assert b.result.manifest.artifact_type == ms.MODELPACK_ARTIFACT_TYPE
     index = json.loads((b.ref.path / "index.json").read_text())
-    assert index["manifests"][0]["artifactType"] == MODELPACK_ARTIFACT_TYPE
+    assert index["manifests"][0]["artifactType"] == ms.MODELPACK_ARTIFACT_TYPE
 
     titles = [layer["annotations"][ANNOTATION_TITLE] for layer in b.layers]
     assert set(titles) == LLAMA_FILES and len(titles) == len(LLAMA_FILES)
     assert titles[:2] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     types = {t: layer["mediaType"] for t, layer in b.by_title().items()}
     assert types == {
-        "model-00001-of-00002.safetensors": MODELPACK_WEIGHT, "model-00002-of-00002.safetensors": MODELPACK_WEIGHT,
-        "LICENSE": MODELPACK_DOC, "README.md": MODELPACK_DOC,
-        **{n: MODELPACK_WEIGHT_CONFIG for n in ("config.json", "generation_config.json", "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors": ms.MODELPACK_WEIGHT, "model-00002-of-00002.safetensors": ms.MODELPACK_WEIGHT,
+        "LICENSE": ms.MODELPACK_DOC, "README.md": ms.MODELPACK_DOC,
+        **{n: ms.MODELPACK_WEIGHT_CONFIG for n in ("config.json", "generation_config.json", "model.safetensors.index.json",
                                                 "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json")},
     }
     for layer in b.layers:
         check_raw_layer(layer, llama_dir)
-        assert b.blob(layer["digest"]) == (llama_dir / layer["annotations"][ANNOTATION_FILEPATH]).read_bytes()
+        assert b.blob(layer["digest"]) == (llama_dir / layer["annotations"][ms.ANNOTATION_FILEPATH]).read_bytes()
 
     c = b.config
     check_modelpack_config(c, b.layers)
@@ -304,7 +230,7 @@ def test_modelpack_llama(llama_dir, tmp_path, cache):
 def test_modelpack_gguf(gguf_file, tmp_path, cache):
     b = Built(gguf_file, "modelpack", tmp_path / "oci", cache)
     (layer,) = b.layers
-    assert layer["mediaType"] == MODELPACK_WEIGHT
+    assert layer["mediaType"] == ms.MODELPACK_WEIGHT
     assert layer["annotations"][ANNOTATION_TITLE] == gguf_file.name
     check_raw_layer(layer, gguf_file.parent)
     c = b.config
@@ -320,7 +246,7 @@ def test_source_date_epoch_sets_created_and_file_mtimes(llama_dir, tmp_path, cac
     assert b.config["descriptor"]["createdAt"] == "2023-11-14T22:13:20Z"
     assert b.manifest["annotations"]["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
     for layer in b.layers:
-        assert json.loads(layer["annotations"][ANNOTATION_FILE_METADATA])["mtime"] == "2023-11-14T22:13:20Z"
+        assert json.loads(layer["annotations"][ms.ANNOTATION_FILE_METADATA])["mtime"] == "2023-11-14T22:13:20Z"
 
 
 # ---------------------------------------------------------------- Docker
@@ -330,13 +256,13 @@ def test_docker_model_llama(llama_dir, tmp_path, cache):
     b = Built(llama_dir, "docker-model", tmp_path / "oci", cache)
     m = b.manifest
     assert m["mediaType"] == MEDIA_TYPE_MANIFEST and "artifactType" not in m
-    assert m["config"]["mediaType"] == DOCKER_CONFIG
-    assert [layer["mediaType"] for layer in b.layers] == [DOCKER_SAFETENSORS, DOCKER_SAFETENSORS, DOCKER_CONFIG_TAR,
-                                                          DOCKER_LICENSE]
+    assert m["config"]["mediaType"] == ms.DOCKER_CONFIG
+    assert [layer["mediaType"] for layer in b.layers] == [ms.DOCKER_SAFETENSORS, ms.DOCKER_SAFETENSORS, ms.DOCKER_CONFIG_TAR,
+                                                          ms.DOCKER_LICENSE]
     titles = [layer["annotations"][ANNOTATION_TITLE] for layer in b.layers]
     assert titles == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "config.tar", "LICENSE"]
     for layer in b.layers:
-        if layer["mediaType"] != DOCKER_CONFIG_TAR:
+        if layer["mediaType"] != ms.DOCKER_CONFIG_TAR:
             check_raw_layer(layer, llama_dir)
 
     # the config archive: every other file, deterministic headers, same bytes
@@ -364,7 +290,7 @@ def test_docker_model_llama(llama_dir, tmp_path, cache):
 def test_docker_model_gguf(gguf_file, tmp_path, cache):
     b = Built(gguf_file, "docker-model", tmp_path / "oci", cache)
     (layer,) = b.layers
-    assert layer["mediaType"] == DOCKER_GGUF
+    assert layer["mediaType"] == ms.DOCKER_GGUF
     assert layer["digest"] == file_sha(gguf_file)
     c = b.config["config"]
     assert (c["format"], c["format_version"], c["quantization"], c["architecture"], c["parameters"]) == (
@@ -383,8 +309,8 @@ def test_docker_model_license_and_chat_template_layers(llama_dir, tmp_path, cach
     (model / "NOTICE").write_text("notice\n")
     b = Built(model, "docker-model", tmp_path / "oci", cache)
     assert [(layer["mediaType"], layer["annotations"][ANNOTATION_TITLE]) for layer in b.layers[2:]] == [
-        (DOCKER_CONFIG_TAR, "config.tar"), (DOCKER_LICENSE, "LICENSE"), (DOCKER_LICENSE, "NOTICE"),
-        (DOCKER_CHAT_TEMPLATE, "chat_template.jinja")]
+        (ms.DOCKER_CONFIG_TAR, "config.tar"), (ms.DOCKER_LICENSE, "LICENSE"), (ms.DOCKER_LICENSE, "NOTICE"),
+        (ms.DOCKER_CHAT_TEMPLATE, "chat_template.jinja")]
 
 
 # ---------------------------------------------------------------- determinism
@@ -476,7 +402,7 @@ def safetensors_tensors(paths: list[Path]) -> dict[str, tuple]:
 @pytest.mark.parametrize("fmt", ["modelpack", "docker-model"])
 def test_resharded_gguf_is_consecutive_layers(gguf_file, tmp_path, cache, fmt):
     b = Built(gguf_file, fmt, tmp_path / "oci", cache, max_layer_size=600_000)
-    weight_type = MODELPACK_WEIGHT if fmt == "modelpack" else DOCKER_GGUF
+    weight_type = ms.MODELPACK_WEIGHT if fmt == "modelpack" else ms.DOCKER_GGUF
     assert [layer["mediaType"] for layer in b.layers] == [weight_type, weight_type]
     stem = gguf_file.stem
     assert [layer["annotations"][ANNOTATION_TITLE] for layer in b.layers] == [
@@ -496,7 +422,7 @@ def test_resharded_safetensors_for_docker_model(tmp_path, cache):
     Model Runner renames them, the new index in the config archive."""
     src = synth.write_llama_safetensors(tmp_path / "single", SMALL, shards=1)
     b = Built(src, "docker-model", tmp_path / "oci", cache, max_layer_size=1 * MB)
-    weights = [x for x in b.layers if x["mediaType"] == DOCKER_SAFETENSORS]
+    weights = [x for x in b.layers if x["mediaType"] == ms.DOCKER_SAFETENSORS]
     n = len(weights)
     assert n >= 4
     assert [x["annotations"][ANNOTATION_TITLE] for x in weights] == [
@@ -506,7 +432,7 @@ def test_resharded_safetensors_for_docker_model(tmp_path, cache):
     for layer in weights:
         assert layer["size"] <= MB
         (out / layer["annotations"][ANNOTATION_TITLE]).write_bytes(b.blob(layer["digest"]))
-    (config_tar,) = [x for x in b.layers if x["mediaType"] == DOCKER_CONFIG_TAR]
+    (config_tar,) = [x for x in b.layers if x["mediaType"] == ms.DOCKER_CONFIG_TAR]
     with tarfile.open(fileobj=io.BytesIO(b.blob(config_tar["digest"]))) as t:
         t.extractall(out, filter="data")
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -648,8 +574,8 @@ def test_docker_model_after_modelpack_reuses_the_weight_blobs(registry, llama_di
     push(llama_dir, ref + ":modelpack", "modelpack", cache)
     result, stats = push(llama_dir, ref + ":docker", "docker-model", cache)
     actions = {layer.descriptor.media_type: layer.action for layer in result.layers}
-    assert actions[DOCKER_SAFETENSORS] == "exists" and actions[DOCKER_LICENSE] == "exists"
-    assert actions[DOCKER_CONFIG_TAR] == "uploaded"
+    assert actions[ms.DOCKER_SAFETENSORS] == "exists" and actions[ms.DOCKER_LICENSE] == "exists"
+    assert actions[ms.DOCKER_CONFIG_TAR] == "uploaded"
     assert stats.bytes_sent == next(x.descriptor.size for x in result.layers if x.action == "uploaded")
 
 

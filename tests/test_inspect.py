@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ from modelimage.inspect import (
     VRAM_FACTOR,
     ModelInfo,
     inspect_model,
-    list_files,
-    selected,
 )
 
 SHAPE = synth.LlamaShape(vocab=1024, hidden=256, layers=2, intermediate=512)
@@ -325,29 +322,6 @@ def test_pytorch_bin_only(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- listing, include/exclude
 
 
-@pytest.mark.parametrize(
-    ("path", "include", "exclude", "expected"),
-    [
-        ("model.safetensors", [], [], True),
-        ("model.safetensors", ["*.safetensors"], [], True),
-        ("sub/model.safetensors", ["*.safetensors"], [], True),  # no '/': matches the name anywhere
-        ("config.json", ["*.safetensors"], [], False),
-        ("config.json", ["*.safetensors", "*.json"], [], True),
-        ("README.md", [], ["*.md"], False),
-        ("docs/README.md", [], ["*.md"], False),
-        ("unet/config.json", [], ["unet/*"], False),  # with '/': the whole path
-        ("vae/unet/config.json", [], ["unet/*"], True),
-        ("unet/diffusion_pytorch_model.fp16.safetensors", [], ["*.fp16.*"], False),
-        ("x-Q4_K_M.gguf", ["*Q4_K_M.gguf"], [], True),
-        ("x-Q8_0.gguf", ["*Q4_K_M.gguf"], [], False),
-        ("model.safetensors", ["*.safetensors"], ["model.*"], False),  # exclude wins
-        ("Model.Safetensors", ["*.safetensors"], [], False),  # case-sensitive
-    ],
-)
-def test_selected(path: str, include: list[str], exclude: list[str], expected: bool) -> None:
-    assert selected(path, include, exclude) is expected
-
-
 def test_include_exclude(llama_sharded: Path) -> None:
     only = inspect_model(llama_sharded, include=["*.safetensors"])
     assert [f.name for f in only.files] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
@@ -365,71 +339,6 @@ def test_include_exclude_diffusers_paths(diffusers_dir: Path) -> None:
     assert not any(f.name.startswith(("text_encoder_2/", "tokenizer_2/")) for f in m.files)
     assert "text_encoder_2" not in {c.name for c in m.components}
     assert m.parameters == sum(v for k, v in DIFFUSERS_PARAMS.items() if k != "text_encoder_2")
-
-
-def test_hidden_files_skipped_and_symlinks_inside_followed(tmp_path: Path, llama_single: Path) -> None:
-    import shutil
-
-    d = tmp_path / "m"
-    (d / "real").mkdir(parents=True)
-    for f in ("config.json", "model.safetensors"):
-        shutil.copy(llama_single / f, d / "real" / f)
-    (d / ".git").mkdir()
-    (d / ".git" / "HEAD").write_text("ref")
-    (d / ".gitattributes").write_text("*.safetensors filter=lfs")
-    (d / "config.json").symlink_to("real/config.json")
-    (d / "model.safetensors").symlink_to(d / "real" / "model.safetensors")
-    m = inspect_model(d, exclude=["real/*"])
-    assert [f.name for f in m.files] == ["config.json", "model.safetensors"]
-    assert m.file("model.safetensors").size == (llama_single / "model.safetensors").stat().st_size
-    assert m.parameters == SHAPE.parameters
-
-
-def test_symlinks_leading_outside_are_refused(tmp_path: Path, llama_single: Path) -> None:
-    d = tmp_path / "m"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    (d / "passwd").symlink_to("/etc/passwd")
-    with pytest.raises(SourceError, match="symlink leads outside the model folder"):
-        inspect_model(d)
-    (d / "passwd").unlink()
-    (d / "sub").symlink_to(llama_single)  # a linked folder outside
-    with pytest.raises(SourceError, match="sub.*outside"):
-        inspect_model(d)
-
-
-def test_hugging_face_cache_snapshot_links_are_followed(tmp_path: Path, llama_single: Path) -> None:
-    """A HF cache snapshot is made of links into ../../blobs: allowed."""
-    import shutil
-
-    repo = tmp_path / "hub" / "models--acme--tiny"
-    (repo / "blobs").mkdir(parents=True)
-    snap = repo / "snapshots" / "0123abcd"
-    snap.mkdir(parents=True)
-    for f in ("config.json", "model.safetensors"):
-        blob = repo / "blobs" / f"blob-{f}"
-        shutil.copy(llama_single / f, blob)
-        (snap / f).symlink_to(Path("../../blobs") / blob.name)
-    m = inspect_model(snap)
-    assert [f.name for f in m.files] == ["config.json", "model.safetensors"]
-
-
-def test_non_utf8_names_are_refused(tmp_path: Path) -> None:
-    d = tmp_path / "m"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    open(os.path.join(os.fsencode(d), b"weird-\xff.bin"), "wb").close()
-    with pytest.raises(SourceError, match="must be UTF-8"):
-        inspect_model(d)
-
-
-def test_fifo_is_refused(tmp_path: Path) -> None:
-    d = tmp_path / "m"
-    d.mkdir()
-    (d / "config.json").write_text("{}")
-    os.mkfifo(d / "pipe")
-    with pytest.raises(SourceError, match="not a regular file"):
-        list_files(d)
 
 
 # ---------------------------------------------------------------- errors

@@ -19,8 +19,8 @@ from huggingface_hub.utils import filter_repo_objects
 from modelimage import synth
 from modelimage.config import load_config
 from modelimage.errors import SourceError
-from modelimage.inspect import selected
 from modelimage.sources import hf
+from modelimage.sources.files import selected
 
 from .hubserver import HubServer
 from .images import read_image

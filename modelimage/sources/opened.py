@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..oci import ANNOTATION_PREFIX
 
 if TYPE_CHECKING:
-    from ..inspect import RemoteFolder
+    from .files import RemoteFolder
 
 LABEL_SOURCE = ANNOTATION_PREFIX + "source"  # hf://org/repo, s3://bucket/prefix
 LABEL_REVISION = ANNOTATION_PREFIX + "revision"  # the commit sha a hf:// revision resolved to

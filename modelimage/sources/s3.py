@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ..errors import SourceError
 
 if TYPE_CHECKING:
-    from ..inspect import SourceFile
+    from .files import SourceFile
 
 # One ranged GET. Big enough that request overhead vanishes (S3 serves a
 # GET at tens of MB/s per connection), small enough that PARALLEL of them
@@ -285,7 +285,7 @@ class S3Prefix:
         names skipped and include/exclude applied as for a local folder."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from ..inspect import SourceFile, selected
+        from .files import SourceFile, selected
 
         s3 = client(self.endpoint)
         folder = self.prefix if not self.prefix or self.prefix.endswith("/") else self.prefix + "/"
@@ -318,7 +318,7 @@ class S3Prefix:
         """The object named by the prefix itself, when there is one."""
         from botocore.exceptions import ClientError
 
-        from ..inspect import SourceFile
+        from .files import SourceFile
 
         try:
             h = s3.head_object(Bucket=self.bucket, Key=self.prefix)

@@ -130,7 +130,7 @@ def split_files(paths: Sequence[str], variants: Sequence[VariantSpec], source: s
     Raises :class:`VariantError` when a variant's include matches none of
     the files, when two variants have the same name, or when two would hold
     exactly the same files (they would be one image twice)."""
-    from ..inspect import selected  # the one glob rule (loaded here: config imports this module)
+    from ..sources.files import selected  # the one glob rule (loaded here: config imports this module)
 
     names = [v.name for v in variants]
     dup = next((n for n in names if names.count(n) > 1), None)
