@@ -147,5 +147,9 @@ def resolve(arg: str, config: Config) -> ModelEntry:
         return config.models[arg]
     if arg.startswith(REMOTE_SCHEMES) or Path(arg).exists():
         return ModelEntry(name="", source=arg)
+    from .registry.reference import looks_like_path
+
+    if looks_like_path(arg):
+        raise SourceError(f"{arg}: no such file or folder")
     where = f" (looked in {config.path})" if config.path else f" (no {DEFAULT_CONFIG} here)"
     raise SourceError(f"{arg}: no such file, folder or named model{where}")

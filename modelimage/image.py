@@ -186,6 +186,22 @@ def _resolve(store: _Store, platform: str | Platform | None, name: str) -> tuple
     return desc.digest, manifest
 
 
+def not_an_image(source: str) -> SourceError:
+    """The error for a path given where an image is read: it does not
+    exist, or it is a layout written without its ``oci:`` prefix, or it is
+    some other file or folder."""
+    from pathlib import Path
+
+    p = Path(source).expanduser()
+    if not p.exists():
+        return SourceError(f"{source}: no such file or folder")
+    if (p / "index.json").is_file() and (p / "oci-layout").is_file():
+        return SourceError(f"{source} is an OCI layout: name it oci:{source}[:TAG]")
+    what = "folder" if p.is_dir() else "file"
+    return SourceError(f"{source}: a {what}, not an image (give HOST/REPO[:TAG], oci:DIR[:TAG] or "
+                       "oci-archive:FILE[:TAG])")
+
+
 def open_image(source: str, *, platform: str | Platform | None = None, insecure: frozenset[str] = frozenset(),
                credentials: Credentials | None = None, connections: int | None = None,
                retries: int = DEFAULT_RETRIES, stats: FetchStats | None = None) -> Image:
@@ -200,8 +216,10 @@ def open_image(source: str, *, platform: str | Platform | None = None, insecure:
         store: _Store = _LayoutStore(open_layout(LayoutRef.parse(source)), stats)
     else:
         from .registry.client import RegistryClient
-        from .registry.reference import Reference
+        from .registry.reference import Reference, looks_like_path
 
+        if looks_like_path(source):
+            raise not_an_image(source)
         ref = Reference.parse(source)
         client = RegistryClient(ref, insecure=insecure, credentials=credentials)
         store = _RegistryStore(source, client, ref.repository, ref.ref,

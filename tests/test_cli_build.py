@@ -195,8 +195,9 @@ def test_truncated_safetensors(truncated: Path, tmp_path: Path, capsys: pytest.C
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["build", "{tmp}/nope", "-o", "oci:{out}/x"], "no such file, folder or named model"),
-        (["inspect", "{tmp}/nope"], "no such file, folder or named model"),
+        (["build", "{tmp}/nope", "-o", "oci:{out}/x"], "nope: no such file or folder"),
+        (["inspect", "{tmp}/nope"], "nope: no such file or folder"),
+        (["inspect", "nope"], "nope: no such file, folder or named model (no modelimage.toml here)"),
         (["build", "{llama}", "-o", "bogus:{out}/x"], "expected oci:DIR[:TAG] or oci-archive:FILE[:TAG]"),
         (["build", "{llama}", "-o", "oci:"], "expected oci:DIR[:TAG]"),
         (["build", "{llama}", "-o", "oci:{out}/x:bad tag!"], "is not a valid tag"),

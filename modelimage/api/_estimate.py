@@ -107,7 +107,7 @@ def _estimate_inputs(source: str, config: Path | None, max_layer_size: int | Non
     from ..image import choose_platform, is_index, open_image
     from ..layout import LayoutRef
     from ..registry.client import RegistryClient
-    from ..registry.reference import Reference
+    from ..registry.reference import Reference, looks_like_path
 
     if LayoutRef.is_layout(source):  # the image a layout's reference means, through its indexes
         image = open_image(source)
@@ -116,7 +116,8 @@ def _estimate_inputs(source: str, config: Path | None, max_layer_size: int | Non
     try:
         job = prepare(source, Options(config=config, max_layer_size=max_layer_size))
     except ModelImageError:
-        if "/" not in source or Path(source).exists() or source.startswith(REMOTE_SCHEMES):
+        if "/" not in source or Path(source).exists() or source.startswith(REMOTE_SCHEMES) \
+                or looks_like_path(source):
             raise
         ref = Reference.parse(source)
         client = RegistryClient(ref, insecure=insecure)

@@ -27,6 +27,22 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 
 
+# Endings of files a model is made of: text ending so is a path, never an image name.
+MODEL_FILE_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".json", ".tar")
+_HOST_RE = re.compile(r"^(?:localhost|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*"
+                      r"[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether ``text`` is a file system path rather than an image
+    reference: it starts with ``/``, ``./``, ``../`` or ``~``, is ``.`` or
+    ``..``, or ends like a model file (``.safetensors``, ``.gguf``...).
+    Docker refuses each of these as a reference; we say "no such file"."""
+    t = text.strip()
+    return (t in (".", "..") or t.startswith(("/", "./", "../", "~"))
+            or t.lower().rsplit(":", 1)[0].endswith(MODEL_FILE_SUFFIXES))
+
+
 def name_at(name: str, ref: str) -> str:
     """``NAME:TAG``, or ``NAME@sha256:...`` when ``ref`` is a digest (a tag
     never holds a colon), the way docker writes them."""
@@ -103,8 +119,13 @@ class Reference:
             rest, digest = rest.split("@", 1)
             if not _DIGEST_RE.match(digest):
                 raise ConfigError(f"{text!r}: {digest!r} is not a sha256 digest")
+        if looks_like_path(raw):
+            raise ConfigError(f"{text}: a file system path, not an image reference (HOST/REPO[:TAG])")
         first, slash, remainder = rest.partition("/")
         if slash and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+            if not _HOST_RE.match(first):
+                raise ConfigError(f"{text!r}: {first!r} is not a registry host (a name, an IP address, "
+                                  "optionally :PORT)")
             host, path = first, remainder
         else:
             host, path = DOCKER_HUB, rest
