@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, SourceError
+from .oci import Platform
+from .tarstream import COMPRESSIONS
 from .units import parse_size
 from .variants.spec import VariantSpec, parse_tables
 
@@ -83,6 +85,21 @@ def _strings(v: Any, where: str, key: str) -> tuple[str, ...]:
     raise ConfigError(f"{where}: {key} must be a string or a list of strings")
 
 
+def _check_choices(m: dict[str, Any], where: str) -> None:
+    """``platform``, ``compression``, ``image``, ``target`` and ``tag`` are
+    strings, and the first two valid ones, before anything is read."""
+    for key in ("platform", "compression", "image", "target", "tag"):
+        if key in m and not isinstance(m[key], str):
+            raise ConfigError(f"{where}: {key} must be a string")
+    if "platform" in m:
+        try:
+            Platform.parse(m["platform"])
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    if "compression" in m and m["compression"] not in COMPRESSIONS:
+        raise ConfigError(f"{where}: compression {m['compression']!r}: choose one of {', '.join(COMPRESSIONS)}")
+
+
 def load_config(path: Path | None) -> Config:
     """Read ``path``, or ``./modelimage.toml`` when it exists (else empty)."""
     explicit = path is not None
@@ -120,6 +137,7 @@ def load_config(path: Path | None) -> Config:
                               "e.g. https://ACCOUNT_ID.r2.cloudflarestorage.com")
         if endpoint is not None and not source.startswith("s3://"):
             raise ConfigError(f"{where}: endpoint applies to s3:// sources only")
+        _check_choices(m, where)
         out[name] = ModelEntry(
             name=name,
             source=source,

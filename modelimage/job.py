@@ -92,9 +92,11 @@ def prepare(arg: str, options: Options = Options()) -> Job:
     target = options.target or entry.target or f"/models/{model.name}"
     normalize_target(target)
     epoch = source_date_epoch()
-    platform = options.platform or entry.platform or DEFAULT_PLATFORM
+    asked = options.platform or entry.platform
+    platform = asked or DEFAULT_PLATFORM
     Platform.parse(platform)
-    base = load_base(options.base, platform, insecure=options.insecure) if options.base else None
+    base = load_base(options.base, platform, insecure=options.insecure, strict=asked is not None) \
+        if options.base else None
     if base is not None:
         platform = str(base.platform)
     limits = limits_for(options.registry, config.registries) if options.registry else DEFAULT

@@ -48,14 +48,22 @@ IMAGE_LAYER_TYPES = frozenset({
 IMAGE_CONFIG_TYPES = frozenset({MEDIA_TYPE_CONFIG, MEDIA_TYPE_DOCKER_CONFIG})
 
 
-def load_base(text: str, platform: str | Platform | None, *, insecure: frozenset[str] = frozenset()) -> Image:
+def load_base(text: str, platform: str | Platform | None, *, insecure: frozenset[str] = frozenset(),
+              strict: bool = False) -> Image:
     """Read a base image's manifest and config (never its layers) and check
-    that it is a container image a model can go on top of. Raises
-    :class:`~modelimage.errors.SourceError` (cannot be read) or
-    :class:`ConfigError` (an artifact, not an image)."""
+    that it is a container image a model can go on top of; from an index,
+    the image of ``platform``. With ``strict`` (a platform the user asked
+    for), a single-platform base must be of that platform: the result runs
+    where its base runs. Raises :class:`~modelimage.errors.SourceError`
+    (cannot be read) or :class:`ConfigError` (an artifact, not an image; the
+    wrong platform)."""
     base = open_image(text, platform=platform, insecure=insecure)
     try:
         base_layers(base)
+        want = Platform.parse(platform) if isinstance(platform, str) else platform
+        if strict and want is not None and not base.platform.satisfies(want):
+            raise ConfigError(f"--base {text} is a {base.platform} image, not {want}: the model would run "
+                              f"where its base runs; choose a {want} base, or drop --platform")
     except BaseException:
         base.close()
         raise

@@ -208,3 +208,17 @@ def test_docker_media_types_in_a_layout(layout, model, registry, tmp_path, capsy
     capsys.readouterr()
     assert main(["push", f"oci:{lay}:list", f"{registry.host}/layouts/docker-list:v1"]) == 0
     assert capsys.readouterr().out.strip().endswith(f"@sha256:{list_digest}")
+
+
+def test_a_base_from_a_multi_platform_layout(multi_platform, model, tmp_path, capsys):
+    """--base picks the asked platform's image out of the nested index."""
+    out = tmp_path / "out"
+    assert main(["build", str(model), "--base", f"oci:{multi_platform}:v1", "--platform", "linux/arm64/v8",
+                 "-o", f"oci:{out}:v1"]) == 0
+    capsys.readouterr()
+    image = open_image(f"oci:{out}:v1")
+    assert (image.config["architecture"], image.config.get("variant")) == ("arm64", "v8")
+    base = open_image(f"oci:{multi_platform}:v1", platform="linux/arm64")
+    assert image.layers[: len(base.layers)] == base.layers
+    index = json.loads((out / "index.json").read_text())["manifests"][0]
+    assert index["platform"] == {"os": "linux", "architecture": "arm64", "variant": "v8"}

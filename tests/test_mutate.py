@@ -172,3 +172,15 @@ def test_base_from_an_oci_archive_streams_from_the_tar(busybox_base, llama_dir, 
     finally:
         subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=podman_env)
     assert seen["config.json"] == sha256(llama_dir / "config.json")
+
+
+def test_a_base_of_another_platform_is_refused_when_one_is_asked_for(base_layout, llama_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["build", str(llama_dir), "--base", base_layout, "--platform", "linux/arm64",
+                 "-o", f"oci:{out}:v1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --base {base_layout} is a linux/amd64 image, not linux/arm64: the model would run "
+                   "where its base runs; choose a linux/arm64 base, or drop --platform")
+    assert not out.exists()
+    assert main(["build", str(llama_dir), "--base", base_layout, "--platform", "linux/x86_64",
+                 "-o", f"oci:{out}:v1"]) == 0  # the same platform, another name
