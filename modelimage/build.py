@@ -11,14 +11,14 @@ the base's (:mod:`modelimage.mutate`).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
+from . import filelist
 from .cache import DigestCache
 from .errors import ConfigError
 from .image import Image
@@ -125,11 +125,24 @@ def model_facts(model: ModelInfo, target: str) -> dict[str, str]:
     return facts
 
 
-def _layer_annotations(files: tuple[FileDigest, ...]) -> dict[str, str]:
-    # Not org.opencontainers.image.title: ORAS clients take that as the name
-    # of a file whose content IS the blob, and these blobs are tars.
-    listing = [{"path": "/" + f.path, "size": f.size, "sha256": f.sha256} for f in files]
-    return {ANNOTATION_FILES: json.dumps(listing, separators=(",", ":"), sort_keys=True)}
+def _with_file_list(built: list[BuiltLayer], store: Callable[[LayerStream], BuiltLayer],
+                    epoch: int) -> list[BuiltLayer]:
+    """The layers as the manifest lists them: each with its files inline,
+    or, when that would make the manifest too big, without, plus the
+    file-list layer (:mod:`modelimage.filelist`) that ``store`` writes."""
+    if not filelist.needs_layer([b.files for b in built]):
+        return built
+    bare = [replace(b, descriptor=replace(b.descriptor, annotations={
+        k: v for k, v in b.descriptor.annotations.items() if k != ANNOTATION_FILES})) for b in built]
+    return bare + [store(filelist.list_stream([(b.descriptor.digest, b.files) for b in built], epoch))]
+
+
+def _store_file_list(stream: LayerStream, sink: Sink, cache: DigestCache, max_layer_size: int) -> BuiltLayer:
+    result, action = store_layer(stream, sink, cache, compression="none", max_layer_size=max_layer_size,
+                                 title="file list", progress=None)
+    desc = Descriptor(MEDIA_TYPE_LAYER_TAR, result.digest, result.size,
+                      annotations={filelist.ANNOTATION_FILELIST: str(filelist.VERSION)})
+    return BuiltLayer(desc, result.diff_id, result.files, action)
 
 
 def _put_layer(layer: Layer, plan: Plan, sink: Sink, cache: DigestCache, epoch: int,
@@ -141,7 +154,7 @@ def _put_layer(layer: Layer, plan: Plan, sink: Sink, cache: DigestCache, epoch: 
     result, action = store_layer(stream, sink, cache, compression=compression,
                                  max_layer_size=plan.settings.max_layer_size, title=layer.title, progress=progress)
     desc = Descriptor(LAYER_MEDIA_TYPES[compression], result.digest, result.size,
-                      annotations=_layer_annotations(result.files))
+                      annotations=filelist.inline(result.files))
     return BuiltLayer(desc, result.diff_id, result.files, action)
 
 
@@ -154,7 +167,8 @@ def _assemble(model: ModelInfo, plan: Plan, built: list[BuiltLayer], settings: I
     history = [
         {"created": created, "created_by": f"modelimage build: {layer.title}", "comment": layer.kind}
         for layer in plan.layers
-    ]
+    ] + [{"created": created, "created_by": "modelimage build: file list", "comment": "files"}
+         for _ in built[len(plan.layers):]]
     diff_ids = [b.diff_id for b in built]
     layers = tuple(b.descriptor for b in built)
     if base is not None:
@@ -182,11 +196,14 @@ def manifest_size(model: ModelInfo, plan: Plan, settings: ImageSettings, base: I
     zero = "sha256:" + "0" * 64
     dummy = [
         BuiltLayer(Descriptor(LAYER_MEDIA_TYPES[plan.settings.compression], zero, layer.size,
-                              annotations=_layer_annotations(tuple(FileDigest(e.path, e.size, zero)
-                                                                   for e in layer.entries))), zero, ())
+                              annotations=filelist.inline(files)), zero, files)
         for layer in plan.layers
+        for files in [tuple(FileDigest(e.path, e.size, zero) for e in layer.entries)]
     ]
-    return len(_assemble(model, plan, dummy, settings, base)[2])
+    listed = _with_file_list(dummy, lambda stream: BuiltLayer(Descriptor(
+        MEDIA_TYPE_LAYER_TAR, zero, stream.size, annotations={filelist.ANNOTATION_FILELIST: str(filelist.VERSION)}),
+        zero, ()), settings.epoch)
+    return len(_assemble(model, plan, listed, settings, base)[2])
 
 
 def build_image(
@@ -208,6 +225,12 @@ def build_image(
     skip = len(base.layers) if base else 0
     jobs: list[Callable[[], Any]] = [partial(copy_blob, d, base, sink) for d in (base.layers if base else ())]
     jobs += [partial(_put_layer, layer, plan, sink, cache, settings.epoch, progress) for layer in plan.layers]
-    done, config_desc, manifest_desc = write_layers_then_manifest(
-        sink, jobs, lambda done: _assemble(model, plan, done[skip:], settings, base), workers)
-    return BuildResult(manifest_desc, config_desc, tuple(done[skip:]), reference)
+    listed: list[BuiltLayer] = []
+
+    def assemble(done: list[Any]) -> Assembled:
+        store = partial(_store_file_list, sink=sink, cache=cache, max_layer_size=plan.settings.max_layer_size)
+        listed[:] = _with_file_list(done[skip:], store, settings.epoch)
+        return _assemble(model, plan, listed, settings, base)
+
+    _, config_desc, manifest_desc = write_layers_then_manifest(sink, jobs, assemble, workers)
+    return BuildResult(manifest_desc, config_desc, tuple(listed), reference)

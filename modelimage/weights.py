@@ -46,7 +46,7 @@ from pathlib import PurePosixPath
 from typing import Any, Literal, Protocol
 
 from .content import Source
-from .errors import FormatError, SourceError
+from .errors import FormatError, PlanError, SourceError
 from .formats import safetensors as st
 
 __all__ = [
@@ -54,8 +54,10 @@ __all__ = [
     "VARIANTS",
     "Adapter",
     "LoaderRule",
+    "PathOwners",
     "WeightKind",
     "WeightSet",
+    "collision",
     "counted_sets",
     "find_weight_sets",
     "index_name_for",
@@ -357,3 +359,41 @@ def counted_sets(sets: Sequence[WeightSet]) -> tuple[list[WeightSet], list[str]]
             notes.append(f"{other.members[0]}: variant of {group[0].members[0]}, not counted twice")
     kept.sort(key=lambda w: w.members[0])
     return kept, notes
+
+
+class PathOwners:
+    """Which weight set (or plain file) each planned path comes from: a path
+    planned twice is an error naming both (never two tar entries, or two
+    artifact layers, for one path)."""
+
+    def __init__(self) -> None:
+        self.owner: dict[str, tuple[WeightSet | None, bool]] = {}
+
+    def claim(self, path: str, w: WeightSet | None, *, resharded: bool = False) -> None:
+        if path in self.owner:
+            raise collision(path, self.owner[path], (w, resharded))
+        self.owner[path] = (w, resharded)
+
+
+def collision(path: str, a: tuple[WeightSet | None, bool], b: tuple[WeightSet | None, bool]) -> PlanError:
+    """The error for two planned files on one ``path`` (each from a weight
+    set, resharded or not, or a plain file when the set is None)."""
+    def what(o: tuple[WeightSet | None, bool]) -> str:
+        w, resharded = o
+        if w is None:
+            return f"the file {path}"
+        names = w.members[0] + (f" (+{len(w.members) - 1} more shards)" if len(w.members) > 1 else "")
+        names += f" with {w.index_file}" if w.index_file else ""
+        return names + (", resharded," if resharded else "")
+
+    sets = [o[0] for o in (a, b) if o[0] is not None]
+    fix = "; keep one with --exclude"
+    if len(sets) == 2 and all(w.format == "safetensors" for w in sets) and sorted(
+            len(w.members) > 1 for w in sets) == [False, True]:
+        single = next(w for w in sets if len(w.members) == 1).members[0]
+        sharded = next(w for w in sets if len(w.members) > 1)
+        fix = (f"; they are two copies of one model: transformers loads {single} when both are there, diffusers "
+               f"{sharded.index_file or 'the shards'}; keep one with --exclude '{single}', or --exclude the shards "
+               f"and their index")
+    return PlanError(f"{path}: {what(a)} and {what(b)} would both be written there (two weight sets in one "
+                     f"folder collide){fix}")

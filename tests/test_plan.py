@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import pytest
 from gguf import GGUFReader
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -833,3 +835,17 @@ def test_every_planned_path_is_unique(models: Callable[[str], ModelInfo]) -> Non
                 continue
             paths = [e.path for e in plan.files]
             assert len(paths) == len(set(paths)), (name, limit)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(min_size=1, max_size=120).filter(lambda s: "\0" not in s and "/" not in s),
+       size=st.one_of(st.integers(0, 10**6), st.integers(8**11 - 2, 8**11 + 2)),
+       mtime=st.sampled_from([0, 1700000000, 8**11 + 5]), directory=st.booleans())
+def test_header_size_is_the_headers_length(name: str, size: int, mtime: int, directory: bool) -> None:
+    """plan's quick header size equals the length of the header tarstream writes."""
+    from modelimage.plan import _header_size
+    from modelimage.tarstream import header
+
+    path = f"models/x/{name}"
+    assert _header_size(path, size, mtime, directory=directory) == len(
+        header(path, size, directory=directory, mtime=mtime))

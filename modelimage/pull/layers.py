@@ -1,8 +1,9 @@
 """Which layers and which files a pull takes.
 
 - :func:`layer_file_lists` is THE one place that reads what a layer says it
-  holds (today the ``dev.modelimage.files`` layer annotation: a JSON list of
-  ``{"path", "size", "sha256"}``); everything else asks it.
+  holds (the ``dev.modelimage.files`` layer annotation: a JSON list of
+  ``{"path", "size", "sha256"}``, or the image's file-list layer when the
+  lists did not fit the manifest); everything else asks it.
 - :func:`classify` sorts a layer into a tar layer (with or without a file
   list), a raw layer whose blob is one file (ModelPack's
   ``org.cncf.model.filepath``, or ``org.opencontainers.image.title``), or
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Literal
 
-from ..errors import UnsafeLayer
+from .. import filelist
+from ..errors import SourceError, UnsafeLayer
 from ..image import ANNOTATION_TARGET
 from ..oci import ANNOTATION_FILES, ANNOTATION_TITLE, Descriptor
 
@@ -76,19 +78,33 @@ def layer_file_lists(image: Image) -> list[tuple[Listed, ...] | None]:
     files (root-relative names, sizes in bytes, sha256), or None when the
     layer does not say (no list, or one that is not modelimage's).
 
-    The one reader of layer file lists: today the ``dev.modelimage.files``
-    layer annotation (a JSON array of ``{"path", "size", "sha256"}``).
+    The one reader of layer file lists: the ``dev.modelimage.files`` layer
+    annotation (a JSON array of ``{"path", "size", "sha256"}``), or, for
+    images with too many files for the manifest, the file-list layer
+    (:mod:`modelimage.filelist`, annotated ``dev.modelimage.filelist``),
+    fetched (verified against its digest) and read here.
     Raises :class:`~modelimage.errors.UnsafeLayer` for a listed name that
     is absolute after its leading ``/`` or climbs out with ``..``."""
+    elsewhere: dict[str, list] = {}
+    for d in image.layers:
+        if d.annotations.get(filelist.ANNOTATION_FILELIST) and is_tar(d.media_type) \
+                and d.size <= filelist.MAX_LIST_BYTES:
+            try:
+                own, by_digest = filelist.read_list_layer(image.fetch(d))
+            except (ValueError, SourceError):
+                continue  # not ours after all: its layers are read as tars
+            elsewhere.update(by_digest)
+            elsewhere[d.digest] = own
     out: list[tuple[Listed, ...] | None] = []
     for i, d in enumerate(image.layers):
         raw = d.annotations.get(ANNOTATION_FILES)
         listed = None
-        if raw and is_tar(d.media_type):
+        if is_tar(d.media_type) and (raw or d.digest in elsewhere):
             label = layer_label(image.name, i, d)
             try:
+                files = json.loads(raw) if raw else elsewhere[d.digest]
                 listed = tuple(Listed(normalize(str(f["path"]).lstrip("/"), label), int(f["size"]), str(f["sha256"]))
-                               for f in json.loads(raw))
+                               for f in files)
             except (ValueError, KeyError, TypeError):
                 listed = None  # not ours after all: read the tar
         out.append(listed)

@@ -240,7 +240,8 @@ def hash_file(path: str) -> str | None:
     h = hashlib.sha256()
     try:
         with open(path, "rb", buffering=0) as f:
-            buf = bytearray(READ_CHUNK)
+            # no 8 MiB buffer (zeroed each time) for a small file: 20,000 of them took 13 s to verify
+            buf = bytearray(min(READ_CHUNK, os.fstat(f.fileno()).st_size + 1))
             view = memoryview(buf)
             while n := f.readinto(buf):
                 h.update(view[:n])

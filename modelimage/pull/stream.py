@@ -56,9 +56,9 @@ class Journal:
             self.valid, self.segments = False, []
             return
         if self.segments and self.segments[-1][0] == "meta":
-            self.segments[-1][1] += new
+            self.segments[-1][1] += new  # a bytearray: extended in place (a run of skipped members stays linear)
         else:
-            self.segments.append(["meta", new])
+            self.segments.append(["meta", bytearray(new)])
         self.pos = end
 
     def trim(self, n: int) -> tuple[dict, int] | None:

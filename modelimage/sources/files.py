@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Protocol
 
 from ..content import Source, is_remote
@@ -30,7 +29,9 @@ class SourceFile:
 
     @property
     def format(self) -> str | None:
-        return WEIGHT_SUFFIXES.get(PurePosixPath(self.name).suffix.lower())
+        base = self.name.rpartition("/")[2]  # string ops, not PurePosixPath: asked for every file, often
+        dot = base.rfind(".")
+        return WEIGHT_SUFFIXES.get(base[dot:].lower()) if dot > 0 else None
 
     @property
     def is_weights(self) -> bool:
@@ -38,8 +39,7 @@ class SourceFile:
 
     @property
     def directory(self) -> str:
-        parent = str(PurePosixPath(self.name).parent)
-        return "" if parent == "." else parent
+        return self.name.rpartition("/")[0]
 
 
 class RemoteFolder(Protocol):
