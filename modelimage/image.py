@@ -30,6 +30,7 @@ from .registry.keychain import Credentials
 ANNOTATION_TARGET = ANNOTATION_PREFIX + "target"
 MAX_NESTING = 4  # index -> index -> ... -> manifest: deeper is a loop or a mistake
 MAX_CONFIG = 4 << 20  # configs read (bigger ones are not an image's)
+Chooser = Callable[[dict[str, Any]], dict[str, Any]]  # an index (parsed) -> the entry to open
 
 
 @dataclass
@@ -165,15 +166,16 @@ class _RegistryStore:
         self.client.close()
 
 
-def _resolve(store: _Store, platform: str | Platform | None, name: str) -> tuple[str, dict[str, Any]]:
+def _resolve(store: _Store, platform: str | Platform | None, name: str, choose: Chooser | None = None
+             ) -> tuple[str, dict[str, Any]]:
     """(digest, parsed manifest) of the image ``name`` means: its indexes
-    followed down to the platform's image manifest."""
+    followed down to the platform's image manifest (or the entry ``choose`` picks)."""
     desc, data = store.top()
     for _ in range(MAX_NESTING):
         manifest = json_object(data, f"{name}: manifest {desc.digest[:19]}")
         if not is_index(manifest, desc.media_type):
             break
-        entry = choose_platform(manifest, platform, name)
+        entry = choose(manifest) if choose else choose_platform(manifest, platform, name)
         try:
             desc = Descriptor.from_json(entry)
         except (KeyError, TypeError, ValueError) as e:
@@ -204,10 +206,12 @@ def not_an_image(source: str) -> SourceError:
 
 def open_image(source: str, *, platform: str | Platform | None = None, insecure: frozenset[str] = frozenset(),
                credentials: Credentials | None = None, connections: int | None = None,
-               retries: int = DEFAULT_RETRIES, stats: FetchStats | None = None) -> Image:
+               retries: int = DEFAULT_RETRIES, stats: FetchStats | None = None, choose: Chooser | None = None
+               ) -> Image:
     """Resolve ``source`` (a registry reference, ``oci:DIR[:TAG]`` or
     ``oci-archive:FILE[:TAG]``) to one image manifest, for ``platform``
-    (:func:`choose_platform`). ``connections`` per blob: None picks
+    (:func:`choose_platform`), or the entry of an index ``choose`` picks
+    (``variants.resolve.Picker``). ``connections`` per blob: None picks
     :func:`default_connections` for its host. Raises
     :class:`SourceError` (and the registry's errors) naming ``source``."""
     stats = stats if stats is not None else FetchStats()
@@ -226,7 +230,7 @@ def open_image(source: str, *, platform: str | Platform | None = None, insecure:
                                default_connections(ref.host) if connections is None else connections, retries, stats)
         host, repository = ref.host, ref.repository
     try:
-        digest, manifest = _resolve(store, platform, source)
+        digest, manifest = _resolve(store, platform, source, choose)
         config = _config(store, manifest["config"], source)
         layers = tuple(Descriptor.from_json(x) for x in manifest["layers"])
     except (KeyError, TypeError, ValueError) as e:

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,6 +32,8 @@ from .registry.reference import Reference
 from .serving import server_args, server_kind
 from .tarstream import Entry
 from .units import format_size, plural
+from .variants.build import variant_reference
+from .variants.job import pick_variant
 
 KINDS: dict[str, str] = {
     "dockerfile": "FROM scratch, one COPY per planned layer; build context: the model folder",
@@ -89,6 +91,8 @@ class RenderSettings:
     fallback: str | None = None  # None: image volume; "init-container": for older clusters
     copier_image: str = DEFAULT_COPIER_IMAGE
     action: str = DEFAULT_ACTION
+    variant: str | None = None  # of an entry with variants: by name, or
+    gpu_memory: int | None = None  # the highest precision that fits (bytes); default: the first
 
 
     @property
@@ -101,6 +105,7 @@ class RenderSettings:
 class Rendered:
     text: str
     warnings: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # what was chosen and why (a variant)
 
 
 def detect_builder(path: str | None = None) -> tuple[str, bool]:
@@ -127,14 +132,17 @@ def render_model(kind: str, source: str | None, options: Options | None = None,
     if kind == "github-action":
         return Rendered(github_workflow(source, options, settings))
     job = prepare(source, options)
-    plan = job.plan()
+    picked = pick_variant(job, settings.variant, settings.gpu_memory)
+    job, plan = (picked[0].job, picked[0].plan) if picked else (job, job.plan())
+    notes = (f"variant {picked[1].reason}",) if picked else ()
     if kind == "dockerfile":
         return Rendered(dockerfile(job, plan, link=settings.copy_link, builder=settings.builder,
-                                   name=settings.dockerfile))
+                                   name=settings.dockerfile), notes=notes)
     image = _model_image(job, settings, kind)
+    image = variant_reference(image, picked[0].name) if picked else image
     if kind == "dockerfile-consumer":
-        return dockerfile_consumer(job, plan, image, settings)
-    return Rendered(k8s(job, plan, image, settings))
+        return replace(dockerfile_consumer(job, plan, image, settings), notes=notes)
+    return Rendered(k8s(job, plan, image, settings), notes=notes)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -152,7 +152,8 @@ def test_bad_variants_one_line_nothing_written(model, tmp_path, capsys, args, me
     out = tmp_path / "out"
     rc = main(["build", str(model), *args, *(["-o", f"oci:{out}"] if "-o" not in args else [])])
     err = capsys.readouterr().err
-    assert rc != 0 and message in err and err.count("\n") == 1 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if not line.startswith("warning: ")]
+    assert rc != 0 and len(errors) == 1 and message in errors[0] and "Traceback" not in err
     assert not out.exists() and not (tmp_path / "a.tar").exists()
 
 
@@ -230,3 +231,14 @@ def test_oras_pulls_a_variant_by_digest(registry, model, pushed, tmp_path):
                            "README.md")}
     digest = "sha256:" + __import__("hashlib").sha256(files["models/llama/llama-Q8_0.gguf"]).hexdigest()
     assert digest == sha256_file(model / "llama-Q8_0.gguf")
+
+
+def test_a_weight_file_no_variant_claims_is_left_out_and_said(model, tmp_path, capsys):
+    assert main(["build", str(model), "--name", "llama", "--variant", "q4=*Q4_K_M.gguf", "--variant",
+                 "q8=*Q8_0.gguf", "-o", f"oci:{tmp_path}/o", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: llama-F16.gguf: a weight file no variant's include matches; left out of every variant" \
+        in captured.err
+    result = json.loads(captured.out)
+    files = {f["path"] for v in result["variants"] for layer in v["layers"] for f in layer["files"]}
+    assert "/models/llama/llama-F16.gguf" not in files

@@ -95,3 +95,10 @@ def test_split_errors(variants, message):
     with pytest.raises(VariantError) as e:
         split_files(REPO, variants, "llama")
     assert str(e.value).startswith("llama: " + message)
+
+
+def test_weight_files_no_variant_claims_are_left_out_not_shared():
+    split = split_files(REPO + ["sub/llama-Q2_K.gguf"], THREE[:2])
+    assert split.left_out == ("llama-F16.gguf", "sub/llama-Q2_K.gguf")
+    assert split.files["q4_k_m"] == tuple(sorted(SHARED + ["llama-Q4_K_M.gguf"]))
+    assert split.shared == frozenset(SHARED)

@@ -54,3 +54,28 @@ def blob_puts(log: str, repository: str) -> Counter:
     uploads = re.findall(rf'http\.request\.method=PUT .*?http\.request\.uri="?/v2/{re.escape(repository)}'
                          r'/blobs/uploads/[^ "]*?digest=(sha256(?::|%3A)[0-9a-f]{64})', log)
     return Counter(d.replace("%3A", ":") for d in uploads)
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """``modelimage ARGS`` in this process: (exit code, stdout, stderr)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from modelimage.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def push_variants(registry, model: Path, root: Path, repository: str) -> tuple[str, dict]:
+    """Build the three variants of ``model`` and push them to
+    ``registry``'s ``repository:latest``: (the index REF, build --json)."""
+    import json
+
+    ref = f"{registry.host}/{repository}:latest"
+    config = write_config(root / "modelimage.toml", model, ref)
+    rc, out, err = cli("build", "llama", "--config", str(config), "--push", "--json")
+    assert rc == 0, err
+    return ref, json.loads(out)

@@ -10,6 +10,7 @@ import click
 from .. import api
 from ..api import ProbeNeedsTarget
 from ..units import format_rate, format_seconds, format_size, plural
+from . import _variants
 from ._options import rate_callback, size_callback
 from ._output import emit_json
 
@@ -41,8 +42,13 @@ def estimate(source: str, config: Path | None, max_layer_size: int | None, bandw
     from its plan), an image REF in a registry, or an oci:DIR[:TAG] layout.
     The model counts what engines really do: parallel downloads, per-layer
     decompression, extraction (measured per engine), disk writes, and the
-    disk space a pull takes.
+    disk space a pull takes. A model or image with variants gets each
+    variant's pull time.
     """
+    if not probe and _variants.estimate(source, config=config, max_layer_size=max_layer_size, bandwidth=bandwidth,
+                                        engine=engine, concurrency=concurrency, insecure=insecure_registry,
+                                        as_json=as_json):
+        return
     try:
         report = api.estimate(source, bandwidth=bandwidth, probe=probe, disk_dir=disk_dir, engine=engine,
                               concurrency=concurrency, max_layer_size=max_layer_size, config=config,

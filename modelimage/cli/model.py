@@ -11,6 +11,7 @@ import click
 from .. import api
 from ..inspect import BYTES_PER_PARAM_AS, VRAM_FACTOR, ModelInfo
 from ..units import format_count, format_size, plural
+from . import _variants
 from ._options import model_args, plan_options, rate_callback, source_options
 from ._output import describe_limits, emit_json, warn
 
@@ -25,8 +26,11 @@ def inspect(source: str, as_precision: str | None, as_json: bool, **kw: Any) -> 
     components and a GPU memory estimate. Reads headers only.
 
     SOURCE is a model folder (Hugging Face or diffusers layout), a single
-    weight file, or the name of a model in modelimage.toml.
+    weight file, or the name of a model in modelimage.toml. An image REF (or
+    oci:DIR[:TAG]) lists its variants with their sizes and GPU memory.
     """
+    if _variants.inspect(source, as_json, kw):
+        return
     model = api.inspect(source, **model_args(kw))
     if as_json:
         emit_json(model.to_json(as_precision))

@@ -12,6 +12,7 @@ from .. import api
 from ..pull import DEFAULT_CONCURRENCY, VerifyFailed
 from ..registry.fetch import DEFAULT_CONNECTIONS
 from ..units import format_seconds, format_size, plural
+from ._options import size_callback
 from ._output import info, progress, warn
 
 
@@ -25,6 +26,11 @@ def _pull_options(f: Any) -> Any:
                           "modelimage, else the whole root filesystem)."),
         click.option("--platform", metavar="OS/ARCH",
                      help="Which image of a multi-platform index (default: this machine's)."),
+        click.option("--variant", metavar="NAME",
+                     help="Of an index of variants (quantizations), the one named NAME (e.g. q8_0)."),
+        click.option("--gpu-memory", callback=size_callback, metavar="SIZE",
+                     help="Of an index of variants, the highest-precision one whose GPU-memory estimate fits "
+                          "SIZE (e.g. 24GiB); ties go to the smaller. Default: the index's first (default) variant."),
         click.option("--insecure-registry", multiple=True, metavar="HOST",
                      help="Talk plain HTTP to HOST (loopback hosts always are; TLS is verified everywhere else)."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
@@ -47,7 +53,7 @@ def _pull_options(f: Any) -> Any:
                    "the pull stops before fetching anything and names the path).")
 def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, platform: str | None,
          insecure_registry: tuple[str, ...], as_json: bool, concurrency: int, connections: int | None,
-         overwrite: bool) -> None:
+         overwrite: bool, variant: str | None, gpu_memory: int | None) -> None:
     """Put the model files of an image or model artifact into DEST.
 
     Reads modelimage's images, ModelPack and Docker Model Runner artifacts
@@ -61,7 +67,8 @@ def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, pla
     again (kept in DEST/.modelimage-pull/ until the pull succeeds).
     """
     result = api.pull(source, dest, path=path, include=include, platform=platform, concurrency=concurrency,
-                      connections=connections, insecure=insecure_registry, progress=progress, overwrite=overwrite)
+                      connections=connections, insecure=insecure_registry, progress=progress, overwrite=overwrite,
+                      variant=variant, gpu_memory=gpu_memory, on_variant=info)
     warn(list(result.warnings))
     rate = result.bytes_fetched / result.seconds if result.seconds > 0 else 0.0
     info(f"pulled {plural(len(result.files), 'file')} ({format_size(result.bytes)}) into {result.dest} in "
@@ -76,11 +83,13 @@ def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, pla
 @click.argument("dest", type=click.Path(file_okay=False))
 @_pull_options
 def verify_command(source: str, dest: str, include: tuple[str, ...], path: str | None, platform: str | None,
-                   insecure_registry: tuple[str, ...], as_json: bool) -> None:
+                   insecure_registry: tuple[str, ...], as_json: bool, variant: str | None,
+                   gpu_memory: int | None) -> None:
     """Check DEST against an image: every file re-hashed and compared with the
     layers' file lists (or, for layers without one, the layer's own bytes).
     Prints one line per missing, extra or changed file; exits 1 if any."""
-    result = api.verify(source, dest, include=include, path=path, platform=platform, insecure=insecure_registry)
+    result = api.verify(source, dest, include=include, path=path, platform=platform, insecure=insecure_registry,
+                        variant=variant, gpu_memory=gpu_memory)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

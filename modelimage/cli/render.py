@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .. import render as _render
-from ._options import job_options, plan_options
+from ._options import job_options, plan_options, size_callback
 from ._output import info, warn
 
 
@@ -65,16 +65,20 @@ def _render_help() -> str:
                    "to run the copy inside the FROM-scratch model image.")
 @click.option("--action", metavar="OWNER/REPO@REF", default=_render.DEFAULT_ACTION, show_default=True,
               help="github-action: modelimage's action.")
+@click.option("--variant", metavar="NAME", help="Of a model with variants: render for this one (its tag, its files).")
+@click.option("--gpu-memory", callback=size_callback, metavar="SIZE",
+              help="Of a model with variants: the highest-precision one whose GPU-memory estimate fits SIZE "
+                   "(the rule `pull --gpu-memory` follows); default: the first variant.")
 def render_command(kind: str, source: str | None, output: Path | None, builder: str | None, no_link: bool,
                    image: str | None, serve_image: str, port: int, gpus: int, fallback: str | None,
-                   copier_image: str, action: str, **kw: Any) -> None:
+                   copier_image: str, action: str, variant: str | None, gpu_memory: int | None, **kw: Any) -> None:
     detected = builder is None and kind.startswith("dockerfile")
     if detected:
         builder, found = _render.detect_builder()
     settings = _render.RenderSettings(builder=builder or "docker", link=False if no_link else None, image=image,
                                       dockerfile=str(output) if output else "Dockerfile", serve_image=serve_image,
                                       port=port, gpus=gpus, fallback=fallback, copier_image=copier_image,
-                                      action=action)
+                                      action=action, variant=variant, gpu_memory=gpu_memory)
     if source is None and kind != "makefile":
         raise click.UsageError(f"render {kind} needs a SOURCE or NAME")
     rendered = _render.render_model(kind, source, job_options(**kw), settings)
@@ -82,6 +86,8 @@ def render_command(kind: str, source: str | None, output: Path | None, builder: 
         info(f"rendered for {builder} ({'found on PATH' if found else 'none of podman, buildah, docker on PATH'};"
              " choose with --builder)")
     warn(list(rendered.warnings))
+    for note in rendered.notes:
+        info(note)
     if output is None:
         click.echo(rendered.text, nl=False)
     else:

@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import ModelImageError, PullError
-from ..image import Image, open_image
+from ..image import Chooser, Image, open_image
 from ..registry.fetch import DEFAULT_RETRIES, FetchStats
 from ..registry.keychain import Credentials
 from ..units import format_size
@@ -257,12 +257,13 @@ def prepare_pull(source: str, dest: str | os.PathLike, *, path: str | None = Non
                  platform: str | None = None, concurrency: int = DEFAULT_CONCURRENCY,
                  connections: int | None = None, retries: int = DEFAULT_RETRIES,
                  insecure: frozenset[str] | set[str] = frozenset(),
-                 credentials: Credentials | None = None, overwrite: bool = False) -> PullJob:
+                 credentials: Credentials | None = None, overwrite: bool = False,
+                 choose: Chooser | None = None) -> PullJob:
     """Resolve ``source``, read DEST's record and plan the pull (no layer is
     fetched yet); see :func:`modelimage.pull.pull` for the arguments."""
     stats = FetchStats()
     image = open_image(source, platform=platform, insecure=frozenset(insecure), credentials=credentials,
-                       connections=connections, retries=retries, stats=stats)
+                       connections=connections, retries=retries, stats=stats, choose=choose)
     try:
         return PullJob(image, Path(dest), path=path, include=include, concurrency=concurrency, stats=stats,
                        overwrite=overwrite)

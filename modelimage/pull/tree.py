@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadLayer, PullError
-from ..image import open_image
+from ..image import Chooser, open_image
 from ..registry.fetch import FetchStats
 from ..registry.keychain import Credentials
 from .extract import OPAQUE, RESERVED, WHITEOUT
@@ -129,14 +129,14 @@ def dest_files(dest: Path) -> dict[str, os.stat_result]:
 def verify(source: str, dest: str | os.PathLike, *, include: Sequence[str] = (), path: str | None = None,
            platform: str | None = None, connections: int | None = None,
            insecure: frozenset[str] | set[str] = frozenset(), credentials: Credentials | None = None,
-           workers: int = 4) -> VerifyResult:
+           workers: int = 4, choose: Chooser | None = None) -> VerifyResult:
     """Compare ``dest`` with what pulling ``source`` would put there: every
     file re-hashed. Layers that list their files (and raw file layers) are
     compared by their lists; others are streamed (their digest checked) and
     each regular file hashed on the way."""
     stats = FetchStats()
     image = open_image(source, platform=platform, insecure=frozenset(insecure), credentials=credentials,
-                       connections=connections, stats=stats)
+                       connections=connections, stats=stats, choose=choose)
     try:
         prefix = subtree(path, image)
         selection = Selection(prefix, tuple(include))

@@ -64,6 +64,17 @@ def variant_tag(tag: str, name: str) -> str:
     return out
 
 
+def variant_reference(image: str, name: str) -> str:
+    """The reference of variant ``name`` of the index ``image``
+    (``HOST/REPO:TAG``): the same repository, the variant's tag
+    (:func:`variant_tag`). Raises :class:`ConfigError` for a reference
+    pinned by digest (it names the index, whose default engines take)."""
+    ref = Reference.parse(image)
+    if ref.digest:
+        raise ConfigError(f"{image}: name the index by its tag to pick a variant (a digest pins the index itself)")
+    return str(replace(ref, tag=variant_tag(ref.tag or "latest", name)))
+
+
 @dataclass(frozen=True)
 class BuiltVariant:
     """One variant as written: its tag, its facts and its build result
@@ -290,6 +301,7 @@ def build_variants(source: str, options: Options, variants: Sequence[str | Varia
             raise ConfigError("push needs a REF (or an `image` for this model in modelimage.toml)")
         ref = Reference.parse(text)
         options = replace(options, registry=ref.host)
+    target = layout_target(output) if ref is None and output else None  # a bad output fails before any work
     job = prepare(source, options)
     specs = tuple(v for v in variants if isinstance(v, VariantSpec)) + parse_option(
         [v for v in variants if isinstance(v, str)])
@@ -299,13 +311,13 @@ def build_variants(source: str, options: Options, variants: Sequence[str | Varia
                            "or pass --variant NAME=GLOB")
     prepared = prepare_variants(job, specs)
     for v in prepared:
-        for w in v.job.preflight(v.plan, bandwidth, format):
-            (on_warning or (lambda _: None))(f"{v.name}: {w}")
+        for w in (*v.notes, *(f"{v.name}: {w}" for w in v.job.preflight(v.plan, bandwidth, format))):
+            (on_warning or (lambda _: None))(w)
     if ref is not None:
         target = registry_target(ref, insecure=options.insecure, concurrency=concurrency,
                                  chunked=job.limits.chunked_uploads)
-    else:
-        target = layout_target(output or f"oci:build/{job.model.name}:{job.entry.tag or 'latest'}")
+    elif target is None:
+        target = layout_target(f"oci:build/{job.model.name}:{job.entry.tag or 'latest'}")
     total = sum(v.plan.total_size for v in prepared)
     with (progress or _no_progress)(total, f"{'pushing' if ref else 'building'} {job.model.name}") as advance:
         return build_index(prepared, target, format=format, progress=advance)

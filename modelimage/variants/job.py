@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..errors import VariantError
 from ..inspect import ModelInfo, RemoteFolder, SourceFile, inspect_model
-from ..job import Job
+from ..job import Job, Options, prepare
 from ..plan import Plan
+from ..units import format_size
 from .layers import group_shared, holders_of
-from .select import ANNOTATION_VARIANT, VariantFacts, facts_of
+from .select import ANNOTATION_VARIANT, Choice, VariantFacts, facts_of, select
 from .spec import Split, VariantSpec, split_files
 
 
@@ -32,6 +34,7 @@ class VariantJob:
     job: Job
     plan: Plan
     facts: VariantFacts
+    notes: tuple[str, ...] = ()  # what the build should say (weight files left out of every variant)
 
     @property
     def name(self) -> str:
@@ -68,6 +71,8 @@ def prepare_variants(job: Job, specs: Sequence[VariantSpec]) -> list[VariantJob]
     source = job.entry.name or job.model.name
     split: Split = split_files([f.name for f in job.model.files], specs, source)
     order = [s.name for s in specs]
+    notes = tuple(f"{p}: a weight file no variant's include matches; left out of every variant"
+                  for p in split.left_out)
     out = []
     for spec in specs:
         model = inspect_variant(job, split.files[spec.name])
@@ -75,5 +80,33 @@ def prepare_variants(job: Job, specs: Sequence[VariantSpec]) -> list[VariantJob]
         vjob = replace(job, model=model, image_settings=replace(job.image_settings, labels=labels))
         plan = vjob.plan()
         plan = group_shared(plan, holders_of(plan, split.holders, spec.name), order)
-        out.append(VariantJob(spec, vjob, plan, facts_of(model, spec.name)))
+        out.append(VariantJob(spec, vjob, plan, facts_of(model, spec.name), notes if not out else ()))
     return out
+
+
+def inspect_variants(source: str, options: Options) -> list[VariantJob]:
+    """``inspect NAME`` of an entry with variants: each variant prepared
+    (inspected and planned; nothing written)."""
+    job = prepare(source, options)
+    return prepare_variants(job, job.entry.variants)
+
+
+def pick_variant(job: Job, name: str | None = None, gpu_memory: int | None = None
+                 ) -> tuple[VariantJob, Choice] | None:
+    """For ``render``: the variant of ``job``'s entry that ``name`` or
+    ``gpu_memory`` (bytes) picks by :func:`.select.select` (the default,
+    first, without either), from the same facts the index carries; None
+    for a model without variants (which must then fit ``gpu_memory`` when
+    given). Raises :class:`~modelimage.errors.VariantError`."""
+    source = job.entry.name or job.model.name
+    if not job.entry.variants:
+        if name is not None:
+            raise VariantError(f"{source}: has no variants ([models.NAME.variants.VARIANT] tables); "
+                               f"--variant {name} does not apply")
+        if gpu_memory is not None and job.model.vram_bytes > gpu_memory:
+            raise VariantError(f"{source}: needs ~{format_size(job.model.vram_bytes)} of GPU memory, more than "
+                               f"the {format_size(gpu_memory)} given")
+        return None
+    variants = prepare_variants(job, job.entry.variants)
+    choice = select([v.facts for v in variants], name=name, gpu_memory=gpu_memory, source=source)
+    return variants[choice.index], choice

@@ -20,10 +20,18 @@ given again adds globs), in the same order rules.
 
 Which files a variant holds (:func:`split_files`): every file of the entry
 (after the entry's own include/exclude) that its ``include`` globs match,
-plus every file that no variant's ``include`` matches: those are shared by
-all variants (tokenizer, configs, README). A variant's ``exclude`` removes
-files from it alone. Globs match as everywhere else in modelimage: without
-``/`` a file name in any folder, with ``/`` the whole path.
+plus every file that no variant's ``include`` matches and that is not a
+weight file: those are shared by all variants (tokenizer, configs, chat
+template, README). A weight file no variant claims (the repository's other
+quantizations) is left out of every variant, and the build says so; a
+weight file several variants need (a vision projector) goes in each one's
+``include``. A variant's ``exclude`` removes files from it alone. Globs
+match as everywhere else in modelimage: without ``/`` a file name in any
+folder, with ``/`` the whole path.
+
+For ``hf://`` sources the entry's ``include`` decides what is downloaded:
+with many quantizations in the repository, list the variants' files and
+the small ones (``include = ["*Q4_K_M.gguf", "*Q8_0.gguf", "*.json"]``).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from ..errors import ConfigError, VariantError
@@ -113,10 +122,12 @@ def parse_option(texts: Sequence[str]) -> tuple[VariantSpec, ...]:
 @dataclass(frozen=True)
 class Split:
     """The entry's files among its variants: ``files[name]`` the paths each
-    variant holds (sorted), ``shared`` those every variant holds."""
+    variant holds (sorted), ``shared`` those every variant holds,
+    ``left_out`` the weight files no variant claims."""
 
     files: dict[str, tuple[str, ...]]
     shared: frozenset[str]
+    left_out: tuple[str, ...] = ()
 
     def holders(self, path: str) -> tuple[str, ...]:
         """The variants that hold ``path``, in variant order."""
@@ -130,7 +141,7 @@ def split_files(paths: Sequence[str], variants: Sequence[VariantSpec], source: s
     Raises :class:`VariantError` when a variant's include matches none of
     the files, when two variants have the same name, or when two would hold
     exactly the same files (they would be one image twice)."""
-    from ..sources.files import selected  # the one glob rule (loaded here: config imports this module)
+    from ..sources.files import WEIGHT_SUFFIXES, selected  # the one glob rule (here: config imports this module)
 
     names = [v.name for v in variants]
     dup = next((n for n in names if names.count(n) > 1), None)
@@ -138,7 +149,8 @@ def split_files(paths: Sequence[str], variants: Sequence[VariantSpec], source: s
         raise VariantError(f"{source}: variant {dup} is described twice")
     own = {v.name: {p for p in paths if selected(p, v.include, ())} for v in variants}
     claimed = set().union(*own.values()) if own else set()
-    common = [p for p in paths if p not in claimed]
+    weights = {p for p in paths if PurePosixPath(p).suffix.lower() in WEIGHT_SUFFIXES}
+    common = [p for p in paths if p not in claimed and p not in weights]
     files: dict[str, tuple[str, ...]] = {}
     for v in variants:
         if not own[v.name]:
@@ -153,4 +165,4 @@ def split_files(paths: Sequence[str], variants: Sequence[VariantSpec], source: s
                                "give each its own include globs")
         seen[held] = n
     shared = frozenset(p for p in paths if all(p in held for held in files.values()))
-    return Split(files, shared)
+    return Split(files, shared, tuple(sorted(weights - claimed)))
