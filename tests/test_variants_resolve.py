@@ -89,7 +89,7 @@ def test_include_inside_a_variant(model, pushed, tmp_path):
     rc, _, err = cli("pull", ref, str(tmp_path / "d"), "--variant", "q8_0", "--include", "*.gguf")
     assert rc == 0, err
     assert _files(tmp_path / "d") == {"llama-Q8_0.gguf"}
-    assert "1 layers fetched, 1 skipped" in err  # the shared tokenizer layer is not fetched
+    assert "1 layer fetched, 1 skipped" in err  # the shared tokenizer layer is not fetched
     rc, _, err = cli("pull", ref, str(tmp_path / "t"), "--gpu-memory", "1GB", "--include", "tokenizer*")
     assert rc == 0 and _files(tmp_path / "t") == {"tokenizer.json", "tokenizer_config.json"}
 
