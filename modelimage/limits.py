@@ -46,10 +46,12 @@ KNOWN: tuple[tuple[tuple[str, ...], RegistryLimits], ...] = (
     (("ghcr.io",), RegistryLimits(
         "GitHub Container Registry", max_layer_size=10 * 10**9, upload_timeout=600,
         source="docs.github.com, Working with the Container registry, troubleshooting: 10 GB per layer, "
-               "10-minute upload timeout")),
+               "10-minute upload timeout; chunk PATCHes over 4 MiB refused (oras-project/rust-oci-client #35, "
+               "#37): uploads halve their chunks after a 413")),
     (("*.dkr.ecr.*.amazonaws.com", "*.dkr.ecr.*.amazonaws.com.cn", "*.dkr.ecr-fips.*.amazonaws.com"), RegistryLimits(
         "Amazon ECR", max_layer_size=52_000 * MIB,
-        source="AWS ECR service quotas: 52,000 MiB maximum layer size (not adjustable)")),
+        source="AWS ECR service quotas: 52,000 MiB maximum layer size (not adjustable); answers 201 (not 202) "
+               "to a chunk PATCH (kitops #821), accepted as success")),
     (("public.ecr.aws",), RegistryLimits(
         "Amazon ECR Public", max_layer_size=10_000 * MIB,
         source="AWS ECR Public service quotas: 10,000 MiB maximum layer size")),
@@ -58,8 +60,9 @@ KNOWN: tuple[tuple[tuple[str, ...], RegistryLimits], ...] = (
         source="learn.microsoft.com container-registry-skus: 200 GiB layers, 4 MiB manifests (all tiers)")),
     (("*-docker.pkg.dev", "gcr.io", "*.gcr.io"), RegistryLimits(
         "Google Artifact Registry", chunked_uploads=False,
-        source="jozu-ai/kitops PR 777: chunked (PATCH) uploads rejected, >100 MB layers failed; "
-               "monolithic uploads only")),
+        source="jozu-ai/kitops PR 777 (issue 777, PR 780), containers/skopeo #1101: chunked (PATCH) uploads "
+               "rejected, >100 MB layers failed; monolithic uploads only (elsewhere a PATCH answered 405/415/501 "
+               "or UNSUPPORTED switches to one PUT per blob)")),
     (("docker.io", "registry-1.docker.io", "index.docker.io"), RegistryLimits(
         "Docker Hub", max_layer_size=10 * 10**9,
         source="no documented per-layer limit (UNVERIFIED): a conservative 10 GB default; "
@@ -71,7 +74,11 @@ KNOWN: tuple[tuple[tuple[str, ...], RegistryLimits], ...] = (
 )
 DEFAULT = RegistryLimits(
     "registry", source="OCI distribution spec (4 MiB manifests) and docker's 125-layer depth; "
-                       "add [registries.\"HOST\"] to modelimage.toml for per-installation limits (Harbor, Quay)")
+                       "add [registries.\"HOST\"] to modelimage.toml for per-installation limits (Harbor, Quay); "
+                       "quirks any registry may show are handled as they appear: 413 on big bodies behind nginx "
+                       "or Cloudflare (cloudflare/serverless-registry #42, #67), an S3 backend refusing single "
+                       "PUTs over 5 GB (distribution #886), OCI-Chunk-Min-Length (distribution-spec 1.1), "
+                       "Range 0-0 meaning no bytes (distribution #2363)")
 
 _OVERRIDE_KEYS = {"name", "max_layer_size", "max_manifest_size", "max_layers", "upload_timeout", "chunked_uploads"}
 

@@ -125,7 +125,12 @@ def write_layers_then_manifest(
         with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
             futures = [pool.submit(guarded, job) for job in jobs]
             # stop at the first failure: layers not started yet never start
-            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C: stop the transfers in flight before the pool waits for them
+                stop.set()
+                sink.abort()
+                raise
             failed = next((f for f in futures if f in finished and f.exception() is not None), None)
             if failed is not None:
                 for f in futures:

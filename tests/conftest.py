@@ -84,6 +84,23 @@ def registry():
     reg.stop()
 
 
+@pytest.fixture(scope="module")
+def proxy(registry):
+    """A fault-injecting proxy (``tests.faultproxy.FaultProxy``) in front of the open registry."""
+    from .faultproxy import FaultProxy
+
+    with FaultProxy(registry.host) as p:
+        yield p
+
+
+@pytest.fixture
+def faults(proxy):
+    """The proxy, with no rules and no records (again after the test)."""
+    proxy.reset()
+    yield proxy
+    proxy.reset()
+
+
 @pytest.fixture(scope="session")
 def htpasswd_registry():
     """A registry with HTTP Basic auth (htpasswd); ``.username``/``.password``."""

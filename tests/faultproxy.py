@@ -23,6 +23,9 @@ one from then on). The faults:
 * :class:`Stall` -- forward, then wait ``seconds`` before relaying the
   registry's answer.
 * :class:`Throttle` -- forward with both bodies slowed to ``rate`` bytes/s.
+* :class:`BodySize` -- answer instead of forwarding when the request body is
+  over or under a size (413 body limits, chunk caps, minimum chunks).
+* :class:`Rewrite` -- forward, then change the answer's status or add headers.
 * :class:`ExpireToken` -- the bearer token the request carries is expired
   from now on: this request and every later one that carries it get ``401``
   with ``WWW-Authenticate: Bearer realm=..,service=..,scope=..,
@@ -97,7 +100,35 @@ class ExpireToken:
     service: str
 
 
-Fault = Cut | Respond | Stall | Throttle | ExpireToken
+@dataclass(frozen=True)
+class BodySize:
+    """Answer ``respond`` (instead of forwarding) when the request's
+    ``Content-Length`` is over ``max_bytes`` or under ``min_bytes``; forward
+    it otherwise. Emulates nginx's ``client_max_body_size`` (413), a registry
+    capping its chunks, a storage backend refusing big single PUTs, or one
+    enforcing ``OCI-Chunk-Min-Length`` (416)."""
+
+    respond: Respond
+    max_bytes: int | None = None
+    min_bytes: int | None = None
+
+    def violated(self, headers: list[tuple[str, str]]) -> bool:
+        length = int(_get(headers, "content-length") or 0)
+        return (self.max_bytes is not None and length > self.max_bytes) or \
+            (self.min_bytes is not None and length < self.min_bytes)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """Forward, then relay the registry's answer with ``status`` instead of its
+    own (``None``: keep it) and ``headers`` set (ECR's 201 to a chunk PATCH;
+    ``OCI-Chunk-Min-Length`` on a new upload session)."""
+
+    status: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Fault = Cut | Respond | Stall | Throttle | ExpireToken | BodySize | Rewrite
 
 
 @dataclass
@@ -354,6 +385,9 @@ class FaultProxy:
     def _one(self, client, cf, method, target, headers, fault, seen) -> bool:
         """Handle one request; whether the client connection stays open."""
         body = _body(cf, headers)
+        if isinstance(fault, BodySize):
+            fault = fault.respond if fault.violated(headers) else None
+            seen.fault = type(fault).__name__ if fault else None
         if isinstance(fault, Cut) and not fault.upstream:  # buffering proxy: the registry never hears of it
             for data in body:
                 seen.received += min(len(data), fault.after - seen.received)
@@ -417,6 +451,11 @@ class FaultProxy:
             if head is None:
                 raise _Reset
             status_line, r_headers = head
+            if isinstance(fault, Rewrite):
+                if fault.status is not None:
+                    status_line = f"HTTP/1.1 {fault.status} {_REASONS.get(fault.status, 'Rewritten')}"
+                names = {k.lower() for k, _ in fault.headers}
+                r_headers = [(k, v) for k, v in r_headers if k.lower() not in names] + list(fault.headers)
             status = int(status_line.split(" ", 2)[1])
             if isinstance(fault, Stall):
                 time.sleep(fault.seconds)
@@ -448,5 +487,6 @@ class FaultProxy:
             up.close()
 
 
-_REASONS = {200: "OK", 401: "Unauthorized", 429: "Too Many Requests", 500: "Internal Server Error",
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 405: "Method Not Allowed", 413: "Payload Too Large",
+            416: "Range Not Satisfiable", 401: "Unauthorized", 429: "Too Many Requests", 500: "Internal Server Error",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}

@@ -562,7 +562,7 @@ def test_raw_upload_resumes_from_the_confirmed_offset(registry, gguf_file, tmp_p
     result, stats = push(gguf_file, f"{registry.host}/artifacts/resume:v1", "docker-model",
                          DigestCache(tmp_path / "cache"), chunk_size=chunk)
     assert cuts == [2 * chunk] and stats.resumes == 1
-    assert stats.resent_bytes == chunk
+    assert 0 < stats.resent_bytes <= chunk  # of the chunk in flight, what had reached the socket (64 KiB pieces)
     assert result.layers[0].descriptor.digest == file_sha(gguf_file)
     assert sha256(skopeo_raw(f"{registry.host}/artifacts/resume:v1")) == result.manifest.digest
 

@@ -47,20 +47,6 @@ UPLOAD = r"/blobs/uploads/[^?]+\?"  # an upload session URL (PATCH, GET status, 
 COMMIT = r"/blobs/uploads/.*[?&]digest=sha256:"  # the final PUT of a blob
 
 
-@pytest.fixture(scope="module")
-def proxy(registry):
-    with FaultProxy(registry.host) as p:
-        yield p
-
-
-@pytest.fixture
-def faults(proxy):
-    """The proxy, with no rules and no records (again after the test)."""
-    proxy.reset()
-    yield proxy
-    proxy.reset()
-
-
 def push(model: Path, ref_text: str, tmp: Path, *, client: RegistryClient | None = None,
          compression: str | None = None, **settings):
     """A library push with a fresh digest cache (so nothing is skipped or

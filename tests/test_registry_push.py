@@ -157,9 +157,10 @@ def test_resume_from_the_confirmed_offset(registry, clean_6mb, cache, monkeypatc
     assert stats.resumes == 1
     assert result.manifest.digest == clean.manifest.digest
     size = sum(layer.descriptor.size for layer in result.layers)
-    # only the chunk in flight went out again, never the two the registry confirmed
-    assert stats.resent_bytes == CHUNK
-    assert stats.bytes_sent == size + CHUNK
+    # only what was handed to the socket of the chunk in flight went out again (the body goes
+    # in 64 KiB pieces), never the two chunks the registry confirmed
+    assert 0 < stats.resent_bytes <= CHUNK
+    assert stats.bytes_sent == size + stats.resent_bytes
     assert skopeo_inspect(f"{registry.host}/resume/cut:v1")["Digest"] == clean.manifest.digest
 
 

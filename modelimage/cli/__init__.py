@@ -76,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         host = e.request.url.host if getattr(e, "_request", None) is not None else "registry"
         err(f"error: {network_message(host, e)}")
         return 1
-    except click.exceptions.Abort:
-        err("aborted")
+    except click.exceptions.Abort:  # click's name for a KeyboardInterrupt (Ctrl-C)
+        err("interrupted; rerun to resume")
         return 130
     except click.ClickException as e:
         e.show()
         return e.exit_code
     except KeyboardInterrupt:
-        err("interrupted")
+        err("interrupted; rerun to resume")
         return 130
     return 0
 

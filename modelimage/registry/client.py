@@ -12,6 +12,7 @@ the upload *strategy* (resume, retries, parallelism) is
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,6 +41,17 @@ class Manifest:
 
     def json(self) -> dict[str, Any]:
         return json.loads(self.data)
+
+
+_RANGE = re.compile(r"^\s*(?:bytes[= ])?\s*(\d+)-(\d+)\s*$")
+
+
+def _check_digest(what: str, r: httpx.Response, sent: str) -> None:
+    """The registry's ``Docker-Content-Digest`` must name what was sent."""
+    stored = r.headers.get("Docker-Content-Digest", "").strip()
+    if stored and stored != sent:
+        raise RegistryError(what, r.status_code, "DIGEST_INVALID",
+                            f"the registry says it stored {stored}, but {sent} was sent")
 
 
 class RegistryClient:
@@ -108,30 +120,43 @@ class RegistryClient:
             return False
         raise _error(f"{self.host}/{repo}: mounting {digest[:19]} from {source_repo}", r)
 
-    def start_upload(self, repo: str) -> str:
+    def open_upload(self, repo: str) -> tuple[str, int | None]:
+        """``POST .../blobs/uploads/``: a new upload session. Returns its URL and
+        the smallest chunk the registry accepts (``OCI-Chunk-Min-Length``,
+        distribution-spec 1.1; ``None`` when it names none)."""
         r = self.http.post(uploads_path(repo), headers={"Content-Length": "0"})
         if r.status_code != 202 or "Location" not in r.headers:
             raise _error(f"{self.host}/{repo}: starting an upload", r)
-        return self.absolute(r.headers["Location"])
+        try:
+            min_chunk = int(r.headers.get("OCI-Chunk-Min-Length", "")) or None
+        except ValueError:
+            min_chunk = None
+        return self.absolute(r.headers["Location"]), min_chunk
 
-    def upload_offset(self, url: str) -> int:
-        """Bytes the registry holds of an upload (from its ``Range: 0-N``)."""
+    def start_upload(self, repo: str) -> str:
+        """The URL of a new upload session (see :meth:`open_upload`)."""
+        return self.open_upload(repo)[0]
+
+    def upload_range(self, url: str) -> int | None:
+        """``GET`` an upload's status: the last byte index ``N`` of its ``Range:
+        0-N`` (``bytes=0-N`` from some registries), ``None`` without one. What
+        ``0-0`` means is the caller's to decide (distribution#2363: "no bytes"
+        as well as "one byte")."""
         r = self.http.get(url)
         if r.status_code not in (204, 200):
             raise _error(f"{self.host}: upload status", r)
-        rng = r.headers.get("Range", "")
-        if "-" not in rng:
-            return 0
-        return int(rng.rsplit("-", 1)[1]) + 1
+        m = _RANGE.match(r.headers.get("Range", ""))
+        return int(m.group(2)) if m else None
 
     def patch(self, url: str, content: Iterable[bytes], start: int, length: int | None) -> str:
-        """Append a stream at ``start``; returns the next upload URL."""
+        """Append a stream at ``start``; returns the next upload URL. Accepts
+        202 (the spec), and 201 or 204 (ECR answers 201: kitops#821)."""
         headers = {"Content-Type": "application/octet-stream"}
         if length is not None:
             headers["Content-Length"] = str(length)
             headers["Content-Range"] = f"{start}-{start + length - 1}"
         r = self.http.patch(url, content=content, headers=headers, timeout=self.transport.body_timeout)
-        if r.status_code != 202:
+        if r.status_code not in (201, 202, 204):
             raise _error(f"{self.host}: uploading at byte {start}", r)
         return self.absolute(r.headers.get("Location", url))
 
@@ -144,8 +169,9 @@ class RegistryClient:
         sep = "&" if "?" in url else "?"
         r = self.http.put(f"{url}{sep}digest={digest}", content=content, headers=headers,
                           timeout=self.transport.body_timeout)
-        if r.status_code != 201:
+        if r.status_code not in (201, 204):
             raise _error(f"{self.host}: committing {digest[:19]}", r)
+        _check_digest(f"{self.host}: committing {digest[:19]}", r, digest)
 
     def cancel(self, url: str) -> None:
         try:
@@ -162,10 +188,16 @@ class RegistryClient:
     # ---------------------------------------------------------------- manifests
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
+        """``PUT`` a manifest under a tag or its digest; returns its digest.
+        200, 201 and 202 all mean stored (go-containerregistry accepts 202); a
+        ``Docker-Content-Digest`` that is not the digest of ``data`` is an error."""
+        what = f"{name_at(f'{self.host}/{repo}', ref)}: pushing the manifest"
         r = self.http.put(manifest_path(repo, ref), content=data, headers={"Content-Type": media_type})
-        if r.status_code not in (200, 201):
-            raise _error(f"{name_at(f'{self.host}/{repo}', ref)}: pushing the manifest", r)
-        return r.headers.get("Docker-Content-Digest", "")
+        if r.status_code not in (200, 201, 202):
+            raise _error(what, r)
+        digest = sha256_digest(data)
+        _check_digest(what, r, digest)
+        return digest
 
     def get_manifest(self, repo: str, ref: str) -> Manifest:
         r = self.http.get(manifest_path(repo, ref), headers={"Accept": MANIFEST_ACCEPT})

@@ -193,8 +193,12 @@ class RegistrySink:
         return tags + [t for t in self.settings.tags if t not in tags]
 
     def abort(self) -> None:
-        """Nothing to undo: no manifest was pushed, so nothing points at the
-        blobs that made it; the registry's garbage collection takes them."""
+        """Stop every transfer in flight (Ctrl-C, or another layer failed):
+        each raises :class:`Interrupted` within one chunk of its body. No
+        manifest was pushed, so nothing points at the blobs that made it; the
+        registry's garbage collection takes them, and a rerun skips the ones
+        that are complete."""
+        self.uploader.cancel()
 
     def close(self) -> None:
         self.client.close()
@@ -238,7 +242,11 @@ def push_layout(layout: LayoutRef, sink: RegistrySink, progress: Callable[[int],
         else:
             push_blob(m["config"])
             with ThreadPoolExecutor(sink.parallel) as pool:
-                list(pool.map(push_blob, m.get("layers", [])))
+                try:
+                    list(pool.map(push_blob, m.get("layers", [])))
+                except BaseException:  # Ctrl-C or a failed blob: stop the others before waiting for them
+                    sink.abort()
+                    raise
         for ref in [digest, *tags]:
             sink.uploader.call(
                 f"{name_at(sink.ref.name, ref)}: pushing the manifest",

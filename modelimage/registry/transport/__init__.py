@@ -24,6 +24,7 @@ from ..reference import Reference, api_url, resolve_location
 from .bearer import RegistryAuth
 from .error import RegistryError, error_from_response, network_message, retry_after, tls_failure
 from .retry import RetriesExhausted, RetryPolicy
+from .sockets import InterruptibleTransport
 from .tls import ssl_context
 
 __all__ = [
@@ -78,11 +79,17 @@ class Transport:
         self.token_client = httpx.Client(timeout=options.timeout, headers=headers, follow_redirects=True,
                                          verify=self.ssl_context)
         self.auth = RegistryAuth(ref.host, creds, token_client=self.token_client)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=max(1, pool))
+        self._connections = InterruptibleTransport(ssl_context=self.ssl_context, limits=limits)
         self.http = httpx.Client(
             base_url=self.base, auth=self.auth, timeout=self.timeout, follow_redirects=True, headers=headers,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=max(1, pool)),
-            verify=self.ssl_context,
+            transport=self._connections,
         )
+
+    def interrupt(self) -> None:
+        """Cut every connection of :attr:`http` (from any thread): requests in
+        flight fail at once with an httpx transport error (Ctrl-C)."""
+        self._connections.interrupt()
 
     @property
     def body_timeout(self) -> httpx.Timeout:
