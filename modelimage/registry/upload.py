@@ -7,6 +7,31 @@ of :mod:`modelimage.registry.transport`.
 What it uploads is a :class:`BlobSource` (readable from any offset it can
 rewind to, hashing as it goes); :mod:`modelimage.registry.push` has the
 sources and the orchestration. Never prints.
+
+Strategy per blob: one monolithic ``POST`` + ``PUT`` when the registry
+refuses chunked uploads, or for a blob whose digest is known and that
+fits one chunk; otherwise a session of ``PATCH`` chunks closed by ``PUT
+?digest=``. What each answer means (distribution-spec "Pushing blobs"):
+
+- a PATCH answered 405/415/501 or ``UNSUPPORTED``: no chunked uploads
+  here (Google Artifact Registry): this and later blobs go in one PUT;
+- a PATCH answered 201 or 204 instead of 202: accepted (ECR: kitops#821);
+- ``OCI-Chunk-Min-Length`` on the session: chunks are at least that big,
+  and a smaller last piece goes with the closing PUT;
+- 413 (nginx ``client_max_body_size``, Cloudflare's 100 MB): a PATCH is
+  cut in half and the upload resumes; a monolithic PUT gives way to
+  chunks, as when a storage backend refuses a single PUT over its limit
+  (``EntityTooLarge``: distribution#886);
+- after a failed PATCH, the status ``GET``'s ``Range: 0-N`` says where to
+  go on; ``0-0`` is "no bytes" unless a byte was confirmed before
+  (distribution#2363), so a failed first PATCH resumes at byte 0;
+- 404 / ``BLOB_UPLOAD_UNKNOWN`` / ``BLOB_UPLOAD_INVALID``: the session is
+  gone, a new one starts at byte 0; 416: the offsets disagree, ask again;
+- a commit answered ``DIGEST_INVALID`` (or a ``Docker-Content-Digest``
+  that is not the digest sent): the blob is sent once more, from byte 0;
+- 401 on a streamed body: its token expired; one new attempt fetches a
+  new one (never two in a row);
+- temporary failures (:class:`RetryPolicy`): waited for and retried.
 """
 
 from __future__ import annotations
@@ -116,36 +141,10 @@ class BlobSource(Protocol):
 
 
 class Uploader:
-    """Uploads blobs to one repository: the upload state machine.
-
-    Strategy per blob: one monolithic ``POST`` + ``PUT`` when the registry
-    refuses chunked uploads, or for a blob whose digest is known and that
-    fits one chunk; otherwise a session of ``PATCH`` chunks closed by ``PUT
-    ?digest=``. What each answer means (distribution-spec "Pushing blobs"):
-
-    - a PATCH answered 405/415/501 or ``UNSUPPORTED``: no chunked uploads
-      here (Google Artifact Registry): this and later blobs go in one PUT;
-    - a PATCH answered 201 or 204 instead of 202: accepted (ECR: kitops#821);
-    - ``OCI-Chunk-Min-Length`` on the session: chunks are at least that big,
-      and a smaller last piece goes with the closing PUT;
-    - 413 (nginx ``client_max_body_size``, Cloudflare's 100 MB): a PATCH is
-      cut in half and the upload resumes; a monolithic PUT gives way to
-      chunks, as when a storage backend refuses a single PUT over its limit
-      (``EntityTooLarge``: distribution#886);
-    - after a failed PATCH, the status ``GET``'s ``Range: 0-N`` says where to
-      go on; ``0-0`` is "no bytes" unless a byte was confirmed before
-      (distribution#2363), so a failed first PATCH resumes at byte 0;
-    - 404 / ``BLOB_UPLOAD_UNKNOWN`` / ``BLOB_UPLOAD_INVALID``: the session is
-      gone, a new one starts at byte 0; 416: the offsets disagree, ask again;
-    - a commit answered ``DIGEST_INVALID`` (or a ``Docker-Content-Digest``
-      that is not the digest sent): the blob is sent once more, from byte 0;
-    - 401 on a streamed body: its token expired; one new attempt fetches a
-      new one (never two in a row);
-    - temporary failures (:class:`RetryPolicy`): waited for and retried.
-
-    :meth:`cancel` (Ctrl-C) stops every transfer within one chunk of the
-    body (milliseconds) and every wait at once: :class:`Interrupted`.
-    """
+    """Uploads blobs to one repository: the upload state machine (its rules
+    are in the module docstring). :meth:`cancel` (Ctrl-C) stops every
+    transfer within one piece of its body and every wait at once:
+    :class:`Interrupted`."""
 
     def __init__(self, client: RegistryClient, repo: str, settings: PushSettings, stats: PushStats):
         self.client, self.repo, self.settings, self.stats = client, repo, settings, stats
@@ -179,9 +178,6 @@ class Uploader:
     def _wait(self, attempt: int, e: BaseException) -> None:
         self.stats.add(retries=1)
         self._sleep(self.retry.delay(attempt, e))
-
-    def _counted(self, it: Iterator[bytes | memoryview]) -> _Counter:
-        return _Counter(it, self._check)
 
     # -- strategy --------------------------------------------------------------
 
@@ -236,7 +232,7 @@ class Uploader:
             source.rewind(0)
             try:
                 url = self.call(f"{what}: starting an upload", lambda: self.client.start_upload(self.repo))
-                sent = self._counted(source.body(0, None))
+                sent = _Counter(source.body(0, None), self._check)
                 try:
                     self.client.finish(url, digest, sent, source.size)
                 finally:
@@ -262,13 +258,13 @@ class Uploader:
         expired = False  # the last failure was a 401
         tail = False  # the last bytes, under the registry's minimum chunk, go with the PUT
         while size is None or offset < size:
-            chunk = self._chunk(min_chunk)
+            chunk = self.chunk_size if self.chunk_size is None or not min_chunk else max(self.chunk_size, min_chunk)
             end = None if chunk is None or size is None else min(size, offset + chunk)
             if min_chunk and size is not None and size - offset < min_chunk:
                 tail = True
                 break
             length = None if size is None else (end if end is not None else size) - offset
-            sent = self._counted(source.body(offset, end))
+            sent = _Counter(source.body(offset, end), self._check)
             try:
                 url, failure = self.client.patch(url, sent, offset, length), None
             except (httpx.TransportError, RegistryError) as e:
@@ -312,13 +308,6 @@ class Uploader:
             if _corrupt(e):
                 raise _Corrupt(e) from None
             raise
-
-    def _chunk(self, min_chunk: int | None) -> int | None:
-        """Bytes per PATCH: the settings', halved after 413s, at least the registry's minimum."""
-        chunk = self.chunk_size
-        if chunk is not None and min_chunk:
-            chunk = max(chunk, min_chunk)
-        return chunk
 
     def _resume_point(self, url: str, source: BlobSource, what: str, confirmed: int, high: int) -> tuple[str, int]:
         """Where to continue after a failed PATCH: the offset the registry's
