@@ -74,11 +74,11 @@ KNOWN: tuple[tuple[tuple[str, ...], RegistryLimits], ...] = (
 )
 DEFAULT = RegistryLimits(
     "registry", source="OCI distribution spec (4 MiB manifests) and docker's 125-layer depth; "
-                       "add [registries.\"HOST\"] to modelimage.toml for per-installation limits (Harbor, Quay); "
-                       "quirks any registry may show are handled as they appear: 413 on big bodies behind nginx "
-                       "or Cloudflare (cloudflare/serverless-registry #42, #67), an S3 backend refusing single "
-                       "PUTs over 5 GB (distribution #886), OCI-Chunk-Min-Length (distribution-spec 1.1), "
-                       "Range 0-0 meaning no bytes (distribution #2363)")
+                       "add [registries.\"HOST\"] to modelimage.toml for per-installation limits (Harbor, Quay)")
+# Quirks any registry may show, handled by registry/upload.py as they appear (not limits):
+# 413 on big bodies behind nginx or Cloudflare (cloudflare/serverless-registry #42, #67; ttl.sh #104),
+# an S3 backend refusing single PUTs over 5 GB (distribution #886), OCI-Chunk-Min-Length
+# (distribution-spec 1.1), Range 0-0 meaning no bytes (distribution #2363).
 
 _OVERRIDE_KEYS = {"name", "max_layer_size", "max_manifest_size", "max_layers", "upload_timeout", "chunked_uploads"}
 
