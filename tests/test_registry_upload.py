@@ -182,7 +182,7 @@ def test_a_refused_single_put_gives_way_to_chunks(faults, registry, llama_dir, t
     ref = Reference.parse(f"{faults.host}/upload/single-put-{refusal.status}:v1")
     sink = RegistrySink(ref, RegistryClient(ref), settings=PushSettings(backoff=0.01, concurrency=1),
                         cache=DigestCache(tmp_path / "c2", enabled=False))
-    pushed = push_layout(layout, "v1", sink)
+    pushed = push_layout(LayoutRef("oci", layout, "v1"), sink)
     assert pushed.digest == built.manifest.digest == pulled_digest(registry, ref.repository, "v1")
     refused = [s for s in faults.requests("PUT", COMMIT) if s.fault]
     assert len(refused) == 1  # learnt once
