@@ -209,3 +209,55 @@ def test_a_disk_that_fills_during_the_pull_keeps_what_was_verified(small_disk, t
     again = pull(f"oci:{tmp_path / 'oci'}:v1", dest)
     assert 0 < pos and again.bytes_fetched < sum(len(d) for d in files.values()) + 10240 - pos + 1
     assert {p: (dest / p).read_bytes() for p in files} == files and own(dest) == {".modelimage-pull.json"}
+
+
+def test_a_read_only_file_system_is_one_line(small_disk, tmp_path, capsys):
+    source = layout(tmp_path / "oci", [tar_of([(info("model.bin"), b"w")])])
+    (small_disk / "dest").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    for dest in (small_disk / "dest", small_disk / "new"):
+        assert main(["pull", source, str(dest)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and str(dest) in err, err
+        assert "read-only file system" in err.lower(), err
+    assert os.listdir(small_disk) == ["dest"] and os.listdir(small_disk / "dest") == []
+
+
+def test_no_permission_is_one_line(tmp_path):
+    """As a user who may read the image but not write DEST (a forked child
+    that dropped root: the interpreter lives where ``nobody`` cannot run it)."""
+    if os.geteuid() != 0:
+        msg = "dropping to another user needs root"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="pull-perm-"))
+    try:
+        work.chmod(0o755)
+        source = layout(work / "oci", [tar_of([(info("model.bin"), b"w")])])
+        dest = work / "dest"
+        dest.mkdir(mode=0o755)
+        err_file = work / "stderr"
+        pid = os.fork()
+        if pid == 0:  # the child: nobody, running the CLI in-process
+            try:
+                import sys
+
+                sys.stderr = open(err_file, "w")  # the child writes nothing else
+                os.setgid(65534)
+                os.setuid(65534)
+                code = main(["pull", source, str(dest)])
+                sys.stderr.flush()
+                os._exit(code)
+            except BaseException:
+                os._exit(99)
+        _, status = os.waitpid(pid, 0)
+        err = err_file.read_text()
+        assert os.waitstatus_to_exitcode(status) == 1, err
+        assert err.startswith("error: ") and err.count("\n") == 1 and str(dest) in err, err
+        assert "permission denied" in err.lower() and "write permission" in err, err
+        assert os.listdir(dest) == []
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

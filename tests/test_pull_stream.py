@@ -102,3 +102,20 @@ def test_a_journal_stops_recording_past_its_limit():
     journal.meta(0, b"12345")
     journal.meta(5, b"678901")
     assert not journal.valid and journal.segments == []
+
+
+def test_a_zstd_blob_that_starts_with_a_skippable_frame_is_zstd():
+    """Nullus157/async-compression#271, facebook/zstd#904: zstd:chunked and
+    pzstd write skippable frames (RFC 8878 3.1.2), which a reader must skip,
+    and a sniffer must still see as zstd."""
+    import zstandard
+
+    from modelimage.pull.stream import decompressed, sniff
+
+    blob = _tar({"model.bin": os.urandom(3000)})
+    skippable = b"\x5e\x2a\x4d\x18" + (8).to_bytes(4, "little") + b"metadata"
+    data = skippable + zstandard.ZstdCompressor().compress(blob) + skippable
+    assert sniff(data[:4]) == "zstd" and sniff(b"\x5a\x2a\x4d\x18") == "zstd" and sniff(b"\x60\x2a\x4d\x18") == "none"
+    seen = []
+    assert b"".join(bytes(c) for c in decompressed(_chunks(data, 100), "application/octet-stream", seen.append)) == blob
+    assert seen == ["zstd"]

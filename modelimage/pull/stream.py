@@ -215,9 +215,12 @@ class Stream:
 
 
 def sniff(head: bytes) -> str:
+    """``"gzip"``, ``"zstd"`` or ``"none"`` from a blob's first bytes. A zstd
+    stream may start with a skippable frame (magic 0x184D2A50-5F, RFC 8878
+    section 3.1.2; pzstd and zstd:chunked writers use them)."""
     if head.startswith(GZIP_MAGIC):
         return "gzip"
-    if head.startswith(ZSTD_MAGIC):
+    if head.startswith(ZSTD_MAGIC) or (len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50):
         return "zstd"
     return "none"
 
