@@ -319,6 +319,27 @@ def test_whiting_out_a_symlink_removes_the_symlink_not_its_target(tmp_path):
     assert tree(dest) == {"real/f": sha(b"f")}
 
 
+def test_a_symlink_replaces_a_symlink(tmp_path):
+    """opencontainers/image-tools#41 ("symlink ...: file exists" when an
+    upgrade replaced a symlink), containerd#6991 (an opaque marker next to a
+    symlink that replaces the lower one)."""
+    lower = t(("bin/real-1", b"1"), ("bin/real-2", b"2"), ("bin/tool", S, "real-1"), ("d/link", S, "x"))
+    upper = t(("bin/tool", S, "real-2"), ("d/", D, ""), ("d/.wh..wh..opq", b""), ("d/link", S, "y"))
+    dest = tmp_path / "dest"
+    pull(layout(tmp_path / "oci", [lower, upper]), dest)
+    assert tree(dest) == {"bin/real-1": sha(b"1"), "bin/real-2": sha(b"2"), "bin/tool": "-> real-2",
+                          "d/link": "-> y"}
+
+
+def test_a_symlink_to_a_folder_replaced_by_a_folder_and_its_old_target_removed(tmp_path):
+    """reproducible-containers/diffoci#183."""
+    lower = t(("real/f", b"f"), ("d", S, "real"))
+    upper = t((".wh.real", b""), ("d/", D, ""), ("d/g", b"g"))
+    dest = tmp_path / "dest"
+    pull(layout(tmp_path / "oci", [lower, upper]), dest)
+    assert kinds(dest) == {"d": "dir", "d/g": sha(b"g")}
+
+
 def test_a_symlink_of_the_user_on_the_way_is_never_followed(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -79,7 +79,6 @@ class Record:
         self.path = Path(dest) / RECORD
         self.manifest, self.selection = manifest, selection
         data = _load(self.path) or _load_v1(Path(dest) / STAGING / "state.json") or {}
-        self.existed = self.path.exists()
         self.entries: dict[str, dict[str, Any]] = {
             k: v for k, v in (data.get("entries") or {}).items() if isinstance(v, dict) and isinstance(k, str)}
         same_image = data.get("manifest") == manifest
@@ -107,7 +106,7 @@ class Record:
     def current_under(self, rel: str) -> list[str]:
         """This image's paths at or below ``rel`` (``""``: all), deepest first."""
         inside = [k for k in self.entries if (not rel or k == rel or k.startswith(rel + "/")) and self.current(k)]
-        return sorted(inside, key=lambda k: (-k.count("/"), k), reverse=False)
+        return sorted(inside, key=lambda k: (-k.count("/"), k))
 
     def old(self) -> list[str]:
         """Paths written for another manifest and not rewritten, deepest first."""
@@ -179,19 +178,17 @@ class Record:
         self.applied = []
 
     def save(self) -> None:
-        """Write the record durably; none is kept (and any is removed) when
-        it holds nothing and no pull is under way."""
+        """Write the record durably (see :func:`write_durably`)."""
         data = {"version": RECORD_VERSION, "manifest": self.manifest, "selection": self.selection,
                 "applied": self.applied, "entries": self.entries}
         write_durably(self.path, json.dumps(data, separators=(",", ":"), sort_keys=True).encode())
-        self.existed = True
 
     def remove(self) -> None:
+        """No record (modelimage owns nothing in DEST)."""
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        self.existed = False
 
 
 def _load(path: Path) -> dict[str, Any] | None:
