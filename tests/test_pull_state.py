@@ -261,3 +261,20 @@ def test_no_permission_is_one_line(tmp_path):
         assert os.listdir(dest) == []
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_foreign_image_resumes_by_layer_after_a_bad_blob(tmp_path):
+    """Layers of unknown content apply in order; those applied stay recorded,
+    and the next run starts at the first one that was not."""
+    layers = [tar_of([(info(f"l{i}/f"), bytes([i]) * 1000)]) for i in range(3)]
+    source = layout(tmp_path / "oci", layers)
+    blob = Path(source.removeprefix("oci:").rsplit(":", 1)[0]) / "blobs" / "sha256" / sha(layers[2])[7:]
+    blob.write_bytes(tar_of([(info("l2/f"), b"X" * 1000)]))
+    dest = tmp_path / "dest"
+    with pytest.raises(PullError, match="layer 3 .*does not match its digest.*2 of 3 layers are in DEST"):
+        pull(source, dest, concurrency=1)
+    assert set(tree(dest)) == {"l0/f", "l1/f"}
+    blob.write_bytes(layers[2])
+    again = pull(source, dest)
+    assert (again.layers_skipped, again.layers_fetched, again.bytes_fetched) == (2, 1, len(layers[2]))
+    assert set(tree(dest)) == {"l0/f", "l1/f", "l2/f"} and own(dest) == {".modelimage-pull.json"}
