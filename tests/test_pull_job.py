@@ -241,6 +241,38 @@ def test_issue13_3_pushed_again_by_skopeo_and_podman(registry, pushed_llama, pod
         assert main(["verify", copy, str(dest)]) == 0
 
 
+# ---------------------------------------------------------------- layouts and archives others wrote (issue 13, input 5)
+
+
+def test_issue13_5_untagged_layouts_and_archives_are_sources(tmp_path, llama_dir, podman_env, capsys):
+    """``skopeo copy oci:out:v1 oci:b`` writes an index entry without
+    ``org.opencontainers.image.ref.name``; ``oci-archive:FILE[:TAG]`` files
+    written by modelimage, skopeo and ``podman save`` are sources too, for
+    pull and verify."""
+    need("skopeo")
+    out = tmp_path / "out"
+    assert main(["build", str(llama_dir), "-o", f"oci:{out}:v1"]) == 0
+    assert main(["build", str(llama_dir), "-o", f"oci-archive:{tmp_path / 'mi.tar'}:v1"]) == 0
+    run("skopeo", "copy", "-q", f"oci:{out}:v1", f"oci:{tmp_path / 'b'}")
+    entry = json.loads((tmp_path / "b" / "index.json").read_text())["manifests"][0]
+    assert "org.opencontainers.image.ref.name" not in (entry.get("annotations") or {})
+    run("skopeo", "copy", "-q", f"oci:{out}:v1", f"oci-archive:{tmp_path / 'skopeo.tar'}")
+    image = run("podman", "pull", "-q", f"oci:{out}:v1", env=podman_env).stdout.strip()
+    try:
+        run("podman", "save", "-q", "--format", "oci-archive", "-o", str(tmp_path / "podman.tar"), image,
+            env=podman_env)
+    finally:
+        run("podman", "rmi", "-f", image, env=podman_env)
+    sources = [f"oci:{tmp_path / 'b'}", f"oci-archive:{tmp_path / 'mi.tar'}:v1", f"oci-archive:{tmp_path / 'mi.tar'}",
+               f"oci-archive:{tmp_path / 'skopeo.tar'}", f"oci-archive:{tmp_path / 'podman.tar'}"]
+    for k, source in enumerate(sources):
+        dest = tmp_path / f"dest{k}"
+        assert main(["pull", source, str(dest)]) == 0, source
+        assert tree(dest) == tree(llama_dir), source
+        assert main(["verify", source, str(dest)]) == 0, source
+    capsys.readouterr()
+
+
 def test_pull_over_one_streaming_connection_per_blob(pushed_llama, tmp_path, small_pieces):
     ref, files, total = pushed_llama
     dest = tmp_path / "dest"
