@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import threading
+import uuid
 from pathlib import Path
 
 import httpx
@@ -126,7 +127,7 @@ def podman_images(registry, llama_dir, podman_env, tmp_path_factory):
         (ctx / "Containerfile").write_text("FROM scratch\nCOPY llama /models/llama\nCOPY llama/config.json /etc/\n")
         local = f"localhost/modelimage-test/pull-podman-{fmt}:v1"
         refs[fmt] = f"{registry.host}/podman/llama-{fmt}:v1"
-        run("podman", "build", "-q", "-t", local, str(ctx), env=podman_env)
+        run("podman", "build", "-q", "--no-cache", "-t", local, str(ctx), env=podman_env)
         try:
             run("podman", "push", "-q", "--tls-verify=false", "--compression-format", fmt, local,
                 f"docker://{refs[fmt]}", env=podman_env)
@@ -170,7 +171,8 @@ def test_whiteouts_from_a_podman_build(registry, busybox_base, tmp_path, podman_
         "RUN rm /models/m/gone.txt && rm -rf /models/m/sub && mkdir /models/m/sub && "
         "echo new > /models/m/sub/new.txt\n")
     ref = f"{registry.host}/podman/whiteout:v1"
-    run("podman", "build", "-q", "--network=none", "--tls-verify=false", "-t", ref, str(ctx), env=podman_env)
+    run("podman", "build", "-q", "--no-cache", "--network=none", "--tls-verify=false", "-t", ref, str(ctx),
+        env=podman_env)
     try:
         run("podman", "push", "-q", "--tls-verify=false", ref, env=podman_env)
     finally:
@@ -214,22 +216,34 @@ def test_issue13_3_a_skopeo_copy_that_dropped_the_layer_annotations(tmp_path, ll
     capsys.readouterr()
 
 
-def test_issue13_3_pushed_again_by_skopeo_and_podman(registry, pushed_llama, podman_env, tmp_path):
+def _unique_model(llama_dir: Path, tmp_path: Path) -> Path:
+    """The llama model with a file of its own: an image no other test (or
+    other suite on this machine, sharing podman's storage) has, so removing
+    it from podman's storage by ID harms nobody."""
+    model = tmp_path / "model"
+    shutil.copytree(llama_dir, model)
+    (model / "nonce.txt").write_text(uuid.uuid4().hex)
+    return model
+
+
+def test_issue13_3_pushed_again_by_skopeo_and_podman(registry, llama_dir, podman_env, tmp_path, capsys):
     """The image pushed again to the registry by ``skopeo copy`` (Docker
     media types: no annotations at all) and by ``podman push`` (gzip)."""
     need("skopeo")
-    ref, files, _ = pushed_llama
-    again = {"skopeo": f"{registry.host}/pull/llama-skopeo:v1", "podman": f"{registry.host}/pull/llama-podman:v1"}
+    model = _unique_model(llama_dir, tmp_path)
+    ref = f"{registry.host}/pull/again:v1"
+    assert main(["build", str(model), "--push", ref]) == 0
+    capsys.readouterr()
+    files = tree(model)
+    again = {"skopeo": f"{registry.host}/pull/again-skopeo:v1", "podman": f"{registry.host}/pull/again-podman:v1"}
     run("skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false", "--format", "v2s2",
         f"docker://{ref}", f"docker://{again['skopeo']}")
-    local = "localhost/modelimage-test/pull-llama-again:v1"
-    run("podman", "pull", "-q", "--tls-verify=false", ref, env=podman_env)
+    image = run("podman", "pull", "-q", "--tls-verify=false", ref, env=podman_env).stdout.strip()
     try:
-        run("podman", "tag", ref, local, env=podman_env)
-        run("podman", "push", "-q", "--tls-verify=false", "--compression-format", "gzip", local,
+        run("podman", "push", "-q", "--tls-verify=false", "--compression-format", "gzip", image,
             f"docker://{again['podman']}", env=podman_env)
     finally:
-        run("podman", "rmi", "-f", ref, local, env=podman_env)
+        run("podman", "rmi", "-f", image, env=podman_env)
     for tool, copy in again.items():
         client = RegistryClient(Reference.parse(copy))
         manifest = client.get_manifest(*copy.split("/", 1)[1].rsplit(":", 1)).json()
@@ -250,9 +264,10 @@ def test_issue13_5_untagged_layouts_and_archives_are_sources(tmp_path, llama_dir
     written by modelimage, skopeo and ``podman save`` are sources too, for
     pull and verify."""
     need("skopeo")
+    model = _unique_model(llama_dir, tmp_path)
     out = tmp_path / "out"
-    assert main(["build", str(llama_dir), "-o", f"oci:{out}:v1"]) == 0
-    assert main(["build", str(llama_dir), "-o", f"oci-archive:{tmp_path / 'mi.tar'}:v1"]) == 0
+    assert main(["build", str(model), "-o", f"oci:{out}:v1"]) == 0
+    assert main(["build", str(model), "-o", f"oci-archive:{tmp_path / 'mi.tar'}:v1"]) == 0
     run("skopeo", "copy", "-q", f"oci:{out}:v1", f"oci:{tmp_path / 'b'}")
     entry = json.loads((tmp_path / "b" / "index.json").read_text())["manifests"][0]
     assert "org.opencontainers.image.ref.name" not in (entry.get("annotations") or {})
@@ -268,7 +283,7 @@ def test_issue13_5_untagged_layouts_and_archives_are_sources(tmp_path, llama_dir
     for k, source in enumerate(sources):
         dest = tmp_path / f"dest{k}"
         assert main(["pull", source, str(dest)]) == 0, source
-        assert tree(dest) == tree(llama_dir), source
+        assert tree(dest) == tree(model), source
         assert main(["verify", source, str(dest)]) == 0, source
     capsys.readouterr()
 
