@@ -40,6 +40,8 @@ from .modelspec import (
     DOCKER_CONFIG_TAR_TITLE,
     DOCKER_GGUF,
     DOCKER_LICENSE,
+    DOCKER_LORA,
+    DOCKER_MMPROJ,
     DOCKER_SAFETENSORS,
     MODELPACK_ARTIFACT_TYPE,
     MODELPACK_CONFIG,
@@ -128,11 +130,14 @@ def _modelpack_layers(files: Sequence[VirtualFile], epoch: int) -> list[Artifact
 
 def _docker_layers(model: ModelInfo, plan: Plan, files: Sequence[VirtualFile], epoch: int) -> list[ArtifactLayer]:
     _check_docker_model(model, plan, files)
+    attached = {w.members[0]: DOCKER_MMPROJ if w.kind == "mmproj" else DOCKER_LORA
+                for w in model.weight_sets if w.kind in ("mmproj", "gguf-lora")}
     by_type: dict[str, list[VirtualFile]] = {}
     for vf in files:
-        by_type.setdefault(docker_media_type(vf.name), []).append(vf)
-    weights = by_type.get(DOCKER_GGUF, []) + by_type.get(DOCKER_SAFETENSORS, [])
-    layers = [_raw_layer(vf, docker_media_type(vf.name), epoch) for vf in weights]
+        by_type.setdefault(attached.get(vf.name) or docker_media_type(vf.name), []).append(vf)
+    # the model's weights, then its projector and adapters, each in a layer of its own type
+    layers = [_raw_layer(vf, mt, epoch) for mt in (DOCKER_GGUF, DOCKER_SAFETENSORS, DOCKER_MMPROJ, DOCKER_LORA)
+              for vf in by_type.get(mt, [])]
     configs = by_type.get(DOCKER_CONFIG_TAR, [])
     if configs:
         stream = LayerStream([Entry(vf.name, vf) for vf in configs], epoch)
@@ -157,15 +162,24 @@ def _check_docker_model(model: ModelInfo, plan: Plan, files: Sequence[VirtualFil
                 f"{f.name} holds {f.format} weights; docker-model artifacts carry only GGUF or safetensors "
                 f"(docker/model-spec); rerun with --exclude '{f.name}', {advice}"
             )
-    if not model.weight_sets:
-        raise ConfigError(f"{model.name} has no GGUF or safetensors weights for a docker-model artifact; {advice}")
-    if len(model.weight_sets) > 1:
-        a, b = model.weight_sets[0].members[0], model.weight_sets[1].members[0]
+    peft = [w for w in model.weight_sets if w.kind == "peft-adapter"]
+    if peft:
+        raise ConfigError(f"{peft[0].members[0]} is a PEFT adapter, and docker/model-spec has a layer type for GGUF "
+                          f"LoRA adapters only; convert it with llama.cpp's convert_lora_to_gguf.py, {advice}")
+    projectors = [w.members[0] for w in model.weight_sets if w.kind == "mmproj"]
+    if len(projectors) > 1:  # docker/model-runner internal/bundle/parse.go: "only 1 is supported"
+        raise ConfigError(f"{projectors[0]}, {projectors[1]}: Docker Model Runner loads one multimodal projector; "
+                          f"keep one with --exclude, {advice}")
+    main = [w for w in model.weight_sets if w.kind == "model"]
+    if not main:
+        raise ConfigError(f"{model.name} has no GGUF or safetensors model for a docker-model artifact; {advice}")
+    if len(main) > 1:
+        a, b = main[0].members[0], main[1].members[0]
         raise ConfigError(
             f"a docker-model artifact holds one model, and {model.name} has several weight sets ({a}, {b}, ...): "
             f"keep one with --include/--exclude, {advice}"
         )
-    (w,) = model.weight_sets
+    (w,) = main
     if w.format == "gguf":
         old = [h for h in w.headers if h.version != 3]
         if old:
@@ -173,7 +187,9 @@ def _check_docker_model(model: ModelInfo, plan: Plan, files: Sequence[VirtualFil
                 f"{old[0].path.name} is GGUF version {old[0].version}; {DOCKER_GGUF} layers are GGUF version 3: "
                 f"convert it with a current llama.cpp, {advice}"
             )
-    weights = [vf.name for vf in files if PurePosixPath(vf.name).suffix.lower() in (".gguf", ".safetensors")]
+    attached = {w.members[0] for w in model.weight_sets if w.kind != "model"}
+    weights = [vf.name for vf in files
+               if PurePosixPath(vf.name).suffix.lower() in (".gguf", ".safetensors") and vf.name not in attached]
     nested = [n for n in weights if "/" in n]
     if nested:
         raise ConfigError(

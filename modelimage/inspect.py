@@ -55,17 +55,38 @@ EMBEDDING_RE = re.compile(
 PACKED_QUANT_METHODS = {"gptq", "awq"}
 QUANT_AUX_SUFFIXES = (".qzeros", ".scales", ".g_idx")
 
-Kind = Literal["language-model", "diffusion", "embedding", "unknown"]
+Kind = Literal["language-model", "diffusion", "embedding", "adapter", "unknown"]
+# weight sets that go with a model rather than being one (weights.WeightKind)
+ATTACHED_KINDS = ("peft-adapter", "gguf-lora", "mmproj")
 
 
 @dataclass(frozen=True)
 class Component:
+    """One part of the model: ``parameters`` (elements), ``bytes`` of
+    weights. Adapters and projectors name their ``file`` and what the file
+    says of the model they go with (``architecture``, ``base_model``) and,
+    for LoRA adapters, the ``rank``."""
+
     name: str
     parameters: int
     bytes: int
+    file: str | None = None
+    architecture: str | None = None
+    base_model: str | None = None
+    rank: int | None = None
+
+    @property
+    def detail(self) -> str:
+        """``llama, rank 8, demo-lora.gguf`` for messages; "" for model parts."""
+        bits = [self.architecture or self.base_model or "", f"rank {self.rank}" if self.rank else "", self.file or ""]
+        return ", ".join(b for b in bits if b)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "parameters": self.parameters, "bytes": self.bytes}
+        d: dict[str, Any] = {"name": self.name, "parameters": self.parameters, "bytes": self.bytes}
+        for key in ("file", "architecture", "base_model", "rank"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
 
 
 @dataclass(frozen=True)
@@ -223,7 +244,11 @@ def inspect_model(source: Path | RemoteFolder, *, name: str | None = None, inclu
     gguf_types: Counter = Counter()
     kind: Kind = "diffusion" if diffusers else "unknown"
     file_type: str | None = None
+    extra: list[Component] = []  # adapters and projectors
     for w in counted:
+        if w.kind in ATTACHED_KINDS:
+            extra.append(_attached(w, tally, method, bits))
+            continue
         if w.format == "gguf":
             h0 = w.headers[0]
             architecture = architecture or h0.architecture
@@ -261,6 +286,9 @@ def inspect_model(source: Path | RemoteFolder, *, name: str | None = None, inclu
                 comp = _component_for_tensor(t.name, "__default__", diffusion_file)
             tally.add(comp, dtype, params, t.nbytes)
 
+    if kind == "unknown" and extra and not any(w.kind not in ATTACHED_KINDS for w in counted):
+        kind = "adapter"
+        architecture = architecture or next((c.architecture for c in extra if c.architecture), None)
     if kind == "unknown":
         kind = _kind_from_config(config, files)
     default_name = {"language-model": "token-prediction", "embedding": "encoder"}.get(kind, "weights")
@@ -278,7 +306,7 @@ def inspect_model(source: Path | RemoteFolder, *, name: str | None = None, inclu
             tally.nbytes["tokenizer"] += f.size
 
     parameters = sum(tally.dtypes.values())
-    weight_bytes = sum(b for c, b in tally.nbytes.items() if c != "tokenizer")
+    weight_bytes = sum(b for c, b in tally.nbytes.items() if c != "tokenizer") + sum(c.bytes for c in extra)
     if not parameters:
         weight_bytes = sum(f.size for f in files if f.is_weights)
         if weight_bytes:
@@ -306,7 +334,7 @@ def inspect_model(source: Path | RemoteFolder, *, name: str | None = None, inclu
     comps = sorted(
         (Component(c, tally.params.get(c, 0), tally.nbytes[c]) for c in tally.nbytes if tally.nbytes[c]),
         key=_component_order,
-    )
+    ) + extra
     return ModelInfo(
         name=name or _default_name(source),
         root=root,
@@ -322,6 +350,27 @@ def inspect_model(source: Path | RemoteFolder, *, name: str | None = None, inclu
         components=tuple(comps),
         notes=tuple(notes),
     )
+
+
+def _attached(w: WeightSet, tally: _Tally, method: str | None, bits: int | None) -> Component:
+    """An adapter's or projector's component: its parameters count (they are
+    in GPU memory beside the model's), with what its file says of the base."""
+    params = nbytes = 0
+    for t in w.tensors:
+        if w.format == "gguf":
+            if t.type_name in GGUF_INTEGER_TYPES:
+                continue
+            p, dtype = t.parameter_count, t.type_name
+        else:
+            p, dtype = _tensor_params(t, method, bits)
+        if p:
+            tally.dtypes[dtype] += p
+        params += p
+        nbytes += t.nbytes
+    a = w.adapter
+    return Component("projector" if w.kind == "mmproj" else "adapter", params, nbytes, file=w.members[0],
+                     architecture=a.base_architecture if a else None, base_model=a.base_model if a else None,
+                     rank=a.rank if a else None)
 
 
 _ORDER = ("tokenizer", "embedding", "token-prediction", "encoder", "text_encoder", "denoiser", "vae")

@@ -80,6 +80,11 @@ DOCKER_SAFETENSORS = "application/vnd.docker.ai.safetensors"
 DOCKER_CONFIG_TAR = "application/vnd.docker.ai.vllm.config.tar"
 DOCKER_LICENSE = "application/vnd.docker.ai.license"
 DOCKER_CHAT_TEMPLATE = "application/vnd.docker.ai.chat.template.jinja"
+# A multimodal projector: what Model Runner reads (pkg/distribution/types/config.go
+# MediaTypeMultimodalProjector; spec.md names it application/vnd.docker.ai.gguf.v3.mmproj)
+DOCKER_MMPROJ = "application/vnd.docker.ai.mmproj"
+# A GGUF LoRA adapter (docker/model-spec spec.md)
+DOCKER_LORA = "application/vnd.docker.ai.gguf.v3.lora"
 DOCKER_CONFIG_TAR_TITLE = "config.tar"
 # docker/model-runner pkg/distribution/files/classify.go: LicensePatterns
 _LICENSE_WORDS = ("license", "licence", "copying", "notice")
@@ -190,7 +195,8 @@ def quantization(model: ModelInfo) -> str | None:
 
 
 def _gguf_headers(model: ModelInfo) -> list[Any]:
-    return [h for w in model.weight_sets if w.format == "gguf" for h in w.headers]
+    """The model's GGUF headers (not its projector's or adapters')."""
+    return [h for w in model.weight_sets if w.format == "gguf" and w.kind == "model" for h in w.headers]
 
 
 def modelpack_config(model: ModelInfo, diff_ids: Sequence[str], epoch: int) -> dict[str, Any]:
@@ -209,6 +215,8 @@ def modelpack_config(model: ModelInfo, diff_ids: Sequence[str], epoch: int) -> d
         "precision": precision(model.dtypes),
         "quantization": quantization(model),
     }
+    if any(w.kind == "mmproj" for w in model.weight_sets):  # a vision projector: images in (config.go Modality)
+        config["capabilities"] = {"inputTypes": ["text", "image"], "outputTypes": ["text"]}
     return {
         "descriptor": descriptor,
         "config": {k: v for k, v in config.items() if v},
@@ -240,7 +248,7 @@ def docker_config(model: ModelInfo, layers: Sequence[BuiltLayer], epoch: int) ->
     Model Runner writes and reads them (pkg/distribution/types/config.go).
     Not ``descriptor.createdAt``: Model Runner takes a config that has it for
     a ModelPack one (modelpack.IsModelPackConfig)."""
-    (w,) = model.weight_sets
+    (w,) = [w for w in model.weight_sets if w.kind == "model"]
     weights = [b for b in layers if b.descriptor.media_type in (DOCKER_GGUF, DOCKER_SAFETENSORS)]
     config: dict[str, Any] = {
         "format": w.format,

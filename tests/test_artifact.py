@@ -655,3 +655,68 @@ def test_cli_build_format(llama_dir, tmp_path, capsys):
             assert manifest["config"]["mediaType"] == "application/vnd.docker.ai.model.config.v0.1+json"
     assert len(set(digests.values())) == 3
     assert main(["build", str(llama_dir), "--format", "modelpack", "--base", "oci:x", "-o", f"oci:{tmp_path}/y"]) == 2
+
+
+# ---------------------------------------------------------------- projectors and adapters (issue 22)
+
+
+@pytest.fixture
+def multimodal(tmp_path) -> Path:
+    """A llama.cpp multimodal folder: the language model, its vision
+    projector (general.type = mmproj) and a GGUF LoRA adapter."""
+    d = tmp_path / "mm"
+    synth.write_llama_gguf(d / "tiny-Q4_K_M.gguf", SMALL)
+    synth.write_mmproj(d / "mmproj-tiny-f16.gguf", hidden=64, blocks=1)
+    synth.write_gguf_lora(d / "tiny-lora-f16.gguf", SMALL, rank=4)
+    (d / "LICENSE").write_text("Apache-2.0\n")
+    return d
+
+
+def test_docker_model_carries_projector_and_adapter_layers(multimodal, tmp_path, cache):
+    """Issue 22, input 3: refused as "several weight sets" before. The
+    projector and the adapter get their own layers with Docker's media
+    types; a pull puts every file back under its name."""
+    from modelimage.pull import pull
+
+    b = Built(multimodal, "docker-model", tmp_path / "oci", cache)
+    types = {layer["annotations"][ANNOTATION_TITLE]: layer["mediaType"] for layer in b.layers}
+    assert types == {"tiny-Q4_K_M.gguf": ms.DOCKER_GGUF, "mmproj-tiny-f16.gguf": ms.DOCKER_MMPROJ,
+                     "tiny-lora-f16.gguf": ms.DOCKER_LORA, "LICENSE": ms.DOCKER_LICENSE}
+    assert [layer["mediaType"] for layer in b.layers][:3] == [ms.DOCKER_GGUF, ms.DOCKER_MMPROJ, ms.DOCKER_LORA]
+    for layer in b.layers:
+        check_raw_layer(layer, multimodal)
+    c = b.config["config"]
+    assert c["architecture"] == "llama" and c["gguf"]["general.architecture"] == "llama"  # the model's, not clip
+    assert c["size"] == str((multimodal / "tiny-Q4_K_M.gguf").stat().st_size)
+    assert [f["type"] for f in b.config["files"]] == [layer["mediaType"] for layer in b.layers]
+    dest = tmp_path / "dest"
+    pull(f"oci:{tmp_path / 'oci'}:v1", dest)
+    for name in ("tiny-Q4_K_M.gguf", "mmproj-tiny-f16.gguf", "tiny-lora-f16.gguf", "LICENSE"):
+        assert file_sha(dest / name) == file_sha(multimodal / name), name
+
+
+def test_modelpack_carries_projector_and_adapter_as_weights(multimodal, tmp_path, cache):
+    """ModelPack has no adapter or projector media types (specs-go/v1
+    mediatype.go): they are weight layers of their own, under their names
+    (Docker Model Runner finds a ModelPack projector by its name), and the
+    config says the model takes images."""
+    b = Built(multimodal, "modelpack", tmp_path / "oci", cache)
+    titles = b.by_title()
+    for name in ("tiny-Q4_K_M.gguf", "mmproj-tiny-f16.gguf", "tiny-lora-f16.gguf"):
+        assert titles[name]["mediaType"] == ms.MODELPACK_WEIGHT
+        assert titles[name]["annotations"][ms.ANNOTATION_FILEPATH] == name
+    assert b.config["config"]["capabilities"] == {"inputTypes": ["text", "image"], "outputTypes": ["text"]}
+    assert b.config["config"]["architecture"] == "llama"
+
+
+def test_docker_model_refuses_what_it_cannot_carry(multimodal, tmp_path):
+    second = multimodal / "mmproj-other-f16.gguf"
+    synth.write_mmproj(second, hidden=64, blocks=1, seed=2)
+    job = prepare(str(multimodal))
+    with pytest.raises(ConfigError, match="loads one multimodal projector"):
+        plan_artifact(job.model, job.plan(), "docker-model")
+    second.unlink()
+    synth.write_peft_adapter(multimodal / "peft", SMALL, rank=4)
+    job = prepare(str(multimodal))
+    with pytest.raises(ConfigError, match="PEFT adapter.*convert_lora_to_gguf"):
+        plan_artifact(job.model, job.plan(), "docker-model")

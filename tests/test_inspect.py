@@ -426,3 +426,39 @@ def test_dotted_names_are_not_variants(tmp_path: Path) -> None:
     m = inspect_model(d)
     assert m.parameters == 300
     assert m.notes == ()
+
+
+# ---------------------------------------------------------------- adapters and projectors (issue 22)
+
+
+def test_adapters_and_projectors_are_components(tmp_path: Path) -> None:
+    """inspect names them, with the base architecture and rank their files
+    say, and the GPU-memory estimate counts their bytes."""
+    from modelimage import synth
+
+    shape = synth.LlamaShape(vocab=1024, hidden=256, layers=2, intermediate=512)
+    synth.write_llama_gguf(tmp_path / "mm" / "tiny-Q4_K_M.gguf", shape)
+    synth.write_mmproj(tmp_path / "mm" / "mmproj-tiny-f16.gguf", hidden=64, blocks=1)
+    alone = inspect_model(tmp_path / "mm", include=("tiny-*",))
+    mm = inspect_model(tmp_path / "mm")
+    (proj,) = [c for c in mm.components if c.name == "projector"]
+    assert proj.file == "mmproj-tiny-f16.gguf" and proj.architecture == "gemma3"
+    assert mm.architecture == "llama" and mm.quantization == "Q4_K_M" and mm.kind == "language-model"
+    assert mm.vram_bytes == int((alone.weight_bytes + proj.bytes) * 1.25)
+    assert mm.parameters == alone.parameters + proj.parameters
+    assert mm.to_json()["components"][-1] == {"name": "projector", "parameters": proj.parameters,
+                                               "bytes": proj.bytes, "file": "mmproj-tiny-f16.gguf",
+                                               "architecture": "gemma3"}
+
+    synth.write_gguf_lora(tmp_path / "lora" / "tiny-lora.gguf", shape, rank=4)
+    lora = inspect_model(tmp_path / "lora")
+    assert lora.kind == "adapter" and lora.architecture == "llama"
+    (a,) = lora.components
+    assert (a.name, a.rank, a.architecture, a.file) == ("adapter", 4, "llama", "tiny-lora.gguf")
+    assert lora.vram_bytes == int(a.bytes * 1.25) > 0
+
+    synth.write_peft_adapter(tmp_path / "peft", shape, rank=8, base="org/tiny")
+    peft = inspect_model(tmp_path / "peft")
+    (a,) = peft.components
+    assert (a.name, a.rank, a.base_model, a.file) == ("adapter", 8, "org/tiny", "adapter_model.safetensors")
+    assert peft.kind == "adapter" and peft.vram_bytes > 0

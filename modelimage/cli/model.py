@@ -58,7 +58,8 @@ def describe(m: ModelInfo, as_precision: str | None) -> str:
         lines.append("  components")
         for c in m.components:
             params = format_count(c.parameters) if c.parameters else "-"
-            lines.append(f"    {c.name:<18} {params:>8}  {format_size(c.bytes):>9}")
+            lines.append(f"    {c.name:<18} {params:>8}  {format_size(c.bytes):>9}"
+                         + (f"  ({c.detail})" if c.detail else ""))
     lines.append("  files")
     for f in m.files:
         lines.append(f"    {format_size(f.size):>9}  {f.name}")
