@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelimage.cli import main
+from modelimage.errors import SourceError
 from modelimage.image import open_image
+from modelimage.layout import LayoutRef, read_layout
 from modelimage.oci import ANNOTATION_REF_NAME
 
 from .tools import need, run
@@ -222,3 +227,51 @@ def test_a_base_from_a_multi_platform_layout(multi_platform, model, tmp_path, ca
     assert image.layers[: len(base.layers)] == base.layers
     index = json.loads((out / "index.json").read_text())["manifests"][0]
     assert index["platform"] == {"os": "linux", "architecture": "arm64", "variant": "v8"}
+
+
+@pytest.fixture(scope="module")
+def three_images(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """Three different images in one layout: its blobs and their index entries."""
+    root = tmp_path_factory.mktemp("three")
+    for i in range(3):
+        assert main(["build", str(tiny_model(root / f"m{i}", f"model {i}")), "-o", f"oci:{root / 'lay'}:t{i}"]) == 0
+    entries = json.loads((root / "lay" / "index.json").read_text())["manifests"]
+    for e in entries:
+        e["annotations"].pop(ANNOTATION_REF_NAME)
+    return root / "lay" / "blobs", entries
+
+
+TAGS = [None, "v1", "v2", "latest"]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(st.tuples(st.integers(0, 2), st.sampled_from(TAGS)), min_size=1, max_size=4),
+       asked=st.sampled_from([None, "v1", "v2", "latest", "nope"]))
+def test_which_image_a_reference_means_agrees_with_skopeo(three_images, tmp_path_factory, entries, asked):
+    """Differential (hypothesis): index.json entries with or without names,
+    read by skopeo (containers/image) and by modelimage. Where both answer
+    they agree; where they differ it is one of the two documented choices:
+    no tag and several images -> modelimage takes the one tagged `latest`
+    (skopeo refuses), one tag on two different images -> modelimage refuses
+    (skopeo takes the first)."""
+    need("skopeo")
+    blobs, images = three_images
+    lay = tmp_path_factory.mktemp("diff")
+    shutil.copytree(blobs, lay / "blobs", copy_function=os.link)
+    (lay / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = [{**images[i], "annotations": {ANNOTATION_REF_NAME: tag} if tag else {}} for i, tag in entries]
+    (lay / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": index}))
+    ref = f"oci:{lay}" + (f":{asked}" if asked else "")
+    proc = subprocess.run(["skopeo", "inspect", "--raw", ref], capture_output=True)
+    theirs = "sha256:" + hashlib.sha256(proc.stdout).hexdigest() if proc.returncode == 0 else None
+    try:
+        ours: str | None = read_layout(LayoutRef.parse(ref))[0].digest
+    except SourceError:
+        ours = None
+    if theirs == ours:
+        return
+    named = [e for e in index if e["annotations"].get(ANNOTATION_REF_NAME) == (asked or "latest")]
+    if asked is None and theirs is None:  # several images, no tag: modelimage reads `latest`
+        assert len(index) > 1 and ours == named[0]["digest"]
+    else:  # one tag, two different images: modelimage will not guess
+        assert ours is None and theirs == named[0]["digest"] and len({e["digest"] for e in named}) > 1
