@@ -135,6 +135,14 @@ def test_archive_blobs_are_read_in_place(built, tmp_path, capsys):
     assert b"".join(image.fetch(image.layers[0])) == (built / "blobs" / "sha256" / image.layers[0].hex).read_bytes()
 
 
+def test_the_wrong_transport_says_the_right_one(built, tmp_path):
+    (tmp_path / "a.tar").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"a.tar is a file; an archive is named oci-archive:.*a.tar\[:TAG\]$"):
+        open_image(f"oci:{tmp_path / 'a.tar'}")
+    with pytest.raises(SourceError, match=r"out is a folder; a layout folder is named oci:.*out\[:TAG\]$"):
+        open_image(f"oci-archive:{built}:v1")
+
+
 def test_not_an_archive(tmp_path):
     import gzip
 

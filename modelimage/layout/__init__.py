@@ -37,9 +37,13 @@ def open_layout(ref: LayoutRef) -> LayoutReader:
     """``ref``'s layout for reading (its index is read on first use).
     Raises :class:`SourceError` when there is no such layout."""
     if ref.transport == "oci":
+        if ref.path.is_file():
+            raise SourceError(f"{ref.text}: {ref.path} is a file; an archive is named oci-archive:{ref.path}[:TAG]")
         if not ref.path.is_dir():
             raise SourceError(f"{ref.text}: no such layout directory")
         return LayoutReader(ref, DirectoryMembers(ref.path))
+    if ref.path.is_dir():
+        raise SourceError(f"{ref.text}: {ref.path} is a folder; a layout folder is named oci:{ref.path}[:TAG]")
     return LayoutReader(ref, ArchiveMembers(ref.path))
 
 
