@@ -93,6 +93,7 @@ class RenderSettings:
     action: str = DEFAULT_ACTION
     variant: str | None = None  # of an entry with variants: by name, or
     gpu_memory: int | None = None  # the highest precision that fits (bytes); default: the first
+    sign: bool = False  # github-action: sign with the secret MODELIMAGE_SIGNING_KEY
 
 
     @property
@@ -351,6 +352,8 @@ def github_workflow(source: str, options: Options, settings: RenderSettings) -> 
     config_path = _config_for_workflow(options)
     if config_path:
         with_inputs.append(("config", config_path))
+    if settings.sign:  # an EC private key (PEM) in a repository secret; the action deletes its copy
+        with_inputs.append(("signing-key", "${{ secrets.MODELIMAGE_SIGNING_KEY }}"))
     paths = [config_path] if config_path else []
     folder = _model_path_in_repo(entry.source, named=bool(entry.name))
     if folder:  # new weights in the model's own folder (or a new weight file) run the workflow too
@@ -361,6 +364,7 @@ def github_workflow(source: str, options: Options, settings: RenderSettings) -> 
         image=image,
         action=settings.action,
         ghcr=ghcr,
+        sign=settings.sign,
         registry=registry,
         inputs=with_inputs,
         paths=paths,

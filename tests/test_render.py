@@ -425,6 +425,16 @@ def test_github_workflow_other_registry_and_a_path(models: Path) -> None:
     assert doc.get("on", doc.get(True))["push"]["paths"] == [f"{models / 'llama'}/**"]
 
 
+def test_github_workflow_signs_with_a_secret(models: Path) -> None:
+    action = yaml.safe_load((ROOT / "action.yml").read_text())
+    text = rendered("github-action", str(models / "llama"), "--image", "quay.io/acme/llama:v1", "--sign")
+    step = yaml.safe_load(text)["jobs"]["model-image"]["steps"][1]
+    assert step["with"]["signing-key"] == "${{ secrets.MODELIMAGE_SIGNING_KEY }}"
+    assert set(step["with"]) <= set(action["inputs"]) and "MODELIMAGE_SIGNING_KEY" in text.split("name:", 1)[0]
+    unsigned = yaml.safe_load(rendered("github-action", str(models / "llama"), "--image", "quay.io/acme/llama:v1"))
+    assert "signing-key" not in unsigned["jobs"]["model-image"]["steps"][1]["with"]
+
+
 def test_github_workflow_needs_somewhere_to_push(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", "github-action", str(models / "llama")]) == 1
     assert "--image REF" in capsys.readouterr().err

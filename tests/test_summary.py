@@ -248,3 +248,28 @@ def test_action_refuses_half_credentials_and_bad_push(action: dict, llama_dir: P
     assert half.returncode == 1 and "give both username and password" in half.log
     bad = run_action(action, {"model": str(llama_dir), "push": "yes"}, tmp_path, env)
     assert bad.returncode == 1 and 'push must be "true" or "false"' in bad.log
+
+
+def test_action_signs_with_a_key_from_a_secret(action: dict, registry, llama_dir: Path, tmp_path: Path,
+                                               docker_config: Path) -> None:
+    """signing-key (a secret's PEM text): the pushed image is signed, its
+    provenance too, the key never reaches the log and its file is deleted."""
+    from modelimage.signing.verify import verify_image
+
+    from .signkeys import write_keypair
+
+    private, public = write_keypair(tmp_path / "keys")
+    image = f"{registry.host}/actions/signed:v1"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DOCKER_CONFIG": str(docker_config)}
+    key_text = private.read_text()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    result = run_action(action, {"model": str(llama_dir), "image": image, "signing-key": key_text}, run_dir, env)
+    assert result.returncode == 0, result.log
+    assert "PRIVATE KEY" not in result.log and not list(run_dir.glob("modelimage-signing-key*"))
+    verified = verify_image(image, public)
+    assert verified.digest == result.outputs["digest"]
+    assert [p["verified"] for p in verified.provenance] == [True]
+    refused = run_action(action, {"model": str(llama_dir), "push": "false", "signing-key": key_text},
+                         run_dir, env)
+    assert refused.returncode != 0 and 'signing-key needs push "true"' in refused.log

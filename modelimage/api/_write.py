@@ -30,6 +30,7 @@ class Built:
     reference: str  # the pushed HOST/REPO@sha256:..., or the layout written (oci:DIR:TAG)
     tag: str | None = None  # the pushed HOST/REPO:TAG
     warnings: tuple[str, ...] = ()
+    attached: Any = None  # signing.sign.SignResult: the signature and provenance referrers (sign=, provenance=)
 
     @property
     def digest(self) -> str:
@@ -43,7 +44,8 @@ class Built:
 
     def to_json(self) -> dict[str, Any]:
         """``modelimage build --json``."""
-        return {**self.result.to_json(), **({"reference": self.reference, "tag": self.tag} if self.tag else {})}
+        return {**self.result.to_json(), **({"reference": self.reference, "tag": self.tag} if self.tag else {}),
+                **({"attached": self.attached.to_json()} if self.attached is not None else {})}
 
 
 def build(source: PathLike, output: str | None = None, *, push: str | bool | None = None, format: str = "image",
@@ -52,7 +54,7 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
           concurrency: int = PUSH_CONCURRENCY, config: PathLike | None = None, include: Sequence[str] = (),
           exclude: Sequence[str] = (), name: str | None = None, insecure: Sequence[str] = (),
           progress: Progress | None = None, on_warning: Callable[[str], None] | None = None,
-          variants: Sequence[str] = ()) -> Built | IndexResult:
+          variants: Sequence[str] = (), sign: PathLike | None = None, provenance: bool = False) -> Built | IndexResult:
     """Build an image of ``source`` into ``output`` (``oci:DIR[:TAG]`` or
     ``oci-archive:FILE[:TAG]``; default ``oci:build/NAME``; without a TAG,
     the model's ``tag`` in modelimage.toml, else ``latest``), or push it
@@ -66,7 +68,10 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
     ``OS/ARCH`` (default ``linux/amd64``). ``concurrency``: layers at once
     when pushing. The registry's limits are checked before anything is
     written or uploaded; their warnings go to ``on_warning`` as they come
-    (and into ``Built.warnings``).
+    (and into ``Built.warnings``). ``sign``: an EC private key (PEM) to
+    sign the pushed image with, and its SLSA provenance; ``provenance``:
+    attach the provenance even without a key
+    (:func:`modelimage.signing.attest.attest_build`).
 
     A model with variants (``variants``: ``NAME=GLOB[,GLOB]`` each, or the
     entry's variant tables) becomes one image index, and the result an
@@ -84,8 +89,11 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
         raise ConfigError("use either an output (oci:DIR[:TAG]) or push, not both")
     if format != "image" and base:
         raise ConfigError(f"a base applies to the image format, not {format}")
+    from ..signing.attest import attest_build, check_attest
     from ..variants.build import build_variants, has_variants
 
+    # refused before anything is written: no push, a key that cannot sign, variants
+    check_attest(sign, provenance, pushing=push not in (None, False), variants=variants, source=source, config=config)
     if variants or has_variants(str(source), config):
         return build_variants(str(source), model_options(config, include, exclude, name, max_layer_size=max_layer_size,
                               target=target, compression=compression, platform=platform, base=base,
@@ -124,7 +132,8 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
                                     reference=reference, progress=advance, concurrency=concurrency if ref else None)
     if ref is None:
         return Built(result, reference, warnings=warnings)
-    return Built(result, f"{ref.name}@{result.manifest.digest}", str(ref), warnings)
+    attached = attest_build(job, result, ref.name, format, key=sign, provenance=provenance, insecure=insecure)
+    return Built(result, f"{ref.name}@{result.manifest.digest}", str(ref), warnings, attached)
 
 
 def _configured_image(source: str, config: PathLike | None) -> str | None:

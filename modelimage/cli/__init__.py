@@ -19,7 +19,7 @@ import httpx
 
 from .. import __version__
 from ..errors import ModelImageError
-from . import build, estimate, model, pull, registry, render
+from . import build, estimate, model, pull, registry, render, sign
 from ._output import err, set_quiet
 
 
@@ -59,7 +59,7 @@ def cli() -> None:
 
 for _command in (model.inspect, model.plan, model.example_model, build.build, build.push, registry.login,
                  registry.logout, registry.limits_command, pull.pull, pull.verify_command, estimate.estimate,
-                 render.render_command):
+                 render.render_command, sign.sign):
     _command.params.append(click.Option(["-q", "--quiet"], **QUIET_OPTION))  # type: ignore[arg-type]
     cli.add_command(_command)
 

@@ -4,6 +4,7 @@ send a built layout to a registry."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ from ..units import format_size, plural
 from . import _variants
 from ._options import model_args, plan_options, rate_callback, registry_options, source_options
 from ._output import emit_json, info, progress, pushed, warn1
+from .sign import describe_attached
 
 
 @click.command()
@@ -34,9 +36,17 @@ from ._output import emit_json, info, progress, pushed, warn1
               help="Upload bandwidth (e.g. 100Mbit/s), to warn when a layer outlasts a registry's upload timeout.")
 @_variants.variant_option
 @registry_options
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
+              help="With --push: sign the pushed image (OpenSSF Model Signing, EC private key KEY) and attach "
+                   "its SLSA provenance signed with the same key; needs pip install 'modelimage[sign]' "
+                   "(see `modelimage sign --help`).")
+@click.option("--provenance", is_flag=True,
+              help="With --push: attach SLSA v1 provenance (source, settings, file digests) as an OCI referrer, "
+                   "unsigned unless --sign is given.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (digest, layers, files) as JSON.")
 def build(source: str, output: str | None, push_ref: str | None, as_json: bool, concurrency: int,
-          bandwidth: float | None, fmt: str, variants: tuple[str, ...], **kw: Any) -> None:
+          bandwidth: float | None, fmt: str, variants: tuple[str, ...], sign_key: Path | None, provenance: bool,
+          **kw: Any) -> None:
     """Build an OCI image of a model, without a Docker daemon.
 
     Layers are deterministic tars (sorted entries, uid/gid 0, fixed modes,
@@ -51,7 +61,7 @@ def build(source: str, output: str | None, push_ref: str | None, as_json: bool, 
         raise click.UsageError(f"--base applies to --format image, not {fmt}")
     built = api.build(source, output, push=push_ref if push_ref is None else (push_ref or True), format=fmt,
                       bandwidth=bandwidth, concurrency=concurrency, progress=progress, on_warning=warn1,
-                      variants=variants, **model_args(kw))
+                      variants=variants, sign=sign_key, provenance=provenance, **model_args(kw))
     if not isinstance(built, api.Built):  # a model with variants: an index
         return _variants.report(built, as_json)
     if as_json:
@@ -64,6 +74,8 @@ def build(source: str, output: str | None, push_ref: str | None, as_json: bool, 
     else:
         done = ", ".join(f"{n} {a}" for a, n in sorted(Counter(actions).items()))
         info(f"wrote {built.reference} ({plural(len(actions), 'layer')}: {done}; {format_size(built.size)})")
+    if built.attached is not None:
+        info(describe_attached(built.attached))
 
 
 @click.command()

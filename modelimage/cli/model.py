@@ -27,8 +27,19 @@ def inspect(source: str, as_precision: str | None, as_json: bool, **kw: Any) -> 
 
     SOURCE is a model folder (Hugging Face or diffusers layout), a single
     weight file, or the name of a model in modelimage.toml. An image REF (or
-    oci:DIR[:TAG]) lists its variants with their sizes and GPU memory.
+    oci:DIR[:TAG]) lists its variants with their sizes and GPU memory. An
+    image in a registry (HOST/REPO[:TAG|@DIGEST]) shows what its manifest
+    records: the model facts, its files with their sha256, and the
+    signatures and attestations attached to it (not verified: see
+    `verify --key`).
     """
+    from ..signing.describe import looks_like_registry_reference
+
+    if looks_like_registry_reference(source) and not Path(source).exists():
+        from .sign import inspect_image
+
+        if inspect_image(source, as_json):  # False for an index: its variants are listed below
+            return
     if _variants.inspect(source, as_json, kw):
         return
     model = api.inspect(source, **model_args(kw))

@@ -69,16 +69,20 @@ def _render_help() -> str:
 @click.option("--gpu-memory", callback=size_callback, metavar="SIZE",
               help="Of a model with variants: the highest-precision one whose GPU-memory estimate fits SIZE "
                    "(the rule `pull --gpu-memory` follows); default: the first variant.")
+@click.option("--sign", "sign", is_flag=True,
+              help="github-action: sign the pushed image (and its SLSA provenance) with the EC private key in "
+                   "the repository secret MODELIMAGE_SIGNING_KEY.")
 def render_command(kind: str, source: str | None, output: Path | None, builder: str | None, no_link: bool,
                    image: str | None, serve_image: str, port: int, gpus: int, fallback: str | None,
-                   copier_image: str, action: str, variant: str | None, gpu_memory: int | None, **kw: Any) -> None:
+                   copier_image: str, action: str, variant: str | None, gpu_memory: int | None, sign: bool,
+                   **kw: Any) -> None:
     detected = builder is None and kind.startswith("dockerfile")
     if detected:
         builder, found = _render.detect_builder()
     settings = _render.RenderSettings(builder=builder or "docker", link=False if no_link else None, image=image,
                                       dockerfile=str(output) if output else "Dockerfile", serve_image=serve_image,
                                       port=port, gpus=gpus, fallback=fallback, copier_image=copier_image,
-                                      action=action, variant=variant, gpu_memory=gpu_memory)
+                                      action=action, variant=variant, gpu_memory=gpu_memory, sign=sign)
     if source is None and kind != "makefile":
         raise click.UsageError(f"render {kind} needs a SOURCE or NAME")
     rendered = _render.render_model(kind, source, job_options(**kw), settings)

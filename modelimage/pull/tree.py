@@ -111,6 +111,9 @@ class TreeModel:
                 del self.nodes[key]
 
 
+SIGNATURE_FILE = "model.sig"  # OpenSSF model signing's default name
+
+
 def dest_files(dest: Path) -> dict[str, os.stat_result]:
     """Files and symlinks under ``dest`` (relative POSIX paths), without the
     puller's own record and staging folder."""
@@ -195,5 +198,6 @@ def verify(source: str, dest: str | os.PathLike, *, include: Sequence[str] = (),
                 missing.append(rel)
             elif verdict == "changed":
                 changed.append(rel)
-    extra = sorted(set(on_disk) - set(model.nodes))
+    # DEST/model.sig: the image's signature a pull wrote (modelimage.signing.pulled), not a model file
+    extra = sorted(set(on_disk) - set(model.nodes) - {SIGNATURE_FILE})
     return VerifyResult(source, image.digest, str(dest), len(items), tuple(missing), tuple(extra), tuple(changed))

@@ -110,6 +110,8 @@ def load_private_key(path: str | Path) -> Any:
     except ValueError as e:
         if password and "password" in str(e).lower() or "decrypt" in str(e).lower():
             raise SigningError(f"{path}: wrong password in ${PASSWORD_ENV}") from None
+        if b"PUBLIC KEY" in data:
+            raise SigningError(f"{path}: that is a public key; sign with the private one") from None
         raise SigningError(f"{path}: not a PEM private key ({_first_line(e)}); "
                            "make one with: openssl ecparam -name prime256v1 -genkey -noout -out key.pem") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in SUPPORTED_CURVES:

@@ -40,6 +40,7 @@ class Remote:
     image: Image
     subject: Descriptor
     responses: list[httpx.Response] = field(default_factory=list)
+    from_index: bool = False  # the reference named an index; ``image`` is the entry chosen for the platform
 
     @property
     def bytes_fetched(self) -> int:
@@ -102,7 +103,8 @@ def open_remote(source: str, *, platform: str | None = None, insecure: frozenset
     try:
         m = client.get_manifest(ref.repository, ref.ref)
         manifest, digest, media_type, size = m.json(), m.digest, m.media_type, len(m.data)
-        if is_index(manifest, m.media_type):
+        from_index = is_index(manifest, m.media_type)
+        if from_index:
             chosen = choose_platform(manifest, platform, source)
             m = client.get_manifest(ref.repository, chosen["digest"])
             manifest, digest, media_type, size = m.json(), m.digest, m.media_type, len(m.data)
@@ -122,7 +124,7 @@ def open_remote(source: str, *, platform: str | None = None, insecure: frozenset
                   tuple(Descriptor.from_json(x) for x in manifest["layers"]), _no_layers, client.close,
                   ref.host, ref.repository)
     subject = Descriptor(media_type or manifest.get("mediaType") or MEDIA_TYPE_MANIFEST, digest, size)
-    return Remote(ref, client, image, subject, responses)
+    return Remote(ref, client, image, subject, responses, from_index)
 
 
 __all__ = ["Remote", "open_remote", "RegistryError"]

@@ -87,7 +87,7 @@ def _verify(remote: Remote, source: str, key: str | Path) -> VerifiedImage:
     for sig in signatures:
         what = f"{source}: signature {sig.descriptor.digest[:19]}"
         try:
-            bundle = _bundle(remote, sig)
+            bundle = bundle_of(remote, sig)
             statement = oms.verify_files(bundle, key, what)
         except (oms.SignatureInvalid, ModelImageError) as e:
             failures.append(str(e))
@@ -111,7 +111,7 @@ def _verify(remote: Remote, source: str, key: str | Path) -> VerifiedImage:
     raise oms.SignatureInvalid(f"{source}: {many} with {key}" + (f" ({reason})" if reason else ""))
 
 
-def _bundle(remote: Remote, sig: Referrer) -> bytes:
+def bundle_of(remote: Remote, sig: Referrer) -> bytes:
     """The bundle blob a signature or attestation manifest holds."""
     manifest = remote.manifest(sig.descriptor.digest)
     layers = manifest.get("layers") or []
@@ -138,7 +138,7 @@ def _provenance(remote: Remote, referrers: list[Referrer], key: str | Path) -> l
             entry["reason"] = "unsigned"
         else:
             try:
-                statement = oms.verify_statement(_bundle(remote, r), key)
+                statement = oms.verify_statement(bundle_of(remote, r), key)
                 hexes = {(s.get("digest") or {}).get("sha256") for s in statement.get("subject") or []}
                 entry["verified"] = remote.subject.digest.split(":", 1)[1] in hexes
                 if not entry["verified"]:
