@@ -242,3 +242,24 @@ def test_a_weight_file_no_variant_claims_is_left_out_and_said(model, tmp_path, c
     result = json.loads(captured.out)
     files = {f["path"] for v in result["variants"] for layer in v["layers"] for f in layer["files"]}
     assert "/models/llama/llama-F16.gguf" not in files
+
+
+@pytest.mark.integration
+def test_containerd_unpacks_the_default_variant(pushed, containerd, tmp_path):
+    """containerd (what Kubernetes nodes run) matches the platform and
+    unpacks the first entry of those that match: the default variant. (ctr's
+    pull fetches every entry that matches the platform first: ctr fetches
+    without a limit, the CRI's pull takes one manifest.)"""
+    ref, result = pushed
+    run("ctr", "--address", containerd, "images", "pull", "--plain-http", ref)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        run("ctr", "--address", containerd, "images", "mount", ref, str(mnt))
+        try:
+            files = {p.name for p in (mnt / "models" / "llama").iterdir()}
+        finally:
+            run("ctr", "--address", containerd, "images", "unmount", "--rm", str(mnt))
+        assert "llama-Q4_K_M.gguf" in files and "llama-Q8_0.gguf" not in files and "tokenizer.json" in files
+    finally:
+        run("ctr", "--address", containerd, "images", "rm", "--sync", ref)

@@ -102,3 +102,23 @@ def test_weight_files_no_variant_claims_are_left_out_not_shared():
     assert split.left_out == ("llama-F16.gguf", "sub/llama-Q2_K.gguf")
     assert split.files["q4_k_m"] == tuple(sorted(SHARED + ["llama-Q4_K_M.gguf"]))
     assert split.shared == frozenset(SHARED)
+
+
+def test_the_example_entry_downloads_three_quantizations_and_splits_them():
+    """examples/modelimage.toml's llama-8b: huggingface_hub downloads what the
+    entry's include names, and each variant holds its GGUF plus the README."""
+    from pathlib import Path
+
+    from huggingface_hub.utils import filter_repo_objects
+
+    from modelimage.sources import hf
+
+    entry = load_config(Path(__file__).resolve().parent.parent / "examples" / "modelimage.toml").models["llama-8b"]
+    repo = ["README.md", "Meta-Llama-3.1-8B-Instruct.imatrix", *(
+        f"Meta-Llama-3.1-8B-Instruct-{q}.gguf" for q in ("Q4_K_M", "Q4_K_L", "Q6_K", "Q6_K_L", "Q8_0", "f32"))]
+    downloaded = sorted(filter_repo_objects(repo, allow_patterns=hf.patterns(entry.include)))
+    split = split_files(downloaded, entry.variants)
+    assert [v.name for v in entry.variants] == ["q4_k_m", "q6_k", "q8_0"]
+    assert split.files == {q.lower(): ("Meta-Llama-3.1-8B-Instruct-" + q + ".gguf", "README.md")
+                           for q in ("Q4_K_M", "Q6_K", "Q8_0")}
+    assert split.shared == {"README.md"} and split.left_out == ()
