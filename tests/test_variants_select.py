@@ -93,3 +93,33 @@ def test_annotations_round_trip():
 ])
 def test_someone_elses_annotations_never_raise(annotations, expected):
     assert facts_from_descriptor({"annotations": annotations, "size": "n/a"}) == expected
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_variant = st.builds(
+    lambda name, params, bits, extra: v(name, bits, params=params, extra=extra),
+    st.sampled_from(["a", "b", "c", "d", "e", "f"]), st.sampled_from([10**9, 7 * 10**9, 70 * 10**9]),
+    st.sampled_from([2.6, 4.5, 4.85, 5.5, 6.56, 8.5, 16.0]), st.integers(0, 10**9))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_variant, min_size=1, max_size=6, unique_by=lambda x: x.name), st.integers(1, 200 * GIB))
+def test_gpu_memory_choice_is_the_best_that_fits(variants, gpu):
+    """The pick fits; nothing that fits has a higher precision; among equal
+    precisions nothing that fits is smaller; and when the pick fails, nothing fits."""
+    try:
+        choice = select(variants, gpu_memory=gpu)
+    except VariantError as e:
+        from modelimage.units import format_size
+
+        assert all(x.vram_bytes > gpu for x in variants)
+        assert str(e).endswith(f"needs ~{format_size(min(x.vram_bytes for x in variants))}")
+        return
+    best = choice.variant
+    assert best.vram_bytes <= gpu
+    fits = [x for x in variants if x.vram_bytes <= gpu]
+    top = max(round(x.bits_per_parameter, 2) for x in fits)
+    assert round(best.bits_per_parameter, 2) == top
+    assert best.bytes == min(x.bytes for x in fits if round(x.bits_per_parameter, 2) == top)
