@@ -278,3 +278,14 @@ def test_a_foreign_image_resumes_by_layer_after_a_bad_blob(tmp_path):
     again = pull(source, dest)
     assert (again.layers_skipped, again.layers_fetched, again.bytes_fetched) == (2, 1, len(layers[2]))
     assert set(tree(dest)) == {"l0/f", "l1/f", "l2/f"} and own(dest) == {".modelimage-pull.json"}
+
+
+def test_a_foreign_image_pulled_again_with_another_include_keeps_the_first_files(tmp_path):
+    source = layout(tmp_path / "oci", [tar_of([(info("config.json"), b"{}"), (info("w.bin"), b"w")])])
+    dest = tmp_path / "dest"
+    pull(source, dest, include=["*.json"])
+    pull(source, dest, include=["*.bin"])
+    assert tree(dest) == {"config.json": sha(b"{}"), "w.bin": sha(b"w")}
+    (dest / "w.bin").write_bytes(b"changed")  # a changed file: every layer applies again, nothing is lost
+    pull(source, dest)
+    assert tree(dest) == {"config.json": sha(b"{}"), "w.bin": sha(b"w")}

@@ -108,7 +108,7 @@ def plan_resume(schedule: Schedule, record: Record) -> None:
 
     Ordered layers: those the record says were applied, as long as every
     file it recorded is unchanged and no earlier layer runs again; else all
-    of them, what was written counting as old until written again. Listed
+    of them. Listed
     files: each on its own, by its recorded signature or its sha256 (a file
     that already holds the image's bytes is recorded: as modelimage's if
     modelimage wrote it, else as adopted, left alone)."""
@@ -124,7 +124,7 @@ def plan_resume(schedule: Schedule, record: Record) -> None:
             keep.append(t)
         schedule.tasks = keep
         if not intact:
-            record.renew()
+            record.applied = []  # every layer again; what it wrote stays the image's (same manifest, same tree)
         return
     keep = []
     for t in schedule.tasks:

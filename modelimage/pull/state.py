@@ -169,14 +169,6 @@ class Record:
         self.changed = True
         self.entries.pop(rel, None)
 
-    def renew(self) -> None:
-        """Everything this image wrote so far is to be written again (its
-        layers apply from the first): it all counts as old until rewritten."""
-        for e in self.entries.values():
-            if not e.get("adopted"):
-                e["old"] = True
-        self.applied = []
-
     def save(self) -> None:
         """Write the record durably (see :func:`write_durably`)."""
         data = {"version": RECORD_VERSION, "manifest": self.manifest, "selection": self.selection,
