@@ -15,10 +15,10 @@ from pathlib import Path
 from .build import DEFAULT_PLATFORM, ImageSettings, manifest_size, source_date_epoch
 from .config import Config, ModelEntry, load_config, resolve
 from .errors import ConfigError
-from .image import Image
+from .image import ANNOTATION_TARGET, Image
 from .inspect import ModelInfo, inspect_model
 from .limits import DEFAULT, LayerFacts, RegistryLimits, check, limits_for
-from .mutate import load_base
+from .mutate import base_annotations, load_base
 from .oci import Platform
 from .plan import DEFAULT_MAX_LAYER_SIZE, Plan, PlanSettings, make_plan, normalize_target
 from .sources import OpenedSource, open_source
@@ -89,16 +89,23 @@ def prepare(arg: str, options: Options = Options()) -> Job:
     compression = options.compression or entry.compression or "none"
     if compression not in COMPRESSIONS:
         raise ConfigError(f"compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
-    target = options.target or entry.target or f"/models/{model.name}"
-    normalize_target(target)
     epoch = source_date_epoch()
     asked = options.platform or entry.platform
     platform = asked or DEFAULT_PLATFORM
     Platform.parse(platform)
     base = load_base(options.base, platform, insecure=options.insecure, strict=asked is not None) \
         if options.base else None
+    labels = dict(source.labels)
+    target = options.target or entry.target or f"/models/{model.name}"
     if base is not None:
         platform = str(base.platform)
+        labels.update(base_annotations(base))
+        if model.kind == "adapter" and base.target and not (options.target or entry.target):
+            # an adapter on its base model's image: beside the model, and the image's folder stays the base's,
+            # so that a pull yields both
+            target = f"/{base.target.strip('/')}/adapters/{model.name}"
+            labels[ANNOTATION_TARGET] = "/" + base.target.strip("/")
+    normalize_target(target)
     limits = limits_for(options.registry, config.registries) if options.registry else DEFAULT
     explicit = options.max_layer_size or entry.max_layer_size
     default = min(DEFAULT_MAX_LAYER_SIZE, limits.max_layer_size or DEFAULT_MAX_LAYER_SIZE)
@@ -110,5 +117,5 @@ def prepare(arg: str, options: Options = Options()) -> Job:
         mtime=epoch,
         compression=compression,
     )
-    settings = ImageSettings(platform=platform, epoch=epoch, labels=dict(source.labels))
+    settings = ImageSettings(platform=platform, epoch=epoch, labels=labels)
     return Job(entry, model, plan_settings, settings, config, options.registry, limits, base, source)

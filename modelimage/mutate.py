@@ -107,3 +107,14 @@ def append_config(base: Image, *, labels: dict[str, str], history: Sequence[dict
     config["history"] = list(config.get("history") or []) + list(history)
     config["created"] = created
     return config
+
+
+# image-spec annotations.md: the image this one is based on
+ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
+ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
+
+
+def base_annotations(base: Image) -> dict[str, str]:
+    """``org.opencontainers.image.base.digest`` (the base's manifest digest:
+    the one platform's image used) and ``.base.name`` (its reference as given)."""
+    return {ANNOTATION_BASE_DIGEST: base.digest, ANNOTATION_BASE_NAME: base.name}

@@ -25,6 +25,7 @@ from .build import model_facts
 from .config import REMOTE_SCHEMES, ModelEntry, load_config, resolve
 from .content import FileRange, is_remote
 from .errors import ConfigError, OutputError, RenderError
+from .image import ANNOTATION_TARGET
 from .inspect import VRAM_FACTOR
 from .job import Job, Options, prepare
 from .plan import Plan
@@ -407,9 +408,17 @@ def k8s(job: Job, plan: Plan, image: str, settings: RenderSettings) -> str:
     if settings.fallback not in (None, *FALLBACKS):
         raise ConfigError(f"--fallback {settings.fallback!r}: choose one of {', '.join(FALLBACKS)}")
     model = job.model
-    target = "/" + plan.settings.root
+    # the image's folder: the plan's, or its base model's when an adapter sits on it (build --base)
+    target = "/" + job.image_settings.labels.get(ANNOTATION_TARGET, "/" + plan.settings.root).strip("/")
     name = dns_label(model.name)
     content = sum(e.size for e in plan.files)
+    base = None
+    if job.base is not None and job.base.target:
+        from .pull.layers import layer_file_lists
+
+        lists = layer_file_lists(job.base)
+        base = (job.base.target.strip("/"), tuple(f.name for listed in lists if listed for f in listed))
+        content += sum(f.size for listed in lists if listed for f in listed)
     if model.parameters:
         vram_rule = f"parameters x {model.bytes_per_parameter:.3g} bytes x {VRAM_FACTOR}"
     else:
@@ -422,14 +431,14 @@ def k8s(job: Job, plan: Plan, image: str, settings: RenderSettings) -> str:
         image=image,
         pull_policy=pull_policy(image),
         serve_image=settings.serve_image,
-        args=server_args(model, plan, serve_image=settings.serve_image, port=settings.port),
+        args=server_args(model, plan, serve_image=settings.serve_image, port=settings.port, base=base),
         server=server_kind(settings.serve_image),
         port=settings.port,
         gpus=settings.gpus,
         vram=format_size(model.vram_bytes),
         vram_rule=vram_rule,
         target=target,
-        sub_path=plan.settings.root,
+        sub_path=target.strip("/"),
         size=format_size(content),
         copier_image=settings.copier_image,
         tools_dir=TOOLS_DIR,

@@ -43,19 +43,46 @@ def _planned(plan: Plan, name: str) -> str:
     raise RenderError(f"{name}: not in the plan")  # a bug if this fires
 
 
-def served(model: ModelInfo, plan: Plan) -> Served:
+Base = tuple[str, tuple[str, ...]]  # a base model image's folder and files (root-relative paths)
+
+
+def _from_base(base: Base) -> tuple[str, bool, int, str | None]:
+    """(model path, GGUF?, splits, projector) of a base model image, from
+    its file lists: its one GGUF model (the first split of a split set),
+    else its folder; a GGUF with "mmproj" in its name is the projector."""
+    from .formats.gguf import SPLIT_RE  # on first use: it loads the gguf package
+
+    folder, files = base
+    top = [f for f in files if PurePosixPath(f).parent == PurePosixPath(folder)]
+    ggufs = sorted(f for f in top if f.endswith(".gguf") and "mmproj" not in PurePosixPath(f).name.lower())
+    projector = next(("/" + f for f in top if f.endswith(".gguf") and "mmproj" in PurePosixPath(f).name.lower()),
+                     None)
+    firsts = [f for f in ggufs if not SPLIT_RE.match(PurePosixPath(f).name)
+              or SPLIT_RE.match(PurePosixPath(f).name)["no"] == "00001"]  # type: ignore[index]
+    if len(firsts) == 1:
+        m = SPLIT_RE.match(PurePosixPath(firsts[0]).name)
+        return "/" + firsts[0], True, int(m["count"]) if m else 1, projector
+    return "/" + folder, False, 1, projector
+
+
+def served(model: ModelInfo, plan: Plan, base: Base | None = None) -> Served:
     """The paths a server needs, from the plan (so a split GGUF is named by
-    its first split, as llama.cpp loads it, never by the unsplit name)."""
+    its first split, as llama.cpp loads it, never by the unsplit name); for
+    an adapter on its base model's image (``build --base``), the model
+    comes from ``base``: that image's folder and files."""
     target = "/" + plan.settings.root
     resharded = {src: r for r in plan.reshards for src in r.sources}
     main = [w for w in model.weight_sets if w.kind == "model"]
     path, gguf, split = target, False, 1
+    projector = None
+    if not main and base is not None:
+        path, gguf, split, projector = _from_base(base)
     if len(main) == 1 and main[0].format == "gguf":
         w = main[0]
         r = resharded.get(w.members[0])
         names = list(r.outputs) if r else list(w.members)
         path, gguf, split = _planned(plan, names[0]), True, len(names)
-    projector = next((_planned(plan, w.members[0]) for w in model.weight_sets if w.kind == "mmproj"), None)
+    projector = next((_planned(plan, w.members[0]) for w in model.weight_sets if w.kind == "mmproj"), projector)
     adapters: list[tuple[str, str, int | None]] = []
     gguf_adapters = False
     for w in model.weight_sets:
@@ -78,13 +105,13 @@ def server_kind(serve_image: str) -> str:
     return "llama.cpp" if any(k in name for k in ("llama.cpp", "llama-cpp", "llamacpp", "llama-server")) else "vllm"
 
 
-def server_args(model: ModelInfo, plan: Plan, *, serve_image: str, port: int) -> list[str]:
+def server_args(model: ModelInfo, plan: Plan, *, serve_image: str, port: int, base: Base | None = None) -> list[str]:
     """The server's arguments: llama.cpp's ``llama-server`` (``-m`` the first
     split, ``--mmproj``, ``--lora``) or vLLM's (``--model``,
     ``--enable-lora --lora-modules NAME=PATH``). vLLM loads only single-file
     GGUF (vLLM docs, "GGUF": merge split files first) and LoRA adapters in
     PEFT's format: anything else is a :class:`RenderError` that says what works."""
-    s = served(model, plan)
+    s = served(model, plan, base)
     kind = server_kind(serve_image)
     if kind == "llama.cpp":
         if not s.gguf:
@@ -99,6 +126,10 @@ def server_args(model: ModelInfo, plan: Plan, *, serve_image: str, port: int) ->
         for _, path, _ in s.adapters:
             args += ["--lora", path]
         return args
+    if s.gguf and s.split > 1 and not any(w.kind == "model" for w in model.weight_sets):
+        raise RenderError(f"vLLM loads only single-file GGUF (vLLM docs, GGUF: merge split files first), and the base "
+                          f"model image holds {s.model} split into {s.split} files; serve it with llama.cpp "
+                          "(--serve-image ghcr.io/ggml-org/llama.cpp:server, which loads the first split)")
     if s.gguf and s.split > 1:
         largest = max((e.content.size for e in plan.files if e.path.endswith(".gguf")), default=0)
         whole = sum(f.size for f in model.files if f.format == "gguf")

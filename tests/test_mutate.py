@@ -184,3 +184,75 @@ def test_a_base_of_another_platform_is_refused_when_one_is_asked_for(base_layout
     assert not out.exists()
     assert main(["build", str(llama_dir), "--base", base_layout, "--platform", "linux/x86_64",
                  "-o", f"oci:{out}:v1"]) == 0  # the same platform, another name
+
+
+# ---------------------------------------------------------------- an adapter on its base model's image (issue 22)
+
+
+def test_adapter_on_its_base_model_image(registry, tmp_path, capsys):
+    """``build ADAPTER --base BASE_MODEL_IMAGE``: one image whose pull yields
+    the base model and the adapter together, whose manifest records the base
+    by digest and name, and whose push uploads only the adapter's layers (the
+    base's are mounted from its repository); render k8s passes the adapter to
+    vLLM beside the base model."""
+    import io
+    import re
+    from contextlib import redirect_stdout
+
+    from modelimage import synth
+    from modelimage.mutate import ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME
+    from modelimage.pull import pull
+
+    from . import upstream
+    from .tools import SMALL
+
+    base_dir = synth.write_llama_safetensors(tmp_path / "tiny", SMALL, shards=1)
+    base_ref = f"{registry.host}/models/tiny:v1"
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["build", str(base_dir), "--push", base_ref, "--json"]) == 0
+    base = json.loads(out.getvalue())
+    adapter_dir = synth.write_peft_adapter(tmp_path / "tiny-lora", SMALL, rank=32, base="models/tiny")
+    ref = f"{registry.host}/adapters/tiny-lora:v1"
+    before = registry.log.read_text(errors="replace")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["build", str(adapter_dir), "--base", base_ref, "--push", ref, "--json"]) == 0
+    built = json.loads(out.getvalue())
+    capsys.readouterr()
+    log = registry.log.read_text(errors="replace")[len(before):]
+    # every blob upload the registry completed (PUT .../blobs/uploads/UUID?...digest=...)
+    uploaded = set(re.findall(r'uri="/v2/adapters/tiny-lora/blobs/uploads/[^"]*digest=(sha256:[0-9a-f]{64})"', log))
+    base_blobs = {layer["digest"] for layer in base["layers"]}
+    adapter_blobs = {layer["digest"] for layer in built["layers"]}
+    assert uploaded == adapter_blobs | {built["config"]}, (uploaded, adapter_blobs)
+    assert not uploaded & base_blobs, "a base layer was uploaded again"
+    assert len(re.findall(r'uri="/v2/adapters/tiny-lora/blobs/uploads/\?[^"]*mount=', log)) == len(base_blobs)
+
+    manifest = json.loads(run(need("skopeo"), "inspect", "--raw", "--tls-verify=false", f"docker://{ref}").stdout)
+    ann = manifest["annotations"]
+    assert ann[ANNOTATION_BASE_DIGEST] == base["digest"] and ann[ANNOTATION_BASE_NAME] == base_ref
+    assert ann["dev.modelimage.target"] == "/models/tiny"
+    assert [layer["digest"] for layer in manifest["layers"][:len(base["layers"])]] == [
+        layer["digest"] for layer in base["layers"]]
+
+    # one pull: the base model and its adapter, each loadable by its loader's rules
+    dest = tmp_path / "dest"
+    pull(ref, dest)
+    assert (dest / "config.json").is_file() and (dest / "adapters" / "tiny-lora" / "adapter_config.json").is_file()
+    state = upstream.transformers_load(dest)
+    assert "model.embed_tokens.weight" in state
+    config, tensors = upstream.peft_load(dest / "adapters" / "tiny-lora")
+    assert config["r"] == 32 and tensors
+
+    # render k8s: vLLM gets the base model and the adapter
+    assert main(["render", "k8s", str(adapter_dir), "--base", base_ref, "--image", ref]) == 0
+    import yaml
+
+    doc = yaml.safe_load(capsys.readouterr().out)
+    (server,) = doc["spec"]["template"]["spec"]["containers"]
+    args = server["args"]
+    assert args[:2] == ["--model", "/models/tiny"]
+    assert args[args.index("--lora-modules") + 1] == "tiny-lora=/models/tiny/adapters/tiny-lora"
+    assert args[args.index("--max-lora-rank") + 1] == "32"
+    assert server["volumeMounts"][0]["subPath"] == "models/tiny"

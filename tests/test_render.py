@@ -617,3 +617,22 @@ def test_k8s_passes_projectors_and_adapters(path_models: Path, capsys: pytest.Ca
     assert main(["render", "k8s", str(path_models / "lora"), "--image", IMAGE]) == 1
     err = capsys.readouterr().err
     assert "PEFT" in err and LLAMA_CPP in err
+
+
+def test_k8s_for_a_gguf_lora_on_its_base_model_image(path_models: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """An adapter built on its base model's image (an offline layout here):
+    llama.cpp gets the base's GGUF (its first split when split) and the
+    adapter beside it, inside the one mounted folder."""
+    base = f"oci:{tmp_path / 'base'}:v1"
+    assert main(["build", str(path_models / "gg"), "-o", base, "--max-layer-size", "600KB"]) == 0
+    lora = tmp_path / "my-lora"
+    synth.write_gguf_lora(lora / "my-lora-f16.gguf", SMALL, rank=4)
+    capsys.readouterr()
+    assert main(["render", "k8s", str(lora), "--base", base, "--image", IMAGE, "--serve-image", LLAMA_CPP]) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    (server,) = doc["spec"]["template"]["spec"]["containers"]
+    args = server["args"]
+    assert re.fullmatch(r"/models/gg/tiny-Q4_K_M-00001-of-000\d\d\.gguf", args[args.index("-m") + 1]), args
+    assert args[args.index("--lora") + 1] == "/models/gg/adapters/my-lora/my-lora-f16.gguf"
+    assert server["volumeMounts"][0]["subPath"] == "models/gg"

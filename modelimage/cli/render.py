@@ -42,6 +42,9 @@ def _render_help() -> str:
 @click.option("--name", help="Model name (default: the entry name or the folder name).")
 @plan_options
 @click.option("--registry", metavar="HOST", help="Plan within this registry's limits (see `modelimage limits`).")
+@click.option("--base", metavar="REF",
+              help="k8s: the image the model was built on (build --base): for an adapter on its base model's "
+                   "image, the server gets the base model with the adapter.")
 @click.option("--builder", type=click.Choice(list(_render.BUILDERS)),
               help="dockerfile, dockerfile-consumer: who builds it (the build command in its header; COPY --link "
                    "for docker and buildkit, plain COPY for podman and buildah, which reject --link before "
