@@ -40,8 +40,9 @@ kind                    split  who loads it, and how
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any, Literal, Protocol
 
@@ -84,7 +85,11 @@ DIFFUSION_GGUF_ARCHS = {"flux", "sd1", "sdxl", "sd3", "aura", "ltxv", "hyvid", "
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 
-WeightKind = Literal["model", "peft-adapter", "gguf-lora", "mmproj", "diffusion-checkpoint"]
+WeightKind = Literal["model", "peft-adapter", "gguf-lora", "mmproj", "diffusion-checkpoint", "legacy-variant-shards"]
+#: diffusers' deprecated variant shard names (diffusers#9253): NAME-00001-of-00002.fp16.safetensors
+LEGACY_SHARD_RE = re.compile(
+    r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.(?P<variant>" + "|".join(map(re.escape, VARIANTS))
+    + r")\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,11 @@ LOADERS: dict[str, LoaderRule] = {
                          "llama.cpp clip_model_loader (tools/mtmd/clip.cpp) reads one GGUF file"),
     "diffusion-checkpoint": LoaderRule("diffusion-checkpoint", "single-file diffusion checkpoints", False,
                                        "diffusers from_single_file and ComfyUI's checkpoint loaders read one file"),
+    "legacy-variant-shards": LoaderRule(
+        "legacy-variant-shards", "sets with diffusers' deprecated variant shard names (NAME-0000k-of-0000n.VARIANT"
+        ".safetensors)", False,
+        "resharding would rename files their index names, and diffusers versions read different names: "
+        "diffusers#9253 deprecated these, accelerate#2946"),
 }
 
 
@@ -227,10 +237,13 @@ def find_weight_sets(files: Sequence[_File]) -> list[WeightSet]:
         if fmt not in ("safetensors", "gguf"):
             continue
         base = PurePosixPath(f.name).name
-        m = (st.SHARD_RE if fmt == "safetensors" else _gguf().SPLIT_RE).match(base)
+        legacy = LEGACY_SHARD_RE.match(base) if fmt == "safetensors" else None
+        m = legacy or (st.SHARD_RE if fmt == "safetensors" else _gguf().SPLIT_RE).match(base)
         if m:
-            # both patterns: (stem|prefix)-(k)-of-(n).ext
+            # all patterns: (stem|prefix)-(k)-of-(n)[.variant].ext
             stem, k, n = m.group(1), int(m.group(2)), int(m.group(3))
+            if legacy:
+                stem = f"{stem}.{legacy['variant']}"
             groups.setdefault((fmt, f.directory, stem, n), {})[k] = f
         else:
             singles.append((fmt, f))
@@ -238,9 +251,14 @@ def find_weight_sets(files: Sequence[_File]) -> list[WeightSet]:
     sets: list[WeightSet] = []
     claimed: set[str] = set()
     for (fmt, directory, stem, n), members in sorted(groups.items()):
+        first = PurePosixPath(next(iter(members.values())).name).name
+        legacy = fmt == "safetensors" and bool(LEGACY_SHARD_RE.match(first))
         for k in range(1, n + 1):
             if k not in members:
                 name = (st.shard_name(stem, k, n) if fmt == "safetensors" else _gguf().split_name(stem, k, n))
+                if legacy:
+                    base_stem, _, variant = stem.rpartition(".")
+                    name = f"{base_stem}-{k:05d}-of-{n:05d}.{variant}.safetensors"
                 raise SourceError(f"{_join(directory, name)}: missing (shard {k} of {n} of {_join(directory, stem)})")
         ordered = [members[k] for k in range(1, n + 1)]
         index_file, index, extras = None, None, []
@@ -261,8 +279,9 @@ def find_weight_sets(files: Sequence[_File]) -> list[WeightSet]:
                                           "sets in one index; remove the stale ones")
                     extras.append(by_name[path])
         claimed.update(f.name for f in ordered + extras)
-        sets.append(_weight_set(fmt, directory, stem, ordered + extras, index_file, index,
-                                tuple(f.name for f in extras), by_name))
+        w = _weight_set(fmt, directory, stem, ordered + extras, index_file, index, tuple(f.name for f in extras),
+                        by_name)
+        sets.append(replace(w, kind="legacy-variant-shards") if legacy and w.kind == "model" else w)
     for fmt, f in singles:
         if f.name in claimed:  # an extra file of a sharded set's index
             continue
@@ -273,7 +292,9 @@ def find_weight_sets(files: Sequence[_File]) -> list[WeightSet]:
 
 
 def _find_index(by_name: dict[str, _File], directory: str, stem: str) -> tuple[str | None, dict | None]:
-    for cand in (index_name_for(stem), st.index_name(stem)):
+    base, variant = split_variant(stem)
+    legacy = (f"{base}.safetensors.{variant}.index.json",) if variant else ()  # diffusers before #9253
+    for cand in (index_name_for(stem), st.index_name(stem), *legacy):
         path = _join(directory, cand)
         if path in by_name:
             return path, st.read_index(by_name[path].path)

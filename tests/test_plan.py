@@ -849,3 +849,97 @@ def test_header_size_is_the_headers_length(name: str, size: int, mtime: int, dir
     path = f"models/x/{name}"
     assert _header_size(path, size, mtime, directory=directory) == len(
         header(path, size, directory=directory, mtime=mtime))
+
+
+# ---------------------------------------------------------------- failures seen in peers' trackers
+
+
+def test_deprecated_diffusers_variant_shards_are_never_renamed(tmp_path: Path) -> None:
+    """diffusers once wrote variant shards as NAME-00001-of-00002.fp16.safetensors
+    with NAME.safetensors.fp16.index.json (accelerate#2946, diffusers#9253
+    deprecated it). Resharding such a set would rename files the index (and
+    older diffusers) name: it is kept whole, or refused with the size that
+    keeps it whole; never resharded into names nothing reads."""
+    d = tmp_path / "transformer"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    weight_map = {}
+    for k in (1, 2):
+        name = f"diffusion_pytorch_model-0000{k}-of-00002.fp16.safetensors"
+        tensors = {f"blocks.{k}.{i}.weight": rng.standard_normal((64, 64)).astype(np.float16) for i in range(3)}
+        save_file(tensors, str(d / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+    (d / "diffusion_pytorch_model.safetensors.fp16.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": 6 * 64 * 64 * 2}, "weight_map": weight_map}))
+    model = inspect_model(d)
+    (w,) = model.weight_sets
+    assert w.kind == "legacy-variant-shards" and len(w.members) == 2
+    assert w.index_file == "diffusion_pytorch_model.safetensors.fp16.index.json"
+    assert model.parameters == 6 * 64 * 64
+    plan = make_plan(model, PlanSettings(target=TARGET))
+    assert sorted(e.content.name for e in plan.files) == sorted(f.name for f in model.files)
+    with pytest.raises(LayerTooLarge, match=r"deprecated variant shard names.*--max-layer-size \S+ or more"):
+        make_plan(model, PlanSettings(max_layer_size=20_000, target=TARGET))
+
+
+def test_an_index_naming_a_missing_shard_is_refused(tmp_path: Path) -> None:
+    """An incomplete download (sglang#32279: loaders that glob load what is
+    there, silently): the plan refuses in one line naming the file."""
+    from modelimage.errors import SourceError
+
+    d = tmp_path / "m"
+    synth.write_llama_safetensors(d, SHAPE, shards=3)
+    (d / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(SourceError, match=r"^model-00002-of-00003\.safetensors: missing"):
+        inspect_model(d)
+
+
+def test_a_tensor_in_two_files_of_one_set_is_refused_when_resharding(tmp_path: Path) -> None:
+    """A shard reused from another checkpoint that also holds a tensor the
+    index assigns to another shard (vllm#54230: the stale copy silently
+    overwrote the right one): resharding would have to pick one; refused,
+    naming both files."""
+    from modelimage.errors import FormatError
+
+    d = tmp_path / "m"
+    d.mkdir()
+    a = {"x": np.ones(40_000, np.float16), "y": np.ones(10, np.float16)}
+    b = {"y": np.zeros(10, np.float16), "z": np.ones(40_000, np.float16)}
+    save_file(a, str(d / "model-00001-of-00002.safetensors"))
+    save_file(b, str(d / "model-00002-of-00002.safetensors"))
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        "x": "model-00001-of-00002.safetensors", "y": "model-00001-of-00002.safetensors",
+        "z": "model-00002-of-00002.safetensors"}}))
+    model = inspect_model(d)
+    with pytest.raises(FormatError, match=r"tensor 'y' is also in .*model-00001-of-00002\.safetensors"):
+        make_plan(model, PlanSettings(max_layer_size=60_000, target=TARGET))
+
+
+def test_an_unaligned_source_reshards_to_aligned_shards(tmp_path: Path) -> None:
+    """Some safetensors files have a header whose length is not a multiple
+    of 8 (llama.cpp#18291 found such models on the Hub): the data section is
+    unaligned. Resharded, the shards are laid out as save_file lays them out
+    (aligned) and hold the same tensors."""
+    from safetensors.numpy import load_file
+
+    d = tmp_path / "m"
+    d.mkdir()
+    tensors = {"a": np.arange(30_000, dtype=np.float32), "b": np.arange(30_000, dtype=np.float64)}
+    header = {"a": {"dtype": "F32", "shape": [30_000], "data_offsets": [0, 120_000]},
+              "b": {"dtype": "F64", "shape": [30_000], "data_offsets": [120_000, 360_000]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-(len(raw) + 3) % 8 or 3)  # deliberately not a multiple of 8
+    assert len(raw) % 8
+    with open(d / "model.safetensors", "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + tensors["a"].tobytes() + tensors["b"].tobytes())
+    model = inspect_model(d)
+    plan = make_plan(model, PlanSettings(max_layer_size=300_000, target=TARGET))
+    out = materialize(plan, tmp_path / "out")
+    shards = sorted(out.glob("model-*-of-*.safetensors"))
+    assert len(shards) == 2
+    got = {}
+    for s in shards:
+        n = int.from_bytes(s.read_bytes()[:8], "little")
+        assert n % 8 == 0
+        got.update(load_file(str(s)))
+    assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in tensors.items()}
