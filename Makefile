@@ -12,12 +12,14 @@ DEMO_DIR ?= demo-out
 APT_PACKAGES := docker-registry skopeo umoci podman runc busybox-static apache2-utils containerd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install tools demo test test-fast bench clean
+.PHONY: help install tools demo test test-fast bench check-loaders check-llama-cpp clean
 
 help:
 	@echo "make demo   build a generated model into a local OCI layout (no registry, no daemon)"
 	@echo "make test   install the test tools (apt + virtualenv) and run the whole suite"
 	@echo "make bench  measure compression, push and pull against peers (several minutes)"
+	@echo "make check-loaders    the real transformers and PEFT load what modelimage builds and pulls (outside CI)"
+	@echo "make check-llama-cpp  the real llama.cpp (llama-cpp-python, ~10 min to build) loads base + adapter"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,3 +68,19 @@ bench: tools install
 
 clean:
 	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache
+
+# The real upstream loaders, outside CI (torch is ~700 MB; llama-cpp-python builds from source
+# in ~10 minutes): a virtualenv of their own, with this project installed editable.
+LOADERS_VENV ?= build/loaders-venv
+
+$(LOADERS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LOADERS_VENV)
+	$(LOADERS_VENV)/bin/pip install -q -e '.[test]' torch transformers peft
+	touch $@
+
+check-loaders: $(LOADERS_VENV)/.installed
+	$(LOADERS_VENV)/bin/python benchmarks/upstream_loaders.py transformers peft
+
+check-llama-cpp: $(LOADERS_VENV)/.installed
+	$(LOADERS_VENV)/bin/pip install -q llama-cpp-python
+	$(LOADERS_VENV)/bin/python benchmarks/upstream_loaders.py llama-cpp
