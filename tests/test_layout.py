@@ -143,6 +143,14 @@ def test_the_wrong_transport_says_the_right_one(built, tmp_path):
         open_image(f"oci-archive:{built}:v1")
 
 
+def test_an_archive_is_not_written_over_a_folder(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    assert main(["build", str(tiny_model(tmp_path / "tiny")), "-o", f"oci-archive:{tmp_path / 'x'}"]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'x'} is a folder; an archive is a file "
+                                               f"(a layout folder is oci:{tmp_path / 'x'})")
+    assert list((tmp_path / "x").iterdir()) == []
+
+
 def test_not_an_archive(tmp_path):
     import gzip
 

@@ -87,6 +87,8 @@ class ArchiveSink:
 
     def __init__(self, ref: LayoutRef):
         self.ref = ref
+        if ref.path.is_dir():  # found now, not after every blob is written
+            raise OutputError(f"{ref.path} is a folder; an archive is a file (a layout folder is oci:{ref.path})")
         self.parent = ref.path.absolute().parent
         self.created_parents = [p for p in (self.parent, *self.parent.parents) if not p.exists()]  # innermost first
         try:
