@@ -289,3 +289,18 @@ def test_a_foreign_image_pulled_again_with_another_include_keeps_the_first_files
     (dest / "w.bin").write_bytes(b"changed")  # a changed file: every layer applies again, nothing is lost
     pull(source, dest)
     assert tree(dest) == {"config.json": sha(b"{}"), "w.bin": sha(b"w")}
+
+
+def test_files_an_earlier_version_recorded_in_state_json_are_modelimages(tmp_path):
+    """DEST pulled by a version that kept ``.modelimage-pull/state.json``:
+    its files count as modelimage's, so another image replaces them."""
+    dest = tmp_path / "dest"
+    (dest / ".modelimage-pull").mkdir(parents=True)
+    (dest / "old.bin").write_bytes(b"old")
+    (dest / "mine.txt").write_text("mine")
+    (dest / ".modelimage-pull" / "state.json").write_text(json.dumps({
+        "version": 1, "manifest": "sha256:" + "0" * 64, "selection": {"path": "", "include": []}, "applied": [],
+        "files": {"old.bin": {"size": 3, "sha256": sha(b"old"), "stat": [0, 0, 0, 0]}}}))
+    pull(layout(tmp_path / "oci", [tar_of([(info("new.bin"), b"new")])]), dest)
+    assert tree(dest) == {"mine.txt": sha(b"mine"), "new.bin": sha(b"new")}
+    assert own(dest) == {".modelimage-pull.json"}
