@@ -39,7 +39,7 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.extra.get('scheme', 'http')}://{self.host}"
 
     def stop(self) -> None:
         """Stop the registry, then run ``extra["cleanup"]`` (callables, last added first)."""
@@ -64,11 +64,13 @@ class Registry:
 
 
 def start_registry(auth: dict | None = None, *, username: str | None = None, password: str | None = None,
-                   extra_config: dict | None = None, cleanup=(), env: dict[str, str] | None = None) -> Registry:
+                   extra_config: dict | None = None, cleanup=(), env: dict[str, str] | None = None,
+                   tls: tuple[Path, Path] | None = None) -> Registry:
     """Start ``docker-registry serve`` with a fresh storage folder.
 
     ``cleanup``: callables run by :meth:`Registry.stop` (also when the start fails).
     ``env``: the registry's environment (default: this process's).
+    ``tls``: ``(certificate, key)`` PEM files: the registry serves HTTPS only.
     """
     need("docker-registry")
     root = Path(tempfile.mkdtemp(prefix="registry-"))
@@ -77,7 +79,8 @@ def start_registry(auth: dict | None = None, *, username: str | None = None, pas
         "version": 0.1,
         "log": {"level": "info", "accesslog": {"disabled": False}},
         "storage": {"filesystem": {"rootdirectory": str(root / "data")}, "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": "test-secret-for-upload-state"},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "test-secret-for-upload-state",
+                 **({"tls": {"certificate": str(tls[0]), "key": str(tls[1])}} if tls else {})},
         **({"auth": auth} if auth else {}),
         **(extra_config or {}),
     }
@@ -86,11 +89,12 @@ def start_registry(auth: dict | None = None, *, username: str | None = None, pas
     log = root / "registry.log"
     proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env)
-    reg = Registry(f"127.0.0.1:{port}", root, proc, log, username, password, {"cleanup": list(cleanup)})
+    reg = Registry(f"127.0.0.1:{port}", root, proc, log, username, password,
+                   {"cleanup": list(cleanup), "scheme": "https" if tls else "http"})
     deadline = time.monotonic() + 20
     while True:
         try:
-            r = httpx.get(f"{reg.url}/v2/", timeout=1)
+            r = httpx.get(f"{reg.url}/v2/", timeout=1, verify=False)
             if r.status_code in (200, 401):
                 return reg
         except httpx.HTTPError:

@@ -231,11 +231,19 @@ def test_basic_without_credentials(fake):
         client.get("/v2/")
 
 
-def test_basic_wrong_password_lets_the_401_through(fake):
+def test_basic_wrong_password_says_who_was_rejected_and_the_fix(fake):
+    """Issue 16 item 2: the registry refuses the stored Basic credentials:
+    one line naming the host, the user, where they are stored, and the fix
+    (no bare ``401 UNAUTHORIZED``)."""
     fake.scheme = "basic"
-    client, _ = make_client(fake, Credentials("alice", "wrong"))
-    assert client.get("/v2/").status_code == 401
-    assert len(fake.registry_requests) == 2
+    client, _ = make_client(fake, Credentials("alice", "wrong", source="/home/a/.docker/config.json"))
+    with pytest.raises(AuthError) as info:
+        client.get("/v2/")
+    assert str(info.value) == (f"{REGISTRY} rejected the stored credentials for alice (/home/a/.docker/config.json);"
+                               f" run `modelimage login {REGISTRY}`")
+    assert len(fake.registry_requests) == 2 and "wrong" not in str(info.value)
+    with pytest.raises(AuthError, match="rejected the stored credentials"):  # now sent up front: same answer
+        client.get("/v2/m/manifests/latest")
 
 
 def test_bearer_flow_with_narrowest_scopes(fake):

@@ -16,10 +16,13 @@ import pytest
 from modelimage.errors import AuthError
 from modelimage.registry.keychain import (
     Credentials,
+    Keychain,
+    auth_files,
     credentials_for,
     docker_config_path,
     erase_credentials,
     load_docker_config,
+    scopes,
     store_credentials,
 )
 
@@ -37,9 +40,13 @@ def b64(text: str) -> str:
 
 @pytest.fixture
 def docker_dir(tmp_path, monkeypatch) -> Path:
-    """A private DOCKER_CONFIG folder (not created yet)."""
+    """A private DOCKER_CONFIG folder (not created yet); podman's auth files
+    under this test's own XDG folders (none yet)."""
     folder = tmp_path / "docker"
     monkeypatch.setenv("DOCKER_CONFIG", str(folder))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
     return folder
 
 
@@ -291,3 +298,114 @@ def test_helper_failure_hides_the_secret(helper, docker_dir, tmp_path):
         store_credentials("ghcr.io", "alice", PASSWORD)
     assert "docker-credential-fake store failed (exit 2)" in str(err.value)
     assert PASSWORD not in str(err.value)
+
+
+# --- per repository, podman's files, --authfile, logout (issue 15 case 4) --------------
+
+
+def write_json(path: Path, config: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_scopes_most_specific_first():
+    assert scopes("quay.io", "acme/team/model") == ["quay.io/acme/team/model", "quay.io/acme/team", "quay.io/acme",
+                                                   "quay.io"]
+    assert scopes("https://index.docker.io/v1/", "library/ubuntu")[-1] == "docker.io"
+
+
+def test_credentials_by_repository_path_then_host(docker_dir):
+    """docker's config.json with logins for quay.io/acme and quay.io/other:
+    a push to quay.io/acme/... uses acme's, never other's; a repository of
+    neither falls back to the host's own entry."""
+    write_config(docker_dir, {"auths": {
+        "quay.io/other": {"auth": b64("other:pw-other")},
+        "quay.io/acme": {"auth": b64("acme:pw-acme")},
+        "https://quay.io": {"auth": b64("host:pw-host")},
+    }})
+    keychain = Keychain()
+    assert keychain.resolve("quay.io", "acme/model").username == "acme"
+    assert keychain.resolve("quay.io", "other/deep/model").username == "other"
+    assert keychain.resolve("quay.io", "third/model").username == "host"
+    assert keychain.resolve("quay.io").username == "host"
+    assert keychain.resolve("quay.io", "acme/model").source == str(docker_dir / "config.json")
+
+
+def test_podman_auth_json_comes_first(docker_dir, tmp_path):
+    """${XDG_RUNTIME_DIR}/containers/auth.json (podman login's file) is read
+    before ~/.config/containers/auth.json and docker's config.json."""
+    write_config(docker_dir, {"auths": {"ghcr.io": {"auth": b64("docker-user:pw1")}}})
+    assert Keychain().resolve("ghcr.io", "a/b").username == "docker-user"
+    write_json(tmp_path / "config" / "containers" / "auth.json", {"auths": {"ghcr.io": {"auth": b64("home:pw2")}}})
+    assert Keychain().resolve("ghcr.io", "a/b").username == "home"
+    write_json(tmp_path / "run" / "containers" / "auth.json", {"auths": {"ghcr.io/a": {"auth": b64("podman:pw3")}}})
+    assert Keychain().resolve("ghcr.io", "a/b").username == "podman"
+    assert Keychain().resolve("ghcr.io", "z/b").username == "home"  # no ghcr.io/z anywhere: the host's, in order
+
+
+def test_registry_auth_file_and_authfile(docker_dir, tmp_path, monkeypatch):
+    write_config(docker_dir, {"auths": {"ghcr.io": {"auth": b64("docker-user:pw1")}}})
+    env_file = write_json(tmp_path / "env-auth.json", {"auths": {"ghcr.io": {"auth": b64("env:pw2")}}})
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(env_file))
+    assert auth_files()[0] == env_file
+    assert Keychain().resolve("ghcr.io").username == "env"
+    only = write_json(tmp_path / "only.json", {"auths": {}})
+    assert auth_files(only) == [only]
+    assert Keychain(only).resolve("ghcr.io") is None  # --authfile: that file alone
+    assert "only.json" in Keychain(only).store("ghcr.io/acme", "alice", PASSWORD)
+    assert json.loads(only.read_text())["auths"] == {"ghcr.io/acme": {"auth": b64(f"alice:{PASSWORD}")}}
+    assert Keychain(only).resolve("ghcr.io", "acme/x").username == "alice"
+    assert Keychain(only).resolve("ghcr.io", "other/x") is None
+
+
+def test_logout_forgets_in_every_file(docker_dir, tmp_path):
+    """After ``logout HOST`` nothing is found for HOST: its entries leave
+    podman's and docker's files; other hosts' and namespaces' stay."""
+    write_config(docker_dir, {"auths": {"https://ghcr.io": {"auth": b64("a:b")}, "quay.io": {"auth": b64("q:r")}}})
+    podman = write_json(tmp_path / "run" / "containers" / "auth.json",
+                        {"auths": {"ghcr.io": {"auth": b64("c:d")}, "ghcr.io/acme": {"auth": b64("e:f")}}})
+    message = Keychain().erase("ghcr.io")
+    assert str(podman) in message and str(docker_dir / "config.json") in message
+    assert Keychain().resolve("ghcr.io", "x/y") is None
+    assert Keychain().resolve("ghcr.io", "acme/y").username == "e"  # the namespace's own login stays
+    assert Keychain().resolve("quay.io").username == "q"
+    assert "no credentials" in Keychain().erase("ghcr.io")
+    Keychain().erase("ghcr.io/acme")
+    assert Keychain().resolve("ghcr.io", "acme/y") is None
+
+
+def test_cli_login_logout_with_authfile(docker_dir, tmp_path, htpasswd_registry, capsys, monkeypatch):
+    """``login --authfile F`` checks and stores there, a push reads it back
+    with ``--authfile F``; ``logout --authfile F`` removes it; docker's
+    config is never touched."""
+    import io
+
+    from modelimage.cli import main
+
+    reg = htpasswd_registry
+    authfile = tmp_path / "auth.json"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(reg.password + "\n"))
+    assert main(["login", reg.host, "-u", reg.username, "--password-stdin", "--authfile", str(authfile)]) == 0
+    assert reg.host in json.loads(authfile.read_text())["auths"] and not (docker_dir / "config.json").exists()
+    assert Keychain(authfile).resolve(reg.host, "any/repo").username == reg.username
+    assert main(["logout", reg.host, "--authfile", str(authfile)]) == 0
+    assert Keychain(authfile).resolve(reg.host) is None
+    assert reg.password not in capsys.readouterr().err
+
+
+def test_wrong_stored_credentials_name_the_user_and_the_fix(docker_dir, htpasswd_registry, llama_dir, tmp_path,
+                                                            capsys, monkeypatch):
+    """Issue 16 item 2: wrong credentials stored for an htpasswd registry: one
+    line saying HOST rejected the stored credentials for USER (and where they
+    are), and to run ``modelimage login HOST``; never the secret."""
+    from modelimage.cli import main
+
+    reg = htpasswd_registry
+    monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    wrong = "wrong-secret-51d2"
+    write_config(docker_dir, {"auths": {reg.host: {"auth": b64(f"{reg.username}:{wrong}")}}})
+    assert main(["build", str(llama_dir), "--push", f"{reg.host}/wrong/llama:v1"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: {reg.host} rejected the stored credentials for {reg.username} "
+                   f"({docker_dir / 'config.json'}); run `modelimage login {reg.host}`\n")

@@ -3,6 +3,7 @@ sizes and rates with the library's parsers."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import click
 from ..errors import ModelImageError
 from ..job import Options
 from ..registry.push import DEFAULT_CONCURRENCY
+from ..registry.transport import TransportOptions, using
 from ..tarstream import COMPRESSIONS
 from ..units import parse_size
 
@@ -97,9 +99,37 @@ def registry_options(f: Callable) -> Callable:
     """Options of every command that talks to a registry."""
     for deco in reversed([
         click.option("--insecure-registry", multiple=True, metavar="HOST",
-                     help="Talk plain HTTP to HOST (loopback hosts always are; TLS is verified everywhere else)."),
+                     help="Do not check HOST's certificate, and allow plain HTTP (loopback hosts may answer "
+                          "in plain HTTP too; TLS is verified everywhere else)."),
         click.option("--concurrency", type=click.IntRange(1, 32), default=DEFAULT_CONCURRENCY, show_default=True,
                      help="Layers uploaded at once."),
     ]):
         f = deco(f)
     return f
+
+
+def transport_options(f: Callable) -> Callable:
+    """``--tls-verify``, ``--cert-dir`` and ``--authfile`` (skopeo's and
+    podman's names): every registry request the command makes goes with
+    them (and with ``--insecure-registry`` when the command has it)."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, tls_verify: bool, cert_dir: Path | None, authfile: Path | None, **kw: Any) -> Any:
+        options = TransportOptions(insecure=frozenset(kw.get("insecure_registry") or ()), tls_verify=tls_verify,
+                                   cert_dir=cert_dir, authfile=authfile)
+        with using(options):
+            return f(*args, **kw)
+
+    for deco in reversed([
+        click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+                     help="Require HTTPS and a verified certificate (false: no check, plain HTTP allowed; "
+                          "for a registry you trust on a network you trust)."),
+        click.option("--cert-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+                     help="The registry's certificates (*.crt CAs, *.cert/*.key client pair), instead of "
+                          "/etc/containers/certs.d/HOST and /etc/docker/certs.d/HOST."),
+        click.option("--authfile", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+                     help="The only file credentials are read from (and login writes to); default: podman's "
+                          "auth.json, then ~/.docker/config.json."),
+    ]):
+        wrapper = deco(wrapper)
+    return wrapper

@@ -13,7 +13,7 @@ from .. import api
 from ..artifact import FORMATS
 from ..units import format_size, plural
 from . import _variants
-from ._options import model_args, plan_options, rate_callback, registry_options, source_options
+from ._options import model_args, plan_options, rate_callback, registry_options, source_options, transport_options
 from ._output import emit_json, info, progress, pushed, warn1
 from .sign import describe_attached
 
@@ -43,6 +43,7 @@ from .sign import describe_attached
 @click.option("--provenance", is_flag=True,
               help="With --push: attach SLSA v1 provenance (source, settings, file digests) as an OCI referrer, "
                    "unsigned unless --sign is given.")
+@transport_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result (digest, layers, files) as JSON.")
 def build(source: str, output: str | None, push_ref: str | None, as_json: bool, concurrency: int,
           bandwidth: float | None, fmt: str, variants: tuple[str, ...], sign_key: Path | None, provenance: bool,
@@ -82,6 +83,7 @@ def build(source: str, output: str | None, push_ref: str | None, as_json: bool, 
 @click.argument("layout", metavar="oci:DIR[:TAG]|oci-archive:FILE[:TAG]")
 @click.argument("reference", metavar="REF")
 @registry_options
+@transport_options
 @click.option("--json", "as_json", is_flag=True, help="Print digest, reference and blobs as JSON.")
 def push(layout: str, reference: str, concurrency: int, insecure_registry: tuple[str, ...], as_json: bool) -> None:
     """Push an image from an OCI layout (directory or archive) to a registry.

@@ -11,7 +11,7 @@ from .. import api
 from ..api import ProbeNeedsTarget
 from ..units import format_rate, format_seconds, format_size, plural
 from . import _variants
-from ._options import rate_callback, size_callback
+from ._options import rate_callback, size_callback, transport_options
 from ._output import emit_json
 
 
@@ -32,6 +32,7 @@ from ._output import emit_json
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Downloads at a time (default: the engine's).")
 @click.option("--insecure-registry", multiple=True, metavar="HOST", help="Plain HTTP to HOST.")
 @click.option("--json", "as_json", is_flag=True, help="Print total_seconds, phases and the alternatives as JSON.")
+@transport_options
 def estimate(source: str, config: Path | None, max_layer_size: int | None, bandwidth: float | None, probe: bool,
              disk_dir: Path | None, engine: str, concurrency: int | None, insecure_registry: tuple[str, ...],
              as_json: bool) -> None:

@@ -13,7 +13,7 @@ from .. import api
 from ..pull import DEFAULT_CONCURRENCY, VerifyFailed
 from ..registry.fetch import DEFAULT_CONNECTIONS
 from ..units import format_seconds, format_size, plural
-from ._options import size_callback
+from ._options import size_callback, transport_options
 from ._output import info, progress, warn
 
 
@@ -37,7 +37,7 @@ def _pull_options(f: Any) -> Any:
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
     ]):
         f = deco(f)
-    return f
+    return transport_options(f)
 
 
 @click.command()

@@ -10,19 +10,24 @@ import click
 from ..config import load_config
 from ..limits import KNOWN, limits_for
 from ..registry.client import RegistryClient
-from ..registry.keychain import Credentials, erase_credentials, store_credentials
+from ..registry.keychain import Credentials, Keychain
 from ..registry.reference import Reference
+from ..registry.transport import current_options
+from ._options import transport_options
 from ._output import describe_limits, emit_json, info
 
 
 @click.command()
-@click.argument("host")
+@click.argument("host", metavar="HOST[/NAMESPACE]")
 @click.option("-u", "--username", required=True, help="User name.")
 @click.option("--password-stdin", is_flag=True, help="Read the password (or token) from standard input.")
+@transport_options
 def login(host: str, username: str, password_stdin: bool) -> None:
     """Store registry credentials where docker keeps them (the configured
-    credential helper, else ~/.docker/config.json or $DOCKER_CONFIG), after
-    checking them against the registry."""
+    credential helper, else ~/.docker/config.json or $DOCKER_CONFIG;
+    --authfile or $REGISTRY_AUTH_FILE when given), after checking them
+    against the registry. HOST/NAMESPACE stores them for that namespace only
+    (podman's namespaced logins): repositories under it use them first."""
     if password_stdin:
         password = sys.stdin.read().rstrip("\r\n")
     elif sys.stdin.isatty():
@@ -31,22 +36,26 @@ def login(host: str, username: str, password_stdin: bool) -> None:
         raise click.UsageError("use --password-stdin to pass a password without a terminal")
     if not password:
         raise click.UsageError("the password is empty")
-    ref = Reference(host, "library/x")
+    ref = Reference(host.split("/", 1)[0], "library/x")
     client = RegistryClient(ref, credentials=Credentials(username, password))
     try:
         client.ping()
     finally:
         client.close()
-    where = store_credentials(host, username, password)
+    where = Keychain(current_options().authfile).store(host, username, password)
     info(f"login succeeded for {username} at {host}; credentials stored in {where}")
 
 
 @click.command()
-@click.argument("host")
-def logout(host: str) -> None:
-    """Forget the stored credentials for HOST (from the credential helper
-    and from ~/.docker/config.json or $DOCKER_CONFIG), as docker logout does."""
-    info(erase_credentials(host))
+@click.argument("host", metavar="HOST[/NAMESPACE]")
+@click.option("--authfile", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Only this auth file (default: podman's auth.json files and ~/.docker/config.json).")
+def logout(host: str, authfile: Path | None) -> None:
+    """Forget the stored credentials for HOST (or HOST/NAMESPACE) in every
+    auth file that has them (podman's auth.json, ~/.docker/config.json or
+    $DOCKER_CONFIG) and in docker's credential helper, as docker and podman
+    logout do: nothing is found for it afterwards."""
+    info(Keychain(authfile).erase(host))
 
 
 @click.command("limits")

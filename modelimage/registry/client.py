@@ -22,7 +22,7 @@ import httpx
 from ..oci import sha256_digest
 from .keychain import Credentials
 from .reference import Reference, blob_path, manifest_path, name_at, uploads_path
-from .transport import RegistryError, Transport, TransportOptions
+from .transport import RegistryError, Transport, TransportOptions, current_options
 from .transport import error_from_response as _error
 
 MANIFEST_ACCEPT = ", ".join([
@@ -65,9 +65,9 @@ class RegistryClient:
     def __init__(self, ref: Reference, *, options: TransportOptions | None = None,
                  insecure: frozenset[str] | set[str] | None = None, credentials: Credentials | None = None,
                  timeout: float | None = None, pool: int = 8):
-        options = options or TransportOptions()
-        if insecure is not None:
-            options = replace(options, insecure=frozenset(insecure))
+        options = options or current_options()
+        if insecure:
+            options = replace(options, insecure=options.insecure | frozenset(insecure))
         if timeout is not None:
             options = replace(options, timeout=timeout)
         self.transport = Transport(ref, options, credentials=credentials, pool=pool)

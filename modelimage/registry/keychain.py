@@ -1,9 +1,15 @@
 """Where registry credentials live (go-containerregistry's ``pkg/authn``
-keychain): docker's ``config.json`` (``credHelpers``, ``credsStore``,
-``auths``) and the ``docker-credential-*`` helper protocol.
+keychain, containers-auth.json(5)): podman's and docker's auth files
+(``credHelpers``, ``credsStore``, ``auths``) and the ``docker-credential-*``
+helper protocol.
 
-:func:`credentials_for` reads them; :func:`store_credentials` and
-:func:`erase_credentials` back ``modelimage login`` / ``logout``. How the
+:class:`Keychain` looks credentials up for a repository, most specific key
+first (``quay.io/acme/model``, ``quay.io/acme``, ``quay.io``), in each
+file in turn: ``--authfile`` alone when given; else ``$REGISTRY_AUTH_FILE``
+or ``${XDG_RUNTIME_DIR}/containers/auth.json`` (podman's), then
+``~/.config/containers/auth.json``, then docker's ``config.json``
+(``$DOCKER_CONFIG`` or ``~/.docker``). :meth:`Keychain.store` and
+:meth:`Keychain.erase` back ``modelimage login`` / ``logout``. How the
 credentials are *used* (challenges, tokens) is
 :mod:`modelimage.registry.transport`'s business. No HTTP here.
 
@@ -17,6 +23,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -44,12 +51,31 @@ def _server_url(host: str) -> str:
     return DOCKER_HUB_KEY if name == DOCKER_HUB else name
 
 
-def _find_key(table: dict, host: str) -> str | None:
-    """The key of ``table`` that names ``host`` in any of docker's spellings."""
-    if host in table:
-        return host
-    want = registry_host(host)
-    return next((key for key in table if registry_host(key) == want), None)
+def _normal_key(key: str) -> str:
+    """A config key spelled one way: ``https://Quay.io:443/acme/`` -> ``quay.io/acme``,
+    ``https://index.docker.io/v1/`` -> ``docker.io``."""
+    rest = re.sub(r"^[a-z][a-z0-9+.-]*://", "", key.strip(), flags=re.I).rstrip("/")
+    host, _, path = rest.partition("/")
+    path = "" if path in ("v1", "v2") else path
+    return registry_host(host) + (f"/{path}" if path else "")
+
+
+def _find_key(table: dict, scope: str) -> str | None:
+    """The key of ``table`` that names ``scope`` (``host`` or ``host/namespace``)
+    in any of docker's and podman's spellings."""
+    if scope in table:
+        return scope
+    want = _normal_key(scope)
+    return next((key for key in table if _normal_key(key) == want), None)
+
+
+def scopes(host: str, repository: str | None = None) -> list[str]:
+    """The keys that may hold credentials for ``repository`` on ``host``, most
+    specific first: ``host/a/b``, ``host/a``, ``host`` (podman's namespaced
+    logins; go-containerregistry's and crane's repository keys)."""
+    parts = (repository or "").split("/") if repository else []
+    host = registry_host(host)
+    return [f"{host}/{'/'.join(parts[:n])}" for n in range(len(parts), 0, -1)] + [host]
 
 
 # --- docker config.json -----------------------------------------------------------
@@ -63,13 +89,17 @@ def docker_config_path() -> Path:
 
 def load_docker_config() -> dict:
     """The parsed docker config; ``{}`` when there is none."""
-    path = docker_config_path()
+    return load_config(docker_config_path())
+
+
+def load_config(path: Path) -> dict:
+    """A parsed auth file (docker's config.json or podman's auth.json); ``{}`` when there is none."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise AuthError(f"{path}: cannot read the docker config ({exc.strerror})") from None
+        raise AuthError(f"{path}: cannot read the auth file ({exc.strerror})") from None
     if not text.strip():
         return {}
     try:
@@ -104,7 +134,7 @@ def _helper_name(config: dict, host: str) -> tuple[str, str] | None:
     """``(helper, setting)`` docker would use for ``host``: credHelpers, then credsStore."""
     helpers = config.get("credHelpers") or {}
     if isinstance(helpers, dict):
-        key = _find_key(helpers, host)
+        key = _find_key(helpers, registry_host(host))
         if key is not None and helpers[key]:
             return str(helpers[key]), f"credHelpers[{key!r}]"
     store = config.get("credsStore")
@@ -123,6 +153,7 @@ class Credentials:
     username: str
     password: str = field(repr=False)
     identity_token: str | None = field(default=None, repr=False)
+    source: str = field(default="", compare=False)  # where they were stored ("" when given directly)
 
     def __repr__(self) -> str:
         token = "None" if self.identity_token is None else "***"
@@ -156,81 +187,138 @@ def _from_entry(entry: dict, key: str, path: Path) -> Credentials | None:
     token = entry.get("identitytoken") or None
     if not (username or password or token):
         return None
-    return Credentials(username, password, str(token) if token else None)
+    return Credentials(username, password, str(token) if token else None, source=str(path))
 
 
-def credentials_for(host: str) -> Credentials | None:
-    """Credentials for ``host``, looked up as docker does.
+def auth_files(authfile: Path | None = None) -> list[Path]:
+    """The auth files credentials are looked up in, in order (containers-auth.json(5)).
 
-    ``credHelpers[host]``, else ``credsStore`` (through ``docker-credential-<name>``),
-    else (also when the helper has none) ``auths[host]``. Keys may be written
-    ``host``, ``https://host``, ``https://host/v1/``...; Docker Hub's is
-    ``https://index.docker.io/v1/``.
-    """
-    config = load_docker_config()
-    path = docker_config_path()
-    helper = _helper_name(config, host)
-    if helper is not None:
-        creds = _helper_get(helper[0], _server_url(host), helper[1], path)
-        if creds is not None:
-            return creds
-    auths = config.get("auths") or {}
-    if not isinstance(auths, dict):
-        raise AuthError(f"{path}: 'auths' is not an object; fix or remove the file")
-    key = _find_key(auths, host)
-    return None if key is None else _from_entry(auths[key], key, path)
+    ``authfile`` (``--authfile``) alone when given. Else podman's
+    ``$REGISTRY_AUTH_FILE``, or ``${XDG_RUNTIME_DIR}/containers/auth.json``
+    (``/run/containers/UID/auth.json`` without it), then
+    ``$XDG_CONFIG_HOME/containers/auth.json`` (``~/.config``), then docker's
+    ``config.json``."""
+    if authfile is not None:
+        return [Path(authfile)]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    podman = (Path(os.environ["REGISTRY_AUTH_FILE"]) if os.environ.get("REGISTRY_AUTH_FILE")
+              else Path(runtime) / "containers" / "auth.json" if runtime
+              else Path(f"/run/containers/{os.getuid()}/auth.json"))
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return [podman, config_home / "containers" / "auth.json", docker_config_path()]
+
+
+@dataclass(frozen=True)
+class Keychain:
+    """Credentials per repository from podman's and docker's auth files
+    (:func:`auth_files`); ``authfile``: ``--authfile``, the only file then."""
+
+    authfile: Path | None = None
+
+    def resolve(self, host: str, repository: str | None = None) -> Credentials | None:
+        """Credentials for ``repository`` on ``host``: in each auth file in turn,
+        ``credHelpers[host]`` or ``credsStore`` (through ``docker-credential-<name>``),
+        then ``auths`` most specific key first (:func:`scopes`). Keys may be
+        written ``host``, ``https://host``, ``https://host/v1/``...; Docker
+        Hub's is ``https://index.docker.io/v1/``. ``None``: anonymous."""
+        for path in auth_files(self.authfile):
+            config = load_config(path)
+            if not config:
+                continue
+            helper = _helper_name(config, host)
+            if helper is not None:
+                creds = _helper_get(helper[0], _server_url(host), helper[1], path)
+                if creds is not None:
+                    return creds
+            auths = config.get("auths") or {}
+            if not isinstance(auths, dict):
+                raise AuthError(f"{path}: 'auths' is not an object; fix or remove the file")
+            for scope in scopes(host, repository):
+                key = _find_key(auths, scope)
+                creds = None if key is None else _from_entry(auths[key], key, path)
+                if creds is not None:
+                    return creds
+        return None
+
+    def _store_file(self) -> Path:
+        """Where a login is written: ``--authfile``, else ``$REGISTRY_AUTH_FILE``, else docker's config."""
+        if self.authfile is not None:
+            return Path(self.authfile)
+        env = os.environ.get("REGISTRY_AUTH_FILE")
+        return Path(env) if env else docker_config_path()
+
+    def store(self, target: str, username: str, password: str) -> str:
+        """Save a login for ``target`` (``HOST`` or ``HOST/NAMESPACE``, podman's
+        namespaced login); returns where it went (no secret).
+
+        With ``credHelpers[host]`` or ``credsStore`` configured (a whole
+        host), the helper stores it (and any plain-text entry is removed);
+        otherwise it goes into ``auths`` of the auth file, base64 encoded."""
+        path, config = self._store_file(), None
+        config = load_config(path)
+        host, _, namespace = _normal_key(target).partition("/")
+        key = _server_url(host) if not namespace else f"{host}/{namespace}"
+        helper = None if namespace else _helper_name(config, host)
+        if helper is not None:
+            payload = json.dumps({"ServerURL": key, "Username": username, "Secret": password})
+            _run_helper(helper[0], "store", payload, helper[1], path, secret=password)
+            if _drop_entries(config, key):
+                _write_config(path, config)
+            return f"credential helper docker-credential-{helper[0]}"
+        auths = config.get("auths")
+        if not isinstance(auths, dict):
+            auths = config["auths"] = {}
+        _drop_entries(config, key)
+        auths[key] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode("ascii")}
+        _write_config(path, config)
+        return f"{path} (base64, not encrypted; configure a docker credential helper to avoid this)"
+
+    def erase(self, target: str) -> str:
+        """Forget the login for ``target`` (``HOST`` or ``HOST/NAMESPACE``) in
+        every auth file that has it (and the helper docker's config names), so
+        that nothing is found for it afterwards; returns what was done."""
+        host, _, namespace = _normal_key(target).partition("/")
+        key = host if not namespace else f"{host}/{namespace}"
+        done = []
+        files = auth_files(self.authfile)
+        for path in files:
+            config = load_config(path)
+            if not config:
+                continue
+            helper = None if namespace else _helper_name(config, host)
+            if helper is not None:
+                _run_helper(helper[0], "erase", _server_url(host), helper[1], path)
+                done.append(f"credential helper docker-credential-{helper[0]}")
+            if _drop_entries(config, key):
+                _write_config(path, config)
+                done.append(str(path))
+        if not done:
+            return f"no credentials for {target} were stored in {', '.join(map(str, files))}"
+        return "removed from " + " and ".join(done)
+
+
+def credentials_for(host: str, repository: str | None = None) -> Credentials | None:
+    """``Keychain().resolve(host, repository)``: the default auth files."""
+    return Keychain().resolve(host, repository)
 
 
 def store_credentials(host: str, username: str, password: str) -> str:
-    """Save a login for ``host`` where docker would; returns where it went (no secret).
-
-    With ``credHelpers[host]`` or ``credsStore`` configured, the helper stores
-    it (and any plain-text entry for ``host`` is removed from config.json);
-    otherwise it goes into ``auths`` of config.json, base64 encoded.
-    """
-    path = docker_config_path()
-    config = load_docker_config()
-    server = _server_url(host)
-    helper = _helper_name(config, host)
-    if helper is not None:
-        payload = json.dumps({"ServerURL": server, "Username": username, "Secret": password})
-        _run_helper(helper[0], "store", payload, helper[1], path, secret=password)
-        if _drop_entries(config, host):
-            _write_config(path, config)
-        return f"credential helper docker-credential-{helper[0]}"
-    auths = config.get("auths")
-    if not isinstance(auths, dict):
-        auths = config["auths"] = {}
-    _drop_entries(config, host)
-    auths[server] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode("ascii")}
-    _write_config(path, config)
-    return f"{path} (base64, not encrypted; configure a docker credential helper to avoid this)"
+    """``Keychain().store(...)``: where docker (or ``$REGISTRY_AUTH_FILE``) keeps logins."""
+    return Keychain().store(host, username, password)
 
 
 def erase_credentials(host: str) -> str:
-    """Forget the login for ``host`` (helper and config.json); returns what was done."""
-    path = docker_config_path()
-    config = load_docker_config()
-    done = []
-    helper = _helper_name(config, host)
-    if helper is not None:
-        _run_helper(helper[0], "erase", _server_url(host), helper[1], path)
-        done.append(f"credential helper docker-credential-{helper[0]}")
-    if _drop_entries(config, host):
-        _write_config(path, config)
-        done.append(str(path))
-    if not done:
-        return f"no credentials for {host} were stored in {path}"
-    return "removed from " + " and ".join(done)
+    """``Keychain().erase(host)``: from every default auth file."""
+    return Keychain().erase(host)
 
 
-def _drop_entries(config: dict, host: str) -> bool:
-    """Remove every ``auths`` entry naming ``host``; whether any was removed."""
+def _drop_entries(config: dict, scope: str) -> bool:
+    """Remove every ``auths`` entry naming exactly ``scope``; whether any was removed."""
     auths = config.get("auths")
     if not isinstance(auths, dict):
         return False
-    want = registry_host(host)
-    keys = [key for key in auths if registry_host(key) == want]
+    want = _normal_key(scope)
+    keys = [key for key in auths if _normal_key(key) == want]
     for key in keys:
         del auths[key]
     return bool(keys)
@@ -278,5 +366,5 @@ def _helper_get(name: str, server: str, setting: str, path: Path) -> Credentials
     if not secret:
         return None
     if username == TOKEN_USERNAME:
-        return Credentials("", "", secret)
-    return Credentials(username, secret)
+        return Credentials("", "", secret, source=f"docker-credential-{name}")
+    return Credentials(username, secret, source=f"docker-credential-{name}")

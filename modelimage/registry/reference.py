@@ -3,8 +3,9 @@ URLs of the distribution API (go-containerregistry's ``pkg/name``).
 
 One type owns the parsing and the URLs, the way docker resolves names:
 no host means Docker Hub (``docker.io``, API at ``registry-1.docker.io``,
-one-word names under ``library/``); plain HTTP only for loopback hosts or
-hosts the user names as insecure; TLS verified everywhere else.
+one-word names under ``library/``); plain HTTP allowed only for loopback
+hosts or hosts the user names as insecure (HTTPS asked first even there);
+TLS verified everywhere else.
 :func:`resolve_location` turns a ``Location`` header (registries may send a
 path only) into an absolute URL. No I/O here.
 """
@@ -174,8 +175,8 @@ class Reference:
         """``host/repository@sha256:...``."""
         return f"{self.name}@{self.digest}"
 
-    def scheme(self, insecure: frozenset[str] | set[str] = frozenset()) -> str:
-        return "http" if is_loopback(self.host) or self.host in insecure else "https"
-
-    def base_url(self, insecure: frozenset[str] | set[str] = frozenset()) -> str:
-        return f"{self.scheme(insecure)}://{self.api_host}"
+    def plain_http_allowed(self, insecure: frozenset[str] | set[str] = frozenset()) -> bool:
+        """Whether the registry may answer in plain HTTP: loopback hosts, or
+        hosts named insecure. HTTPS is still asked first
+        (:func:`modelimage.registry.transport.probe_scheme`)."""
+        return is_loopback(self.host) or self.host in insecure

@@ -266,6 +266,10 @@ class RegistryAuth(httpx.Auth):
                 self._basic = True
         else:
             return
+        creds = self.credentials
+        if bearer is None and creds is not None and creds.has_password \
+                and sent == _basic_header(creds.username, creds.password):
+            raise AuthError(self.rejected())  # the registry refused these very credentials
         if not _replayable(request):
             return  # a streamed body is gone; a new attempt is authorized up front
         if bearer is not None:
@@ -275,11 +279,19 @@ class RegistryAuth(httpx.Auth):
             creds = self.credentials
             if creds is None or not creds.has_password:
                 raise AuthError(f"{self.host} requires a login; run `modelimage login {self.host}`")
-            header = _basic_header(creds.username, creds.password)
-            if sent == header:
-                return  # wrong credentials: the client reports the 401
-            request.headers["Authorization"] = header
-        yield request
+            request.headers["Authorization"] = _basic_header(creds.username, creds.password)
+        response = yield request
+        if bearer is None and response.status_code == 401:
+            raise AuthError(self.rejected())
+
+    def rejected(self) -> str:
+        """One line for credentials the registry refused (issue 16): who, from
+        where, and the fix. Never the secret."""
+        creds = self.credentials
+        who = creds.describe() if creds else "anonymous access"
+        stored = f"the stored credentials for {who} ({creds.source})" if creds and creds.source \
+            else f"the credentials for {who}"
+        return f"{self.host} rejected {stored}; run `modelimage login {self.host}`"
 
     async def async_auth_flow(self, request: httpx.Request):  # type: ignore[override]
         raise NotImplementedError("RegistryAuth is synchronous; use it with httpx.Client")
@@ -388,7 +400,9 @@ class TokenClient:
         creds = self.credentials
         who = f"the credentials for {creds.describe()}" if used_credentials and creds else "anonymous access"
         if response.status_code == 401:
-            fix = "check them with" if used_credentials else "log in with"
+            if used_credentials and creds and creds.source:
+                who = f"the stored credentials for {creds.describe()} ({creds.source})"
+            fix = "run" if used_credentials else "log in with"
             raise AuthError(
                 f"{self.host}: the token server refused {who} ({scope}); {fix} `modelimage login {self.host}`"
             )

@@ -34,16 +34,17 @@ _cache: dict[tuple, ssl.SSLContext] = {}
 _cache_lock = threading.Lock()
 
 
-def cert_dirs(host: str, cert_dir: Path | None = None, certs_d: tuple[Path, ...] = CERTS_D) -> list[Path]:
+def cert_dirs(host: str, cert_dir: Path | None = None, certs_d: tuple[Path, ...] | None = None) -> list[Path]:
     """The folders holding ``host``'s own certificates: ``cert_dir`` alone when
-    given, else each ``certs.d/HOST`` that exists (``HOST`` with its port)."""
+    given, else each ``certs.d/HOST`` that exists (``HOST`` with its port;
+    ``certs_d`` defaults to :data:`CERTS_D`)."""
     if cert_dir is not None:
         return [Path(cert_dir)]
-    return [d / host for d in certs_d if (d / host).is_dir()]
+    return [d / host for d in (CERTS_D if certs_d is None else certs_d) if (d / host).is_dir()]
 
 
 def ssl_context(host: str, *, verify: bool = True, cert_dir: Path | None = None,
-                certs_d: tuple[Path, ...] = CERTS_D) -> ssl.SSLContext:
+                certs_d: tuple[Path, ...] | None = None) -> ssl.SSLContext:
     """A client context for ``host`` (``name[:port]``), shared by every
     connection with the same settings (a context is thread-safe).
 
