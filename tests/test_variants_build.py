@@ -158,6 +158,17 @@ def test_bad_variants_one_line_nothing_written(model, tmp_path, capsys, args, me
 
 
 @pytest.fixture(scope="module")
+def registry():
+    """A registry of this module's own: counting blob PUTs needs one that no
+    other module pushed the same blobs to (those would be mounted, not sent)."""
+    from .registry import start_registry
+
+    reg = start_registry()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="module")
 def pushed(registry, model, tmp_path_factory):
     """The three variants pushed to the real registry under vt/llama:latest."""
     root = tmp_path_factory.mktemp("pushed")
