@@ -158,8 +158,9 @@ def check(host: str, limits: RegistryLimits, layers: Sequence[LayerFacts], *, ma
     if manifest_size > limits.max_manifest_size:
         raise PlanError(
             f"the manifest would be {format_size(manifest_size)}; {label} accepts at most "
-            f"{format_size(limits.max_manifest_size)}; put fewer files in more layers or fewer layers "
-            "(rerun with a larger --max-layer-size)"
+            f"{format_size(limits.max_manifest_size)}; each layer adds a descriptor (file lists past "
+            "512 KiB already go to a layer of their own): fewer layers make it smaller, rerun with a larger "
+            "--max-layer-size"
         )
     warnings = []
     if limits.upload_timeout and upload_bps:
