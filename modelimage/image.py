@@ -46,6 +46,7 @@ class Image:
     close: Callable[[], None]
     host: str | None = None  # registry host and repository, for cross-repository mounts
     repository: str | None = None
+    served_by: str | None = None  # the host its manifest and blobs come from: a mirror of ``host``, or ``host``
 
     @property
     def target(self) -> str | None:
@@ -212,23 +213,28 @@ def open_image(source: str, *, platform: str | Platform | None = None, insecure:
     ``oci-archive:FILE[:TAG]``) to one image manifest, for ``platform``
     (:func:`choose_platform`), or the entry of an index ``choose`` picks
     (``variants.resolve.Picker``). ``connections`` per blob: None picks
-    :func:`default_connections` for its host. Raises
+    :func:`default_connections` for its host. A registry image is read
+    through its host's mirrors when configured
+    (:func:`modelimage.registry.mirror.open_client`; ``Image.served_by``
+    says which host answered). Raises
     :class:`SourceError` (and the registry's errors) naming ``source``."""
     stats = stats if stats is not None else FetchStats()
-    host = repository = None
+    host = repository = served_by = None
     if LayoutRef.is_layout(source):
         store: _Store = _LayoutStore(open_layout(LayoutRef.parse(source)), stats)
     else:
-        from .registry.client import RegistryClient
+        from .registry.mirror import open_client
         from .registry.reference import Reference, looks_like_path
 
         if looks_like_path(source):
             raise not_an_image(source)
         ref = Reference.parse(source)
-        client = RegistryClient(ref, insecure=insecure, credentials=credentials)
-        store = _RegistryStore(source, client, ref.repository, ref.ref,
-                               default_connections(ref.host) if connections is None else connections, retries, stats)
-        host, repository = ref.host, ref.repository
+        opened = open_client(ref, insecure=insecure, credentials=credentials)  # a mirror first, if configured
+        served = opened.served
+        store = _RegistryStore(source, opened.client, served.repository, served.ref,
+                               default_connections(served.host) if connections is None else connections, retries,
+                               stats)
+        host, repository, served_by = ref.host, ref.repository, served.host
     try:
         digest, manifest = _resolve(store, platform, source, choose)
         config = _config(store, manifest["config"], source)
@@ -239,7 +245,7 @@ def open_image(source: str, *, platform: str | Platform | None = None, insecure:
     except BaseException:
         store.close()
         raise
-    return Image(source, digest, manifest, config, layers, store.read, store.close, host, repository)
+    return Image(source, digest, manifest, config, layers, store.read, store.close, host, repository, served_by)
 
 
 def _config(store: _Store, cfg: dict[str, Any], name: str) -> dict[str, Any]:

@@ -81,6 +81,7 @@ DEFAULT = RegistryLimits(
 # (distribution-spec 1.1), Range 0-0 meaning no bytes (distribution #2363).
 
 _OVERRIDE_KEYS = {"name", "max_layer_size", "max_manifest_size", "max_layers", "upload_timeout", "chunked_uploads"}
+_TRANSPORT_KEYS = {"mirrors", "insecure"}  # of the same tables, but how to reach the host (registry.mirror)
 
 
 def _host_only(host: str) -> str:
@@ -100,12 +101,14 @@ def limits_for(host: str, overrides: dict[str, dict[str, Any]] | None = None) ->
 
 
 def apply_override(limits: RegistryLimits, table: dict[str, Any], *, where: str) -> RegistryLimits:
-    unknown = set(table) - _OVERRIDE_KEYS
+    unknown = set(table) - _OVERRIDE_KEYS - _TRANSPORT_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
-                          f"(known: {', '.join(sorted(_OVERRIDE_KEYS))})")
+                          f"(known: {', '.join(sorted(_OVERRIDE_KEYS | _TRANSPORT_KEYS))})")
     changes: dict[str, Any] = {}
     for key, value in table.items():
+        if key in _TRANSPORT_KEYS:
+            continue
         if key in ("max_layer_size", "max_manifest_size"):
             changes[key] = parse_size(value, what=f"{where} {key}")
         elif key in ("max_layers",) and isinstance(value, int) and value > 0:
@@ -118,6 +121,8 @@ def apply_override(limits: RegistryLimits, table: dict[str, Any], *, where: str)
             changes[key] = value
         else:
             raise ConfigError(f"{where}: {key} = {value!r} is not valid")
+    if not changes:  # a table of mirrors or insecure alone leaves the limits as they are
+        return limits
     return replace(limits, **changes, source=f"{limits.source}; overridden by {where}")
 
 

@@ -13,7 +13,7 @@ def test_pull_result_json():
                            "files": [{"path": "a", "size": 3, "sha256": "sha256:aa"},
                                      {"path": "b", "size": 4, "sha256": None}],
                            "bytes": 7, "bytes_fetched": 10, "seconds": 1.235, "layers_fetched": 2,
-                           "layers_skipped": 1, "warnings": ["w"]}
+                           "layers_skipped": 1, "warnings": ["w"], "served_by": None, "mirror_of": None}
 
 
 def test_verify_result_json():

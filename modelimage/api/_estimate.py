@@ -106,7 +106,7 @@ def _estimate_inputs(source: str, config: Path | None, max_layer_size: int | Non
     from ..estimate import layer_specs_from_manifest, layer_specs_from_plan
     from ..image import choose_platform, is_index, open_image
     from ..layout import LayoutRef
-    from ..registry.client import RegistryClient
+    from ..registry.mirror import open_client
     from ..registry.reference import Reference, looks_like_path
 
     if LayoutRef.is_layout(source):  # the image a layout's reference means, through its indexes
@@ -119,8 +119,8 @@ def _estimate_inputs(source: str, config: Path | None, max_layer_size: int | Non
         if "/" not in source or Path(source).exists() or source.startswith(REMOTE_SCHEMES) \
                 or looks_like_path(source):
             raise
-        ref = Reference.parse(source)
-        client = RegistryClient(ref, insecure=insecure)
+        opened = open_client(Reference.parse(source), insecure=insecure)  # a mirror first, if configured
+        client, ref = opened.client, opened.served
         try:
             manifest = client.get_manifest(ref.repository, ref.ref).json()
             if is_index(manifest):

@@ -4,18 +4,22 @@ sizes and rates with the library's parsers."""
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..config import load_config
 from ..errors import ModelImageError
 from ..job import Options
+from ..registry.mirror import insecure_from_config, mirrors_from_config
 from ..registry.push import DEFAULT_CONCURRENCY
 from ..registry.transport import TransportOptions, using
 from ..tarstream import COMPRESSIONS
 from ..units import parse_size
+from ._output import warn1
 
 
 def parsed(parse: Callable[..., Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -111,12 +115,21 @@ def registry_options(f: Callable) -> Callable:
 def transport_options(f: Callable) -> Callable:
     """``--tls-verify``, ``--cert-dir`` and ``--authfile`` (skopeo's and
     podman's names): every registry request the command makes goes with
-    them (and with ``--insecure-registry`` when the command has it)."""
+    them (and with ``--insecure-registry`` when the command has it), with
+    the ``mirrors`` and ``insecure`` of the ``[registries."HOST"]`` tables of
+    its ``--config`` (or ./modelimage.toml), and warnings on stderr. A
+    ``--config`` the command itself does not take is dropped after that
+    (``pull``, ``verify``: see :data:`config_option`)."""
+    params = inspect.signature(f).parameters
+    takes_config = "config" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
     @functools.wraps(f)
     def wrapper(*args: Any, tls_verify: bool, cert_dir: Path | None, authfile: Path | None, **kw: Any) -> Any:
-        options = TransportOptions(insecure=frozenset(kw.get("insecure_registry") or ()), tls_verify=tls_verify,
-                                   cert_dir=cert_dir, authfile=authfile)
+        config = load_config(kw.get("config") if takes_config else kw.pop("config", None))
+        where = str(config.path or "modelimage.toml")
+        insecure = frozenset(kw.get("insecure_registry") or ()) | insecure_from_config(config.registries, where)
+        options = TransportOptions(insecure=insecure, tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,
+                                   mirrors=mirrors_from_config(config.registries, where), warn=warn1)
         with using(options):
             return f(*args, **kw)
 
@@ -133,3 +146,9 @@ def transport_options(f: Callable) -> Callable:
     ]):
         wrapper = deco(wrapper)
     return wrapper
+
+
+config_option = click.option(
+    "--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+    help='modelimage.toml whose [registries."HOST"] tables name registry mirrors (mirrors = ["HOST[:PORT]"], '
+         "tried first, the registry itself last) and insecure hosts (default: ./modelimage.toml).")

@@ -12,7 +12,7 @@ from .. import api
 from ..inspect import BYTES_PER_PARAM_AS, VRAM_FACTOR, ModelInfo
 from ..units import format_count, format_size, plural
 from . import _variants
-from ._options import model_args, plan_options, rate_callback, source_options
+from ._options import model_args, plan_options, rate_callback, source_options, transport_options
 from ._output import describe_limits, emit_json, warn
 
 
@@ -21,6 +21,7 @@ from ._output import describe_limits, emit_json, warn
 @click.option("--as", "as_precision", type=click.Choice(sorted(BYTES_PER_PARAM_AS)),
               help="Also estimate GPU memory if the weights were stored at this precision.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@transport_options
 def inspect(source: str, as_precision: str | None, as_json: bool, **kw: Any) -> None:
     """Show what a model is: format, parameters, dtypes, quantization,
     components and a GPU memory estimate. Reads headers only.

@@ -13,7 +13,7 @@ from .. import api
 from ..pull import DEFAULT_CONCURRENCY, VerifyFailed
 from ..registry.fetch import DEFAULT_CONNECTIONS
 from ..units import format_seconds, format_size, plural
-from ._options import size_callback, transport_options
+from ._options import config_option, size_callback, transport_options
 from ._output import info, progress, warn
 
 
@@ -35,6 +35,7 @@ def _pull_options(f: Any) -> Any:
         click.option("--insecure-registry", multiple=True, metavar="HOST",
                      help="Talk plain HTTP to HOST (loopback hosts always are; TLS is verified everywhere else)."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
+        config_option,
     ]):
         f = deco(f)
     return transport_options(f)
@@ -81,7 +82,9 @@ def pull(source: str, dest: str, include: tuple[str, ...], path: str | None, pla
         info(f"every pulled file matches the signature by {require_signature}")
     warn(list(result.warnings))
     rate = result.bytes_fetched / result.seconds if result.seconds > 0 else 0.0
-    info(f"pulled {plural(len(result.files), 'file')} ({format_size(result.bytes)}) into {result.dest} in "
+    via = f" from {result.served_by}" if result.served_by else ""
+    via += f" (a mirror of {result.mirror_of})" if result.mirror_of else ""
+    info(f"pulled {plural(len(result.files), 'file')} ({format_size(result.bytes)}) into {result.dest}{via} in "
          f"{format_seconds(result.seconds)}: {format_size(result.bytes_fetched)} fetched at {rate / 1e6:.0f} MB/s; "
          f"{plural(result.layers_fetched, 'layer')} fetched, {result.layers_skipped} skipped")
     if as_json:

@@ -166,7 +166,9 @@ class PullJob:
                       for rel, e in self.record.image_files()
                       if not self.include or any(glob_match(rel, p) for p in self.include))
         return PullResult(self.image.name, self.image.digest, self.dest, files, self.stats.bytes,
-                          time.perf_counter() - started, applied, self.schedule.skipped, tuple(self.warnings))
+                          time.perf_counter() - started, applied, self.schedule.skipped, tuple(self.warnings),
+                          self.image.served_by,
+                          self.image.host if self.image.served_by != self.image.host else None)
 
     def _finish(self) -> None:
         """The image is in: refuse a pull that selected nothing, remove what

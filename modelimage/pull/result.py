@@ -22,7 +22,10 @@ class PulledFile:
 class PullResult:
     """What :func:`~modelimage.pull.pull` did: every file now in DEST from
     the image, bytes fetched (over the network or read from a layout),
-    wall-clock ``seconds``, layers fetched and skipped, warnings (one line each)."""
+    wall-clock ``seconds``, layers fetched and skipped, warnings (one line
+    each), and ``served_by``: the host that answered (a registry mirror, or
+    the registry itself; None for a layout) and ``mirror_of`` (the registry,
+    when a mirror answered)."""
 
     source: str
     digest: str  # the manifest's
@@ -33,6 +36,8 @@ class PullResult:
     layers_fetched: int
     layers_skipped: int
     warnings: tuple[str, ...] = ()
+    served_by: str | None = None  # the registry host or mirror its manifest and blobs came from (None: a layout)
+    mirror_of: str | None = None  # the registry host, when ``served_by`` is a mirror of it
 
     @property
     def bytes(self) -> int:
@@ -44,7 +49,7 @@ class PullResult:
             "files": [f.to_json() for f in self.files], "bytes": self.bytes,
             "bytes_fetched": self.bytes_fetched, "seconds": round(self.seconds, 3),
             "layers_fetched": self.layers_fetched, "layers_skipped": self.layers_skipped,
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "served_by": self.served_by, "mirror_of": self.mirror_of,
         }
 
 

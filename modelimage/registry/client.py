@@ -60,17 +60,19 @@ class RegistryClient:
     ``options``: how to reach it (TLS, plain HTTP, timeout, retry policy);
     ``insecure`` and ``timeout`` override those fields. ``credentials``: as
     given, else the keychain's. ``pool``: idle connections kept.
+    ``namespace``: the registry a mirror stands for (``?ns=``, see
+    :class:`~modelimage.registry.transport.Transport`).
     """
 
     def __init__(self, ref: Reference, *, options: TransportOptions | None = None,
                  insecure: frozenset[str] | set[str] | None = None, credentials: Credentials | None = None,
-                 timeout: float | None = None, pool: int = 8):
+                 timeout: float | None = None, pool: int = 8, namespace: str | None = None):
         options = options or current_options()
         if insecure:
             options = replace(options, insecure=options.insecure | frozenset(insecure))
         if timeout is not None:
             options = replace(options, timeout=timeout)
-        self.transport = Transport(ref, options, credentials=credentials, pool=pool)
+        self.transport = Transport(ref, options, credentials=credentials, pool=pool, namespace=namespace)
         self.host, self.base = ref.host, self.transport.base
         self.http, self.auth, self.timeout = self.transport.http, self.transport.auth, self.transport.timeout
 

@@ -45,7 +45,7 @@ def describe_image(source: str, *, platform: str | None = None, insecure: frozen
     ``single``, None when ``source`` is an index (its entries are described
     elsewhere: variants). Raises :class:`~modelimage.errors.ModelImageError`
     subclasses, one line."""
-    with open_remote(source, platform=platform, insecure=insecure, credentials=credentials) as remote:
+    with open_remote(source, platform=platform, insecure=insecure, credentials=credentials, mirrors=True) as remote:
         if single and remote.from_index:
             return None
         image = remote.image

@@ -124,7 +124,8 @@ def attached_bundle(source: str, *, platform: str | None = None, insecure: froze
     if source.startswith(("oci:", "oci-archive:")):
         return None
     try:
-        with open_remote(source, platform=platform, insecure=insecure, credentials=credentials) as remote:
+        with open_remote(source, platform=platform, insecure=insecure, credentials=credentials,
+                         mirrors=True) as remote:
             for sig in newest_first([r for r in remote.referrers() if r.kind == "signature" and r.signed]):
                 return bundle_of(remote, sig)
     except (ModelImageError, httpx.HTTPError):

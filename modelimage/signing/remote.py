@@ -22,6 +22,7 @@ from ..image import Image, choose_platform, is_index, json_blob
 from ..oci import MEDIA_TYPE_MANIFEST, Descriptor
 from ..registry.client import RegistryClient
 from ..registry.keychain import Credentials
+from ..registry.mirror import open_client
 from ..registry.reference import Reference
 from ..registry.referrers import list_referrers
 from ..registry.transport import RegistryError, network_message
@@ -41,6 +42,12 @@ class Remote:
     subject: Descriptor
     responses: list[httpx.Response] = field(default_factory=list)
     from_index: bool = False  # the reference named an index; ``image`` is the entry chosen for the platform
+    served: Reference | None = None  # where it is read from (a mirror's reference), when not ``ref``
+
+    @property
+    def repository(self) -> str:
+        """The repository the client reads (a mirror's path may have a prefix)."""
+        return (self.served or self.ref).repository
 
     @property
     def bytes_fetched(self) -> int:
@@ -57,11 +64,11 @@ class Remote:
         return f"{self.ref.host}/{self.ref.repository}@{self.subject.digest}"
 
     def referrers(self) -> list[Referrer]:
-        entries, _ = list_referrers(self.client, self.ref.repository, self.subject.digest)
+        entries, _ = list_referrers(self.client, self.repository, self.subject.digest)
         return [classify(d) for d in entries]
 
     def manifest(self, digest: str) -> dict:
-        m = self.client.get_manifest(self.ref.repository, digest)
+        m = self.client.get_manifest(self.repository, digest)
         return json_blob(m.data, digest, f"{self.ref.host}/{self.ref.repository}@{digest[:19]}")
 
     def small_blob(self, desc: Descriptor) -> bytes:
@@ -69,7 +76,7 @@ class Remote:
         what = f"{self.ref.host}/{self.ref.repository}: blob {desc.digest[:19]}"
         if desc.size > MAX_SMALL_BLOB:
             raise SourceError(f"{what}: {desc.size} bytes is too big for a signature or an attestation")
-        data = self.client.get_blob(self.ref.repository, desc.digest)
+        data = self.client.get_blob(self.repository, desc.digest)
         if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
             raise SourceError(f"{what}: does not match its digest")
         return data
@@ -89,42 +96,49 @@ def _no_layers(desc: Descriptor, start: int) -> Iterator[memoryview]:
 
 
 def open_remote(source: str, *, platform: str | None = None, insecure: frozenset[str] = frozenset(),
-                credentials: Credentials | None = None) -> Remote:
+                credentials: Credentials | None = None, mirrors: bool = False) -> Remote:
     """Open ``source`` (``HOST/REPO[:TAG|@DIGEST]``): its manifest and config.
-    Raises :class:`~modelimage.errors.ModelImageError` subclasses, one line."""
+    ``mirrors``: read through the host's configured mirrors
+    (:mod:`modelimage.registry.mirror`; for checks and listings, never for
+    signing, which writes). Raises
+    :class:`~modelimage.errors.ModelImageError` subclasses, one line."""
     if source.startswith(("oci:", "oci-archive:")):
         raise SourceError(f"{source}: signatures live in a registry next to the image; push it first "
                           "(modelimage push) and sign the pushed reference")
     ref = Reference.parse(source)
-    client = RegistryClient(ref, insecure=insecure, credentials=credentials)
+    if mirrors:
+        opened = open_client(ref, insecure=insecure, credentials=credentials)
+        client, read = opened.client, opened.served
+    else:
+        client, read = RegistryClient(ref, insecure=insecure, credentials=credentials), ref
     responses: list[httpx.Response] = []
     for c in (client.http, client.transport.token_client):
         c.event_hooks = {**c.event_hooks, "response": [*c.event_hooks.get("response", []), responses.append]}
     try:
-        m = client.get_manifest(ref.repository, ref.ref)
+        m = client.get_manifest(read.repository, read.ref)
         manifest, digest, media_type, size = m.json(), m.digest, m.media_type, len(m.data)
         from_index = is_index(manifest, m.media_type)
         if from_index:
             chosen = choose_platform(manifest, platform, source)
-            m = client.get_manifest(ref.repository, chosen["digest"])
+            m = client.get_manifest(read.repository, chosen["digest"])
             manifest, digest, media_type, size = m.json(), m.digest, m.media_type, len(m.data)
         if "layers" not in manifest or "config" not in manifest:
             raise SourceError(f"{source}: not an image manifest")
         cfg = manifest["config"]
         config = {}
         if "json" in cfg.get("mediaType", "") and int(cfg.get("size", 0)) < MAX_SMALL_BLOB:
-            config = json_blob(client.get_blob(ref.repository, cfg["digest"]), cfg["digest"], source)
+            config = json_blob(client.get_blob(read.repository, cfg["digest"]), cfg["digest"], source)
     except httpx.HTTPError as e:
         client.close()
-        raise ModelImageError(network_message(f"{ref.host}", e)) from None
+        raise ModelImageError(network_message(f"{read.host}", e)) from None
     except BaseException:
         client.close()
         raise
     image = Image(source, digest, manifest, config if isinstance(config, dict) else {},
                   tuple(Descriptor.from_json(x) for x in manifest["layers"]), _no_layers, client.close,
-                  ref.host, ref.repository)
+                  ref.host, ref.repository, read.host)
     subject = Descriptor(media_type or manifest.get("mediaType") or MEDIA_TYPE_MANIFEST, digest, size)
-    return Remote(ref, client, image, subject, responses, from_index)
+    return Remote(ref, client, image, subject, responses, from_index, read if read != ref else None)
 
 
 __all__ = ["Remote", "open_remote", "RegistryError"]

@@ -68,11 +68,11 @@ def verify_image(source: str, key: str | Path, *, platform: str | None = None,
     :class:`~modelimage.signing.oms.SignatureInvalid`, or another
     :class:`~modelimage.errors.ModelImageError`: one line each."""
     oms.load_public_key(key)  # a bad key fails before any request
-    with open_remote(source, platform=platform, insecure=insecure, credentials=credentials) as remote:
+    with open_remote(source, platform=platform, insecure=insecure, credentials=credentials, mirrors=True) as remote:
         try:
             return _verify(remote, source, key)
         except httpx.HTTPError as e:
-            raise ModelImageError(network_message(remote.ref.host, e)) from None
+            raise ModelImageError(network_message((remote.served or remote.ref).host, e)) from None
 
 
 def _verify(remote: Remote, source: str, key: str | Path) -> VerifiedImage:

@@ -219,11 +219,11 @@ def _fetcher(source: str, insecure: frozenset[str]) -> tuple[Fetch, Callable[[],
             return json_object(layout.blob_bytes(d), f"{source}: manifest {d.digest[:19]}"), d.digest, d.media_type
 
         return from_layout, layout.close
-    from ..registry.client import RegistryClient
+    from ..registry.mirror import open_client
     from ..registry.reference import Reference
 
-    ref = Reference.parse(source)
-    client = RegistryClient(ref, insecure=insecure)
+    opened = open_client(Reference.parse(source), insecure=insecure)  # a mirror first, if configured
+    client, ref = opened.client, opened.served
 
     def from_registry(desc: Descriptor | None) -> tuple[dict[str, Any], str, str]:
         m = client.get_manifest(ref.repository, desc.digest if desc else ref.ref)  # checked against a digest

@@ -19,7 +19,7 @@ import logging
 import queue
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -59,14 +59,19 @@ class TransportOptions:
     ``insecure-registries``); ``tls_verify``: ``False`` makes every host so
     (``--tls-verify=false``, skopeo's); ``cert_dir``: the registry's
     certificates (``--cert-dir``, instead of ``certs.d``); ``authfile``:
-    the only auth file (``--authfile``); ``timeout``: seconds; ``retry``:
-    the retry policy.
+    the only auth file (``--authfile``); ``mirrors``: ``(registry host,
+    (mirror, ...))`` pairs reads try first (:mod:`modelimage.registry.mirror`,
+    from modelimage.toml); ``warn``: where a one-line warning that is not an
+    error goes (a mirror that failed; the CLI's stderr; None: the log);
+    ``timeout``: seconds; ``retry``: the retry policy.
     """
 
     insecure: frozenset[str] = frozenset()
     tls_verify: bool = True
     cert_dir: Path | None = None
     authfile: Path | None = None
+    mirrors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    warn: Callable[[str], None] | None = field(default=None, compare=False)
     timeout: float = DEFAULT_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -104,11 +109,15 @@ class Transport:
     ``credentials``: as given, else what the keychain holds for the host.
     ``pool``: idle keep-alive connections; the number of connections open at
     once is not capped, so parallel transfers never queue for one (each
-    transfer thread uses one at a time). Close it with :meth:`close`.
+    transfer thread uses one at a time). ``namespace``: for a mirror, the
+    registry it stands for, sent as ``?ns=HOST`` on every request
+    (distribution-spec "Registry Proxying"; containerd sends it, and
+    mirrors of several registries, Spegel among them, need it). Close it
+    with :meth:`close`.
     """
 
     def __init__(self, ref: Reference, options: TransportOptions | None = None, *,
-                 credentials: Credentials | None = None, pool: int = DEFAULT_POOL):
+                 credentials: Credentials | None = None, pool: int = DEFAULT_POOL, namespace: str | None = None):
         options = options or current_options()
         self.host, self.options, self.retry = ref.host, options, options.retry
         self.ssl_context = ssl_context(ref.host, verify=not options.unverified(ref.host), cert_dir=options.cert_dir)
@@ -126,7 +135,7 @@ class Transport:
         self._connections = InterruptibleTransport(ssl_context=self.ssl_context, limits=limits)
         self.http = httpx.Client(
             base_url=self.base, auth=self.auth, timeout=self.timeout, follow_redirects=True, headers=headers,
-            transport=self._connections,
+            transport=self._connections, params={"ns": namespace} if namespace else None,
         )
 
     def interrupt(self) -> None:
