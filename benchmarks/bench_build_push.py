@@ -247,7 +247,7 @@ def versions() -> str:
 
 
 class Podman:
-    """podman with a private storage root (like benchmarks/pull_calibration.py),
+    """podman with a private storage root (as modelimage.pullers' podman does not),
     so other users of the default store neither see nor disturb the run."""
 
     def __init__(self, root: Path, conf: Path):

@@ -121,7 +121,7 @@ def main() -> None:
                 shutil.rmtree(dest)
 
         spec = [est.LayerSpec(int(d["size"])) for d in layers]
-        e = est.estimate_pull(spec, bandwidth_bps=get_bps, engine="modelimage", cpus=2.0, latency_s=0.0,
+        e = est.estimate_pull(spec, bandwidth_bps=get_bps, engine="modelimage", latency_s=0.0,
                               write_cache_bytes=probes.probe_write_cache())
         estimate_s = e.total_seconds
     finally:

@@ -1,25 +1,32 @@
-"""The pull-time model against real pulls on this machine, recorded, never
-asserted (a CI test that compares an estimate from constants fitted on
-another machine with a pull here is a timing test: issue 21).
+"""Calibrated estimates against real pulls on this machine, recorded, never
+asserted (issue 17's accuracy table; issue 21: no timing test decides CI).
 
-Two checks, each printing the estimate, the measured pulls and the error:
+For each engine (podman, containerd's ``ctr pull`` on a private containerd
+with its overlayfs snapshotter, ``modelimage pull``), in one run, one engine
+after the other:
 
-- ``podman pull`` of a 1 GiB image (8 plain tar layers, like a sharded
-  model, pushed with skopeo from a layout written here) from a real CNCF
-  registry on loopback. Bandwidth and disk speed are probed first
-  (probe_download against that registry, probe_disk and probe_sync_latency
-  on podman's disk); around each of five pulls, the free cores (probe_cpus,
-  before and after) and the page cache (probe_write_cache, before).
-- ``modelimage pull`` of a 1 GiB model (random fp16 safetensors in 4
-  shards) built and pushed by modelimage, five times into a fresh folder.
+1. calibrate exactly as ``modelimage estimate --calibrate --engine E``
+   does (:func:`modelimage.calibrate.calibrate`, its default images),
+   against a loopback CNCF registry;
+2. pull images of 0.5, 1 and 2 GiB in 1, 4 and 8 layers, uncompressed and
+   gzip (one size and compression at a time, its three images pulled in
+   shuffled rounds, ``--repeat`` times each, cleared between pulls: at most
+   ~10 GB on disk at once), right after that engine's calibration, and
+   compare each median with the estimate
+   ``modelimage estimate REF --engine E --probe`` gives from that
+   calibration (link and disk probed against the same registry).
 
-Run: ``python benchmarks/estimate_vs_pull.py [--only podman|modelimage]``.
-Copy the printed lines into docs/benchmarks.md with the machine and date.
+Prints a Markdown table (every pair) and writes every pull to ``--save``.
+``--refit FILE`` reprints the table from a saved run.
+
+    python benchmarks/estimate_vs_pull.py [--engines podman,containerd,modelimage]
+        [--sizes 512MiB,1GiB,2GiB] [--layers 1,4,8] [--repeat 3] [--save results.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -33,147 +40,177 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.pull_calibration import (  # noqa: E402
-    Podman,
-    layer_specs,
-    registry_layers,
-    skopeo_push,
-    write_layout,
-)
-from modelimage import estimate, probes  # noqa: E402
-from modelimage.units import format_rate, format_size  # noqa: E402
-from tests.registry import start_registry  # noqa: E402
-
-IMAGE_BYTES = 2**30
-LAYERS = 8
-PULLS = 5
+from modelimage import calibrate, probes  # noqa: E402
+from modelimage.estimate import estimate_pull  # noqa: E402
+from modelimage.fit import Calibration, Sample  # noqa: E402
+from modelimage.pullers import puller_for  # noqa: E402
+from modelimage.units import format_size, parse_size  # noqa: E402
 
 
-def podman_vs_estimate() -> float:
-    """Median estimate / median measured - 1 for podman pulls of a 1 GiB image."""
-    # podman's overlay store and the layout on a real disk (/var/tmp), not a tmpfs
-    work = Path(tempfile.mkdtemp(prefix="estimate-vs-podman-", dir="/var/tmp"))
-    reg = start_registry()
-    podman = None
-    try:
-        podman = Podman(work / "podman")
-        write_layout(work / "layout", [IMAGE_BYTES // LAYERS] * LAYERS, seed=42, content="repeating")
-        ref = f"{reg.host}/estimate/podman:v1"
-        skopeo_push(work / "layout", ref)
-        shutil.rmtree(work / "layout")
-        # start estimate and pulls from the same writeback state: dirty pages left by earlier
-        # tests (GBs of writes) would slow the pulls for reasons no probe of this pull sees
-        os.sync()
+class PrivateContainerd:
+    """A containerd of its own (overlayfs snapshotter), as ENVIRONMENT.md
+    describes; ``ctr`` finds it through CONTAINERD_ADDRESS."""
 
-        layers = registry_layers(reg.url, "estimate/podman", "v1")
-        assert [d["mediaType"] for d in layers] == ["application/vnd.oci.image.layer.v1.tar"] * LAYERS
-        biggest = max(layers, key=lambda d: d["size"])
-        bandwidth = probes.probe_download(f"{reg.url}/v2/estimate/podman/blobs/{biggest['digest']}")
-        disk = probes.probe_disk(work)
-        sync_latency = probes.probe_sync_latency(work)
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ctrd-", dir="/var/tmp"))
+        sock = self.root / "c.sock"
+        (self.root / "config.toml").write_text(
+            f'version = 2\nroot = "{self.root}/root"\nstate = "{self.root}/state"\n[grpc]\n  address = "{sock}"\n')
+        self.proc = subprocess.Popen(["containerd", "--config", str(self.root / "config.toml")],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "log", "wb"))
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"containerd did not start: {(self.root / 'log').read_text()[-500:]}")
+            time.sleep(0.1)
+        os.environ["CONTAINERD_ADDRESS"] = str(sock)
 
-        # Other jobs share this machine's 2 cores and come and go (a pull ran 7 s idle, 12 s beside a
-        # test suite), so the free cores are probed right before and right after each pull and the
-        # estimate for that pull uses their mean; the page cache is probed before it.
-        estimates, runs, cores, caches = [], [], [], []
-        for _ in range(PULLS):
-            podman.remove(ref)
-            before = probes.probe_cpus()
-            caches.append(probes.probe_write_cache())
-            runs.append(podman.pull(ref))
-            cores.append((before + probes.probe_cpus()) / 2)
-            estimates.append(estimate.estimate_pull(
-                layer_specs(layers), bandwidth_bps=bandwidth, engine="podman", disk_bps=disk,
-                write_cache_bytes=caches[-1], cpus=cores[-1], latency_s=0.0, sync_latency_s=sync_latency))
-            podman.remove(ref)
-        predicted = statistics.median(e.total_seconds for e in estimates)
-        measured = statistics.median(r.seconds for r in runs)
-        error = predicted / measured - 1
-
-        print(f"\npodman pull of {format_size(sum(d['size'] for d in layers))} in {LAYERS} layers from loopback; "
-              f"probed link {format_rate(bandwidth)}, disk {format_rate(disk)} "
-              f"(fdatasync {sync_latency * 1e3:.2f} ms), "
-              f"write cache {', '.join(format_size(c) for c in caches)}, "
-              f"cores free {', '.join(f'{c:.2f}' for c in cores)} of {os.cpu_count()}")
-        middle = sorted(estimates, key=lambda e: e.total_seconds)[PULLS // 2]
-        print(f"estimate: {predicted:.2f} s  (median of " + ", ".join(f"{e.total_seconds:.2f}" for e in estimates)
-              + "; phases of the median " + ", ".join(f"{k} {v:.2f}" for k, v in middle.phases.items()) + ")")
-        print(f"measured: {measured:.2f} s  (median of " + ", ".join(f"{r.seconds:.2f}" for r in runs)
-              + "; download/extract " + ", ".join(f"{r.download_s or 0:.2f}/{r.extract_s or 0:.2f}" for r in runs)
-              + ")")
-        print(f"error: {error * 100:+.1f} %")
-        return error
-    finally:
-        if podman is not None:
-            podman.close()
-        reg.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        subprocess.run(["umount", "-R", str(self.root / "root")], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
-def modelimage_vs_estimate() -> float:
-    """The same check for the estimator's "modelimage" engine: a 1 GiB model
-    (random fp16 safetensors in 4 shards, written with the real writer) built
-    and pushed by modelimage, then ``modelimage pull`` into a fresh folder five
-    times, each next to the free cores probed around it."""
-    from modelimage.synth import write_random_shards
-
+def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="estimate-vs-pull-", dir="/var/tmp"))
-    reg = start_registry()
-    env = {**os.environ, "MODELIMAGE_CACHE_DIR": str(work / "cache")}
-    mi = [sys.executable, "-m", "modelimage"]
+    os.environ["MODELIMAGE_CACHE_DIR"] = str(work / "cache")  # never the user's calibrations
+    engines = args.engines.split(",")
+    ctrd = PrivateContainerd() if "containerd" in engines else None
+    results: dict = {"machine": {"node": platform.node(), "cpus": os.cpu_count(), "date": str(date.today()),
+                                 "load_average_start": os.getloadavg()[0]}, "engines": {}}
     try:
-        write_random_shards(work / "model", 1.0, 4)
-        ref = f"{reg.host}/estimate/pull:v1"
-        subprocess.run([*mi, "build", str(work / "model"), "--push", ref], check=True, capture_output=True, env=env)
-        shutil.rmtree(work / "model")
-        os.sync()
-        layers = registry_layers(reg.url, "estimate/pull", "v1")
-        biggest = max(layers, key=lambda d: d["size"])
-        bandwidth = probes.probe_download(f"{reg.url}/v2/estimate/pull/blobs/{biggest['digest']}")
-
-        estimates, runs, cores = [], [], []
-        for k in range(PULLS):
-            dest = work / f"dest{k}"
-            before = probes.probe_cpus()
-            cache = probes.probe_write_cache()
-            t = time.perf_counter()
-            subprocess.run([*mi, "pull", ref, str(dest)], check=True, capture_output=True, env=env)
-            runs.append(time.perf_counter() - t)
-            cores.append((before + probes.probe_cpus()) / 2)
-            estimates.append(estimate.estimate_pull(
-                layer_specs(layers), bandwidth_bps=bandwidth, engine="modelimage", write_cache_bytes=cache,
-                cpus=cores[-1], latency_s=0.0).total_seconds)
-            shutil.rmtree(dest)
-        predicted, measured = statistics.median(estimates), statistics.median(runs)
-        error = predicted / measured - 1
-        print(f"\nmodelimage pull of {format_size(sum(d['size'] for d in layers))} in {len(layers)} layers from "
-              f"loopback; probed link {format_rate(bandwidth)}, "
-              f"cores free {', '.join(f'{c:.2f}' for c in cores)}")
-        print("estimate: " + ", ".join(f"{e:.2f}" for e in estimates) + f" s (median {predicted:.2f})")
-        print("measured: " + ", ".join(f"{r:.2f}" for r in runs) + f" s (median {measured:.2f})")
-        print(f"error: {error * 100:+.1f} %")
-        return error
+        with calibrate.loopback_registry(work) as host:
+            for engine in engines:  # each engine calibrated right before its checks
+                t = time.monotonic()
+                cal = calibrate.calibrate(engine, registry=host, work=work, store=False)
+                print(f"# {engine}: calibrated in {time.monotonic() - t:.0f} s: {cal.costs}", flush=True)
+                results["engines"][engine] = {"calibration": cal.to_json(), "checks": []}
+                for size in [parse_size(s) for s in args.sizes.split(",")]:
+                    for compression in ("none", "gzip"):
+                        check_group(results, engine, host, work, size, compression, args)
+                        _save(results, args.save)
     finally:
-        reg.stop()
+        if ctrd is not None:
+            ctrd.close()
         shutil.rmtree(work, ignore_errors=True)
+    results["machine"]["load_average_end"] = os.getloadavg()[0]
+    return results
+
+
+def check_group(results: dict, engine: str, host: str, work: Path, size: int, compression: str, args) -> None:
+    """Push the images of one size and compression, pull them with ``engine``."""
+    images, nonce = {}, f"{os.getpid()}-{engine}-{size}-{compression}"
+    for n in [int(x) for x in args.layers.split(",")]:
+        spec = calibrate.ImageSpec(size, n, compression)
+        ref = f"{host}/estimate-check/{engine}-{spec.name}:v1"
+        layout = work / "layout"
+        images[ref] = calibrate.write_image(layout, spec, tag="v1", nonce=f"{nonce}-{n}")
+        calibrate.push_image(layout, "v1", ref)
+        shutil.rmtree(layout)
+    repo, tag = next(iter(images)).split("/", 1)[1].rsplit(":", 1)  # the link, probed as `estimate --probe` does
+    link = probes.probe_download(f"http://{host}/v2/{repo}/blobs/{_biggest_blob(host, repo, tag)}")
+    rec = results["engines"][engine]
+    puller = puller_for(engine, plain_http=True, work=work)
+    try:
+        disk = probes.probe_disk(_existing(puller.storage()), 64 * 2**20)
+        cache = probes.probe_write_cache()
+        samples = calibrate.measure(puller, images, repeat=args.repeat)
+    finally:
+        puller.close()
+    for sample in samples:
+        rec["checks"].append({**sample.to_json(), "link_bps": link, "disk_bps": disk, "write_cache": cache,
+                              "load_average": os.getloadavg()[0]})
+        print(_row(engine, Calibration.from_json(rec["calibration"]), rec["checks"][-1]), flush=True)
+    shutil.rmtree(work / "registry" / "docker" / "registry" / "v2" / "blobs", ignore_errors=True)
+
+
+def _biggest_blob(host: str, repo: str, tag: str) -> str:
+    import httpx
+
+    r = httpx.get(f"http://{host}/v2/{repo}/manifests/{tag}",
+                  headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    return max(r.json()["layers"], key=lambda d: d["size"])["digest"]
+
+
+def _existing(p: Path) -> Path:
+    while not p.exists():
+        p = p.parent
+    return p
+
+
+def estimate_for(cal: Calibration, check: dict) -> tuple[float, float, float]:
+    """What `estimate REF --engine E --probe` says: total and range."""
+    s = Sample.from_json(check)
+    e = estimate_pull(s.layers, bandwidth_bps=check["link_bps"], engine=cal.engine_model(), disk_bps=check["disk_bps"],
+                      write_cache_bytes=check["write_cache"], latency_s=0.0, spread=cal.spread)
+    return e.total_seconds, e.low_seconds, e.high_seconds
+
+
+def _row(engine: str, cal: Calibration, check: dict) -> str:
+    s = Sample.from_json(check)
+    est, _, _ = estimate_for(cal, check)
+    kind = "gzip" if s.layers[0].compression == "gzip" else "plain"
+    return (f"| {engine} | {format_size(sum(x.tar_bytes for x in s.layers))} | {len(s.layers)} | {kind} | "
+            f"{', '.join(f'{t:.2f}' for t in s.seconds)} | {s.median:.2f} | {est:.2f} | "
+            f"{(est / s.median - 1) * 100:+.0f} % | {check['load_average']:.1f} |")
+
+
+HEAD = ("| engine | image | layers | layers are | real pulls s | median | estimate s | error | load |\n"
+        "|---|---|---|---|---|---|---|---|---|")
+
+
+def report(results: dict) -> None:
+    print(f"\n# {results['machine']}")
+    for engine, rec in results["engines"].items():
+        cal = Calibration.from_json(rec["calibration"])
+        c = cal.costs
+        print(f"\n{engine} ({cal.facts.get('engine_version')}): pull {c.pull_s:.3f} s, layer {c.layer_s:.3f} s, "
+              f"{c.byte_s * 1e9:.2f} s/GB, busiest stream {c.stream_byte_s * 1e9:.2f} s/GB, gzip "
+              f"{c.gzip_byte_s * 1e9:.2f} s/GB; errors on its own pulls "
+              + ", ".join(f"{e * 100:+.0f}" for e in cal.errors()) + " %")
+    print("\n" + HEAD)
+    for engine, rec in results["engines"].items():
+        cal = Calibration.from_json(rec["calibration"])
+        for check in rec["checks"]:
+            print(_row(engine, cal, check))
+    print()
+    for engine, rec in results["engines"].items():
+        cal = Calibration.from_json(rec["calibration"])
+        errors = [estimate_for(cal, c)[0] / Sample.from_json(c).median - 1 for c in rec["checks"]]
+        spread = [(max(c["seconds"]) - min(c["seconds"])) / Sample.from_json(c).median for c in rec["checks"]]
+        if errors:
+            print(f"{engine}: {sum(abs(e) <= 0.15 for e in errors)} of {len(errors)} within ±15 %, worst "
+                  f"{max(errors, key=abs) * 100:+.0f} %, median |error| "
+                  f"{statistics.median(map(abs, errors)) * 100:.0f} %;"
+                  f" the pulls' own spread (max-min)/median: median {statistics.median(spread) * 100:.0f} %, "
+                  f"max {max(spread) * 100:.0f} %")
+
+
+def _save(results: dict, path: Path | None) -> None:
+    if path:
+        path.write_text(json.dumps(results, indent=1))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=("podman", "modelimage"), help="run one check")
+    ap.add_argument("--engines", default="podman,containerd,modelimage")
+    ap.add_argument("--sizes", default="512MiB,1GiB,2GiB")
+    ap.add_argument("--layers", default="1,4,8")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--save", type=Path)
+    ap.add_argument("--refit", type=Path, help="report a saved run instead of measuring")
     args = ap.parse_args()
-    for tool in ("docker-registry",) + (("podman", "skopeo") if args.only != "modelimage" else ()):
+    if args.refit:
+        report(json.loads(args.refit.read_text()))
+        return
+    for tool in ("docker-registry", *(("ctr", "containerd") if "containerd" in args.engines else ())):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (make tools installs it)")
-    print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, {date.today()}")
-    errors = {}
-    if args.only in (None, "podman"):
-        errors["podman"] = podman_vs_estimate()
-    if args.only in (None, "modelimage"):
-        errors["modelimage"] = modelimage_vs_estimate()
-    print()
-    for engine, error in errors.items():
-        print(f"| {engine} | 1 GiB | estimate vs median real pull | {error * 100:+.0f} % |")
+    print(HEAD, flush=True)
+    results = run(args)
+    _save(results, args.save)
+    report(results)
 
 
 if __name__ == "__main__":

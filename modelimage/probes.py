@@ -1,6 +1,7 @@
 """Measurements of this machine and its link, for the pull-time model
-(:mod:`modelimage.estimate`): the download speed from a registry, the disk's
-write speed and sync latency, the page cache, the free cores.
+(:mod:`modelimage.estimate`) that need no container engine: the download
+speed from a registry, the disk's write speed, the page cache. What the
+engine costs is measured by calibrating it (:mod:`modelimage.calibrate`).
 
 Every function here does I/O and takes time (a fraction of a second to a
 few seconds); :mod:`modelimage.estimate` stays pure and takes their results
@@ -156,70 +157,6 @@ def _content_range_total(value: str | None) -> int | None:
     """``bytes 0-0/1234`` -> 1234."""
     m = re.match(r"^\s*bytes\s+\S+/([0-9]+)\s*$", value or "")
     return int(m.group(1)) if m else None
-
-
-def probe_sync_latency(directory: str | os.PathLike, count: int = 15) -> float:
-    """Seconds one ``fdatasync`` of a small write takes on the disk under
-    ``directory`` (the median of ``count``): what each of an engine's
-    metadata syncs costs. ~0.2-0.4 ms on the project's VM; network disks
-    take milliseconds. Not pure: this is the probe."""
-    import statistics
-
-    try:
-        fd, name = tempfile.mkstemp(prefix=".modelimage-sync-probe-", dir=Path(directory))
-    except OSError as e:
-        raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
-    times = []
-    try:
-        block = os.urandom(4096)
-        for _ in range(max(1, count)):
-            os.write(fd, block)
-            t = time.perf_counter()
-            os.fdatasync(fd)
-            times.append(time.perf_counter() - t)
-    except OSError as e:
-        raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
-    finally:
-        os.close(fd)
-        os.unlink(name)
-    return statistics.median(times)
-
-
-# One core of the machine the engines were calibrated on (2-core AMD EPYC VM,
-# SHA-NI): CPython's hashlib sha256 of 1 MiB blocks, 2026-11-25.
-REFERENCE_CORE_SHA256_BPS = 1.55e9
-
-
-def probe_cpus(seconds: float = 1.0) -> float:
-    """Cores this process can get right now, counted in cores of the machine
-    the engines were calibrated on: sha256 rounds done by one thread per core
-    (hashlib releases the GIL) against :data:`REFERENCE_CORE_SHA256_BPS`.
-    An idle 2-core calibration VM answers ~2; with another job keeping one
-    core busy, ~1.3 (the scheduler's fair share); a machine whose cores hash
-    half as fast (no SHA extensions, a busy host stealing cycles) answers
-    half as many. Pass it as ``cpus``: the engines' CPU work per byte was
-    measured on those cores. Not pure: this is a probe, and contention
-    changes from second to second."""
-    import hashlib
-
-    n = os.cpu_count() or 1
-    block = os.urandom(MiB)
-    counts = [0] * n
-    stop = time.perf_counter() + seconds
-
-    def spin(k: int) -> None:
-        while time.perf_counter() < stop:
-            hashlib.sha256(block)
-            counts[k] += 1
-
-    started = time.perf_counter()
-    workers = [threading.Thread(target=spin, args=(k,), daemon=True) for k in range(n)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    rate = sum(counts) * MiB / max(time.perf_counter() - started, 1e-9)
-    return max(0.05, rate / REFERENCE_CORE_SHA256_BPS)
 
 
 def probe_write_cache() -> int:

@@ -21,9 +21,10 @@ import click
 
 from . import templates
 from .errors import ConfigError, ModelImageError, OutputError
-from .estimate import LAYER_COMPRESSION, STANDARD_LINKS, LayerSpec, estimate_pull
+from .estimate import STANDARD_LINKS, LayerSpec, estimate_pull
 from .inspect import ModelInfo
 from .limits import DEFAULT, RegistryLimits, limits_for
+from .pulltime import LAYER_COMPRESSION, basis_for
 from .registry.reference import Reference
 from .units import format_count, format_seconds, format_size, plural
 
@@ -133,9 +134,11 @@ def summarize(build: dict[str, Any], *, model: ModelInfo | None = None, target: 
     checks = _checks(sizes, titles, limits)
     specs = [_layer_spec(layer) for layer in layers]
     pulls = []
+    basis = basis_for(engine)  # the same costs `modelimage estimate` uses: this machine's calibration, or built-in
     for link, bps in STANDARD_LINKS.items():
-        est = estimate_pull(specs, bandwidth_bps=bps, engine=engine)
-        pulls.append({"link": link, "time": format_seconds(est.total_seconds), "disk": format_size(est.disk_bytes)})
+        est = estimate_pull(specs, bandwidth_bps=bps, engine=basis.engine, spread=basis.spread)
+        pulls.append({"link": link, "time": format_seconds(est.total_seconds), "disk": format_size(est.disk_bytes),
+                      "range": f"{format_seconds(est.low_seconds)} to {format_seconds(est.high_seconds)}"})
     facts = None
     if model is not None:
         kind = model.kind.replace("-", " ")
@@ -163,6 +166,7 @@ def summarize(build: dict[str, Any], *, model: ModelInfo | None = None, target: 
         checks=[{"mark": c.mark, "what": c.what, "value": _md(c.value), "limit": _md(c.limit)} for c in checks],
         limits_source=_md(limits.source),
         engine=engine,
+        basis=_md(basis.label),
         pulls=pulls,
     )
 

@@ -21,9 +21,7 @@ MAX_CLASS_LINES = 200
 # the format codecs are whole specs in one place (issue 12)
 CODECS = {"modelimage.formats.gguf", "modelimage.formats.safetensors"}
 # Modules over MAX_MODULE_LINES and classes over MAX_CLASS_LINES still on main.
-ALLOWED_LONG_MODULES: set[str] = {
-    "modelimage.estimate",
-}
+ALLOWED_LONG_MODULES: set[str] = set()
 ALLOWED_LONG_CLASSES: set[str] = set()
 
 

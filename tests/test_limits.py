@@ -99,7 +99,8 @@ def test_estimate_command_json(llama_dir, capsys):
 
     assert main(["estimate", str(llama_dir), "--bandwidth", "1Gbit/s", "--engine", "podman", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["total_seconds"] > 0 and {"download", "extract"} <= set(d["phases"])
+    assert d["total_seconds"] > 0 and {"link", "engine"} <= set(d["phases"])
+    assert d["calibrated"] is False and "built-in" in d["basis"]
     assert d["bandwidth_bps"] == 125e6
     assert [o["name"].split(" ")[0] for o in d["storage_options"]]
     assert main(["estimate", str(llama_dir)]) == 0

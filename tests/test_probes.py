@@ -23,17 +23,6 @@ def test_probe_disk(tmp_path):
         probes.probe_disk(tmp_path / "missing", MiB)
 
 
-def test_probe_sync_latency(tmp_path):
-    latency = probes.probe_sync_latency(tmp_path, count=3)
-    assert 0 < latency < 1.0
-    assert list(tmp_path.iterdir()) == []  # the probe file is gone
-
-
-def test_probe_cpus():
-    # in cores of the calibration machine: about os.cpu_count() there, fewer when busy or slower
-    assert 0.05 <= probes.probe_cpus(0.3) <= 3 * (os.cpu_count() or 1)
-
-
 def test_probe_write_cache():
     cache = probes.probe_write_cache()
     assert cache >= 0

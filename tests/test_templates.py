@@ -145,7 +145,7 @@ def test_golden_summary(in_workspace: Path, monkeypatch: pytest.MonkeyPatch) -> 
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     build = json.loads(result.stdout)
-    fake = SimpleNamespace(total_seconds=12.5, disk_bytes=2 * 10**7)
+    fake = SimpleNamespace(total_seconds=12.5, low_seconds=7.5, high_seconds=23.75, disk_bytes=2 * 10**7)
     monkeypatch.setattr(summary, "estimate_pull", lambda specs, **kw: fake)
     (in_workspace / "build.json").write_text(json.dumps(build))
     out = CliRunner().invoke(summary.command, ["build.json", "--model", "tiny-llama"], catch_exceptions=False)

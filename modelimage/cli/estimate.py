@@ -1,72 +1,162 @@
-"""``estimate``: how long pulling a model image takes, and the other ways
-to ship the same weights."""
+"""``estimate``: how long pulling a model image takes on this node, the
+other ways to ship the same weights, and ``--calibrate`` to measure the
+engine here first."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from .. import api
 from ..api import ProbeNeedsTarget
-from ..units import format_rate, format_seconds, format_size, plural
+from ..units import format_rate, format_seconds, format_size, parse_size, plural
 from . import _variants
 from ._options import rate_callback, size_callback, transport_options
-from ._output import emit_json
+from ._output import emit_json, err
+
+ENGINE_CHOICES = ["podman", "containerd", "docker", "modelimage"]
+
+
+def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [parse_size(v.strip(), what="--calibrate-sizes") for v in value.split(",")]
+    except Exception as e:
+        raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
+
+
+def _counts(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        counts = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: layer counts, e.g. 1,4") from None
+    if min(counts) < 1:
+        raise click.BadParameter("layer counts must be at least 1")
+    return counts
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", required=False)
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="containerd", show_default=True,
+              help="Who pulls: containerd (Kubernetes nodes), podman, docker, modelimage pull.")
+@click.option("--bandwidth", callback=rate_callback, metavar="RATE",
+              help="The puller's link, e.g. 1Gbit/s (default: 100 Mbit/s, 1 Gbit/s and 10 Gbit/s).")
+@click.option("--probe", is_flag=True,
+              help="Measure what can be measured without the engine: the link from the registry (REF) and "
+                   "this machine's disk.")
+@click.option("--disk-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where --probe measures the disk (default: the engine's storage if it exists, else /tmp).")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Downloads at a time (default: the engine's).")
 @click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
               help="modelimage.toml with [models.NAME] entries (default: ./modelimage.toml).")
 @click.option("--max-layer-size", callback=size_callback, metavar="SIZE",
               help="Plan with this layer size (SOURCE/NAME).")
-@click.option("--bandwidth", callback=rate_callback, metavar="RATE",
-              help="The puller's link, e.g. 1Gbit/s (default: 100 Mbit/s, 1 Gbit/s and 10 Gbit/s).")
-@click.option("--probe", is_flag=True,
-              help="Measure the download speed from the registry (REF) and this machine's disk, and use them.")
-@click.option("--disk-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where --probe measures the disk (default: the engine's storage if it exists, else /tmp).")
-@click.option("--engine", type=click.Choice(["podman", "containerd", "docker", "modelimage"]), default="containerd",
-              show_default=True, help="Who pulls: containerd (Kubernetes nodes), podman, docker, modelimage pull.")
-@click.option("--concurrency", type=click.IntRange(1, 64), help="Downloads at a time (default: the engine's).")
 @click.option("--insecure-registry", multiple=True, metavar="HOST", help="Plain HTTP to HOST.")
-@click.option("--json", "as_json", is_flag=True, help="Print total_seconds, phases and the alternatives as JSON.")
+@click.option("--calibrate", is_flag=True,
+              help="Instead of estimating: time real pulls of small generated images with --engine on this "
+                   "node, fit its costs and store them; later estimates for that engine use them.")
+@click.option("--registry", metavar="HOST[:PORT]",
+              help="With --calibrate: push the images there (default: a docker-registry started on loopback).")
+@click.option("--calibrate-sizes", callback=_sizes, metavar="SIZE,SIZE",
+              help="With --calibrate: image sizes (default: 128MiB,512MiB).")
+@click.option("--calibrate-layers", callback=_counts, metavar="N,N",
+              help="With --calibrate: layer counts (default: 1,4).")
+@click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="With --calibrate: pulls of each image (the fit takes the median).")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate (or the calibration) as JSON.")
 @transport_options
-def estimate(source: str, config: Path | None, max_layer_size: int | None, bandwidth: float | None, probe: bool,
-             disk_dir: Path | None, engine: str, concurrency: int | None, insecure_registry: tuple[str, ...],
+def estimate(source: str | None, engine: str, bandwidth: float | None, probe: bool, disk_dir: Path | None,
+             concurrency: int | None, config: Path | None, max_layer_size: int | None,
+             insecure_registry: tuple[str, ...], calibrate: bool, registry: str | None,
+             calibrate_sizes: list[int] | None, calibrate_layers: list[int] | None, repeat: int,
              as_json: bool) -> None:
     """Estimate how long pulling a model image takes, and compare it with
     the other ways to ship the same weights.
 
     SOURCE is a model folder or file, a NAME in modelimage.toml (estimated
     from its plan), an image REF in a registry, or an oci:DIR[:TAG] layout.
-    The model counts what engines really do: parallel downloads, per-layer
-    decompression, extraction (measured per engine), disk writes, and the
-    disk space a pull takes. A model or image with variants gets each
+
+    The estimate uses this node's calibration of the engine when one is
+    stored (`estimate --calibrate --engine E` makes it: a few minutes of
+    real pulls), else built-in constants measured elsewhere, shown with the
+    range they may be off by. A model or image with variants gets each
     variant's pull time.
     """
+    if calibrate:
+        if source:
+            raise click.UsageError("--calibrate measures the engine, not a SOURCE: run it without one")
+        _calibrate(engine, registry, calibrate_sizes, calibrate_layers, repeat, as_json)
+        return
+    if not source:
+        raise click.UsageError("give a SOURCE (model folder, NAME, image REF or oci:DIR), or --calibrate")
     if not probe and _variants.estimate(source, config=config, max_layer_size=max_layer_size, bandwidth=bandwidth,
                                         engine=engine, concurrency=concurrency, insecure=insecure_registry,
                                         as_json=as_json):
         return
     try:
-        report = api.estimate(source, bandwidth=bandwidth, probe=probe, disk_dir=disk_dir, engine=engine,
-                              concurrency=concurrency, max_layer_size=max_layer_size, config=config,
+        report = api.estimate(source, engine=engine, bandwidth=bandwidth, probe=probe, disk_dir=disk_dir,
+                              concurrency=concurrency, config=config, max_layer_size=max_layer_size,
                               insecure=insecure_registry)
     except ProbeNeedsTarget as e:
         raise click.UsageError(str(e)) from None
     if as_json:
         emit_json(report.to_json())
         return
-    click.echo(f"{source}: {plural(len(report.layers), 'layer')}, {format_size(report.bytes)}, pulled by {engine}"
-               + (f"; disk {format_rate(report.disk_bps)}" if report.disk_bps else ""))
-    for name, r in report.links.items():
-        phases = ", ".join(f"{k} {format_seconds(v)}" for k, v in r.phases.items() if v >= 0.0005)
-        click.echo(f"  {name:<12} {format_seconds(r.total_seconds):>9}  ({phases}); "
-                   f"{format_size(r.disk_bytes)} on disk")
-    for note in report.first.notes:
+    layers = report.layers
+    click.echo(f"{source}: {plural(len(layers), 'layer')}, {format_size(report.bytes)}, pulled by {engine}")
+    click.echo(f"  costs: {report.basis.label}")
+    if report.measured:
+        click.echo("  measured: " + ", ".join(
+            f"{label} {fmt(report.measured[key])}" for key, label, fmt in (
+                ("link_bps", "link", format_rate), ("disk_bps", "disk", format_rate),
+                ("write_cache_bytes", "page cache takes", format_size)) if key in report.measured))
+    for name, e in report.links.items():
+        shown = {k: v for k, v in e.phases.items() if v >= 0.05 * e.total_seconds and k != "decompress"}
+        click.echo(f"  {name:<10} {format_seconds(e.total_seconds):>8}  ({format_seconds(e.low_seconds)} to "
+                   f"{format_seconds(e.high_seconds)}; " + ", ".join(f"{k} {format_seconds(v)}"
+                                                                     for k, v in shown.items())
+                   + f"; {e.bound}-bound)")
+    first = next(iter(report.links.values()))
+    click.echo(f"  on disk: {format_size(first.disk_bytes)} (at most {format_size(first.peak_disk_bytes)} "
+               "during the pull)")
+    for note in first.notes:
         click.echo(f"  note: {note}")
-    click.echo(f"  other ways to ship it, at {format_rate(report.first.bandwidth_bps)}:")
-    for o in report.storage_options:
-        click.echo(f"    {format_seconds(o.ready_seconds):>9} to ready  {o.name}")
+    click.echo(f"  other ways to ship it, at {format_rate(first.bandwidth_bps)}:")
+    for o in report.options:
+        click.echo(f"    {format_seconds(o.ready_seconds):>8} to ready  {o.name}")
+
+
+def _calibrate(engine: str, registry: str | None, sizes: list[int] | None, layers: list[int] | None,
+               repeat: int, as_json: bool) -> None:
+    from .. import calibrate
+
+    progress = err if sys.stderr.isatty() else None
+    cal = calibrate.calibrate(engine, registry=registry, sizes=sizes or calibrate.DEFAULT_SIZES,
+                              layers=layers or calibrate.DEFAULT_LAYERS, repeat=repeat, progress=progress)
+    path = calibrate.path_for(engine)
+    if as_json:
+        emit_json({**cal.to_json(), "stored": str(path)})
+        return
+    f, c = cal.facts, cal.costs
+    mem = f"{format_size(f['memory_bytes'])} memory, " if f.get("memory_bytes") else ""
+    click.echo(f"{engine} ({f.get('engine_version')}) on {f.get('node')}: {f.get('cpus')} cores, {mem}"
+               f"{format_size(f.get('storage_disk_bytes', 0))} disk at {f.get('storage')}; "
+               f"load {f.get('load_average')} -> {f.get('load_average_after')}")
+    for value, what in ((f"{c.pull_s:.3f} s", "per pull: start, resolve, manifest, config, commit"),
+                        (f"{c.layer_s:.3f} s", "per layer: requests, bookkeeping, syncs, snapshot"),
+                        (f"{c.byte_s * 1e9:.2f} s/GB", "every byte: untar, diffID hash, writes"),
+                        (f"{c.stream_byte_s * 1e9:.2f} s/GB", "the busiest download stream: fetch, verify, store"),
+                        (f"{c.gzip_byte_s * 1e9:.2f} s/GB", "gzip layers: decompression, per tar byte")):
+        click.echo(f"  {value:>12}  {what}")
+    click.echo("  how well the fit reproduces the calibration pulls:")
+    for s, e in zip(cal.samples, cal.errors()):
+        kind = "gzip" if s.layers and s.layers[0].compression == "gzip" else "plain"
+        size = format_size(sum(x.tar_bytes for x in s.layers))
+        click.echo(f"    {size:>8} {plural(len(s.layers), 'layer'):<9} {kind:<5} "
+                   f"median {s.median:6.2f} s ({', '.join(f'{t:.2f}' for t in s.seconds)}): {e * 100:+.0f} %")
+    click.echo(f"stored: {path}")

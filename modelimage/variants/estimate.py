@@ -12,16 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..estimate import (
-    DEFAULT_LATENCY_S,
-    STANDARD_LINKS,
-    Estimate,
-    LayerSpec,
-    estimate_pull,
-    layer_specs_from_manifest,
-    layer_specs_from_plan,
-)
+from ..estimate import DEFAULT_LATENCY_S, STANDARD_LINKS, Estimate, LayerSpec, estimate_pull
 from ..layout import LayoutRef
+from ..pulltime import basis_for, layer_specs_from_manifest, layer_specs_from_plan
 from ..registry.reference import is_loopback
 from .select import VariantFacts
 
@@ -76,7 +69,8 @@ def estimate_variants(variants: list[tuple[VariantFacts, list[LayerSpec]]], *, s
     links: Mapping[str, float] = {"given": bandwidth} if bandwidth else STANDARD_LINKS
     host = source.split("/", 1)[0] if "/" in source and not LayoutRef.is_layout(source) else ""
     latency = 0.0 if host and is_loopback(host) else DEFAULT_LATENCY_S
+    basis = basis_for(engine)  # this machine's calibration of the engine, else the built-in costs
     return [VariantEstimate(facts, tuple(specs), {
-        name: estimate_pull(specs, bandwidth_bps=bps, engine=engine, concurrency=concurrency, disk_bps=disk_bps,
-                            latency_s=latency) for name, bps in links.items()})
+        name: estimate_pull(specs, bandwidth_bps=bps, engine=basis.engine, concurrency=concurrency,
+                            disk_bps=disk_bps, latency_s=latency, spread=basis.spread) for name, bps in links.items()})
         for facts, specs in variants]

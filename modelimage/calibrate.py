@@ -1,0 +1,338 @@
+"""Calibrate the pull-time model on this node: time real pulls of small
+generated images with the engine that will pull the models, fit its costs,
+store the fit with the machine's facts.
+
+``modelimage estimate --calibrate --engine podman`` runs :func:`calibrate`:
+
+1. **images**: one per size x layer count x compression (defaults: 128 MiB
+   and 512 MiB, 1 and 4 layers, uncompressed and gzip), each layer one file
+   of weight-like bytes in a tar (random bytes for plain layers, fp16 values
+   for gzip layers, which compress like real weights), written to a
+   temporary OCI layout and pushed with modelimage's own push;
+2. **registry**: the one given (``--registry HOST``), or a CNCF registry
+   (``docker-registry``) started on a loopback port for the run;
+3. **pulls**: ``repeat`` rounds; each round pulls every image once, in a
+   shuffled order (so a burst of other load spreads over all of them), and
+   removes what the pull left before the next (:mod:`modelimage.pullers`);
+4. **fit**: :func:`modelimage.fit.fit` on the median time of each image;
+5. **store**: ``$MODELIMAGE_CACHE_DIR/calibration/ENGINE.json`` (the fit, the
+   samples, the machine's facts), which :func:`load` gives back to
+   ``estimate``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .cache import cache_dir
+from .errors import ModelImageError
+from .estimate import LayerSpec
+from .fit import Calibration, Sample, fit
+from .pullers import Puller, machine_facts, puller_for
+
+MiB = 2**20
+DEFAULT_SIZES: tuple[int, ...] = (128 * MiB, 512 * MiB)
+DEFAULT_LAYERS: tuple[int, ...] = (1, 4)
+DEFAULT_COMPRESSIONS: tuple[str, ...] = ("none", "gzip")
+BLOCK = 16 * MiB
+MEDIA = {"none": "application/vnd.oci.image.layer.v1.tar", "gzip": "application/vnd.oci.image.layer.v1.tar+gzip"}
+
+
+class CalibrationError(ModelImageError):
+    """Calibration cannot run here (a tool is missing, a pull failed)."""
+
+
+# ------------------------------------------------------------------ images
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """A calibration image: ``size`` bytes of files in ``layers`` equal
+    layers, stored with ``compression``."""
+
+    size: int
+    layers: int
+    compression: str = "none"
+
+    @property
+    def name(self) -> str:
+        return f"{self.size // MiB}mib-{self.layers}l-{self.compression}"
+
+
+def image_specs(sizes: Sequence[int], layers: Sequence[int],
+                compressions: Sequence[str] = DEFAULT_COMPRESSIONS) -> list[ImageSpec]:
+    """Every size x layer count x compression."""
+    return [ImageSpec(s, n, c) for c in compressions for s in sizes for n in layers]
+
+
+def _blocks(compression: str, seed: int) -> bytes:
+    """A block of file content: random bytes (plain layers; nothing inside a
+    blob dedupes, so a repeated block costs what fresh bytes cost) or fp16
+    values ~ N(0, 0.02) like a trained layer (gzip saves ~7 %, as on real
+    weights)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if compression == "none":
+        return rng.integers(0, 2**63, size=BLOCK // 8, dtype=np.uint64).tobytes()
+    return (rng.standard_normal(BLOCK // 2, dtype=np.float32) * 0.02).astype(np.float16).tobytes()
+
+
+class _Blob:
+    """Writes a layer blob: the tar bytes hashed (diffID), compressed or not,
+    written and hashed again (digest)."""
+
+    def __init__(self, path: Path, compression: str):
+        self.f = open(path, "wb")
+        self.diff, self.digest, self.size, self.gzip = hashlib.sha256(), hashlib.sha256(), 0, compression == "gzip"
+
+    def write(self, tar_bytes: bytes, stored: bytes | None = None) -> None:
+        """``stored``: these tar bytes already compressed (a gzip member)."""
+        self.diff.update(tar_bytes)
+        if stored is None:
+            stored = gzip.compress(tar_bytes, 1, mtime=0) if self.gzip else tar_bytes
+        self.digest.update(stored)
+        self.size += len(stored)
+        self.f.write(stored)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def write_image(root: Path, spec: ImageSpec, *, tag: str, nonce: str) -> list[LayerSpec]:
+    """An OCI layout at ``root`` holding ``spec`` under ``tag``; ``nonce``
+    goes into every file name so no layer exists anywhere before. A gzip
+    layer is a series of gzip members (one per block: valid gzip, which
+    every engine decompresses as one stream), so it is written at disk
+    speed. Returns the layers as the model sees them."""
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    block = _blocks(spec.compression, seed=hash(nonce) & 0xFFFF)
+    member = gzip.compress(block, 6, mtime=0) if spec.compression == "gzip" else None
+    layers, diff_ids, specs = [], [], []
+    for i in range(spec.layers):
+        size = spec.size // spec.layers
+        info = tarfile.TarInfo(f"models/{nonce}-{i:03d}.bin")
+        info.size, info.mode, info.mtime = size, 0o644, 0
+        tmp = blobs / f".{i}.tmp"
+        blob = _Blob(tmp, spec.compression)
+        blob.write(info.tobuf(tarfile.PAX_FORMAT))
+        for _ in range(size // BLOCK):
+            blob.write(block, member)
+        blob.write(block[: size % BLOCK])
+        blob.write(b"\0" * (-size % 512 + 1024))  # padding, then the end-of-archive blocks
+        blob.close()
+        digest = blob.digest.hexdigest()
+        tmp.rename(blobs / digest)
+        tar_bytes = 512 * ((len(info.tobuf(tarfile.PAX_FORMAT)) + size + 511) // 512) + 1024
+        layers.append({"mediaType": MEDIA[spec.compression], "digest": f"sha256:{digest}", "size": blob.size})
+        diff_ids.append(f"sha256:{blob.diff.hexdigest()}")
+        specs.append(LayerSpec(blob.size, tar_bytes, spec.compression))  # type: ignore[arg-type]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      **_put(blobs, config)},
+                           "layers": layers}).encode()
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                                **_put(blobs, manifest),
+                                                "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    (root / "index.json").write_text(json.dumps(index))
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return specs
+
+
+def _put(blobs: Path, data: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    (blobs / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def push_image(layout: Path, tag: str, ref: str) -> None:
+    """Push the layout's ``tag`` to ``ref`` with modelimage's own push
+    (credentials and TLS as for ``modelimage push``; loopback is plain HTTP)."""
+    from .layout import LayoutRef
+    from .registry.client import RegistryClient
+    from .registry.push import RegistrySink, push_layout
+    from .registry.reference import Reference
+
+    reference = Reference.parse(ref)
+    sink = RegistrySink(reference, RegistryClient(reference))
+    try:
+        push_layout(LayoutRef("oci", layout, tag), sink)
+    finally:
+        sink.close()
+
+
+# ------------------------------------------------------------------ registry
+
+@contextmanager
+def loopback_registry(work: Path) -> Iterator[str]:
+    """A CNCF registry (``docker-registry``) on a free loopback port, storing
+    under ``work``; yields its ``127.0.0.1:PORT``, stops it after."""
+    exe = shutil.which("docker-registry")
+    if exe is None:
+        raise CalibrationError(
+            "calibration needs a registry: give one with --registry HOST (the engine must be able to pull "
+            "from it), or install the CNCF registry (Debian/Ubuntu: apt-get install docker-registry) so "
+            "estimate can start one on a loopback port")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = {"version": 0.1, "log": {"level": "error"}, "http": {"addr": f"127.0.0.1:{port}"},
+              "storage": {"filesystem": {"rootdirectory": str(work / "registry")}, "delete": {"enabled": True}}}
+    (work / "registry.yml").write_text(json.dumps(config))  # JSON is YAML
+    proc = subprocess.Popen([exe, "serve", str(work / "registry.yml")], stdout=subprocess.DEVNULL,
+                            stderr=open(work / "registry.log", "wb"))
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = (work / "registry.log").read_text(errors="replace").strip()[-500:]
+                raise CalibrationError(f"docker-registry did not start on 127.0.0.1:{port}: {log}")
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ------------------------------------------------------------------ measure
+
+def measure(puller: Puller, images: dict[str, list[LayerSpec]], *, repeat: int,
+            progress: Callable[[str], None] | None = None) -> list[Sample]:
+    """Pull every image ``repeat`` times with ``puller`` (rounds of every
+    image once, each round shuffled), clearing before and after each pull.
+    ``images`` maps references to their layers."""
+    times: dict[str, list[float]] = {ref: [] for ref in images}
+    order = list(images)
+    for r in range(repeat):
+        random.shuffle(order)
+        for ref in order:
+            puller.clear(ref)
+            seconds = puller.pull(ref)
+            puller.clear(ref)
+            times[ref].append(seconds)
+            if progress:
+                progress(f"{puller.name} pull {r + 1}/{repeat} of {ref.rsplit('/', 1)[-1]}: {seconds:.2f} s")
+    return [Sample(tuple(images[ref]), tuple(times[ref])) for ref in images]
+
+
+def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] = DEFAULT_SIZES,
+              layers: Sequence[int] = DEFAULT_LAYERS, compressions: Sequence[str] = DEFAULT_COMPRESSIONS,
+              repeat: int = 3, work: Path | None = None, store: bool = True,
+              progress: Callable[[str], None] | None = None) -> Calibration:
+    """Time real pulls of generated images with ``engine`` on this node and
+    fit its costs (:func:`modelimage.fit.fit`); with ``store``, save the
+    result where :func:`load` finds it.
+
+    ``registry``: ``HOST[:PORT][/PREFIX]`` to push to (default: a loopback
+    ``docker-registry`` started for the run). ``work``: where the layouts,
+    the loopback registry and ``modelimage pull``'s folders go (default: the
+    system's temporary directory); everything written there is removed.
+
+    Raises :class:`CalibrationError` or
+    :class:`~modelimage.pullers.EngineUnavailable` when it cannot run;
+    ``ModelImageError`` when a push or a pull fails."""
+    if repeat < 1 or not sizes or not layers or not compressions:
+        raise CalibrationError("calibration needs at least one size, layer count, compression and pull")
+    specs = image_specs(sizes, layers, compressions)
+    if len({(s.size, s.layers) for s in specs}) < 3:
+        raise CalibrationError("calibration needs at least two sizes and two layer counts (or three images) "
+                               "to tell per-pull, per-layer and per-byte costs apart")
+    tmp = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-", dir=work))
+    say = progress or (lambda _msg: None)
+    try:
+        with _registry(registry, tmp) as host:
+            loopback = host.startswith(("127.", "localhost", "[::1]"))
+            puller = puller_for(engine, plain_http=loopback, work=tmp)
+            try:
+                facts = machine_facts(puller)
+                nonce = f"{os.getpid()}-{int(time.time() * 1000) % 10**9}"
+                images = {}
+                for spec in specs:
+                    ref = f"{host}/modelimage-calibration/{engine}:{spec.name}-{nonce}"
+                    layout = tmp / "layout"
+                    images[ref] = write_image(layout, spec, tag="calibration", nonce=f"{nonce}-{spec.name}")
+                    say(f"pushing {spec.name} to {host}")
+                    push_image(layout, "calibration", ref)
+                    shutil.rmtree(layout)
+                samples = measure(puller, images, repeat=repeat, progress=progress)
+            finally:
+                puller.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    facts["load_average_after"] = round(os.getloadavg()[0], 2)
+    result = fit(engine, samples, facts=facts)
+    if store:
+        save(result)
+    return result
+
+
+@contextmanager
+def _registry(registry: str | None, work: Path) -> Iterator[str]:
+    if registry:
+        yield registry.rstrip("/")
+    else:
+        with loopback_registry(work) as host:
+            yield host
+
+
+# ------------------------------------------------------------------ store
+
+def path_for(engine: str) -> Path:
+    """Where the calibration of ``engine`` is stored."""
+    return cache_dir() / "calibration" / f"{engine}.json"
+
+
+def save(calibration: Calibration) -> Path:
+    """Write ``calibration`` atomically to :func:`path_for` its engine."""
+    path = path_for(calibration.engine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(calibration.to_json(), indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def load(engine: str) -> Calibration | None:
+    """The stored calibration of ``engine``, or None when there is none.
+    Raises ``ModelImageError`` naming the file when it cannot be read."""
+    path = path_for(engine)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ModelImageError(f"{path}: cannot read the stored calibration ({e}); run `modelimage estimate "
+                              f"--calibrate --engine {engine}` again or delete the file") from None
+    try:
+        return Calibration.from_json(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelImageError(f"{path}: not a calibration this modelimage reads ({e}); run `modelimage estimate "
+                              f"--calibrate --engine {engine}` again") from None

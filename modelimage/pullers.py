@@ -1,0 +1,223 @@
+"""The container engines of this node, driven as a user would: pull an
+image, time it, remove what the pull left. Used by :mod:`modelimage.calibrate`
+to measure what a pull costs here.
+
+Each puller runs the engine's own command line (``podman``, ``ctr``,
+``docker``, ``modelimage pull``), so what is timed is what a user or a
+kubelet waits for: process start, resolve, manifest, config, every blob
+downloaded, verified, stored and unpacked, the image committed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import ModelImageError
+
+ENGINE_NAMES: tuple[str, ...] = ("podman", "containerd", "docker", "modelimage")
+
+
+class EngineUnavailable(ModelImageError):
+    """The engine's command is missing or cannot pull here."""
+
+
+def _run(cmd: list[str], what: str, *, check: bool = True, env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    except OSError as e:
+        raise EngineUnavailable(f"{what}: cannot run {cmd[0]} ({e.strerror})") from None
+    if check and proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise ModelImageError(f"{what}: {' '.join(cmd[:3])} failed: {tail[0]}")
+    return proc
+
+
+class Puller:
+    """Base: ``pull(ref)`` -> wall seconds, ``clear(ref)``, ``version()``,
+    ``storage()`` (the directory its pulls are written to)."""
+
+    name = ""
+    command = ""
+
+    def __init__(self, *, plain_http: bool):
+        if shutil.which(self.command) is None:
+            raise EngineUnavailable(f"{self.name}: `{self.command}` is not on PATH; install it, or calibrate "
+                                    f"another engine ({', '.join(ENGINE_NAMES)})")
+        self.plain_http = plain_http
+
+    def pull(self, ref: str) -> float:
+        t = time.perf_counter()
+        _run(self.pull_command(ref), f"pulling {ref} with {self.name}")
+        return time.perf_counter() - t
+
+    def pull_command(self, ref: str) -> list[str]:
+        raise NotImplementedError
+
+    def clear(self, ref: str) -> None:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        return _run([self.command, "--version"], f"{self.name} version").stdout.strip()
+
+    def storage(self) -> Path:
+        return Path(tempfile.gettempdir())
+
+    def close(self) -> None:
+        """Remove what the puller itself made (nothing, for most)."""
+
+
+class Podman(Puller):
+    """``podman pull`` into podman's configured storage; ``podman rmi`` after."""
+
+    name = command = "podman"
+
+    def pull_command(self, ref: str) -> list[str]:
+        return ["podman", "pull", "--quiet", f"--tls-verify={str(not self.plain_http).lower()}", ref]
+
+    def clear(self, ref: str) -> None:
+        _run(["podman", "rmi", "--force", ref], "podman rmi", check=False)
+
+    def storage(self) -> Path:
+        out = _run(["podman", "info", "--format", "{{.Store.GraphRoot}}"], "podman info", check=False).stdout
+        return Path(out.strip() or "/var/lib/containers/storage")
+
+
+class Containerd(Puller):
+    """``ctr images pull`` (unpacked with containerd's default snapshotter
+    and 3 downloads at a time, as a Kubernetes node does) against the containerd at
+    ``$CONTAINERD_ADDRESS`` (ctr's default: /run/containerd/containerd.sock);
+    ``ctr images rm --sync`` and ``ctr content prune references`` after."""
+
+    name, command = "containerd", "ctr"
+
+    def __init__(self, *, plain_http: bool):
+        super().__init__(plain_http=plain_http)
+        probe = _run(["ctr", "--connect-timeout", "2s", "version"], "containerd", check=False)
+        if probe.returncode != 0:
+            raise EngineUnavailable("containerd: `ctr version` cannot reach containerd (start it, or point "
+                                    "CONTAINERD_ADDRESS at its socket)")
+
+    def pull_command(self, ref: str) -> list[str]:
+        # 3 downloads at a time, as the CRI plugin that kubelet drives (max_concurrent_downloads)
+        return ["ctr", "images", "pull", "--max-concurrent-downloads", "3",
+                *(["--plain-http"] if self.plain_http else []), ref]
+
+    def clear(self, ref: str) -> None:
+        _run(["ctr", "images", "rm", "--sync", ref], "ctr images rm", check=False)
+        _run(["ctr", "content", "prune", "references"], "ctr content prune", check=False)
+
+    def version(self) -> str:
+        out = _run(["ctr", "version"], "containerd version").stdout
+        server = out.split("Server:", 1)[-1]
+        m = re.search(r"Version:\s*(\S+)", server)
+        return f"containerd {m.group(1)}" if m else out.strip().splitlines()[0]
+
+    def storage(self) -> Path:
+        return Path("/var/lib/containerd")
+
+
+class Docker(Puller):
+    """``docker pull`` through the Docker daemon; ``docker rmi`` after.
+    Plain HTTP needs the registry in the daemon's ``insecure-registries``
+    (127.0.0.0/8 is by default)."""
+
+    name = command = "docker"
+
+    def __init__(self, *, plain_http: bool):
+        super().__init__(plain_http=plain_http)
+        if _run(["docker", "version", "--format", "{{.Server.Version}}"], "docker", check=False).returncode:
+            raise EngineUnavailable("docker: no Docker daemon answers `docker version` here")
+
+    def pull_command(self, ref: str) -> list[str]:
+        return ["docker", "pull", "--quiet", ref]
+
+    def clear(self, ref: str) -> None:
+        _run(["docker", "rmi", "--force", ref], "docker rmi", check=False)
+
+    def version(self) -> str:
+        v = _run(["docker", "version", "--format", "{{.Server.Version}}"], "docker version").stdout.strip()
+        return f"docker {v}"
+
+    def storage(self) -> Path:
+        return Path("/var/lib/docker")
+
+
+class Modelimage(Puller):
+    """``modelimage pull REF DIR`` (this Python, this package) into a fresh
+    folder under ``work``; ``rm -rf`` after."""
+
+    name = command = "modelimage"
+
+    def __init__(self, *, plain_http: bool, work: Path | None = None):
+        self.plain_http = plain_http
+        self.work = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-pull-", dir=work))
+        self.count = 0
+
+    def _dest(self) -> Path:
+        return self.work / f"pull-{self.count}"
+
+    def pull_command(self, ref: str) -> list[str]:
+        self.count += 1
+        return [sys.executable, "-m", "modelimage", "pull", ref, str(self._dest())]
+
+    def clear(self, ref: str) -> None:
+        for d in self.work.glob("pull-*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+    def version(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"modelimage {version('modelimage')}"
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            return "modelimage (not installed)"
+
+    def storage(self) -> Path:
+        return self.work
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def puller_for(engine: str, *, plain_http: bool, work: Path | None = None) -> Puller:
+    """The :class:`Puller` for ``engine`` (one of :data:`ENGINE_NAMES`).
+
+    Raises :class:`EngineUnavailable` when the engine cannot run here."""
+    if engine == "podman":
+        return Podman(plain_http=plain_http)
+    if engine == "containerd":
+        return Containerd(plain_http=plain_http)
+    if engine == "docker":
+        return Docker(plain_http=plain_http)
+    if engine == "modelimage":
+        return Modelimage(plain_http=plain_http, work=work)
+    raise ModelImageError(f"unknown engine {engine!r}: use one of {', '.join(ENGINE_NAMES)}")
+
+
+def machine_facts(puller: Puller) -> dict[str, object]:
+    """What the calibration is valid for: cores, memory, the storage's
+    filesystem size, kernel, engine version, when."""
+    facts: dict[str, object] = {"node": os.uname().nodename, "kernel": os.uname().release,
+                                "cpus": os.cpu_count() or 1, "engine_version": puller.version(),
+                                "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    try:
+        m = re.search(r"^MemTotal:\s+([0-9]+) kB", Path("/proc/meminfo").read_text(), re.M)
+        facts["memory_bytes"] = int(m.group(1)) * 1024 if m else None
+    except OSError:
+        facts["memory_bytes"] = None
+    where = puller.storage()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    st = os.statvfs(where)
+    facts["storage"] = str(puller.storage())
+    facts["storage_disk_bytes"] = st.f_blocks * st.f_frsize
+    facts["load_average"] = round(os.getloadavg()[0], 2)
+    return facts

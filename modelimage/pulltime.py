@@ -1,0 +1,225 @@
+"""How long pulling a model or image takes on this node: ``modelimage
+estimate`` (and the build summary) in one function.
+
+:func:`estimate_source` reads what would be pulled (a model's plan, an
+image in a registry or an OCI layout), takes the engine's stored
+calibration (:mod:`modelimage.calibrate`) or else the built-in constants,
+measures with ``probe`` what can be measured without the engine (the link
+from the registry, the disk), and runs the model (:mod:`modelimage.estimate`)
+for each link and for the other ways to ship the same weights.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from . import estimate as est
+from .errors import ConfigError, ModelImageError
+from .estimate import Compression, Engine, Estimate, LayerSpec, Option
+
+# A layer's compression by media type (OCI and Docker's schema 2).
+LAYER_COMPRESSION: Mapping[str, Compression] = MappingProxyType({
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": "none",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+})
+# weights barely compress (docs/benchmarks.md): the unpacked size of a
+# gzip/zstd layer whose tar size the manifest does not say is its size / 0.93
+ASSUMED_RATIO = 0.93
+
+
+def layer_specs_from_manifest(manifest: Mapping[str, Any]) -> list[LayerSpec]:
+    """The layers of an image manifest (a parsed JSON object) as a puller
+    sees them; unknown media types count as plain tar."""
+    specs = []
+    for d in manifest.get("layers", []):
+        comp = LAYER_COMPRESSION.get(d.get("mediaType", ""), "none")
+        size = int(d["size"])
+        specs.append(LayerSpec(size, size if comp == "none" else int(size / ASSUMED_RATIO), comp))
+    return specs
+
+
+def layer_specs_from_plan(plan: Any) -> list[LayerSpec]:
+    """The layers a :class:`~modelimage.plan.Plan` will build (``layer.size``
+    is the tar's size; a compressed blob is assumed ASSUMED_RATIO of it)."""
+    comp = plan.settings.compression
+    return [LayerSpec(layer.size) if comp == "none" else LayerSpec(int(layer.size * ASSUMED_RATIO), layer.size, comp)
+            for layer in plan.layers]
+
+
+class ProbeNeedsTarget(ConfigError):
+    """``probe=True`` for a model (not an image in a registry) without a bandwidth."""
+
+
+@dataclass(frozen=True)
+class Basis:
+    """Which costs an estimate uses: the engine model, the range it is good
+    to (factors of the total), whether it was calibrated here, and a line
+    saying so."""
+
+    engine: Engine
+    spread: tuple[float, float]
+    calibrated: bool
+    label: str
+
+
+def basis_for(engine: str) -> Basis:
+    """The stored calibration of ``engine`` when there is one, else the
+    built-in constants with :data:`modelimage.estimate.BUILTIN_RANGE`.
+    Raises ``ModelImageError`` when a stored calibration cannot be read."""
+    from . import calibrate
+
+    model = est.engine_named(engine)
+    cal = calibrate.load(model.name)
+    if cal is None:
+        lo, hi = est.BUILTIN_RANGE
+        return Basis(model, est.BUILTIN_RANGE, False,
+                     f"built-in constants, not calibrated here (real pulls ran x{lo:g} to x{hi:g} of such "
+                     f"estimates on other machines; `modelimage estimate --calibrate --engine {model.name}` "
+                     "measures this one)")
+    errors = cal.errors()
+    worst = max((abs(e) for e in errors), default=0.0)
+    return Basis(cal.engine_model(), cal.spread, True,
+                 f"{cal.engine_model().source}; reproduces its {len(errors)} calibration images within "
+                 f"±{worst * 100:.0f} %")
+
+
+@dataclass(frozen=True)
+class Report:
+    """``modelimage estimate``'s answer: per link label (``1 Gbit/s``, or
+    ``measured``/``given``), the :class:`~modelimage.estimate.Estimate`;
+    the storage options at the first link; ``measured`` what ``--probe``
+    measured (``link_bps``, ``disk_bps``, ``write_cache_bytes``)."""
+
+    source: str
+    layers: tuple[LayerSpec, ...]
+    basis: Basis
+    links: dict[str, Estimate]
+    options: list[Option]
+    measured: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def first(self) -> Estimate:
+        """The estimate at the first link (the measured or given one, else 100 Mbit/s)."""
+        return next(iter(self.links.values()))
+
+    @property
+    def bytes(self) -> int:
+        """What is downloaded: the blobs' sizes, summed."""
+        return sum(s.size for s in self.layers)
+
+    def to_json(self) -> dict[str, Any]:
+        first_link, first = next(iter(self.links.items()))
+        return {**first.to_json(), "link": first_link, "calibrated": self.basis.calibrated,
+                "basis": self.basis.label, "measured": self.measured,
+                "links": {name: e.to_json() for name, e in self.links.items()},
+                "storage_options": [o.to_json() for o in self.options],
+                "layers": len(self.layers), "bytes": self.bytes}
+
+
+def estimate_source(source: str, *, engine: str = "containerd", bandwidth_bps: float | None = None,
+                    probe: bool = False, disk_dir: Path | None = None, concurrency: int | None = None,
+                    config: Path | None = None, max_layer_size: int | None = None,
+                    insecure: tuple[str, ...] = ()) -> Report:
+    """Estimate how long ``engine`` takes to pull ``source`` (a model
+    folder or file, a NAME in modelimage.toml, an image REF, an
+    ``oci:DIR[:TAG]`` layout or ``oci-archive:FILE[:TAG]``).
+
+    ``bandwidth_bps`` (bytes/s): the link; default the
+    :data:`~modelimage.estimate.STANDARD_LINKS`. ``probe``: measure the link
+    from the registry (REF only) and the disk under ``disk_dir`` (default:
+    the engine's storage if it exists, else the temporary directory).
+    Raises ``ConfigError`` for ``probe`` without a registry or a bandwidth,
+    ``ModelImageError`` when the source cannot be read."""
+    from . import probes
+
+    basis = basis_for(engine)
+    layers, probe_url, client = layers_of(source, config, max_layer_size, insecure)
+    measured: dict[str, float] = {}
+    try:
+        if probe:
+            if probe_url is None and bandwidth_bps is None:
+                raise ProbeNeedsTarget("--probe measures the link from a registry: give an image REF, or pass "
+                                       "--bandwidth")
+            where = disk_dir or next((d for d in (Path("/var/lib/containers"), Path("/var/lib/containerd"))
+                                      if d.is_dir()), Path(tempfile.gettempdir()))
+            measured["disk_bps"] = probes.probe_disk(where)
+            measured["write_cache_bytes"] = probes.probe_write_cache()
+            if probe_url:
+                measured["link_bps"] = bandwidth_bps = probes.probe_download(
+                    probe_url, transport=client.transport if client else None)
+    finally:
+        if client is not None:
+            client.close()
+    if bandwidth_bps:
+        links = {"measured" if "link_bps" in measured else "given": bandwidth_bps}
+    else:
+        links = dict(est.STANDARD_LINKS)
+    latency = 0.0 if probe_url and _loopback(probe_url) else est.DEFAULT_LATENCY_S
+    disk = measured.get("disk_bps")
+    cache = int(measured.get("write_cache_bytes", 0))
+    results = {name: est.estimate_pull(layers, bandwidth_bps=bps, engine=basis.engine, disk_bps=disk,
+                                       write_cache_bytes=cache, concurrency=concurrency, latency_s=latency,
+                                       spread=basis.spread)
+               for name, bps in links.items()}
+    first = next(iter(results.values()))
+    options = est.storage_options([s.tar_bytes for s in layers], bandwidth_bps=first.bandwidth_bps, disk_bps=disk,
+                                  write_cache_bytes=cache, engine=basis.engine, layers=layers, latency_s=latency)
+    return Report(source, tuple(layers), basis, results, options, measured)
+
+
+def _loopback(url: str) -> bool:
+    from .registry.reference import is_loopback
+
+    return is_loopback(url.split("://", 1)[-1].split("/", 1)[0])
+
+
+def layers_of(source: str, config: Path | None = None, max_layer_size: int | None = None,
+              insecure: tuple[str, ...] = ()) -> tuple[list[LayerSpec], str | None, Any]:
+    """The layers ``source`` pulls as, the URL of its biggest blob when it
+    is in a registry (for the link probe), and the open registry client
+    (the caller closes it)."""
+    from .config import REMOTE_SCHEMES
+    from .image import open_image
+    from .job import Options, prepare
+    from .layout import LayoutRef
+    from .registry.reference import looks_like_path
+
+    if LayoutRef.is_layout(source):  # oci:DIR[:TAG] or oci-archive:FILE[:TAG], through its indexes
+        image = open_image(source)
+        image.close()
+        return layer_specs_from_manifest(image.manifest), None, None
+    try:
+        job = prepare(source, Options(config=config, max_layer_size=max_layer_size))
+    except ModelImageError:
+        if "/" not in source or Path(source).exists() or source.startswith(REMOTE_SCHEMES) \
+                or looks_like_path(source):
+            raise
+        return _from_registry(source, insecure)
+    return layer_specs_from_plan(job.plan()), None, None
+
+
+def _from_registry(source: str, insecure: tuple[str, ...]) -> tuple[list[LayerSpec], str | None, Any]:
+    from .image import choose_platform, is_index
+    from .registry.mirror import open_client
+    from .registry.reference import Reference
+
+    opened = open_client(Reference.parse(source), insecure=frozenset(insecure))  # a mirror first, if configured
+    client, ref = opened.client, opened.served
+    try:
+        manifest = client.get_manifest(ref.repository, ref.ref).json()
+        if is_index(manifest):
+            manifest = client.get_manifest(ref.repository, choose_platform(manifest, None, source)["digest"]).json()
+    except BaseException:
+        client.close()
+        raise
+    biggest = max(manifest.get("layers", []), key=lambda d: int(d["size"]), default=None)
+    url = client.url(f"/v2/{ref.repository}/blobs/{biggest['digest']}") if biggest else None
+    return layer_specs_from_manifest(manifest), url, client

@@ -1,0 +1,104 @@
+"""modelimage.fit: an engine's costs from real pulls (pure least squares),
+checked on pulls the model itself generates (the fit must find the costs
+back exactly) and on noisy, awkward ones."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from modelimage.errors import ConfigError
+from modelimage.estimate import ENGINES, Costs, LayerSpec, estimate_pull
+from modelimage.fit import Calibration, Sample, features, fit
+
+MiB = 2**20
+TRUE = Costs(pull_s=0.2, layer_s=0.05, byte_s=7e-9, stream_byte_s=2e-9, gzip_byte_s=15e-9)
+
+
+def image(size: int, layers: int, compression: str = "none") -> tuple[LayerSpec, ...]:
+    tar = size // layers
+    if compression == "none":
+        return (LayerSpec(tar),) * layers
+    return (LayerSpec(int(tar * 0.93), tar, "gzip"),) * layers
+
+
+def images() -> list[tuple[LayerSpec, ...]]:
+    return [image(s, n, c) for c in ("none", "gzip") for s in (128 * MiB, 512 * MiB) for n in (1, 4)]
+
+
+def pulls(costs: Costs, engine: str = "podman", noise=lambda i: 1.0) -> list[Sample]:
+    from dataclasses import replace
+
+    model = replace(ENGINES[engine], costs=costs)
+    return [Sample(layers, tuple(estimate_pull(layers, bandwidth_bps=math.inf, engine=model, latency_s=0).total_seconds
+                                 * noise(i) * k for k in (0.98, 1.0, 1.05)))
+            for i, layers in enumerate(images())]
+
+
+@pytest.mark.parametrize("engine", ["podman", "containerd", "modelimage"])
+def test_the_fit_finds_the_costs_that_made_the_pulls(engine):
+    cal = fit(engine, pulls(TRUE, engine))
+    for name in ("pull_s", "layer_s", "byte_s", "stream_byte_s", "gzip_byte_s"):
+        if engine == "modelimage" and name == "stream_byte_s":
+            continue  # 3 streams and at most 4 layers: only the 4-layer images tell streams from bytes
+        assert getattr(cal.costs, name) == pytest.approx(getattr(TRUE, name), rel=1e-6), name
+    assert max(abs(e) for e in cal.errors()) < 1e-6
+    assert cal.spread == (0.95, 1.05)  # at least 5 %
+
+
+def test_no_cost_comes_out_negative():
+    """Pulls that get faster with more layers (podman overlapping them) would
+    give a negative per-layer cost: that column is dropped instead."""
+    odd = [Sample(image(s, n), (0.3 + s * 8e-9 * (1.0 if n == 1 else 0.7),)) for s in (64 * MiB, 256 * MiB)
+           for n in (1, 4)]
+    cal = fit("podman", odd)
+    assert all(v >= 0 for v in cal.costs.to_json().values())
+    assert cal.costs.layer_s == 0
+    assert max(abs(e) for e in cal.errors()) < 0.2
+
+
+def test_noise_moves_the_fit_by_about_as_much():
+    wobble = [1.04, 0.97, 1.02, 0.99, 1.03, 0.96, 1.01, 1.0]
+    cal = fit("podman", pulls(TRUE, noise=lambda i: wobble[i]))
+    assert max(abs(e) for e in cal.errors()) < 0.06
+    big = image(2048 * MiB, 8)
+    true_s = estimate_pull(big, bandwidth_bps=math.inf, engine=Calibration("podman", TRUE, ()).engine_model(),
+                           latency_s=0).total_seconds
+    got_s = estimate_pull(big, bandwidth_bps=math.inf, engine=cal.engine_model(), latency_s=0).total_seconds
+    assert got_s == pytest.approx(true_s, rel=0.1)
+
+
+def test_without_gzip_pulls_the_builtin_gzip_cost_stays():
+    plain = [s for s in pulls(TRUE, "containerd") if s.layers[0].compression == "none"]
+    cal = fit("containerd", plain)
+    assert cal.costs.gzip_byte_s == ENGINES["containerd"].costs.gzip_byte_s
+    assert cal.costs.byte_s == pytest.approx(TRUE.byte_s, rel=1e-6)
+
+
+def test_features_are_what_each_cost_multiplies():
+    layers = (LayerSpec(100), LayerSpec(300), LayerSpec(186, 200, "gzip"))
+    assert features(layers, 6) == [1.0, 3.0, 600.0, 300.0, 200.0]
+    assert features(layers, 1) == [1.0, 3.0, 600.0, 586.0, 200.0]  # one stream carries every blob
+    assert features(layers, 2) == [1.0, 3.0, 600.0, 300.0, 200.0]
+
+
+def test_too_few_images_is_a_config_error():
+    with pytest.raises(ConfigError, match="at least three"):
+        fit("podman", pulls(TRUE)[:2])
+    with pytest.raises(ConfigError, match="unknown engine"):
+        fit("crio", pulls(TRUE))
+
+
+def test_a_calibration_round_trips_through_json():
+    cal = fit("podman", pulls(TRUE), facts={"cpus": 2, "engine_version": "podman version 4.3.1", "date": "today"})
+    data = json.loads(json.dumps(cal.to_json()))
+    assert data["engine"] == "podman" and len(data["samples"]) == 8 and len(data["errors"]) == 8
+    back = Calibration.from_json(data)
+    assert back == cal
+    data["costs"]["an_older_field"] = 1.0  # what older versions stored is ignored, not fatal
+    assert Calibration.from_json(data).costs == cal.costs
+    model = back.engine_model()
+    assert model.costs == cal.costs and model.concurrency == ENGINES["podman"].concurrency
+    assert model.source.startswith("calibrated on this machine (today, podman version 4.3.1")

@@ -1,0 +1,102 @@
+"""modelimage.pullers: each engine pulls a real image from a real registry
+on loopback, and clearing leaves nothing of it behind (what the engine
+itself lists)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from modelimage import calibrate
+from modelimage.pullers import EngineUnavailable, machine_facts, puller_for
+
+from .tools import need
+
+MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def small_image(registry, tmp_path_factory) -> str:
+    """A 2 MiB, 2-layer gzip image (what calibration pulls) on the loopback registry."""
+    layout = tmp_path_factory.mktemp("pullers") / "layout"
+    calibrate.write_image(layout, calibrate.ImageSpec(2 * MiB, 2, "gzip"), tag="v1", nonce="pullers")
+    ref = f"{registry.host}/pullers/small:v1"
+    calibrate.push_image(layout, "v1", ref)
+    shutil.rmtree(layout)
+    return ref
+
+
+@pytest.mark.integration
+def test_podman_pulls_and_clears(small_image):
+    need("podman")
+    p = puller_for("podman", plain_http=True)
+    assert p.pull(small_image) > 0
+    assert subprocess.run(["podman", "image", "exists", small_image]).returncode == 0
+    p.clear(small_image)
+    assert subprocess.run(["podman", "image", "exists", small_image]).returncode == 1
+    assert p.version().startswith("podman version")
+
+
+@pytest.mark.integration
+def test_containerd_pulls_unpacks_and_clears(small_image, containerd, monkeypatch):
+    monkeypatch.setenv("CONTAINERD_ADDRESS", containerd)
+
+    def ctr(*args: str) -> str:
+        return subprocess.run(["ctr", *args], capture_output=True, text=True, check=True).stdout
+
+    before = set(ctr("content", "ls", "-q").split())  # the containerd is shared with other tests
+    p = puller_for("containerd", plain_http=True)
+    assert p.pull(small_image) > 0
+
+    assert small_image in ctr("images", "ls", "-q")
+    assert ctr("snapshots", "ls").count("Committed") >= 2  # unpacked, as a node does
+    p.clear(small_image)
+    assert small_image not in ctr("images", "ls", "-q")
+    assert set(ctr("content", "ls", "-q").split()) == before  # its blobs pruned too
+    assert p.version().startswith("containerd ")
+
+
+@pytest.mark.integration
+def test_modelimage_pulls_into_its_own_folder_and_clears(small_image, tmp_path):
+    p = puller_for("modelimage", plain_http=True, work=tmp_path)
+    try:
+        assert p.pull(small_image) > 0
+        pulled = [f for f in p.storage().rglob("*.bin")]
+        assert len(pulled) == 2 and sum(f.stat().st_size for f in pulled) == 2 * MiB
+        p.clear(small_image)
+        assert not list(p.storage().rglob("*.bin"))
+    finally:
+        p.close()
+    assert not p.storage().exists()
+
+
+def test_an_engine_that_cannot_run_says_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no podman, ctr, docker here
+    for engine, tool in (("podman", "podman"), ("containerd", "ctr"), ("docker", "docker")):
+        with pytest.raises(EngineUnavailable, match=f"`{tool}` is not on PATH"):
+            puller_for(engine, plain_http=True)
+
+
+@pytest.mark.integration
+def test_containerd_without_a_daemon_says_so(monkeypatch, tmp_path):
+    need("ctr")
+    monkeypatch.setenv("CONTAINERD_ADDRESS", str(tmp_path / "nothing.sock"))
+    with pytest.raises(EngineUnavailable, match="cannot reach containerd"):
+        puller_for("containerd", plain_http=True)
+
+
+def test_machine_facts(tmp_path):
+    p = puller_for("modelimage", plain_http=True, work=tmp_path)
+    try:
+        facts = machine_facts(p)
+    finally:
+        p.close()
+    assert facts["cpus"] == os.cpu_count()
+    assert facts["engine_version"].startswith("modelimage ")
+    assert facts["storage_disk_bytes"] > 0
+    if Path("/proc/meminfo").exists():
+        assert facts["memory_bytes"] > 2**20

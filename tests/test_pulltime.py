@@ -1,0 +1,107 @@
+"""modelimage.pulltime: ``estimate SOURCE`` as one function: which costs
+(this node's calibration or the built-in ones, labelled), what --probe
+measures, and the layers of a model, a layout or a manifest."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from modelimage import calibrate, summary
+from modelimage.errors import ConfigError
+from modelimage.estimate import BUILTIN_RANGE, ENGINES, Costs, LayerSpec, estimate_pull
+from modelimage.fit import Sample, fit
+from modelimage.pulltime import basis_for, estimate_source, layer_specs_from_manifest
+from modelimage.units import format_seconds
+
+MiB = 2**20
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def stored_podman_calibration() -> Costs:
+    """A calibration as `estimate --calibrate` stores it, from pulls made by known costs."""
+    costs = Costs(0.5, 0.1, 5e-9, 1e-9, 10e-9)
+    model = replace(ENGINES["podman"], costs=costs)
+    samples = []
+    for size in (64 * MiB, 256 * MiB):
+        for n in (1, 4):
+            layers = (LayerSpec(size // n),) * n
+            t = estimate_pull(layers, bandwidth_bps=math.inf, engine=model, latency_s=0).total_seconds
+            samples.append(Sample(layers, (t * 0.97, t, t * 1.08)))
+    calibrate.save(fit("podman", samples, facts={"date": "2026-11-30 06:00", "engine_version": "podman 4.3.1"}))
+    return replace(costs, gzip_byte_s=ENGINES["podman"].costs.gzip_byte_s)  # no gzip pulls: the built-in one
+
+
+def test_without_a_calibration_the_builtin_costs_come_with_their_range(cache):
+    basis = basis_for("podman")
+    assert not basis.calibrated and basis.spread == BUILTIN_RANGE
+    assert basis.engine == ENGINES["podman"]
+    assert "built-in constants, not calibrated here" in basis.label and "--calibrate --engine podman" in basis.label
+
+
+def test_a_stored_calibration_is_used_and_said(cache):
+    costs = stored_podman_calibration()
+    basis = basis_for("podman")
+    assert basis.calibrated
+    assert list(vars(basis.engine.costs).values()) == pytest.approx(list(vars(costs).values()))
+    assert basis.label.startswith("calibrated on this machine (2026-11-30 06:00, podman 4.3.1)")
+    assert "4 calibration images within ±0 %" in basis.label
+    assert basis.spread == (0.95, 1.05)
+    assert not basis_for("containerd").calibrated  # per engine
+
+
+def test_estimate_source_of_a_model_folder(cache, llama_dir):
+    r = estimate_source(str(llama_dir), engine="podman")
+    assert list(r.links) == ["100 Mbit/s", "1 Gbit/s", "10 Gbit/s"] and not r.measured
+    e = r.links["1 Gbit/s"]
+    assert e.low_seconds < e.total_seconds < e.high_seconds and e.source.startswith("built-in")
+    assert {o.name.split(" ")[0] for o in r.options} == {"image", "object", "lazily"}
+    j = r.to_json()
+    assert j["calibrated"] is False and j["link"] == "100 Mbit/s" and j["layers"] == len(r.layers)
+
+
+def test_probe_measures_the_disk_and_needs_a_registry_or_a_bandwidth(cache, llama_dir, tmp_path):
+    with pytest.raises(ConfigError, match="give an image REF, or pass --bandwidth"):
+        estimate_source(str(llama_dir), probe=True)
+    r = estimate_source(str(llama_dir), probe=True, bandwidth_bps=125e6, disk_dir=tmp_path)
+    assert list(r.links) == ["given"]  # the link was given, not measured
+    assert set(r.measured) == {"disk_bps", "write_cache_bytes"} and r.measured["disk_bps"] > 0
+
+
+def test_estimate_source_of_an_image_in_a_registry_probes_its_link(cache, registry, tmp_path):
+    calibrate.write_image(tmp_path / "l", calibrate.ImageSpec(2 * MiB, 2, "gzip"), tag="v1", nonce="pt")
+    calibrate.push_image(tmp_path / "l", "v1", f"{registry.host}/pulltime/img:v1")
+    r = estimate_source(f"{registry.host}/pulltime/img:v1", engine="containerd", probe=True, disk_dir=tmp_path)
+    assert list(r.links) == ["measured"] and r.measured["link_bps"] > 1e6
+    assert [s.compression for s in r.layers] == ["gzip", "gzip"]
+    assert r.links["measured"].phases["decompress"] > 0
+
+
+def test_the_build_summary_uses_the_same_estimate(cache):
+    build = {"digest": "sha256:" + "a" * 64, "layers": [
+        {"size": 300 * MiB, "digest": "sha256:" + "b" * 64, "mediaType": "application/vnd.oci.image.layer.v1.tar",
+         "files": [{"path": "/models/m/model.safetensors", "size": 300 * MiB}]}]}
+    assert "built-in constants" in summary.summarize(build, engine="podman")
+    stored_podman_calibration()
+    md = summary.summarize(build, engine="podman")
+    assert "calibrated on this machine" in md
+    basis = basis_for("podman")  # the summary's 1 Gbit/s row is what `estimate` gives at that link
+    e = estimate_pull([LayerSpec(300 * MiB)], bandwidth_bps=125e6, engine=basis.engine, spread=basis.spread)
+    assert f"| 1 Gbit/s | {format_seconds(e.total_seconds)} | {format_seconds(e.low_seconds)} to" in md
+
+
+def test_layers_from_a_manifest():
+    manifest = {"layers": [
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar", "size": 100},
+        {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 93},
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "size": 930},
+    ]}
+    assert [(s.size, s.tar_bytes, s.compression) for s in layer_specs_from_manifest(manifest)] == [
+        (100, 100, "none"), (93, 100, "gzip"), (930, 1000, "zstd")]
