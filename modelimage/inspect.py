@@ -174,7 +174,7 @@ def _config(files: Sequence[SourceFile], directory: str = "") -> dict[str, Any]:
 def _quant_config(files: Sequence[SourceFile]) -> tuple[str | None, int | None]:
     """quant_method and bits from config.json's quantization_config."""
     for f in files:
-        if PurePosixPath(f.name).name in ("config.json", "quantize_config.json", "quant_config.json"):
+        if f.name.rpartition("/")[2] in ("config.json", "quantize_config.json", "quant_config.json"):
             cfg = _read_json(f)
             q = cfg.get("quantization_config", cfg if "quant_method" in cfg or "bits" in cfg else None)
             if isinstance(q, dict):

@@ -8,6 +8,8 @@ import stat
 import tarfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelimage.cli import main
 from modelimage.pull import pull
@@ -63,3 +65,16 @@ def test_modes_are_tamed_and_whiteouts_stay_inside(tmp_path):
     assert stat.S_IMODE((dest / "bin" / "tool").stat().st_mode) == 0o755  # no setuid, no group write
     pull(layout(tmp_path / "oci2", [lower, upper]), tmp_path / "two")
     assert tree(tmp_path / "two") == {"keep/c": sha(b"c")}  # the root was made opaque: lower files gone
+
+
+@given(st.integers(0, 0o7777777))
+@settings(max_examples=200, deadline=None)
+def test_data_mode_is_what_data_filter_leaves(mode):
+    """The regular-file fast path keeps tarfile.data_filter's mode exactly."""
+    import tarfile
+
+    from modelimage.pull.extract import data_mode
+
+    m = tarfile.TarInfo("a/b.bin")
+    m.mode = mode
+    assert data_mode(mode) == tarfile.data_filter(m, "/nonexistent-root").mode

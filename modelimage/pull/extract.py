@@ -1,8 +1,8 @@
 """A tar layer read into the staging folder, nothing in DEST touched.
 
 :class:`TarStager` reads a layer's members as their bytes arrive and turns
-them into a :class:`StagedLayer`: regular files written (and fsynced) into
-staging files, everything else (directories, symlinks, hard links,
+them into a :class:`StagedLayer`: regular files written (and fsynced: big ones each, small ones together at the
+layer's end) into staging files, everything else (directories, symlinks, hard links,
 whiteouts, opaque directories) kept as :class:`Entry` records in tar
 order. :mod:`.apply` applies a staged layer to DEST once the blob matched
 its digest, so a layer that fails its digest changes nothing.
@@ -30,12 +30,13 @@ from typing import Literal
 
 from ..errors import BadLayer, UnsafeLayer
 from .layers import Layer, Selection, normalize
-from .state import RECORD, STAGING
+from .state import RECORD, STAGING, fsync_files
 from .stream import Journal, Stream, members
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 RESERVED = (STAGING, RECORD)  # the puller's own names at DEST's root
+SYNC_EACH = 1 << 20  # staged files this big are fsynced at once; smaller ones together per layer
 
 EntryKind = Literal["dir", "file", "symlink", "link", "whiteout", "opaque"]
 
@@ -113,6 +114,21 @@ def checked(m: tarfile.TarInfo, rel: str, label: str, root: str, linkname: str |
         raise UnsafeLayer(f"{label}: {m.name!r}: {_filter_reason(e)}; refusing the layer") from None
 
 
+def data_mode(mode: int | None) -> int | None:
+    """A regular file's mode as ``tarfile.data_filter`` leaves it (no high
+    bits, no group/other write, owner read+write, exec bits only if the
+    owner's). For a name :func:`~.layers.normalize` accepted, under a root
+    that does not exist, this is all the filter changes: its realpath
+    checks (two per member, an lstat per path part) cannot fail there, and
+    cost a third of a 100,000-file pull."""
+    if mode is None:
+        return None
+    mode &= 0o755
+    if not mode & 0o100:
+        mode &= ~0o111
+    return mode | 0o600
+
+
 @dataclass
 class TarStager:
     """Reads one tar layer into ``staging`` (see the module docstring).
@@ -137,12 +153,19 @@ class TarStager:
         self.staged = StagedLayer(self.layer)
         self._root = os.path.join(self.staging, ".root")  # never created: data_filter checks names alone
         self._files: dict[str, Entry] = {}  # rel -> the entry now last for it
+        self._unsynced: list[str] = []  # small staged files written but not yet fsynced
+
+    def sync(self) -> None:
+        """Make the small staged files durable, together (:func:`~.state.fsync_files`)."""
+        paths, self._unsynced = self._unsynced, []
+        fsync_files(paths, self.staging)
 
     # -- reading
 
     def apply(self, stream: Stream) -> StagedLayer:
         for m in members(stream, self.label):
             self._member(m, stream)
+        self.sync()
         return self.staged
 
     def _add(self, e: Entry) -> None:
@@ -183,16 +206,19 @@ class TarStager:
         if m.islnk():
             self._hardlink(m, rel)
             return
-        f = checked(m, rel, self.label, self._root)
-        if m.issym():
-            self._add(Entry("symlink", rel, m.name, link=f.linkname))
-            return
-        if m.issparse():
-            raise BadLayer(f"{self.label}: {m.name!r} is a sparse file, which this puller does not read")
-        # a regular file (data_filter refused everything else)
+        if m.isreg():
+            mode = data_mode(m.mode)  # a normalized name under a root that does not exist: only the mode to filter
+        else:
+            f = checked(m, rel, self.label, self._root)
+            if m.issym():
+                self._add(Entry("symlink", rel, m.name, link=f.linkname))
+                return
+            if m.issparse():
+                raise BadLayer(f"{self.label}: {m.name!r} is a sparse file, which this puller does not read")
+            mode = f.mode  # a regular file (data_filter refused everything else)
         fd, temp = tempfile.mkstemp(suffix=".tmp", dir=self.staging)
         tag = {"temp": os.path.basename(temp), "rel": rel, "size": m.size,
-               "mode": (f.mode if f.mode is not None else 0o644) & 0o7777, "mtime": int(m.mtime) if m.mtime else None}
+               "mode": (mode if mode is not None else 0o644) & 0o7777, "mtime": int(m.mtime) if m.mtime else None}
         stream.seek(m.offset_data)
         self._fill(fd, temp, tag, 0, stream, m.name)
 
@@ -251,7 +277,10 @@ class TarStager:
             try:
                 stream.copy_to(tag["size"] - have, write, h, tag)
                 os.fchmod(fd, tag["mode"])
-                os.fsync(fd)
+                if tag["size"] >= SYNC_EACH:
+                    os.fsync(fd)
+                else:
+                    self._unsynced.append(temp)
             except OSError as e:
                 if e.filename is None:
                     e.filename = temp
@@ -286,6 +315,7 @@ class TarStager:
         temp = os.path.join(self.staging, tag["temp"])
         fd = os.open(temp, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
         self._fill(fd, temp, tag, have, stream, tag["rel"])
+        self.sync()
         stream.skip(-tag["size"] % tarfile.BLOCKSIZE)
 
     def abort(self) -> None:

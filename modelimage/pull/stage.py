@@ -128,6 +128,12 @@ class LayerStager:
                        and not isinstance(e, BadLayer | UnsafeLayer))
             if keep[0]:
                 assert journal is not None
+                try:
+                    writer.sync()  # the finished small files durable before a journal names them
+                except OSError:
+                    keep[0] = False
+            if keep[0]:
+                assert journal is not None
                 keep[0] = self.journals.keep_cut(t, journal)
             else:
                 self.journals.path(layer).unlink(missing_ok=True)

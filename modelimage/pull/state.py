@@ -56,6 +56,44 @@ def write_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def fsync_files(paths: Sequence[str], folder: str) -> None:
+    """Make the contents of ``paths`` (files written in ``folder``, closed
+    without an fsync of their own) durable: one ``syncfs`` of ``folder``'s
+    filesystem (Linux) when there are many, else one fsync each. A layer of
+    100,000 small files took 4.7 ms a file with an fsync each (one journal
+    commit each, docs/benchmarks.md); ``syncfs`` writes them in one pass.
+    Raises OSError."""
+    if len(paths) > SYNCFS_AFTER and _syncfs(folder):
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+SYNCFS_AFTER = 16  # files: past this many, one syncfs instead of an fsync each
+
+
+def _syncfs(folder: str) -> bool:
+    """syncfs(2) of the filesystem holding ``folder``; False where there is none."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return False
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if fn(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), folder)
+    finally:
+        os.close(fd)
+    return True
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a folder's entries (renames, new names) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -40,6 +40,8 @@ def list_files(root: Path, include: Sequence[str] = (), exclude: Sequence[str] =
     if not root.is_dir():
         raise SourceError(f"{root}: not a regular file or directory")
     fence = (links_within or hf_cache_repo(root) or root).resolve()
+    fence_s = str(fence)
+    base = os.fspath(root)
     out: list[SourceFile] = []
     seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -48,29 +50,37 @@ def list_files(root: Path, include: Sequence[str] = (), exclude: Sequence[str] =
             dirnames[:] = []
             continue
         seen_dirs.add(real)
+        # a folder whose real path is inside the fence holds only files inside it,
+        # but for links: those alone need resolving (one lstat a file, not one a path part)
+        fenced = real == fence_s or real.startswith(fence_s + os.sep)
         keep = []
         for d in sorted(dirnames):
             if d.startswith("."):
                 continue
-            _check_link(Path(dirpath) / d, fence)
+            if not fenced or os.path.islink(os.path.join(dirpath, d)):
+                _check_link(Path(dirpath) / d, fence)
             keep.append(d)
         dirnames[:] = keep
+        prefix = os.path.relpath(dirpath, base).replace(os.sep, "/")
+        prefix = "" if prefix == "." else prefix + "/"
         for fn in filenames:
             if fn.startswith("."):
                 continue
-            p = Path(dirpath) / fn
-            rel = p.relative_to(root).as_posix()
-            _check_name(p, rel)
+            path = os.path.join(dirpath, fn)
+            rel = prefix + fn
+            _check_name(path, rel)
             if not selected(rel, include, exclude):
                 continue
-            _check_link(p, fence)
             try:
-                s = p.stat()
+                s = os.lstat(path)
+                if stat.S_ISLNK(s.st_mode) or not fenced:
+                    _check_link(Path(path), fence)
+                    s = os.stat(path)
             except OSError as e:
-                raise SourceError(f"{p}: cannot read: {e.strerror or e}") from e
+                raise SourceError(f"{path}: cannot read: {e.strerror or e}") from e
             if not stat.S_ISREG(s.st_mode):
-                raise SourceError(f"{p}: not a regular file (device, fifo or socket)")
-            out.append(SourceFile(rel, p.absolute(), s.st_size, s.st_mtime_ns))
+                raise SourceError(f"{path}: not a regular file (device, fifo or socket)")
+            out.append(SourceFile(rel, Path(os.path.abspath(path)), s.st_size, s.st_mtime_ns))
     out.sort(key=lambda f: f.name)
     if not out:
         raise SourceError(f"{root}: no files to pack" + (" (after include/exclude)" if include or exclude else ""))
@@ -87,7 +97,7 @@ def hf_cache_repo(root: Path) -> Path | None:
     return None
 
 
-def _check_name(p: Path, rel: str) -> None:
+def _check_name(p: Path | str, rel: str) -> None:
     try:
         rel.encode("utf-8")
     except UnicodeEncodeError:
