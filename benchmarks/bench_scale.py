@@ -1,0 +1,471 @@
+#!/usr/bin/env python3
+"""How modelimage's cost grows: model size and file count (issue 20).
+
+**Sizes** (``--sizes 1,4,16,32`` GiB). The model is 4 safetensors files of
+size/4 each (a valid header, then a hole: sparse, so the source costs no
+disk and reads as fast as the page cache) plus config.json. For each size,
+in this order, with only one copy of the bytes on disk at a time:
+
+1. ``cp --sparse=never`` of the model folder (the disk's write speed: what
+   a layout build must write) -- peer of 2;
+2. ``modelimage build MODEL -o oci:DIR`` (cold digest cache), then the
+   layout is removed;
+3. ``curl -T`` monolithic PUTs of the 4 files, one after another, to a
+   fresh registry -- peer of 4; the registry is removed;
+4. ``modelimage build MODEL --push HOST/...`` to a fresh registry (cold);
+   its blobs are then made sparse again (``fallocate --dig-holes``: same
+   bytes, no disk), so the registry and a pulled copy fit at once;
+5. ``curl`` GETs of the layer blobs into files, 3 at a time -- peer of 6;
+6. ``modelimage pull REF DEST``; DEST is removed.
+
+Each command runs under ``/usr/bin/time``: wall seconds, CPU seconds (user
++ system) and peak RSS. Sizes up to ``--median-upto`` GiB run ``--runs``
+times (medians), bigger ones once. Before each size the script checks
+``df`` and stops if the size would leave less than ``--keep-free`` GB.
+
+**File counts** (``--files 100,10000,100000``): a tokenizer-and-assets
+heavy model of N small files (200-4000 random bytes, 1,000 a folder) plus
+config.json. Build (layout), build --push and pull, with ``tar -cf`` and
+``tar -xf`` of the same folder as peers; the manifest's size and where the
+file lists went (inline annotations or a file-list layer); the per-file
+overhead is (t(N) - t(smallest N)) / (N - smallest N).
+
+Results go to a JSON file (``--json``), a PNG plot (``--plot``, needs the
+``bench`` extra: matplotlib) and, unless ``--no-write``, docs/benchmarks.md
+between ``<!-- bench_scale:begin -->`` and ``<!-- bench_scale:end -->``.
+Everything it writes lives under a folder in /var/tmp, removed at the end.
+
+    nice -n 10 python benchmarks/bench_scale.py [--sizes 1,4,16,32] [--files 100,10000,100000] [--runs 3]
+    python benchmarks/bench_scale.py --replot results.json   # the plot and the doc again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from common import MI  # noqa: E402  (puts the repository on sys.path)
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "benchmarks.md"
+PNG = REPO / "docs" / "scale.png"
+BEGIN, END = "<!-- bench_scale:begin -->", "<!-- bench_scale:end -->"
+HEADING = "## Cost curves: model size and file count (issue 20)"
+GIB = 1 << 30
+MB = 1e6
+SHARDS = 4
+
+
+# ------------------------------------------------------------------ running
+
+
+def measured(cmd: list[str], work: Path, *, env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Run ``cmd`` (it must succeed) under /usr/bin/time: wall and CPU
+    seconds, peak RSS in bytes."""
+    out = work / "time.txt"
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", "-o", str(out), *cmd], capture_output=True, text=True,
+                       env=env, cwd=cwd)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} exited {p.returncode}:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+    user, sys_, rss = out.read_text().split()[-3:]
+    return {"wall": wall, "cpu": float(user) + float(sys_), "rss": int(rss) * 1024, "stdout": p.stdout}
+
+
+def mi_env(work: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MODELIMAGE_NO_CACHE"}
+    env["MODELIMAGE_CACHE_DIR"] = str(work / "cache")
+    shutil.rmtree(work / "cache", ignore_errors=True)  # every modelimage command starts cold
+    return env
+
+
+def sync() -> None:
+    subprocess.run(["sync"], check=True)
+
+
+def free_bytes(path: Path) -> int:
+    s = os.statvfs(path)
+    return s.f_bavail * s.f_frsize
+
+
+def dig_holes(root: Path) -> None:
+    """Make every file under ``root`` sparse where it is zeros (same bytes)."""
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_size > (1 << 20):
+            subprocess.run(["fallocate", "--dig-holes", str(p)], check=True)
+
+
+# ------------------------------------------------------------------ models
+
+
+def sparse_model(directory: Path, gib: float) -> int:
+    """``SHARDS`` safetensors files with valid headers and holes for data."""
+    directory.mkdir(parents=True)
+    per = int(gib * GIB / SHARDS) // 2 * 2
+    for k in range(SHARDS):
+        header = json.dumps({"w": {"dtype": "F16", "shape": [per // 2], "data_offsets": [0, per]}}).encode()
+        header += b" " * (-len(header) % 8)
+        path = directory / f"model-{k + 1:05d}-of-{SHARDS:05d}.safetensors"
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header)
+            f.truncate(8 + len(header) + per)
+    (directory / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    return sum(p.stat().st_size for p in directory.iterdir())
+
+
+def many_files(directory: Path, n: int, seed: int = 0) -> int:
+    import random
+
+    rng = random.Random(seed)
+    total = 0
+    for i in range(n):
+        d = directory / "assets" / f"d{i // 1000:03d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True)
+        data = rng.randbytes(rng.randint(200, 4000))
+        (d / f"f{i:06d}.json").write_bytes(data)
+        total += len(data)
+    (directory / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    return total + (directory / "config.json").stat().st_size
+
+
+# ------------------------------------------------------------------ peers
+
+
+def curl_put(host: str, files: list[Path], work: Path) -> dict:
+    """Monolithic PUTs of ``files`` (digest computed beforehand, not timed), one after another."""
+    import hashlib
+
+    script = ["set -e"]
+    for i, f in enumerate(files):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while chunk := fh.read(8 << 20):
+                h.update(chunk)
+        script.append(
+            f'loc=$(curl -s -D - -o /dev/null -X POST http://{host}/v2/raw/put{i}/blobs/uploads/ '
+            f"| tr -d '\\r' | sed -n 's/^[Ll]ocation: //p')\n"
+            f'case "$loc" in /*) loc="http://{host}$loc";; esac\n'
+            f'curl -s -f -o /dev/null -X PUT -H "Content-Type: application/octet-stream" -T {f} '
+            f'"$loc&digest=sha256:{h.hexdigest()}"')
+    (work / "put.sh").write_text("\n".join(script) + "\n")
+    return measured(["bash", str(work / "put.sh")], work)
+
+
+def curl_get(host: str, repo: str, digests: list[str], out: Path, work: Path) -> dict:
+    out.mkdir(parents=True)
+    cmd = ["curl", "-s", "-f", "--parallel", "--parallel-max", "3"]
+    for d in digests:
+        cmd += ["-o", str(out / d.split(":")[1]), f"http://{host}/v2/{repo}/blobs/{d}"]
+    return measured(cmd, work)
+
+
+def manifest_of(host: str, repo: str, tag: str) -> tuple[dict, int]:
+    import httpx
+
+    r = httpx.get(f"http://{host}/v2/{repo}/manifests/{tag}",
+                  headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=60)
+    r.raise_for_status()
+    return r.json(), len(r.content)
+
+
+# ------------------------------------------------------------------ the two curves
+
+
+def run_size(gib: float, runs: int, work: Path, keep_free: float) -> dict:
+    from tests.registry import start_registry
+
+    need = gib * GIB * 1.08 + keep_free * 1e9
+    if free_bytes(work) < need:
+        raise SystemExit(f"{gib:g} GiB needs {need / 1e9:.0f} GB free here (with --keep-free); "
+                         f"{free_bytes(work) / 1e9:.0f} GB are: stopping")
+    model = work / "model"
+    size = sparse_model(model, gib)
+    rows: dict[str, list[dict]] = {}
+    try:
+        for _ in range(runs):
+            # 1-2: the disk, then a layout build
+            sync()
+            rows.setdefault("cp", []).append(measured(["cp", "-r", "--sparse=never", str(model), str(work / "cp")],
+                                                      work))
+            shutil.rmtree(work / "cp")
+            sync()
+            rows.setdefault("build", []).append(measured(
+                [*MI, "build", str(model), "-o", f"oci:{work / 'oci'}:v1", "-q"], work, env=mi_env(work)))
+            shutil.rmtree(work / "oci")
+            # 3-4: raw PUTs, then build --push (a fresh registry each)
+            reg = start_registry()
+            try:
+                sync()
+                rows.setdefault("put", []).append(curl_put(reg.host, sorted(model.glob("*.safetensors")), work))
+            finally:
+                reg.stop()
+            reg = start_registry()
+            try:
+                sync()
+                ref = f"{reg.host}/scale/m:v1"
+                rows.setdefault("push", []).append(measured([*MI, "build", str(model), "--push", ref, "-q"], work,
+                                                            env=mi_env(work)))
+                dig_holes(reg.root)
+                manifest, _ = manifest_of(reg.host, "scale/m", "v1")
+                digests = [d["digest"] for d in manifest["layers"]]
+                # 5-6: raw GETs, then modelimage pull
+                sync()
+                rows.setdefault("get", []).append(curl_get(reg.host, "scale/m", digests, work / "get", work))
+                shutil.rmtree(work / "get")
+                sync()
+                rows.setdefault("pull", []).append(measured([*MI, "pull", ref, str(work / "dest"), "-q"], work,
+                                                            env=mi_env(work)))
+                shutil.rmtree(work / "dest")
+            finally:
+                reg.stop()
+    finally:
+        shutil.rmtree(model, ignore_errors=True)
+        for leftover in ("cp", "oci", "get", "dest"):
+            shutil.rmtree(work / leftover, ignore_errors=True)
+    return {"gib": gib, "bytes": size, "runs": runs,
+            "rows": {k: [{f: v[f] for f in ("wall", "cpu", "rss")} for v in vs] for k, vs in rows.items()}}
+
+
+def run_files(n: int, runs: int, work: Path) -> dict:
+    from tests.registry import start_registry
+
+    model = work / "many"
+    size = many_files(model, n)
+    rows: dict[str, list[dict]] = {}
+    extra: dict = {}
+    try:
+        for _ in range(runs):
+            sync()
+            rows.setdefault("tar -cf", []).append(measured(["tar", "-cf", str(work / "m.tar"), "-C", str(model), "."],
+                                                           work))
+            sync()
+            (work / "untar").mkdir()
+            rows.setdefault("tar -xf", []).append(measured(["tar", "-xf", str(work / "m.tar"), "-C",
+                                                            str(work / "untar")], work))
+            shutil.rmtree(work / "untar")
+            (work / "m.tar").unlink()
+            sync()
+            rows.setdefault("build", []).append(measured(
+                [*MI, "build", str(model), "-o", f"oci:{work / 'oci'}:v1", "-q"], work, env=mi_env(work)))
+            shutil.rmtree(work / "oci")
+            reg = start_registry()
+            try:
+                ref = f"{reg.host}/files/m:v1"
+                sync()
+                rows.setdefault("push", []).append(measured([*MI, "build", str(model), "--push", ref, "-q"], work,
+                                                            env=mi_env(work)))
+                manifest, nbytes = manifest_of(reg.host, "files/m", "v1")
+                extra = {"manifest_bytes": nbytes, "layers": len(manifest["layers"]),
+                         "file_list_layer": any("dev.modelimage.filelist" in (d.get("annotations") or {})
+                                                for d in manifest["layers"])}
+                sync()
+                rows.setdefault("pull", []).append(measured([*MI, "pull", ref, str(work / "dest"), "-q"], work,
+                                                            env=mi_env(work)))
+                got = sum(1 for p in (work / "dest").rglob("*") if p.is_file() and not p.name.startswith("."))
+                if got != n + 1:
+                    raise SystemExit(f"pull of {n} files gave {got} files")
+                shutil.rmtree(work / "dest")
+            finally:
+                reg.stop()
+    finally:
+        shutil.rmtree(model, ignore_errors=True)
+        for leftover in ("untar", "oci", "dest"):
+            shutil.rmtree(work / leftover, ignore_errors=True)
+        (work / "m.tar").unlink(missing_ok=True)
+    return {"files": n, "bytes": size, "runs": runs, **extra,
+            "rows": {k: [{f: v[f] for f in ("wall", "cpu", "rss")} for v in vs] for k, vs in rows.items()}}
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def med(samples: list[dict], field: str) -> float:
+    return statistics.median(s[field] for s in samples)
+
+
+def size_table(sizes: list[dict]) -> tuple[str, list[str]]:
+    """The size curve as markdown, and the verdicts on the goals."""
+    steps = [("build", "cp", "build -o oci: (layout)", 150), ("push", "put", "build --push", 150),
+             ("pull", "get", "pull", 250)]
+    lines = ["| size | runs | what | wall s | s/GiB | vs peer | CPU s | CPU s/GiB | peak RSS MB | peer s/GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    verdicts = []
+    peer_name = {"cp": "cp", "put": "curl PUT", "get": "curl GET"}
+    for s in sizes:
+        gib = s["bytes"] / GIB
+        for key, peer, label, _ in steps:
+            r, p = s["rows"][key], s["rows"][peer]
+            w, pw = med(r, "wall"), med(p, "wall")
+            lines.append(f"| {s['gib']:g} GiB | {s['runs']} | {label} | {w:.1f} | {w / gib:.2f} | "
+                         f"{w / pw:.2f}x {peer_name[peer]} | {med(r, 'cpu'):.1f} | {med(r, 'cpu') / gib:.2f} | "
+                         f"{max(x['rss'] for x in r) / MB:.0f} | {pw / gib:.2f} |")
+    for key, peer, label, rss_goal in steps:
+        per_gib = [med(s["rows"][key], "wall") / (s["bytes"] / GIB) for s in sizes]
+        cpu_gib = [med(s["rows"][key], "cpu") / (s["bytes"] / GIB) for s in sizes]
+        ratio = [med(s["rows"][key], "wall") / med(s["rows"][peer], "wall") for s in sizes]
+        rss = [max(x["rss"] for x in s["rows"][key]) / MB for s in sizes]
+        spread = (max(per_gib) - min(per_gib)) / min(per_gib)
+        cspread = (max(cpu_gib) - min(cpu_gib)) / min(cpu_gib)
+        rspread = (max(ratio) - min(ratio)) / min(ratio)
+        verdicts.append(
+            f"{label}: wall s/GiB {min(per_gib):.2f}-{max(per_gib):.2f} (spread {spread * 100:.0f} %, goal <= 10 %: "
+            f"{'pass' if spread <= 0.10 else '**miss**'}); CPU s/GiB spread {cspread * 100:.0f} %; ratio to its peer "
+            f"{min(ratio):.2f}-{max(ratio):.2f}x (spread {rspread * 100:.0f} %); "
+            f"peak RSS {min(rss):.0f}-{max(rss):.0f} MB "
+            f"(goal < {rss_goal} MB: {'pass' if max(rss) < rss_goal else '**miss**'})")
+    return "\n".join(lines), verdicts
+
+
+def files_table(counts: list[dict]) -> tuple[str, list[str]]:
+    lines = ["| files | MB | manifest | what | wall s | CPU s | peak RSS MB | per-file ms (wall) | per-file ms (CPU) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    verdicts = []
+    base = counts[0]
+    for c in counts:
+        where = "file-list layer" if c.get("file_list_layer") else "inline"
+        for key in ("tar -cf", "build", "push", "tar -xf", "pull"):
+            r = c["rows"][key]
+            per_w = per_c = ""
+            if c is not base:
+                dn = c["files"] - base["files"]
+                per_w = f"{(med(r, 'wall') - med(base['rows'][key], 'wall')) / dn * 1e3:.3f}"
+                per_c = f"{(med(r, 'cpu') - med(base['rows'][key], 'cpu')) / dn * 1e3:.3f}"
+            lines.append(f"| {c['files']:,} | {c['bytes'] / MB:.0f} | {c.get('manifest_bytes', 0) / 1024:.1f} KiB "
+                         f"({c.get('layers', '?')} layers, {where}) | {key} | {med(r, 'wall'):.2f} | "
+                         f"{med(r, 'cpu'):.2f} | {max(x['rss'] for x in r) / MB:.0f} | {per_w} | {per_c} |")
+    last = counts[-1]
+    dn = last["files"] - base["files"]
+    for key in ("build", "push", "pull"):
+        per = (med(last["rows"][key], "wall") - med(base["rows"][key], "wall")) / dn * 1e3
+        peer = "tar -xf" if key == "pull" else "tar -cf"
+        per_peer = (med(last["rows"][peer], "wall") - med(base["rows"][peer], "wall")) / dn * 1e3
+        goal = "" if key == "push" else f" (goal < 1 ms: {'pass' if per < 1 else '**miss**'})"
+        verdicts.append(f"{key}: {per:.3f} ms a file from {base['files']:,} to {last['files']:,} files{goal}; "
+                        f"{peer}: {per_peer:.3f} ms a file")
+    return "\n".join(lines), verdicts
+
+
+def plot(sizes: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gibs = [s["bytes"] / GIB for s in sizes]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {"build": "tab:blue", "push": "tab:orange", "pull": "tab:green"}
+    labels = {"build": "build -o oci:", "push": "build --push", "pull": "pull",
+              "cp": "cp (peer of build)", "put": "curl PUT (peer of push)", "get": "curl GET (peer of pull)"}
+    for key, peer in (("build", "cp"), ("push", "put"), ("pull", "get")):
+        a.plot(gibs, [med(s["rows"][key], "wall") / g for s, g in zip(sizes, gibs)], "o-", color=colours[key],
+               label=labels[key])
+        a.plot(gibs, [med(s["rows"][peer], "wall") / g for s, g in zip(sizes, gibs)], "x--", color=colours[key],
+               alpha=0.6, label=labels[peer])
+        b.plot(gibs, [max(x["rss"] for x in s["rows"][key]) / MB for s in sizes], "o-", color=colours[key],
+               label=labels[key])
+    for ax in (a, b):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(gibs, [f"{g:g}" for g in gibs])
+        ax.set_xlabel("model size (GiB)")
+        ax.grid(True, alpha=0.3)
+    a.set_ylabel("wall seconds per GiB")
+    a.set_ylim(bottom=0)
+    a.set_title("time per GiB (flat = linear cost)")
+    b.set_ylabel("peak RSS (MB)")
+    b.set_ylim(bottom=0)
+    b.axhline(150, color="grey", ls=":", lw=1)
+    b.axhline(250, color="grey", ls=":", lw=1)
+    b.set_title("peak RSS (goals: 150 MB build/push, 250 MB pull)")
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(data: dict) -> str:
+    out = [f"Machine: `{data['machine']}`; {data['date']}; load average {data['load'][0]:.2f} at the start, "
+           f"{data['load'][1]:.2f} at the end (1 min); `{data['command']}`."]
+    if data.get("sizes"):
+        body, verdicts = size_table(data["sizes"])
+        out += ["", "**Model size** (4 sparse safetensors files + config.json; peers in the same run):", "",
+                "![seconds per GiB and peak RSS against model size](scale.png)", "", body, ""]
+        out += [f"- {v}" for v in verdicts]
+    if data.get("files"):
+        body, verdicts = files_table(data["files"])
+        out += ["", "**File count** (small files of 200-4000 bytes, 1,000 a folder; peers: GNU tar):", "", body, ""]
+        out += [f"- {v}" for v in verdicts]
+    return "\n".join(out)
+
+
+def write_doc(block: str) -> None:
+    text = DOC.read_text()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = f"{head}{BEGIN}\n{block}\n{END}{tail}"
+    else:
+        text = f"{text.rstrip()}\n\n{HEADING}\n\n{BEGIN}\n{block}\n{END}\n"
+    DOC.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1,4,16,32", help="GiB, comma-separated ('' for none)")
+    ap.add_argument("--files", default="100,10000,100000", help="file counts, comma-separated ('' for none)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per point up to --median-upto GiB (medians)")
+    ap.add_argument("--median-upto", type=float, default=4, help="bigger sizes run once")
+    ap.add_argument("--keep-free", type=float, default=15, help="GB of disk to leave to others")
+    ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--replot", type=Path, help="results JSON of an earlier run: only plot and write the doc")
+    ap.add_argument("--no-write", action="store_true", help="print only: no docs/benchmarks.md, no plot")
+    args = ap.parse_args()
+
+    if args.replot:
+        data = json.loads(args.replot.read_text())
+    else:
+        import platform
+
+        load0 = os.getloadavg()[0]
+        work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir="/var/tmp"))
+        saved, tempfile.tempdir = tempfile.tempdir, str(work)  # registries' storage on the same disk, removed with it
+        data = {"date": str(date.today()), "machine": f"{platform.node()} ({platform.machine()}, "
+                f"{os.cpu_count()} cores)", "command": "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:]),
+                "sizes": [], "files": []}
+        try:
+            for n in [int(x) for x in args.files.split(",") if x]:
+                data["files"].append(run_files(n, args.runs, work))
+                print(f"{n} files done", file=sys.stderr)
+            for g in [float(x) for x in args.sizes.split(",") if x]:
+                data["sizes"].append(run_size(g, args.runs if g <= args.median_upto else 1, work, args.keep_free))
+                print(f"{g:g} GiB done", file=sys.stderr)
+                if args.json:  # partial results survive a later failure
+                    args.json.write_text(json.dumps({**data, "load": [load0, os.getloadavg()[0]]}, indent=1))
+        finally:
+            tempfile.tempdir = saved
+            shutil.rmtree(work, ignore_errors=True)
+        data["load"] = [load0, os.getloadavg()[0]]
+        if args.json:
+            args.json.write_text(json.dumps(data, indent=1))
+    block = report(data)
+    print(block)
+    if not args.no_write:
+        if data.get("sizes"):
+            plot(data["sizes"], PNG)
+        write_doc(block)
+        print(f"\nwritten to {DOC.relative_to(REPO)}" + (f" and {PNG.relative_to(REPO)}" if data.get("sizes") else ""))
+
+
+if __name__ == "__main__":
+    main()
