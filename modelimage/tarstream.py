@@ -288,6 +288,8 @@ class Digester:
         self.files: list[str] = []  # finished file digests, in entry order
         self.current: "hashlib._Hash | None" = None
         self.current_index = -1
+        # a raw layer is its one file: the file's sha256 is the stream's, hashed once
+        self.one_file = stream.kind == "raw"
 
     def copy(self) -> "Digester":
         if self.gz is not None:
@@ -304,7 +306,7 @@ class Digester:
         """Account for ``data``; return the bytes to store (compressed or not)."""
         self.tar.update(data)
         self.offset += len(data)
-        if file >= 0:
+        if file >= 0 and not self.one_file:
             while self.current_index < file:
                 self._finish_file()
             assert self.current is not None
@@ -335,6 +337,11 @@ class Digester:
     def result(self) -> LayerResult:
         if self.offset != self.stream.size:
             raise SourceError(f"layer stream ended at {self.offset} of {self.stream.size} bytes")
+        if self.one_file:
+            (e,) = self.stream.entries
+            tar = "sha256:" + self.tar.hexdigest()
+            return LayerResult(tar if self.gz is None else "sha256:" + self.blob.hexdigest(), self.blob_size, tar,
+                               self.stream.size, (FileDigest(e.path, e.size, tar),))
         while self.current_index < len(self.stream.entries):
             self._finish_file()
         files = tuple(

@@ -304,3 +304,44 @@ def test_missing_source(tmp_path: Path) -> None:
     entry = Entry("w", VirtualFile("w", (FileRange(tmp_path / "gone", 0, 10),)))
     with pytest.raises(SourceError, match="gone"):
         write([entry])
+
+
+def test_raw_layer_hashes_each_byte_once(tmp_path, monkeypatch):
+    """A raw layer (ModelPack, docker-model) is its file: the blob digest,
+    the diff_id and the file's sha256 are one hash, computed once."""
+    import modelimage.tarstream as ts
+
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    (tmp_path / "w.gguf").write_bytes(data)
+    hashed = [0]
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self):
+            self._h = real()
+
+        def update(self, b):
+            hashed[0] += len(b)
+            self._h.update(b)
+
+        def hexdigest(self):
+            return self._h.hexdigest()
+
+        def copy(self):
+            c = Counting()
+            c._h = self._h.copy()
+            return c
+
+    monkeypatch.setattr(ts.hashlib, "sha256", Counting)
+    stream = ts.LayerStream.raw("w.gguf", VirtualFile.whole("w.gguf", tmp_path / "w.gguf", len(data)))
+    digester = ts.Digester(stream)
+    out = io.BytesIO()
+    for chunk in ts.blob_chunks(stream, digester):
+        out.write(chunk)
+    result = digester.result()
+    want = "sha256:" + real(data).hexdigest()
+    assert out.getvalue() == data
+    assert result.digest == result.diff_id == result.files[0].sha256 == want
+    assert (result.files[0].path, result.files[0].size, result.size, result.tar_size) == ("w.gguf", len(data),
+                                                                                          len(data), len(data))
+    assert hashed[0] == len(data)
