@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -126,3 +127,59 @@ def test_the_registry_config_in_the_doc_is_the_tested_one() -> None:
     for key in ("regionendpoint:", "secure: false", "v4auth: true", "chunksize: 5242880", "disable: true",
                 "secret:", f"bucket: {BUCKET}", "AWS_CA_BUNDLE"):
         assert key in doc, key
+
+
+# ------------------------------------------------------------ a pull-through mirror (issue 20)
+
+BLOB_GET = re.compile(r'http\.request\.method=GET .*?http\.request\.uri="/v2/[^"]+/blobs/(sha256:[0-9a-f]{64})"'
+                      r'.*?http\.response\.status=(\d{3})')
+
+
+def upstream_blob_gets(reg: Registry) -> list[str]:
+    """Digests of the blob GETs a registry answered (200/206), from its access log."""
+    return [m.group(1) for m in BLOB_GET.finditer(reg.log.read_text(errors="replace")) if m.group(2) in ("200", "206")]
+
+
+def test_a_pull_through_mirror_serves_the_second_node_from_its_cache(llama_dir, tmp_path, podman_env) -> None:
+    """docs/scale-out.md "A pull-through mirror": a second registry in proxy
+    mode in front of the first. modelimage pulls through it get the model's
+    bytes; the second node's pull costs the upstream no blob GET; podman
+    pulls the same image through it (same config digest, same files)."""
+    need("docker-registry")
+    up = start_registry()
+    mirror = None
+    try:
+        mirror = start_registry(extra_config={"proxy": {"remoteurl": up.url}})
+        proc = subprocess.run([sys.executable, "-m", "modelimage", "build", str(llama_dir), "--push",
+                               f"{up.host}/models/llama:v1", "--json"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        pushed = json.loads(proc.stdout)
+        sources = {p.relative_to(llama_dir).as_posix(): p.read_bytes() for p in llama_dir.rglob("*") if p.is_file()}
+        layers = {d["digest"] for d in pushed["layers"]}
+
+        def pull(dest: Path) -> list[str]:
+            before = len(upstream_blob_gets(up))
+            p = subprocess.run([sys.executable, "-m", "modelimage", "pull", f"{mirror.host}/models/llama:v1",
+                                str(dest)], capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stderr
+            got = {q.relative_to(dest).as_posix(): q.read_bytes() for q in dest.rglob("*")
+                   if q.is_file() and not q.name.startswith(".modelimage")}
+            assert got == sources
+            return upstream_blob_gets(up)[before:]
+
+        first = pull(tmp_path / "node1")
+        assert layers <= set(first)  # the mirror fetched every layer from the upstream (distribution 2.8: twice)
+        assert pull(tmp_path / "node2") == []  # the second node: all from the mirror's cache
+
+        image_id, export, _ = podman_pull_export(f"{mirror.host}/models/llama:v1", podman_env, "--tls-verify=false")
+        assert "sha256:" + image_id == pushed["config"]
+        (tmp_path / "export.tar").write_bytes(export)
+        with tarfile.open(tmp_path / "export.tar") as t:
+            t.extractall(tmp_path / "rootfs", filter="data")
+        model = tmp_path / "rootfs" / "models" / "llama"
+        assert {p.relative_to(model).as_posix(): p.read_bytes() for p in model.rglob("*") if p.is_file()} == sources
+        assert not set(upstream_blob_gets(up)[len(first):]) & layers  # podman's layers came from the cache too
+    finally:
+        if mirror is not None:
+            mirror.stop()
+        up.stop()
