@@ -6,8 +6,9 @@ size/4 each (a valid header, then a hole: sparse, so the source costs no
 disk and reads as fast as the page cache) plus config.json. For each size,
 in this order, with only one copy of the bytes on disk at a time:
 
-1. ``cp --sparse=never`` of the model folder (the disk's write speed: what
-   a layout build must write) -- peer of 2;
+1. ``cp --sparse=never`` of the model folder, then ``sync`` of the copied
+   files (the disk's durable write speed: a layout's blobs are fsynced
+   too) -- peer of 2;
 2. ``modelimage build MODEL -o oci:DIR`` (cold digest cache), then the
    layout is removed;
 3. ``curl -T`` monolithic PUTs of the 4 files, one after another, to a
@@ -15,7 +16,8 @@ in this order, with only one copy of the bytes on disk at a time:
 4. ``modelimage build MODEL --push HOST/...`` to a fresh registry (cold);
    its blobs are then made sparse again (``fallocate --dig-holes``: same
    bytes, no disk), so the registry and a pulled copy fit at once;
-5. ``curl`` GETs of the layer blobs into files, 3 at a time -- peer of 6;
+5. ``curl`` GETs of the layer blobs into files, 3 at a time, then ``sync``
+   of those files (a pull fsyncs what it writes) -- peer of 6;
 6. ``modelimage pull REF DEST``; DEST is removed.
 
 Each command runs under ``/usr/bin/time``: wall seconds, CPU seconds (user
@@ -45,6 +47,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
@@ -164,11 +167,12 @@ def curl_put(host: str, files: list[Path], work: Path) -> dict:
 
 
 def curl_get(host: str, repo: str, digests: list[str], out: Path, work: Path) -> dict:
+    """GETs of the blobs, 3 at a time, written to files and synced (a pull is durable too)."""
     out.mkdir(parents=True)
     cmd = ["curl", "-s", "-f", "--parallel", "--parallel-max", "3"]
     for d in digests:
         cmd += ["-o", str(out / d.split(":")[1]), f"http://{host}/v2/{repo}/blobs/{d}"]
-    return measured(cmd, work)
+    return measured(["sh", "-c", '"$@" && sync "$0"/*', str(out), *cmd], work)
 
 
 def manifest_of(host: str, repo: str, tag: str) -> tuple[dict, int]:
@@ -197,8 +201,9 @@ def run_size(gib: float, runs: int, work: Path, keep_free: float) -> dict:
         for _ in range(runs):
             # 1-2: the disk, then a layout build
             sync()
-            rows.setdefault("cp", []).append(measured(["cp", "-r", "--sparse=never", str(model), str(work / "cp")],
-                                                      work))
+            rows.setdefault("cp", []).append(measured(
+                ["sh", "-c", 'cp -r --sparse=never "$1" "$2" && sync "$2"/*', "cp", str(model), str(work / "cp")],
+                work))
             shutil.rmtree(work / "cp")
             sync()
             rows.setdefault("build", []).append(measured(
@@ -302,7 +307,7 @@ def size_table(sizes: list[dict]) -> tuple[str, list[str]]:
     lines = ["| size | runs | what | wall s | s/GiB | vs peer | CPU s | CPU s/GiB | peak RSS MB | peer s/GiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
-    peer_name = {"cp": "cp", "put": "curl PUT", "get": "curl GET"}
+    peer_name = {"cp": "cp + sync", "put": "curl PUT", "get": "curl GET + sync"}
     for s in sizes:
         gib = s["bytes"] / GIB
         for key, peer, label, _ in steps:
@@ -367,7 +372,8 @@ def plot(sizes: list[dict], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = {"build": "tab:blue", "push": "tab:orange", "pull": "tab:green"}
     labels = {"build": "build -o oci:", "push": "build --push", "pull": "pull",
-              "cp": "cp (peer of build)", "put": "curl PUT (peer of push)", "get": "curl GET (peer of pull)"}
+              "cp": "cp + sync (peer of build)", "put": "curl PUT (peer of push)",
+              "get": "curl GET + sync (peer of pull)"}
     for key, peer in (("build", "cp"), ("push", "put"), ("pull", "get")):
         a.plot(gibs, [med(s["rows"][key], "wall") / g for s, g in zip(sizes, gibs)], "o-", color=colours[key],
                label=labels[key])
@@ -432,6 +438,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only: no docs/benchmarks.md, no plot")
     args = ap.parse_args()
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill PID: the finally blocks still clean up
     if args.replot:
         data = json.loads(args.replot.read_text())
     else:
