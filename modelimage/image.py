@@ -47,6 +47,8 @@ class Image:
     host: str | None = None  # registry host and repository, for cross-repository mounts
     repository: str | None = None
     served_by: str | None = None  # the host its manifest and blobs come from: a mirror of ``host``, or ``host``
+    # (blob, offset, length) -> exactly those bytes, one ranged GET (or read); not verified
+    read_range: Callable[[Descriptor, int, int], bytes] | None = None
 
     @property
     def target(self) -> str | None:
@@ -118,6 +120,7 @@ class _Store(Protocol):
     def manifest(self, desc: Descriptor) -> bytes: ...  # a manifest or index by digest (verified)
     def blob(self, desc: Descriptor) -> bytes: ...  # a small blob (a config), not verified yet
     def read(self, desc: Descriptor, start: int) -> Iterator[memoryview]: ...
+    def read_range(self, desc: Descriptor, offset: int, length: int) -> bytes: ...
     def close(self) -> None: ...
 
 
@@ -137,6 +140,20 @@ class _LayoutStore:
 
     def read(self, desc: Descriptor, start: int) -> Iterator[memoryview]:
         return self.layout.read(desc, start, self.stats.add)
+
+    def read_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
+        path, base, size = self.layout.locate_blob(desc.digest)
+        length = max(0, min(length, size - offset))
+        try:
+            with open(path, "rb") as f:
+                f.seek(base + offset)
+                data = f.read(length)
+        except OSError as e:
+            raise SourceError(f"{self.layout.name}: blob {desc.digest[:19]} cannot be read ({e.strerror})") from None
+        if len(data) != length:
+            raise SourceError(f"{self.layout.name}: blob {desc.digest[:19]} ends early (the layout is truncated)")
+        self.stats.add(length)
+        return data
 
     def close(self) -> None:
         self.layout.close()
@@ -162,6 +179,31 @@ class _RegistryStore:
     def read(self, desc: Descriptor, start: int) -> Iterator[memoryview]:
         return BlobReader(self.client, self.repository, desc.digest, desc.size, connections=self.connections,
                           retries=self.retries, stats=self.stats).chunks(start)
+
+    def read_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
+        """One ``Range: bytes=offset-end`` GET; a registry that answers the
+        whole blob (200) is read no further than asked."""
+        length = max(0, min(length, desc.size - offset))
+        if length == 0:
+            return b""
+        r = self.client.stream_blob(self.repository, desc.digest, offset, offset + length - 1)
+        try:
+            skip = offset if r.status_code == 200 else 0
+            out = bytearray()
+            for chunk in r.iter_raw():
+                self.stats.add(len(chunk))
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                out += chunk[: length - len(out)]
+                if len(out) >= length:
+                    break
+        finally:
+            r.close()
+        if len(out) != length:
+            raise SourceError(f"{self.source}: blob {desc.digest[:19]}: asked for {length} bytes at {offset}, "
+                              f"got {len(out)}")
+        return bytes(out)
 
     def close(self) -> None:
         self.client.close()
@@ -245,7 +287,8 @@ def open_image(source: str, *, platform: str | Platform | None = None, insecure:
     except BaseException:
         store.close()
         raise
-    return Image(source, digest, manifest, config, layers, store.read, store.close, host, repository, served_by)
+    return Image(source, digest, manifest, config, layers, store.read, store.close, host, repository, served_by,
+                 store.read_range)
 
 
 def _config(store: _Store, cfg: dict[str, Any], name: str) -> dict[str, Any]:

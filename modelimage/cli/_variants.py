@@ -13,7 +13,7 @@ from ..variants.build import IndexResult, has_variants
 from ..variants.estimate import estimate_variants, variant_layers
 from ..variants.job import inspect_variants
 from ..variants.resolve import is_image_reference, read_index
-from ..variants.select import VariantFacts, facts_from_descriptor
+from ..variants.select import VariantFacts
 from ._options import job_options
 from ._output import emit_json, info
 
@@ -79,16 +79,10 @@ def inspect(source: str, as_json: bool, kw: dict[str, Any]) -> bool:
     if not is_image_reference(source, config):
         return False
     view = read_index(source)
+    if not view.variants:  # one image: the whole report, its headers read by range (api.inspect)
+        return False
     if as_json:
         emit_json(view.to_json())
-        return True
-    if not view.variants:
-        ann = view.annotations
-        name = ann.get("dev.modelimage.name") or ann.get("org.opencontainers.image.title") or source
-        facts = facts_from_descriptor({"annotations": {**ann, "dev.modelimage.variant": str(name)}})
-        click.echo(f"{source}: one image ({view.media_type}, {view.digest[:19]})")
-        if facts and (facts.parameters or facts.vram_bytes):
-            click.echo(f"  {variant_line(facts)}")
         return True
     click.echo(f"{source}: an index of {len(view.variants)} variants ({view.digest[:19]}), "
                f"{format_size(view.stored_bytes)} stored")

@@ -20,34 +20,43 @@ from ._output import describe_limits, emit_json, warn
 @source_options
 @click.option("--as", "as_precision", type=click.Choice(sorted(BYTES_PER_PARAM_AS)),
               help="Also estimate GPU memory if the weights were stored at this precision.")
+@click.option("--platform", metavar="OS/ARCH", help="Which image of a multi-platform index (default: this machine's).")
+@click.option("--insecure-registry", multiple=True, metavar="HOST",
+              help="Talk plain HTTP to HOST (loopback hosts always are; TLS is verified everywhere else).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @transport_options
-def inspect(source: str, as_precision: str | None, as_json: bool, **kw: Any) -> None:
+def inspect(source: str, as_precision: str | None, as_json: bool, platform: str | None,
+            insecure_registry: tuple[str, ...], **kw: Any) -> None:
     """Show what a model is: format, parameters, dtypes, quantization,
     components and a GPU memory estimate. Reads headers only.
 
     SOURCE is a model folder (Hugging Face or diffusers layout), a single
-    weight file, or the name of a model in modelimage.toml. An image REF (or
-    oci:DIR[:TAG]) lists its variants with their sizes and GPU memory. An
-    image in a registry (HOST/REPO[:TAG|@DIGEST]) shows what its manifest
-    records: the model facts, its files with their sha256, and the
-    signatures and attestations attached to it (not verified: see
-    `verify --key`).
+    weight file, the name of a model in modelimage.toml, or an image:
+    REF in a registry, oci:DIR[:TAG] or oci-archive:FILE[:TAG]. Of an image,
+    only the manifest, the config and the headers of the weight files are
+    read (ranged GETs into its layers), whatever its size; a note says how
+    many bytes that took; an image in a registry lists the signatures and
+    attestations attached to it too (not verified: see `verify --key`). An
+    index of variants lists them, with their sizes and GPU memory.
     """
     from ..signing.describe import looks_like_registry_reference
 
+    signed = None  # of an image in a registry: its signatures and attestations too
     if looks_like_registry_reference(source) and not Path(source).exists():
-        from .sign import inspect_image
+        from ..signing.describe import describe_image
 
-        if inspect_image(source, as_json):  # False for an index: its variants are listed below
-            return
-    if _variants.inspect(source, as_json, kw):
+        signed = describe_image(source, single=True)  # None for an index: its variants are listed below
+    if signed is None and _variants.inspect(source, as_json, kw):
         return
-    model = api.inspect(source, **model_args(kw))
+    model = api.inspect(source, platform=platform, insecure=insecure_registry, **model_args(kw))
     if as_json:
-        emit_json(model.to_json(as_precision))
-    else:
-        click.echo(describe(model, as_precision))
+        emit_json({**(signed.to_json() if signed else {}), **model.to_json(as_precision)})
+        return
+    click.echo(describe(model, as_precision))
+    if signed is not None:
+        from .sign import referrers_text
+
+        click.echo(referrers_text(signed))
 
 
 def describe(m: ModelInfo, as_precision: str | None) -> str:

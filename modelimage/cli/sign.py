@@ -4,7 +4,7 @@ registry (parse, call :func:`modelimage.signing.sign.sign_image`, print)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -83,6 +83,15 @@ def inspect_image(source: str, as_json: bool) -> bool:
     lines.append(f"  files         {len(report.files)}" + ("" if report.files else " (its layers do not list them)"))
     for path, digest in report.files:
         lines.append(f"    {digest[:19]}...  {path}")
+    lines.append(referrers_text(report))
+    click.echo("\n".join(lines))
+    return True
+
+
+def referrers_text(report: Any) -> str:
+    """The signatures and attestations lines of ``inspect REF`` (a
+    :func:`~modelimage.signing.describe.describe_image` report)."""
+    lines = []
     signatures = [r for r in report.referrers if r.kind == "signature"]
     attestations = [r for r in report.referrers if r.kind in ("provenance", "attestation")]
     for title, refs in (("signatures", signatures), ("attestations", attestations)):
@@ -94,5 +103,4 @@ def inspect_image(source: str, as_json: bool) -> bool:
     others = len(report.referrers) - len(signatures) - len(attestations)
     if others:
         lines.append(f"  other referrers {others}")
-    click.echo("\n".join(lines))
-    return True
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""An image's model files as a folder that is not on a local disk, for
+``modelimage inspect REF`` (and ``oci:DIR[:TAG]``, ``oci-archive:FILE``).
+
+:class:`ImageFolder` lists the files an image holds under its model folder
+(``dev.modelimage.target``, else the whole root) by walking the headers of
+its uncompressed tar layers with small ranged reads (tarfile seeks over
+member data, so each member costs one read of its header), and takes raw
+layers (ModelPack, Docker Model Runner: the blob IS the file) as they are.
+Each file is an :class:`ImageFile`: a byte range of a blob that
+:func:`modelimage.inspect.inspect_model` reads by range like an S3 object,
+so the safetensors and GGUF headers are fetched and the tensor data never
+is. :attr:`ImageFolder.fetched` counts the bytes that took.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, BinaryIO
+
+from ..errors import SourceError
+from ..image import Image
+from ..oci import Descriptor
+from ..pull.layers import classify, normalize, subtree
+from ..pull.stream import sniff
+from ..registry.pieces import FetchStats
+from .files import SourceFile, selected
+
+READAHEAD = 64 << 10  # bytes per ranged read: a tar header and what follows it
+PIECE = 8 << 20  # reads of a whole (small) file go in pieces of this size
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """``size`` bytes at ``offset`` in one blob of an image (a RemoteObject)."""
+
+    image: Image
+    blob: Descriptor
+    offset: int
+    size: int
+    path: str  # in the image, for messages
+
+    def __str__(self) -> str:
+        return f"{self.image.name}:/{self.path}"
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path).name
+
+    @property
+    def stamp(self) -> tuple[int, str]:
+        return (self.size, f"{self.blob.digest}@{self.offset}")
+
+    @property
+    def identity(self) -> list[str | int]:
+        return ["image", self.blob.digest, self.offset, self.size]
+
+    def get(self, offset: int, length: int) -> bytes:
+        if offset < 0 or offset + length > self.size:
+            raise SourceError(f"{self}: range {offset}+{length} is outside its {self.size} bytes")
+        assert self.image.read_range is not None
+        return self.image.read_range(self.blob, self.offset + offset, length)
+
+    def read(self, offset: int, length: int) -> Iterator[bytes | memoryview]:
+        for o in range(offset, offset + length, PIECE):
+            yield self.get(o, min(PIECE, offset + length - o))
+
+    def open(self) -> BinaryIO:
+        return io.BufferedReader(_Ranges(self.get, self.size), buffer_size=READAHEAD)  # type: ignore[return-value]
+
+    def read_bytes(self) -> bytes:
+        return b"".join(self.read(0, self.size))
+
+
+class _Ranges(io.RawIOBase):
+    """A seekable raw file over ``get(offset, length)``: each read is one ranged read."""
+
+    def __init__(self, get: Any, size: int):
+        super().__init__()
+        self.get, self.size, self.pos = get, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self.size - self.pos)
+        if n <= 0:
+            return 0
+        b[:n] = self.get(self.pos, n)
+        self.pos += n
+        return n
+
+
+class ImageFolder:
+    """The model folder of an image, listed from its layers (a RemoteFolder)."""
+
+    def __init__(self, image: Image, stats: FetchStats):
+        if image.read_range is None:
+            raise SourceError(f"{image.name}: cannot be read by range")
+        self.image, self.stats = image, stats
+        self.root = subtree(None, image)
+
+    @property
+    def name(self) -> str:
+        labels = (self.image.config.get("config") or {}).get("Labels") or {}
+        named = labels.get("dev.modelimage.name") or (self.image.manifest.get("annotations") or {}).get(
+            "dev.modelimage.name")
+        return str(named or PurePosixPath(self.root).name or (self.image.repository or self.image.name)
+                   .rsplit("/", 1)[-1].split(":")[0].split("@")[0])
+
+    @property
+    def fetched(self) -> int:
+        """Bytes read so far (manifests and config included): over the
+        network from a registry, from disk for a layout."""
+        return self.stats.bytes
+
+    @property
+    def total(self) -> int:
+        return sum(d.size for d in self.image.layers)
+
+    def list_files(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[SourceFile]:
+        """The regular files under the model folder, the layers applied in
+        order (later files replace earlier ones, whiteouts delete), hidden
+        names skipped, include/exclude applied as for a local folder."""
+        tree: dict[str, ImageFile] = {}
+        for layer in classify(self.image):
+            if layer.kind == "raw" and layer.listed:
+                name = layer.listed[0].name
+                tree[name] = ImageFile(self.image, layer.desc, 0, layer.desc.size, name)
+            elif layer.kind == "tar" and (layer.known or self.image.target is None):
+                if layer.known and not any(self._under_root(f.name) for f in layer.listed or ()):
+                    continue  # lists no file of the model: not worth a read
+                self._apply(layer.desc, layer.label, tree)
+            # a tar without a file list in a modelimage image: the base's, outside the model
+        files = []
+        for path, f in sorted(tree.items()):
+            rel = self._relative(path)
+            if rel is None or any(p.startswith(".") for p in rel.split("/")) or not selected(rel, include, exclude):
+                continue
+            files.append(SourceFile(rel, f, f.size))
+        return files
+
+    def _under_root(self, path: str) -> bool:
+        return self._relative(path) is not None
+
+    def _relative(self, path: str) -> str | None:
+        if not self.root:
+            return path
+        return path[len(self.root) + 1:] if path.startswith(self.root + "/") else None
+
+    def _apply(self, desc: Descriptor, label: str, tree: dict[str, ImageFile]) -> None:
+        """One tar layer's members onto ``tree``, read by range."""
+        assert self.image.read_range is not None
+        read = self.image.read_range
+        blob = io.BufferedReader(_Ranges(lambda o, n: read(desc, o, n), desc.size), buffer_size=READAHEAD)
+        compression = sniff(blob.peek(4)[:4])  # what the bytes say (media types lie)
+        if compression != "none":
+            raise SourceError(f"{label} is compressed ({compression}): its files cannot be read by range; "
+                              "pull the image and inspect the folder")
+        try:
+            with tarfile.open(fileobj=blob, mode="r:") as tar:
+                for m in tar:
+                    path = normalize(m.name, label)
+                    folder, _, base = path.rpartition("/")
+                    if base == OPAQUE:
+                        for p in [p for p in tree if p.startswith(folder + "/")]:
+                            del tree[p]
+                    elif base.startswith(WHITEOUT):
+                        gone = f"{folder}/{base[len(WHITEOUT):]}".lstrip("/")
+                        for p in [p for p in tree if p == gone or p.startswith(gone + "/")]:
+                            del tree[p]
+                    elif m.isreg():
+                        tree[path] = ImageFile(self.image, desc, m.offset_data, m.size, path)
+                    else:
+                        tree.pop(path, None)  # a folder or link where a file was
+        except tarfile.TarError as e:
+            raise SourceError(f"{label}: not a tar layer ({e})") from None

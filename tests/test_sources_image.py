@@ -1,0 +1,130 @@
+"""An image's model files read by range (modelimage/sources/image.py), and
+``modelimage inspect REF|oci:DIR[:TAG]`` (issue 16 item 3): the report of
+the folder, from the manifest, the config and the weight headers only."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import save_file
+
+import modelimage
+from modelimage.cli import main
+from modelimage.errors import SourceError
+from modelimage.image import open_image
+from modelimage.registry.pieces import FetchStats
+from modelimage.sources.image import ImageFolder
+
+from .pullkit import info, layout, push_layers, tar_of
+
+
+def report(capsys, *argv: str) -> list[str]:
+    assert main(["inspect", *argv]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    return out.splitlines()
+
+
+def without_notes(lines: list[str]) -> list[str]:
+    return [line for line in lines if not line.startswith("  note: ")]
+
+
+@pytest.fixture(scope="module")
+def heavy(tmp_path_factory) -> Path:
+    """A model whose tensor data dwarfs its headers (8 MB of weights)."""
+    import numpy as np
+
+    d = tmp_path_factory.mktemp("heavy") / "heavy"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in (1, 2):
+        save_file({f"layer{i}.{k}": rng.standard_normal((512, 1024)).astype(np.float32) for k in ("a", "b")},
+                  str(d / f"model-0000{i}-of-00002.safetensors"))
+    (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    return d
+
+
+def test_a_layout_reads_as_its_folder_by_range(heavy, tmp_path, capsys):
+    ref = f"oci:{tmp_path / 'oci'}:v1"
+    assert main(["build", str(heavy), "-o", ref, "-q"]) == 0
+    capsys.readouterr()
+    folder, image = report(capsys, str(heavy)), report(capsys, ref)
+    assert without_notes(image) == without_notes(folder)
+    stats = FetchStats()
+    img = open_image(ref, stats=stats)
+    source = ImageFolder(img, stats)
+    model = modelimage.inspect(ref)
+    img.close()
+    assert [f.name for f in source.list_files()] == [f.name for f in model.files]
+    assert "read from the layout" in model.notes[-1]
+    assert source.fetched < source.total / 20  # headers, never the 4 MB of tensor data
+
+
+def test_a_registry_image_is_inspected_with_ranged_gets(heavy, gguf_file, registry, tmp_path, capsys):
+    ref = f"{registry.host}/inspect/heavy:v1"
+    assert main(["build", str(heavy), "--push", ref, "-q"]) == 0
+    capsys.readouterr()
+    lines = report(capsys, ref)
+    assert without_notes(lines) == without_notes(report(capsys, str(heavy)))
+    assert "fetched from the registry" in lines[-1]
+    model = modelimage.inspect(ref)
+    fetched = _bytes(model.notes[-1])
+    assert 0 < fetched < sum(p.stat().st_size for p in heavy.iterdir()) / 20
+
+    gguf = f"{registry.host}/inspect/gguf:v1"
+    assert main(["build", str(gguf_file), "--push", gguf, "-q"]) == 0
+    capsys.readouterr()
+    got = modelimage.inspect(gguf)
+    want = modelimage.inspect(gguf_file)
+    assert (got.format, got.quantization, got.parameters, got.dtypes) == (
+        want.format, want.quantization, want.parameters, want.dtypes)
+
+
+def _bytes(note: str) -> int:
+    from modelimage.units import parse_size
+
+    number, unit = note.split(" ")[:2]
+    return parse_size(number + unit)
+
+
+def test_artifacts_raw_layers_are_files(heavy, registry, tmp_path, capsys):
+    ref = f"{registry.host}/inspect/heavy-modelpack:v1"
+    assert main(["build", str(heavy), "--push", ref, "--format", "modelpack", "-q"]) == 0
+    capsys.readouterr()
+    got, want = modelimage.inspect(ref), modelimage.inspect(heavy)
+    assert (got.parameters, got.dtypes, [f.name for f in got.files]) == (
+        want.parameters, want.dtypes, [f.name for f in want.files])
+
+
+def test_a_foreign_tar_is_walked_with_its_whiteouts(heavy, tmp_path):
+    weights = (heavy / "model-00001-of-00002.safetensors").read_bytes()
+    lower = tar_of([(info("models/m/model.safetensors"), weights), (info("models/m/old.txt"), b"old"),
+                    (info("models/m/config.json"), b"{}")])
+    upper = tar_of([(info("models/m/.wh.old.txt"), b""), (info("models/m/README.md"), b"hi")])
+    ref = layout(tmp_path / "oci", [lower, upper])
+    model = modelimage.inspect(ref)
+    assert [f.name for f in model.files] == ["models/m/README.md", "models/m/config.json",
+                                             "models/m/model.safetensors"]
+    assert model.format == "safetensors" and model.parameters == 2 * 512 * 1024
+
+
+def test_a_compressed_layer_is_one_line(registry, capsys):
+    import gzip
+
+    data = gzip.compress(tar_of([(info("m/model.safetensors"), b"x" * 100)]))
+    ref = push_layers(registry, "inspect/gzipped", [data])
+    assert main(["inspect", ref]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is compressed" in err and "pull the image" in err
+
+
+def test_a_name_that_is_neither_says_both(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "127.0.0.1:1/no/such:v1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "127.0.0.1" in err and "Traceback" not in err
+    with pytest.raises(SourceError):
+        modelimage.inspect("oci:" + str(tmp_path / "none"))
+    shutil.rmtree(tmp_path, ignore_errors=True)
