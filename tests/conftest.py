@@ -131,6 +131,7 @@ def docker_api(podman_env, tmp_path_factory):
     sock = d / "podman.sock"
     proc = start_daemon(["podman", "system", "service", "--time=0", f"unix://{sock}"], sock, d / "log", podman_env)
     client = docker.DockerClient(base_url=f"unix://{sock}")
+    client.socket_url = f"unix://{sock}"  # DOCKER_HOST for what finds the engine itself (-o docker-daemon:)
     yield client
     client.close()
     stop_daemon(proc)

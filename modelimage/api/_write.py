@@ -31,6 +31,7 @@ class Built:
     tag: str | None = None  # the pushed HOST/REPO:TAG
     warnings: tuple[str, ...] = ()
     attached: Any = None  # signing.sign.SignResult: the signature and provenance referrers (sign=, provenance=)
+    engine: str | None = None  # the container engine it was loaded into (docker-daemon:NAME[:TAG])
 
     @property
     def digest(self) -> str:
@@ -55,8 +56,10 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
           exclude: Sequence[str] = (), name: str | None = None, insecure: Sequence[str] = (),
           progress: Progress | None = None, on_warning: Callable[[str], None] | None = None,
           variants: Sequence[str] = (), sign: PathLike | None = None, provenance: bool = False) -> Built | IndexResult:
-    """Build an image of ``source`` into ``output`` (``oci:DIR[:TAG]`` or
-    ``oci-archive:FILE[:TAG]``; default ``oci:build/NAME``; without a TAG,
+    """Build an image of ``source`` into ``output`` (``oci:DIR[:TAG]``,
+    ``oci-archive:FILE[:TAG]``, or ``docker-daemon:NAME[:TAG]``: loaded into
+    the container engine ``DOCKER_HOST`` names, streaming, see
+    :mod:`modelimage.daemon`; default ``oci:build/NAME``; without a TAG,
     the model's ``tag`` in modelimage.toml, else ``latest``), or push it
     to a registry (``push="HOST/REPO[:TAG]"``, or ``True`` for the model's
     ``image`` in modelimage.toml; without a TAG, the model's ``tag``),
@@ -82,6 +85,7 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
     ``SourceError`` (a file changed while building), registry errors."""
     from ..artifact import build_artifact
     from ..build import build_image
+    from ..daemon import DaemonRef, DaemonSink, where
     from ..layout import LayoutRef, open_sink
     from ..registry.reference import Reference
 
@@ -99,6 +103,9 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
                               target=target, compression=compression, platform=platform, base=base,
                               insecure=frozenset(insecure)), variants, output=output, push=push, format=format,
                               concurrency=concurrency, bandwidth=bandwidth, progress=progress, on_warning=on_warning)
+    daemon = DaemonRef.parse(output) if output and DaemonRef.is_daemon(output) else None
+    if daemon is not None and format != "image":
+        raise ConfigError(f"docker-daemon: loads images, not {format} artifacts")
     ref, text = None, ""
     if push not in (None, False):
         text = push if isinstance(push, str) and push else _configured_image(str(source), config)
@@ -118,6 +125,10 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
     if ref is not None:
         sink: Any = _registry_sink(ref, job.limits, concurrency, insecure)
         reference = str(ref)
+    elif daemon is not None:
+        if not daemon.explicit_tag and job.entry.tag:
+            daemon = dataclasses.replace(daemon, tag=job.entry.tag)
+        sink, reference = DaemonSink(daemon), f"docker-daemon:{daemon}"
     else:
         layout = LayoutRef.parse(output or f"oci:build/{job.model.name}")
         if not layout.explicit_tag and job.entry.tag:  # oci:DIR without a TAG: the model's tag
@@ -130,6 +141,8 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
         else:
             result = build_artifact(job.model, p, sink, format=format, settings=job.image_settings,  # type: ignore
                                     reference=reference, progress=advance, concurrency=concurrency if ref else None)
+    if daemon is not None:
+        return Built(result, reference, warnings=warnings, engine=where())
     if ref is None:
         return Built(result, reference, warnings=warnings)
     attached = attest_build(job, result, ref.name, format, key=sign, provenance=provenance, insecure=insecure)

@@ -22,8 +22,9 @@ from .sign import describe_attached
 @source_options
 @plan_options
 @click.option("-o", "--output", metavar="oci:DIR[:TAG]",
-              help="Where to write: oci:DIR[:TAG] (an OCI layout folder) or oci-archive:FILE[:TAG] "
-                   "(default: oci:build/NAME:latest).")
+              help="Where to write: oci:DIR[:TAG] (an OCI layout folder), oci-archive:FILE[:TAG], or "
+                   "docker-daemon:NAME[:TAG] (load it into the Docker or podman engine DOCKER_HOST names, "
+                   "streaming; needs modelimage[docker]) (default: oci:build/NAME:TAG).")
 @click.option("--push", "push_ref", is_flag=False, flag_value="", default=None, metavar="[REF]",
               help="Push to a registry instead, streaming each layer from the files "
                    "(REF defaults to the model's `image` in modelimage.toml).")
@@ -68,8 +69,14 @@ def build(source: str, output: str | None, push_ref: str | None, as_json: bool, 
     if as_json:
         emit_json(built.to_json())
         return
-    click.echo(built.reference if built.tag else built.digest)
     actions = [layer.action for layer in built.result.layers]
+    if built.engine:
+        click.echo(built.reference.removeprefix("docker-daemon:"))
+        info(f"loaded {built.reference.removeprefix('docker-daemon:')} into the engine at {built.engine} "
+             f"(image ID {built.result.config.digest[:19]}; {plural(len(actions), 'layer')}; "
+             f"{format_size(built.size)})")
+        return
+    click.echo(built.reference if built.tag else built.digest)
     if built.tag:
         info(pushed(built.tag, actions, built.size))
     else:
