@@ -4,7 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-MI := $(VENV)/bin/modelimage
+# `make demo` gets a virtualenv of its own with the runtime dependencies only
+# (no test tools): measured 214 MB and 34 s from a warm pip cache (README).
+DEMO_VENV ?= .venv-demo
+MI := $(DEMO_VENV)/bin/modelimage
 DEMO_DIR ?= demo-out
 # The real parts the tests run against (see ../shared/ENVIRONMENT.md):
 # a CNCF registry, podman (+runc), skopeo, umoci, busybox for FROM-scratch
@@ -29,6 +32,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+$(DEMO_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DEMO_VENV)/bin/python -m pip install -q -e .
+	touch $@
+
 tools:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -37,7 +46,7 @@ tools:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-demo: install
+demo: $(DEMO_VENV)/.installed
 	rm -rf $(DEMO_DIR)
 	$(MI) example-model $(DEMO_DIR)/llama-demo --kind llama
 	$(MI) example-model $(DEMO_DIR)/llama-demo-gguf --kind gguf
@@ -47,6 +56,7 @@ demo: install
 	$(MI) plan $(DEMO_DIR)/llama-demo-gguf --max-layer-size 4MB
 	$(MI) build $(DEMO_DIR)/llama-demo --max-layer-size 10MB -o oci:$(DEMO_DIR)/oci:llama-demo
 	$(MI) build $(DEMO_DIR)/llama-demo-gguf --max-layer-size 4MB -o oci:$(DEMO_DIR)/oci:llama-demo-gguf
+	$(MI) inspect oci:$(DEMO_DIR)/oci:llama-demo-gguf
 	@echo
 	@echo "Built two images into the OCI layout $(DEMO_DIR)/oci. Next:"
 	@echo "  skopeo inspect oci:$(DEMO_DIR)/oci:llama-demo"
@@ -67,7 +77,7 @@ bench: tools install
 	$(PY) benchmarks/estimate_vs_pull.py
 
 clean:
-	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache
+	rm -rf $(DEMO_DIR) $(DEMO_VENV) build dist *.egg-info .pytest_cache
 
 # The real upstream loaders, outside CI (torch is ~700 MB; llama-cpp-python builds from source
 # in ~10 minutes): a virtualenv of their own, with this project installed editable.
