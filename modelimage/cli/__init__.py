@@ -12,6 +12,7 @@ non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -65,28 +66,49 @@ for _command in (model.inspect, model.plan, model.example_model, build.build, bu
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code. Every failure is one line on
+    stderr: ``error: ...`` for a :class:`ModelImageError` (its exit code),
+    click's usage errors (2), ``interrupted; ...`` for Ctrl-C (130)."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(args=argv, prog_name="modelimage", standalone_mode=False)
+        # make_context/invoke rather than cli.main: click's main echoes an
+        # empty line before it turns Ctrl-C into Abort (two lines, not one)
+        with cli.make_context("modelimage", args) as ctx:
+            cli.invoke(ctx)
+    except click.exceptions.Exit as e:  # --help, --version
+        return e.exit_code
     except ModelImageError as e:
         err(f"error: {e}")
         return e.exit_code
     except httpx.TransportError as e:  # a network failure outside the retried paths (login, estimate...)
         from ..registry.transport import network_message
 
-        host = e.request.url.host if getattr(e, "_request", None) is not None else "registry"
+        host = e.request.url.netloc.decode("ascii") if getattr(e, "_request", None) is not None else "registry"
         err(f"error: {network_message(host, e)}")
         return 1
-    except click.exceptions.Abort:  # click's name for a KeyboardInterrupt (Ctrl-C)
+    except (KeyboardInterrupt, click.exceptions.Abort):  # Ctrl-C (Abort: click's name for it at a prompt)
         err("interrupted; rerun to resume")
         return 130
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except KeyboardInterrupt:
-        err("interrupted; rerun to resume")
-        return 130
+    except BrokenPipeError:  # stdout closed early (`modelimage ... | head`): nothing more to say
+        sys.stderr.close()
+        return 1
     return 0
 
 
+def run() -> None:
+    """The ``modelimage`` program: :func:`main`, then exit. After Ctrl-C
+    (cleanup done, the line printed) it exits at once instead of waiting for
+    transfers still blocked in other threads."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

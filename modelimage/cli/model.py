@@ -3,12 +3,15 @@ will be split into layers."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import api
+from ..errors import OutputError
 from ..inspect import BYTES_PER_PARAM_AS, VRAM_FACTOR, ModelInfo
 from ..units import format_count, format_size, plural
 from . import _variants
@@ -146,12 +149,20 @@ def example_model(directory: Path, kind: str, shards: int, seed: int) -> None:
     pipeline, or a single-file Stable Diffusion checkpoint."""
     from .. import synth
 
-    if kind == "llama":
-        synth.write_llama_safetensors(directory, shards=shards, seed=seed)
-    elif kind == "gguf":
-        synth.write_llama_gguf(directory / "llama-demo-Q4_K_M.gguf", seed=seed)
-    elif kind == "diffusers":
-        synth.write_diffusers(directory, seed=seed)
-    else:
-        synth.write_sd_single_file(directory / "sd-demo.safetensors", seed=seed)
+    writers: dict[str, Callable[[], object]] = {
+        "llama": lambda: synth.write_llama_safetensors(directory, shards=shards, seed=seed),
+        "gguf": lambda: synth.write_llama_gguf(directory / "llama-demo-Q4_K_M.gguf", seed=seed),
+        "diffusers": lambda: synth.write_diffusers(directory, seed=seed),
+        "sd-single-file": lambda: synth.write_sd_single_file(directory / "sd-demo.safetensors", seed=seed),
+    }
+    created = [p for p in (directory, *directory.parents) if not p.exists()]  # ours to remove on failure
+    try:
+        writers[kind]()
+    except BaseException as e:
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":  # safetensors' own I/O error
+            raise OutputError(f"{directory}: cannot write the example model "
+                              f"({getattr(e, 'strerror', None) or e})") from None
+        raise
     click.echo(str(directory))
