@@ -8,11 +8,12 @@ layer writer stream it, without a resharded copy ever touching the disk.
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeGuard
+from typing import Any, BinaryIO, Protocol, TypeGuard
 
 
 class RemoteObject(Protocol):
@@ -43,6 +44,40 @@ class RemoteObject(Protocol):
 
 
 Source = Path | RemoteObject  # where a file's bytes come from
+
+
+class RangeFile(io.RawIOBase):
+    """A seekable raw file over ``get(offset, length)`` (an object in a
+    bucket, a file inside an image's blob): each read is one ranged read of
+    the bytes asked for; wrap it in ``io.BufferedReader`` for read-ahead."""
+
+    def __init__(self, get: Callable[[int, int], bytes | memoryview], size: int, name: str = "file"):
+        super().__init__()
+        self.get, self.size, self.name_, self.pos = get, size, name, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise OSError(f"{self.name_}: seek to {base + offset}")
+        self.pos = base + offset
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self.size - self.pos)
+        if n <= 0:
+            return 0
+        b[:n] = self.get(self.pos, n)
+        self.pos += n
+        return n
 
 
 def is_remote(path: object) -> TypeGuard[RemoteObject]:

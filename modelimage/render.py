@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -148,24 +147,16 @@ def render_model(kind: str, source: str | None, options: Options | None = None,
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place."""
+    """Write ``text`` to ``path`` through a synced temporary file renamed
+    into place (:func:`modelimage.layout.durable.atomic_write`); raises
+    :class:`OutputError` in one line."""
+    from .layout.durable import atomic_write
+
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot write here ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, text.encode("utf-8"))
+    except OSError as e:  # the temporary file could not even be made (no such folder, a file in the way)
+        raise OutputError(f"{path}: cannot write here ({e.strerror or e})") from None
 
 
 # ---------------------------------------------------------------- dockerfile

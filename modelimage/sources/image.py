@@ -19,8 +19,9 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from ..content import RangeFile
 from ..errors import SourceError
 from ..image import Image
 from ..oci import Descriptor
@@ -71,39 +72,10 @@ class ImageFile:
             yield self.get(o, min(PIECE, offset + length - o))
 
     def open(self) -> BinaryIO:
-        return io.BufferedReader(_Ranges(self.get, self.size), buffer_size=READAHEAD)  # type: ignore[return-value]
+        return io.BufferedReader(RangeFile(self.get, self.size), buffer_size=READAHEAD)  # type: ignore[return-value]
 
     def read_bytes(self) -> bytes:
         return b"".join(self.read(0, self.size))
-
-
-class _Ranges(io.RawIOBase):
-    """A seekable raw file over ``get(offset, length)``: each read is one ranged read."""
-
-    def __init__(self, get: Any, size: int):
-        super().__init__()
-        self.get, self.size, self.pos = get, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
-        return self.pos
-
-    def readinto(self, b: Any) -> int:
-        n = min(len(b), self.size - self.pos)
-        if n <= 0:
-            return 0
-        b[:n] = self.get(self.pos, n)
-        self.pos += n
-        return n
 
 
 class ImageFolder:
@@ -167,7 +139,7 @@ class ImageFolder:
         """One tar layer's members onto ``tree``, read by range."""
         assert self.image.read_range is not None
         read = self.image.read_range
-        blob = io.BufferedReader(_Ranges(lambda o, n: read(desc, o, n), desc.size), buffer_size=READAHEAD)
+        blob = io.BufferedReader(RangeFile(lambda o, n: read(desc, o, n), desc.size), buffer_size=READAHEAD)
         compression = sniff(blob.peek(4)[:4])  # what the bytes say (media types lie)
         if compression != "none":
             raise SourceError(f"{label} is compressed ({compression}): its files cannot be read by range; "

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from ..content import RangeFile
 from ..errors import SourceError
 
 if TYPE_CHECKING:
@@ -196,7 +197,8 @@ class S3Object:
 
     def open(self) -> BinaryIO:
         """A seekable file object over ranged GETs, READAHEAD bytes at a time."""
-        return io.BufferedReader(_Ranges(self), buffer_size=READAHEAD)  # type: ignore[return-value]
+        return io.BufferedReader(RangeFile(self.get, self.size, str(self)),  # type: ignore[return-value]
+                                 buffer_size=READAHEAD)
 
     def read_bytes(self) -> bytes:
         return b"".join(self.read(0, self.size))
@@ -222,39 +224,6 @@ def _read_body(body: Any, length: int) -> memoryview | None:
         if body.read(1):
             return None
     return view
-
-
-class _Ranges(io.RawIOBase):
-    """Raw reads of an S3Object: each readinto is one ranged GET."""
-
-    def __init__(self, obj: S3Object):
-        super().__init__()
-        self.obj, self.pos = obj, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.obj.size}[whence]
-        if base + offset < 0:
-            raise OSError(f"{self.obj}: seek to {base + offset}")
-        self.pos = base + offset
-        return self.pos
-
-    def readinto(self, b: Any) -> int:
-        n = min(len(b), self.obj.size - self.pos)
-        if n <= 0:
-            return 0
-        data = self.obj.get(self.pos, n)
-        b[:n] = data
-        self.pos += n
-        return n
 
 
 @dataclass(frozen=True)
