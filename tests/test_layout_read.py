@@ -118,6 +118,21 @@ def test_umoci_layout(model, tmp_path):
     assert pull(f"oci:{lay}:other", tmp_path / "dest2") == files(model)
 
 
+def test_umoci_insert_layer_without_end_of_archive(model, tmp_path):
+    """`umoci insert` (Debian's umoci 0.4.7) writes a gzip layer whose tar
+    stops right after the last file's data: no padding, no end-of-archive
+    blocks (umoci#436, fixed upstream by umoci#534). umoci, podman and
+    containerd read it; pull did not ("the layer ends in the middle of a
+    file (truncated blob?)")."""
+    need("umoci")
+    lay = tmp_path / "umoci"
+    run("umoci", "init", "--layout", str(lay))
+    run("umoci", "new", "--image", f"{lay}:m")
+    run("umoci", "insert", "--image", f"{lay}:m", str(model), TARGET)
+    assert pull(f"oci:{lay}:m", tmp_path / "dest") == files(model)
+    assert main(["verify", f"oci:{lay}:m", str(tmp_path / "dest"), "--path", TARGET]) == 0
+
+
 def test_oras_py_layout_from_a_registry(layout, model, registry, tmp_path, capsys):
     """oras-py writes a layout of what it pulls (NewLayoutFromRegistry)."""
     import oras.provider

@@ -6,6 +6,8 @@ import io
 import os
 import tarfile
 
+import pytest
+
 from modelimage.oci import MEDIA_TYPE_LAYER_TAR, Descriptor
 from modelimage.pull.extract import TarStager
 from modelimage.pull.layers import Layer, Selection
@@ -119,3 +121,37 @@ def test_a_zstd_blob_that_starts_with_a_skippable_frame_is_zstd():
     seen = []
     assert b"".join(bytes(c) for c in decompressed(_chunks(data, 100), "application/octet-stream", seen.append)) == blob
     assert seen == ["zstd"]
+
+
+def _unterminated(files: dict[str, bytes]) -> bytes:
+    """A tar as umoci < 0.4.8 ``insert`` writes it (umoci#436): the last
+    file's data, then nothing (no padding, no end-of-archive blocks)."""
+    blob = _tar(files)
+    with tarfile.open(fileobj=io.BytesIO(blob)) as t:
+        last = t.getmembers()[-1]
+    return blob[: last.offset_data + last.size]
+
+
+def test_a_tar_without_its_end_of_archive_blocks_is_read_whole(tmp_path):
+    """umoci#436/#534: Go readers (podman, containerd, umoci) take a layer
+    that stops right after its last file's data; so does pull. One that
+    stops inside a file's data is still refused."""
+    from modelimage.errors import BadLayer
+    from modelimage.pull.stream import members
+
+    files = {"a.bin": os.urandom(1000), "dir/b.json": b'{"x": 1}', "z.txt": b"the end"}
+    blob = _unterminated(files)
+    assert len(blob) % 512 != 0
+    for chunk in (64, 700, len(blob)):
+        staging = tmp_path / f"s{chunk}"
+        staging.mkdir()
+        writer = TarStager(str(staging), Selection("", ()), "test", LAYER, ordered=True, hash_files=True)
+        stream = Stream(_chunks(blob, chunk))
+        staged = writer.apply(stream)
+        stream.drain()
+        got = {e.rel: open(e.temp, "rb").read() for e in staged.entries if e.kind == "file"}
+        assert got == files
+    # only the names, data skipped by tarfile's own seek
+    assert [m.name for m in members(Stream(_chunks(blob, 100)), "t")] == list(files)
+    with pytest.raises(BadLayer, match="ends in the middle of a file"):
+        list(members(Stream(_chunks(blob[:-3], 100)), "t"))

@@ -306,12 +306,23 @@ def members(stream: Stream, label: str) -> Iterator[tarfile.TarInfo]:
         raise BadLayer(f"{label}: not a tar archive ({e})") from None
     if tf.firstmember is None:
         return  # at the end already (tarfile would seek back to check, which a stream cannot)
+    last: tarfile.TarInfo | None = None
     while True:
         try:
             m = tf.next()
         except tarfile.ReadError as e:
             raise BadLayer(f"{label}: broken tar ({e})") from None
+        except BadLayer as e:
+            # The blob ends after the last member's data, without its padding
+            # and the end-of-archive blocks: umoci < 0.4.8 ``insert`` writes
+            # such layers (umoci#436, fixed by umoci#534), and Go readers
+            # (podman, containerd, umoci) take them. Every byte of every file
+            # is there; the blob's digest is still checked by the caller.
+            if last is not None and stream.eof and last.offset_data + last.size <= stream.tell() < tf.offset:
+                return
+            raise BadLayer(f"{label}: {e}") from None
         if m is None:
             return
         tf.members = []  # nothing is looked up by name: do not keep every header
+        last = m
         yield m
