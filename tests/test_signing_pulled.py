@@ -153,3 +153,40 @@ def test_check_pulled():
         check_pulled(signed, [("c", "sha256:" + "3" * 64)], "x", complete=False)
     with pytest.raises(oms.SignatureInvalid, match="a came from a layer that does not list its files"):
         check_pulled(signed, [("a", None)], "x", complete=False)
+
+
+def test_an_image_with_a_file_list_layer_signs_verifies_and_pulls(registry, llama_dir, keys, tmp_path, capsys,
+                                                                   monkeypatch):
+    """A model with thousands of files keeps its file lists in the
+    file-list layer (modelimage.filelist), not the manifest. build --sign,
+    sign, verify --key and inspect REF died there with a traceback
+    (AssertionError: signing and signature checks never read layers) after
+    the image was pushed. They read that one small layer, and no other."""
+    from modelimage import filelist
+
+    monkeypatch.setattr(filelist, "INLINE_LIMIT", 64)  # what 6,000 small files do, with the test model
+    ref = f"{registry.host}/signed/listed:v1"
+    rc, out, err = cli(capsys, "build", str(llama_dir), "--push", ref, "--sign", str(keys[0]), "--json")
+    assert rc == 0, err
+    pushed = json.loads(out)
+    manifest = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+                                         capture_output=True, text=True, check=True).stdout)
+    listed = [d for d in manifest["layers"] if d.get("annotations", {}).get(filelist.ANNOTATION_FILELIST)]
+    assert len(listed) == 1  # the case under test: the lists are in a layer
+
+    rc, out, err = cli(capsys, "verify", ref, "--key", str(keys[1]), "--json")
+    assert rc == 0, err
+    assert "only the file-list layer" in err
+    checked = json.loads(out)
+    assert checked["layersRead"] == [listed[0]["digest"]] and checked["digest"] == pushed["digest"]
+    assert {f["path"] for f in checked["files"]} >= {"config.json", "model.safetensors.index.json"}
+
+    rc, out, err = cli(capsys, "inspect", ref)
+    assert rc == 0, err
+    assert "config.json" in out and "signature, signed" in out
+
+    dest = tmp_path / "listed"
+    rc, _, err = cli(capsys, "pull", ref, str(dest), "--require-signature", str(keys[1]))
+    assert rc == 0, err
+    r = upstream_verify(dest, keys[1])
+    assert r.returncode == 0, r.stderr + r.stdout

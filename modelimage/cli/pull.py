@@ -121,7 +121,8 @@ def verify_command(source: str, dest: str | None, include: tuple[str, ...], path
         if as_json and dest is None:
             click.echo(json.dumps(checked.to_json(), indent=2))
         info(f"{checked.reference}: signature by {key} verified; its {plural(len(checked.files), 'file')} are the "
-             f"image's ({checked.bytes_fetched} bytes fetched in {checked.requests} requests, no layer)")
+             f"image's ({checked.bytes_fetched} bytes fetched in {checked.requests} requests, "
+             f"{'only the file-list layer' if checked.layers_read else 'no layer'})")
         for p in checked.provenance:
             state = "verified" if p["verified"] else f"not verified ({p.get('reason')})"
             info(f"provenance {p['digest'][:19]}...: {state}")

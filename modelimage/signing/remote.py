@@ -2,8 +2,11 @@
 
 Resolves a reference to one image manifest (an index picks the platform,
 as :func:`modelimage.image.open_image` does), reads its config, lists its
-referrers and reads their small blobs. It never reads a layer: the
-:class:`~modelimage.image.Image` it hands out refuses to. Every response
+referrers and reads their small blobs. It never reads a model layer: the
+:class:`~modelimage.image.Image` it hands out refuses to, and reads only
+the file-list layer of an image with too many files for its manifest to
+list them (:mod:`modelimage.filelist`; a few MB for 20,000 files, never a
+weight). Every response
 body received (manifests, config, referrers list, bundles, token answers)
 is counted in :attr:`Remote.bytes_fetched`, so ``verify`` can say what it
 cost.
@@ -12,12 +15,13 @@ cost.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
 
 from ..errors import ModelImageError, SourceError
+from ..filelist import ANNOTATION_FILELIST, MAX_LIST_BYTES
 from ..image import Image, choose_platform, is_index, json_blob
 from ..oci import MEDIA_TYPE_MANIFEST, Descriptor
 from ..registry.client import RegistryClient
@@ -43,6 +47,7 @@ class Remote:
     responses: list[httpx.Response] = field(default_factory=list)
     from_index: bool = False  # the reference named an index; ``image`` is the entry chosen for the platform
     served: Reference | None = None  # where it is read from (a mirror's reference), when not ``ref``
+    layers_read: list[Descriptor] = field(default_factory=list)  # only ever the file-list layer
 
     @property
     def repository(self) -> str:
@@ -91,8 +96,20 @@ class Remote:
         self.close()
 
 
-def _no_layers(desc: Descriptor, start: int) -> Iterator[memoryview]:
-    raise AssertionError(f"signing and signature checks never read layers ({desc.digest[:19]})")
+def _list_layer_only(client: RegistryClient, repo: str, read: list[Descriptor]
+                     ) -> Callable[[Descriptor, int], Iterator[memoryview]]:
+    """The blob reader of an opened image: the file-list layer (the small
+    layer that lists every layer's files when the manifest could not hold
+    the lists, :mod:`modelimage.filelist`) and nothing else. ``read``
+    collects what was read, so ``verify`` can say it."""
+
+    def reader(desc: Descriptor, start: int) -> Iterator[memoryview]:
+        if start or not desc.annotations.get(ANNOTATION_FILELIST) or desc.size > MAX_LIST_BYTES:
+            raise AssertionError(f"signing and signature checks never read model layers ({desc.digest[:19]})")
+        read.append(desc)
+        yield memoryview(client.get_blob(repo, desc.digest))
+
+    return reader
 
 
 def open_remote(source: str, *, platform: str | None = None, insecure: frozenset[str] = frozenset(),
@@ -134,11 +151,13 @@ def open_remote(source: str, *, platform: str | None = None, insecure: frozenset
     except BaseException:
         client.close()
         raise
+    layers_read: list[Descriptor] = []
     image = Image(source, digest, manifest, config if isinstance(config, dict) else {},
-                  tuple(Descriptor.from_json(x) for x in manifest["layers"]), _no_layers, client.close,
-                  ref.host, ref.repository, read.host)
+                  tuple(Descriptor.from_json(x) for x in manifest["layers"]),
+                  _list_layer_only(client, read.repository, layers_read), client.close, ref.host, ref.repository,
+                  read.host)
     subject = Descriptor(media_type or manifest.get("mediaType") or MEDIA_TYPE_MANIFEST, digest, size)
-    return Remote(ref, client, image, subject, responses, from_index, read if read != ref else None)
+    return Remote(ref, client, image, subject, responses, from_index, read if read != ref else None, layers_read)
 
 
 __all__ = ["Remote", "open_remote", "RegistryError"]

@@ -42,7 +42,9 @@ class SignatureMissing(ModelImageError):
 class VerifiedImage:
     """A verified signature: the image (``reference`` pinned by digest), the
     signed files (path -> ``sha256:HEX``), the bundle bytes (what ``pull``
-    writes as ``model.sig``), provenance checks, and what the check cost."""
+    writes as ``model.sig``), provenance checks, and what the check cost
+    (response bytes, requests, and the layers read: none, or the file-list
+    layer of an image with too many files for its manifest)."""
 
     reference: str
     digest: str
@@ -53,12 +55,13 @@ class VerifiedImage:
     provenance: list[dict[str, Any]] = field(default_factory=list)
     bytes_fetched: int = 0
     requests: int = 0
+    layers_read: tuple[str, ...] = ()  # digests: only ever the file-list layer (many files), never a weight
 
     def to_json(self) -> dict[str, Any]:
         return {"reference": self.reference, "digest": self.digest, "verified": True, "name": self.name,
                 "files": [{"path": p, "sha256": d} for p, d in sorted(self.files.items())],
                 "signature": self.signature.to_json(), "provenance": self.provenance,
-                "bytesFetched": self.bytes_fetched, "requests": self.requests}
+                "bytesFetched": self.bytes_fetched, "requests": self.requests, "layersRead": list(self.layers_read)}
 
 
 def verify_image(source: str, key: str | Path, *, platform: str | None = None,
@@ -102,7 +105,8 @@ def _verify(remote: Remote, source: str, key: str | Path) -> VerifiedImage:
             mismatch = mismatch or e
             continue
         return VerifiedImage(remote.pinned, remote.subject.digest, statement.name, dict(statement.files), bundle,
-                             sig, _provenance(remote, referrers, key), remote.bytes_fetched, remote.requests)
+                             sig, _provenance(remote, referrers, key), remote.bytes_fetched, remote.requests,
+                             tuple(d.digest for d in remote.layers_read))
     if mismatch is not None:
         raise mismatch
     many = (f"none of the {len(signatures)} signatures verifies" if len(signatures) > 1
