@@ -94,6 +94,41 @@ def test_plain_pull_writes_model_sig_a_partial_pull_does_not(signed_ref, tmp_pat
     assert not (tmp_path / "some" / "model.sig").exists()
 
 
+def test_a_model_sig_of_your_own_is_never_replaced(registry, llama_dir, signed_ref, keys, tmp_path, capsys):
+    """DEST/model.sig that modelimage did not write (a folder signature of
+    your own, from model_signing sign) was silently replaced by the image's
+    signature, by pull and by pull --require-signature: pull never touches
+    what it did not write. --require-signature refuses before writing
+    anything, a plain pull leaves it and warns, --overwrite replaces it.
+    A model.sig modelimage wrote for another image goes when the image
+    pulled now is not signed."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    mine = b"my own folder signature\n"
+    (dest / "model.sig").write_bytes(mine)
+    rc, out, err = cli(capsys, "pull", signed_ref, str(dest), "--require-signature", str(keys[1]))
+    assert rc == 1 and out == "" and len(err.splitlines()) == 1
+    assert "model.sig: a signature file modelimage did not write" in err and "--overwrite" in err
+    assert sorted(p.name for p in dest.iterdir()) == ["model.sig"]  # nothing written
+    rc, _, err = cli(capsys, "pull", signed_ref, str(dest))
+    assert rc == 0 and "warning: " in err and "model.sig: not written by modelimage, left as it is" in err
+    assert (dest / "model.sig").read_bytes() == mine
+    rc, _, err = cli(capsys, "pull", signed_ref, str(dest), "--require-signature", str(keys[1]), "--overwrite")
+    assert rc == 0, err
+    assert upstream_verify(dest, keys[1]).returncode == 0
+    rc, _, err = cli(capsys, "pull", signed_ref, str(dest), "--require-signature", str(keys[1]))
+    assert rc == 0, err  # its own model.sig is modelimage's to replace
+
+    unsigned = f"{registry.host}/signed/unsigned-other:v1"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    assert main(["build", str(other), "--push", unsigned]) == 0
+    rc, _, err = cli(capsys, "pull", unsigned, str(dest))
+    assert rc == 0, err
+    assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == ["weights.bin"]
+
+
 def test_inspect_lists_signatures_and_attestations_and_provenance_says_what_was_built(
         signed_ref, llama_dir, keys, capsys):
     rc, out, _ = cli(capsys, "inspect", signed_ref, "--json")

@@ -46,7 +46,8 @@ def pull(ref: str, dest: PathLike, *, include: Sequence[str] = (), path: str | N
     if require_signature is not None and (variant is not None or gpu_memory is not None):
         raise ConfigError("--require-signature checks one image: pull the variant by its HOST/REPO@sha256:...")
     pick = Picker(ref, name=variant, gpu_memory=gpu_memory, platform=platform).preflight(frozenset(insecure))
-    signed = SignedPull.before(ref, require_signature, include=include, path=path, platform=platform, insecure=insecure)
+    signed = SignedPull.before(ref, require_signature, include=include, path=path, platform=platform, insecure=insecure,
+                               dest=dest, overwrite=overwrite)
     job = prepare_pull(signed.source, dest, path=path, include=include, platform=platform, concurrency=concurrency,
                        connections=connections, insecure=frozenset(insecure), overwrite=overwrite, choose=pick)
     pick.say(on_variant)

@@ -12,11 +12,23 @@ DEST/model.sig --public_key PUB`` then checks the folder on its own. A pull
 without a key writes the newest attached signature, unverified, for the
 same purpose. Only a whole-model pull (no ``--include``, no ``--path``)
 gets a ``model.sig``: the signature describes the model's whole folder.
+
+``DEST/model.sig`` is modelimage's only when it holds a statement that
+records the image manifest it was made for (``predicate.modelimage``, which
+modelimage's signatures carry): a ``model.sig`` of your own (``model_signing
+sign`` of the folder, say) is never replaced, as pull treats every file it
+did not write. With ``--require-signature`` that is said before anything is
+written (``--overwrite`` replaces it); a plain pull leaves it and warns.
+A ``model.sig`` modelimage wrote for another manifest is removed when the
+image pulled now has no signature to put there: DEST never keeps another
+image's signature next to this one's files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from ..errors import ModelImageError, OutputError
+from ..errors import ModelImageError, OutputError, PullConflict
 from ..registry.keychain import Credentials
 from . import oms
 from .referrer import newest_first
@@ -34,6 +46,8 @@ from .verify import VerifiedImage, bundle_of, verify_image
 
 if TYPE_CHECKING:
     from ..pull import PullResult
+
+MAX_BUNDLE_BYTES = 4 << 20  # a bundle is KBs: a bigger model.sig is not one modelimage wrote
 
 
 @dataclass(frozen=True)
@@ -48,19 +62,30 @@ class SignedPull:
     platform: str | None = None
     insecure: frozenset[str] = frozenset()
     credentials: Credentials | None = None
+    overwrite: bool = False
 
     @classmethod
     def before(cls, ref: str, key: str | os.PathLike | None, *, include: Sequence[str] = (), path: str | None = None,
                platform: str | None = None, insecure: Iterable[str] = (),
-               credentials: Credentials | None = None) -> SignedPull:
+               credentials: Credentials | None = None, dest: str | os.PathLike | None = None,
+               overwrite: bool = False) -> SignedPull:
         """With ``key`` (an EC public key, PEM): the verified signature of
         ``ref``; raises :class:`~modelimage.signing.verify.SignatureMissing`
         or :class:`~modelimage.signing.oms.SignatureInvalid`, one line,
-        before anything is written. Without: nothing is checked."""
+        before anything is written. Without: nothing is checked. With a key
+        and ``dest``, a ``DEST/model.sig`` modelimage did not write stops
+        the pull here (:class:`~modelimage.errors.PullConflict`), unless
+        ``overwrite``."""
         insecure = frozenset(insecure)
+        whole = not include and path is None
+        if key is not None and dest is not None and whole and not overwrite \
+                and signature_owner(Path(dest) / oms.SIGNATURE_FILE) == "theirs":
+            raise PullConflict(f"{Path(dest) / oms.SIGNATURE_FILE}: a signature file modelimage did not write is "
+                               "there, where the pull puts the image's signature; move it away, or pass "
+                               "--overwrite to replace it")
         verified = None if key is None else verify_image(ref, Path(key), platform=platform, insecure=insecure,
                                                           credentials=credentials)
-        return cls(ref, verified, tuple(include), path, platform, insecure, credentials)
+        return cls(ref, verified, tuple(include), path, platform, insecure, credentials, overwrite)
 
     @property
     def source(self) -> str:
@@ -74,11 +99,22 @@ class SignedPull:
         whole = not self.include and self.path is None
         if self.verified is not None:
             check_pulled(self.verified.files, [(f.path, f.sha256) for f in result.files], self.ref, complete=whole)
-        if whole and not any(f.path == oms.SIGNATURE_FILE for f in result.files):
+        if any(f.path == oms.SIGNATURE_FILE for f in result.files):
+            return result  # the image holds a model.sig of its own
+        target = Path(result.dest) / oms.SIGNATURE_FILE
+        owner = signature_owner(target)
+        bundle = None
+        if whole:
             bundle = self.verified.bundle if self.verified is not None else attached_bundle(
                 self.ref, platform=self.platform, insecure=self.insecure, credentials=self.credentials)
-            if bundle is not None:
-                write_signature(result.dest, bundle)
+        if bundle is not None:
+            if owner == "theirs" and not self.overwrite:
+                return dataclasses.replace(result, warnings=(*result.warnings, (
+                    f"{target}: not written by modelimage, left as it is; the image's signature was not written "
+                    "there (--overwrite replaces it)")))
+            write_signature(result.dest, bundle)
+        elif owner not in ("theirs", None) and owner != result.digest:
+            _remove(target)  # another image's signature, next to this image's files
         return result
 
 
@@ -95,6 +131,38 @@ def check_pulled(signed: Mapping[str, str], pulled: Iterable[tuple[str, str | No
             raise oms.SignatureInvalid(f"{what}: {rel} came from a layer that does not list its files")
         have[rel] = sha
     oms.compare(signed if complete else {p: d for p, d in signed.items() if p in have}, have.items(), what)
+
+
+def signature_owner(path: Path) -> str | None:
+    """Who wrote the signature file ``path``: None when there is none;
+    the manifest digest (``sha256:...``) a modelimage signature records;
+    ``"theirs"`` for anything else (a folder signature of your own, a
+    symlink, a file that is not a bundle)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return "theirs"
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BUNDLE_BYTES:
+        return "theirs"
+    try:
+        statement = oms.bundle_statement(path.read_bytes())
+    except OSError:
+        return "theirs"
+    predicate = (statement or {}).get("predicate") if isinstance(statement, dict) else None
+    record = predicate.get("modelimage") if isinstance(predicate, dict) else None
+    manifest = record.get("manifest") if isinstance(record, dict) else None
+    return manifest if isinstance(manifest, str) and manifest.startswith("sha256:") else "theirs"
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise OutputError(f"{path}: cannot remove the signature of the image pulled before ({e.strerror})") from None
 
 
 def write_signature(dest: str | os.PathLike, bundle: bytes) -> Path:
