@@ -352,3 +352,25 @@ def test_ctrl_c_mid_transfer(command, slow, world, tmp_path):
         assert visible == [] or all((tmp_path / "dest" / p).is_dir() for p in visible), visible
     else:
         assert not (tmp_path / "out").exists()
+
+
+SECRET = "hunter2-s3cret"
+
+
+@pytest.mark.parametrize("ref", [f"alice:{SECRET}@127.0.0.1:5000/m/llama:v1",
+                                 f"https://alice:{SECRET}@ghcr.io/acme/llama:v1",
+                                 f"{SECRET}@ghcr.io/acme/llama@sha256:" + "a" * 64])
+def test_credentials_in_a_reference_are_refused_and_never_printed(ref, llama_dir, tmp_path, capsys, monkeypatch):
+    """USER:PASSWORD@HOST/REPO (as in a URL) was echoed back whole in the
+    error ("... is not a sha256 digest"), so the password landed in CI logs.
+    Every command refuses it in one line that shows *** and says to log in."""
+    from .signkeys import write_keypair
+
+    private, public = write_keypair(tmp_path / "keys")
+    monkeypatch.chdir(tmp_path)
+    for argv in (["build", str(llama_dir), "--push", ref], ["pull", ref, "dest"], ["verify", ref, "--key", str(public)],
+                 ["sign", ref, "--key", str(private)], ["inspect", ref], ["estimate", ref]):
+        line = one_line(capsys, argv)
+        assert SECRET not in line and "***@" in line, argv
+        assert "credentials do not go in an image reference" in line and "modelimage login " in line, argv
+    assert listing(tmp_path) == ["keys", "keys/key.pem", "keys/key.pub"]

@@ -25,6 +25,7 @@ from modelimage.registry.reference import Reference, is_loopback
     ("docker://quay.io/x/y:z", "quay.io", "x/y", "z", None),
     ("ghcr.io/a/b@sha256:" + "a" * 64, "ghcr.io", "a/b", None, "sha256:" + "a" * 64),
     ("[::1]:5000/m:v", "[::1]:5000", "m", "v", None),
+    ("ubuntu@sha256:" + "b" * 64, "docker.io", "library/ubuntu", None, "sha256:" + "b" * 64),  # not credentials
 ])
 def test_parse(text, host, repo, tag, digest):
     r = Reference.parse(text)

@@ -26,6 +26,8 @@ _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _REPO_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+# [SCHEME://]USERINFO@HOST...: an "@" before the first "/" (a digest's "@" comes after the repository)
+_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?([^/@]*)@[^/@]+/")
 
 
 # Endings of files a model is made of: text ending so is a path, never an image name.
@@ -42,6 +44,12 @@ def looks_like_path(text: str) -> bool:
     t = text.strip()
     return (t in (".", "..") or t.startswith(("/", "./", "../", "~"))
             or t.lower().rsplit(":", 1)[0].endswith(MODEL_FILE_SUFFIXES))
+
+
+def has_credentials(text: str) -> bool:
+    """``[SCHEME://]USER[:PASSWORD]@HOST/...``: credentials written into a
+    reference, which :meth:`Reference.parse` refuses without echoing them."""
+    return _USERINFO_RE.match(text.strip()) is not None
 
 
 def name_at(name: str, ref: str) -> str:
@@ -113,6 +121,12 @@ class Reference:
     @classmethod
     def parse(cls, text: str) -> "Reference":
         raw = text.strip()
+        userinfo = _USERINFO_RE.match(raw)
+        if userinfo:  # USER:PASSWORD@HOST/...: never echoed back (logs keep what errors print)
+            shown = raw[: userinfo.start(2)] + "***@" + raw[userinfo.end(2) + 1 :]
+            host = raw[userinfo.end(2) + 1 :].split("/", 1)[0]
+            raise ConfigError(f"{shown}: credentials do not go in an image reference (errors and logs would show "
+                              f"them); store them with: modelimage login {host} -u USER --password-stdin")
         for prefix in ("docker://", "oci://"):
             raw = raw.removeprefix(prefix)
         rest, digest = raw, None

@@ -62,7 +62,12 @@ def describe_image(source: str, *, platform: str | None = None, insecure: frozen
 
 def looks_like_registry_reference(text: str) -> bool:
     """``HOST[:PORT]/REPO[:TAG|@DIGEST]`` with an explicit registry host
-    (a dot, a port, or ``localhost`` in the first part), as docker decides."""
+    (a dot, a port, or ``localhost`` in the first part), as docker decides;
+    one with credentials in it too (``Reference.parse`` refuses it)."""
+    from ..registry.reference import has_credentials
+
+    if has_credentials(text):
+        return True
     if "://" in text or text.startswith(("oci:", "oci-archive:")) or "/" not in text:
         return False
     first = text.split("/", 1)[0]
