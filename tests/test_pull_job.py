@@ -390,3 +390,19 @@ def test_redirect_to_storage_never_carries_authorization(registry, pushed_llama,
     finally:
         front.stop()
         storage.stop()
+
+
+# ---------------------------------------------------------------- DESTs nobody should pull into (breaker2)
+
+
+def test_the_file_systems_root_is_refused_as_dest(tmp_path, capsys):
+    """``pull REF /`` (or a symlink to /) would write the image's files, the
+    record and the staging folder straight into /: refused before anything."""
+    from .pullkit import info, layout, tar_of
+
+    lay = layout(tmp_path / "oci", [tar_of([(info("breaker2-never-written.bin"), b"w")])])
+    (tmp_path / "root-link").symlink_to("/")
+    for dest in ("/", str(tmp_path / "root-link"), "/tmp/.."):
+        assert main(["pull", lay, dest]) == 1
+        assert "is the file system's root" in capsys.readouterr().err
+    assert not os.path.exists("/breaker2-never-written.bin") and not os.path.exists("/.modelimage-pull.json")

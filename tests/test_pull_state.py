@@ -304,3 +304,73 @@ def test_files_an_earlier_version_recorded_in_state_json_are_modelimages(tmp_pat
     pull(layout(tmp_path / "oci", [tar_of([(info("new.bin"), b"new")])]), dest)
     assert tree(dest) == {"mine.txt": sha(b"mine"), "new.bin": sha(b"new")}
     assert own(dest) == {".modelimage-pull.json"}
+
+
+# ---------------------------------------------------------------- a record or staging folder nobody designed (breaker2)
+
+
+def test_a_record_naming_paths_outside_dest_harms_nothing_there(tmp_path):
+    """A hand-edited or planted DEST/.modelimage-pull.json that names
+    ``../x``, an absolute path or the puller's own files: a pull of another
+    image (which removes what the record says modelimage wrote) removes
+    nothing outside DEST; the record's clean entries still count."""
+    victims = [tmp_path / "victim", tmp_path / "abs-victim"]
+    for v in victims:
+        v.write_text("precious")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "old.bin").write_text("an earlier pull wrote this")
+    entries = {"../victim": {"kind": "file"}, str(victims[1]): {"kind": "file"}, "./old.bin": {"kind": "file"},
+               "a/../../victim": {"kind": "file"}, ".modelimage-pull.json": {"kind": "file"},
+               "old.bin": {"kind": "file"}}
+    (dest / ".modelimage-pull.json").write_text(json.dumps(
+        {"version": 2, "manifest": "sha256:" + "0" * 64, "selection": {}, "applied": [], "entries": entries}))
+    pull(layout(tmp_path / "oci", [tar_of([(info("model.bin"), b"weights")])]), dest)
+    assert all(v.read_text() == "precious" for v in victims)
+    assert tree(dest) == {"model.bin": sha(b"weights")}  # old.bin was modelimage's: removed
+    assert set(json.loads((dest / ".modelimage-pull.json").read_text())["entries"]) == {"model.bin"}
+
+
+def test_a_record_that_is_a_symlink_is_not_read(tmp_path):
+    """A symlink at the record's name (modelimage writes a file there) is
+    not trusted: what it says is modelimage's stays."""
+    planted = tmp_path / "planted.json"
+    planted.write_text(json.dumps({"version": 2, "manifest": "sha256:" + "0" * 64, "selection": {},
+                                   "applied": [], "entries": {"user.txt": {"kind": "file"}}}))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "user.txt").write_text("mine")
+    (dest / ".modelimage-pull.json").symlink_to(planted)
+    pull(layout(tmp_path / "oci", [tar_of([(info("model.bin"), b"weights")])]), dest)
+    assert (dest / "user.txt").read_text() == "mine"
+    assert not (dest / ".modelimage-pull.json").is_symlink()  # replaced by the real record
+    assert "user.txt" in json.loads(planted.read_text())["entries"]  # the symlink's target untouched
+
+
+def test_a_staging_folder_that_is_a_symlink_stops_the_pull(tmp_path, capsys):
+    """DEST/.modelimage-pull pointing elsewhere: the pull neither writes
+    there nor cleans up stale files there (``*.tmp``, journals)."""
+    elsewhere = tmp_path / "scratch"
+    elsewhere.mkdir()
+    (elsewhere / "keep.tmp").write_text("someone's")
+    (elsewhere / "x.tarjournal").write_text("someone's")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / ".modelimage-pull").symlink_to(elsewhere)
+    assert main(["pull", layout(tmp_path / "oci", [tar_of([(info("model.bin"), b"w")])]), str(dest)]) == 1
+    assert "not the staging folder modelimage makes" in capsys.readouterr().err
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.tmp", "x.tarjournal"]
+    assert tree(dest) == {}
+
+
+def test_a_record_temp_left_by_a_killed_run_is_removed(tmp_path):
+    """SIGKILL while the record was being saved leaves
+    ``..modelimage-pull.json.XXXX.new`` beside it (write_durably's temp):
+    the next pull removes it, so verify finds no extra file."""
+    lay = layout(tmp_path / "oci", [tar_of([(info("model.bin"), b"weights")])])
+    dest = tmp_path / "dest"
+    pull(lay, dest)
+    (dest / "..modelimage-pull.json.k1ll3d_.new").write_text('{"version": 2, "entr')
+    (dest / "user.json.new").write_text("mine")  # not the record's temp: stays
+    pull(lay, dest)
+    assert sorted(p.name for p in dest.iterdir()) == [".modelimage-pull.json", "model.bin", "user.json.new"]

@@ -59,6 +59,8 @@ class PullJob:
         self.include = tuple(include)
         self.concurrency = max(1, concurrency)
         self.overwrite = overwrite
+        if os.path.realpath(dest) == "/":
+            raise PullError(f"{dest}: is the file system's root; pull into a folder of its own (e.g. /models/NAME)")
         try:
             dest.mkdir(parents=True, exist_ok=True)
             self.dest = os.path.realpath(dest)
@@ -83,8 +85,12 @@ class PullJob:
         self.prefix = subtree(path, image)
         self.layers = classify(image)
         self.staging = Path(self.dest) / STAGING
+        if self.staging.is_symlink() or (self.staging.exists() and not self.staging.is_dir()):
+            raise PullError(f"{self.staging}: not the staging folder modelimage makes (a symlink or a file is "
+                            "there); move it away")
         found = load_journals(self.staging, {la.desc.hex for la in self.layers}) if self.staging.is_dir() else {}
         self.record = Record(self.dest, image.digest, {"path": self.prefix, "include": sorted(self.include)})
+        self.record.drop_stale_temps()  # a run killed while saving the record
         self.schedule = plan_tasks(self.layers, prefix=self.prefix, include=self.include,
                                    ours=image.target is not None, whole_image=path is not None,
                                    target=image.target, config=image.config)

@@ -117,8 +117,12 @@ class Record:
         self.path = Path(dest) / RECORD
         self.manifest, self.selection = manifest, selection
         data = _load(self.path) or _load_v1(Path(dest) / STAGING / "state.json") or {}
+        entries = data.get("entries")
+        # only clean DEST-relative paths: a record edited by hand, or planted by someone who could
+        # write DEST, never names anything outside DEST (or the puller's own files)
         self.entries: dict[str, dict[str, Any]] = {
-            k: v for k, v in (data.get("entries") or {}).items() if isinstance(v, dict) and isinstance(k, str)}
+            k: v for k, v in (entries.items() if isinstance(entries, dict) else ()) if isinstance(v, dict)
+            and inside(k)}
         same_image = data.get("manifest") == manifest
         if not same_image:
             for e in self.entries.values():
@@ -207,6 +211,14 @@ class Record:
         self.changed = True
         self.entries.pop(rel, None)
 
+    def drop_stale_temps(self) -> None:
+        """Remove the temporary files a run killed while saving the record
+        left beside it (``..modelimage-pull.json.*.new``: only :func:`write_durably`
+        makes those). Call with DEST locked."""
+        for p in Path(self.dest).glob(f".{RECORD}.*.new"):
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+
     def save(self) -> None:
         """Write the record durably (see :func:`write_durably`)."""
         data = {"version": RECORD_VERSION, "manifest": self.manifest, "selection": self.selection,
@@ -221,7 +233,18 @@ class Record:
             pass
 
 
+def inside(rel: object) -> bool:
+    """``rel`` is a clean path inside DEST (relative, no ``.``/``..``/empty
+    parts, no NUL) and not the puller's own record or staging folder."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\0" in rel:
+        return False
+    parts = rel.split("/")
+    return all(p not in ("", ".", "..") for p in parts) and parts[0] not in (RECORD, STAGING)
+
+
 def _load(path: Path) -> dict[str, Any] | None:
+    if path.is_symlink():
+        return None  # not a record modelimage wrote (it writes a file, renamed into place)
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -232,6 +255,8 @@ def _load(path: Path) -> dict[str, Any] | None:
 def _load_v1(path: Path) -> dict[str, Any] | None:
     """The state an earlier version kept in ``DEST/.modelimage-pull/state.json``:
     its files are modelimage's too."""
+    if path.is_symlink():
+        return None
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
