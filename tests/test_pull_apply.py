@@ -447,3 +447,24 @@ def test_pull_gives_the_tree_umoci_unpack_gives(layers):
         assert own(dest) == ({".modelimage-pull.json"} if kinds(dest) else set())
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- inputs nobody designed (breaker2)
+
+
+def test_a_file_over_a_folder_modelimage_made_that_now_holds_user_files_stops_before_any_change(tmp_path, capsys):
+    """Image A made folder ``x``; the user put ``x/user.txt`` in it; image B
+    (another manifest) puts a file at ``x``, after other entries of the
+    same layer. The pull stopped mid-layer: ``aaa`` written, A's ``x/a``
+    removed. Now it stops before any change, naming the user's file."""
+    dest = tmp_path / "dest"
+    pull(layout(tmp_path / "a", [t(("x/", D, ""), ("x/a", b"A"), ("big", b"B"))]), dest)
+    (dest / "x" / "user.txt").write_text("mine")
+    before = snapshot(dest)
+    b = layout(tmp_path / "b", [t(("aaa", b"first"), ("x", b"now a file"), ("zzz", b"last"))])
+    assert main(["pull", b, str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert "holds x/user.txt, which modelimage did not write" in err and err.count("\n") == 1
+    assert snapshot(dest) == before
+    pull(b, dest, overwrite=True)
+    assert tree(dest) == {"aaa": sha(b"first"), "x": sha(b"now a file"), "zzz": sha(b"last")}

@@ -50,6 +50,7 @@ class Ownership:
     def __init__(self, dest: str, record: Record, *, overwrite: bool = False):
         self.dest, self.record, self.overwrite = dest, record, overwrite
         self._dirs: set[str] = set()  # folders whose entries changed: fsynced before the record counts them
+        self.holding: dict[str, str] = {}  # folder modelimage made -> a path in it that it did not write
 
     def path(self, rel: str) -> str:
         return os.path.join(self.dest, rel) if rel else self.dest
@@ -91,7 +92,13 @@ class Ownership:
                     break
             made[e.rel] = "file" if e.kind == "link" else e.kind
             st = None if absent or e.rel in gone else lstat_or_none(self.path(e.rel))
-            if st is None or self.record.owned(e.rel) or e.rel in blocked:
+            if st is None or e.rel in blocked:
+                continue
+            if self.record.owned(e.rel):
+                foreign = self._foreign_inside(e.rel) if e.kind != "dir" and stat.S_ISDIR(st.st_mode) else None
+                if foreign is not None:
+                    self.holding[e.rel] = foreign  # a folder modelimage made, now holding the user's files
+                    blocked.append(e.rel)
                 continue
             if e.kind == "dir" and stat.S_ISDIR(st.st_mode):
                 continue  # a folder that was there: the layer's files go into it
@@ -101,6 +108,15 @@ class Ownership:
                 continue
             blocked.append(e.rel)
         return blocked, adopt
+
+    def _foreign_inside(self, rel: str) -> str | None:
+        """Something in the folder at ``rel`` that modelimage did not write (the first found), or None."""
+        for root, dirs, files in os.walk(self.path(rel)):
+            for name in sorted(dirs + files):
+                sub = os.path.relpath(os.path.join(root, name), self.dest).replace(os.sep, "/")
+                if not self.record.owned(sub):
+                    return sub
+        return None
 
     def _symlink_here(self, rel: str) -> bool:
         """A symlink at ``rel`` that this image's layers put there."""
@@ -112,6 +128,10 @@ class Ownership:
         first = blocked[0]
         more = f" ({len(blocked) - 1} more: {', '.join(blocked[1:4])}{', ...' if len(blocked) > 4 else ''})" \
             if len(blocked) > 1 else ""
+        if first in self.holding:
+            raise PullConflict(f"{self.path(first)}: {what} has a file there, and the folder there holds "
+                               f"{self.holding[first]}, which modelimage did not write; move it away or pull with "
+                               f"--overwrite{more}")
         raise PullConflict(f"{self.path(first)}: {what} has a file there, and what is there now was not written "
                            f"by modelimage; move it away or pull with --overwrite{more}")
 
