@@ -44,6 +44,10 @@ from .state import STAGING, Record
 DEFAULT_CONCURRENCY = 3  # blobs at once; each also over image.default_connections(host) connections
 
 
+class NothingWritten(PullError):
+    """The image holds files, but none under the selection: DEST was left as it was."""
+
+
 class PullJob:
     """A pull, planned: what is fetched (``total_bytes``) and what is skipped.
     :meth:`run` does it. Use :func:`prepare_pull` (or :func:`~modelimage.pull.pull`).
@@ -61,6 +65,7 @@ class PullJob:
         self.overwrite = overwrite
         if os.path.realpath(dest) == "/":
             raise PullError(f"{dest}: is the file system's root; pull into a folder of its own (e.g. /models/NAME)")
+        self._created = not os.path.lexists(dest)  # removed again if a failed pull leaves it empty
         try:
             dest.mkdir(parents=True, exist_ok=True)
             self.dest = os.path.realpath(dest)
@@ -75,10 +80,10 @@ class PullJob:
         try:
             self._plan(image, path)
         except OSError as e:
-            self.close()
+            self.close(failed=True)
             raise PullError(describe(e, "reading DEST")) from None
         except BaseException:
-            self.close()
+            self.close(failed=True)
             raise
 
     def _plan(self, image: Image, path: str | None) -> None:
@@ -162,8 +167,10 @@ class PullJob:
             if isinstance(e, OSError):
                 note = self._kept_note(applied, len(tasks), kept)
                 raise PullError(describe(e, "writing DEST", self.dest) + note) from None
-            if isinstance(e, ModelImageError) and applied and len(e.args) == 1 and isinstance(e.args[0], str):
+            if (isinstance(e, ModelImageError) and applied and len(e.args) == 1 and isinstance(e.args[0], str)
+                    and not isinstance(e, NothingWritten)):
                 e.args = (e.args[0] + self._kept_note(applied, len(tasks), kept),)
+            self.close(failed=True)
             raise e from None
         finally:
             pool.shutdown(wait=True)
@@ -202,7 +209,7 @@ class PullJob:
         hint = f" (they hold files under {', '.join('/' + d for d in elsewhere[:4])}: pick one with --path)" \
             if elsewhere else ""
         shutil.rmtree(self.staging, ignore_errors=True)
-        raise PullError(f"{self.image.name}: the pull wrote no file: {what}{hint}; DEST was left as it was")
+        raise NothingWritten(f"{self.image.name}: the pull wrote no file: {what}{hint}; DEST was left as it was")
 
     @property
     def _staged(self) -> list[StagedLayer]:
@@ -236,8 +243,14 @@ class PullJob:
         except OSError:
             pass  # the error being raised says what went wrong; the intent saved before each layer stands
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Unlock DEST; after a failure, remove DEST again if this pull made it and it is empty."""
         if self._lock_fd >= 0:
+            if failed and self._created:
+                try:
+                    os.rmdir(self.dest)
+                except OSError:
+                    pass  # it holds something: a partial pull to resume
             os.close(self._lock_fd)
             self._lock_fd = -1
         self.image.close()
