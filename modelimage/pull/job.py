@@ -63,20 +63,7 @@ class PullJob:
         self.include = tuple(include)
         self.concurrency = max(1, concurrency)
         self.overwrite = overwrite
-        if os.path.realpath(dest) == "/":
-            raise PullError(f"{dest}: is the file system's root; pull into a folder of its own (e.g. /models/NAME)")
-        self._created = not os.path.lexists(dest)  # removed again if a failed pull leaves it empty
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-            self.dest = os.path.realpath(dest)
-            self._lock_fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as e:
-            raise PullError(f"{dest}: cannot write there ({e.strerror or e})") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock_fd)
-            raise PullError(f"{dest}: another pull is writing there right now") from None
+        self.dest, self._created, self._lock_fd = lock_dest(dest)
         try:
             self._plan(image, path)
         except OSError as e:
@@ -246,14 +233,43 @@ class PullJob:
     def close(self, failed: bool = False) -> None:
         """Unlock DEST; after a failure, remove DEST again if this pull made it and it is empty."""
         if self._lock_fd >= 0:
-            if failed and self._created:
-                try:
-                    os.rmdir(self.dest)
-                except OSError:
-                    pass  # it holds something: a partial pull to resume
-            os.close(self._lock_fd)
+            unlock_dest(self.dest, self._lock_fd, remove_if_empty=failed and self._created)
             self._lock_fd = -1
         self.image.close()
+
+
+def lock_dest(dest: Path) -> tuple[str, bool, int]:
+    """Make DEST (and its parents) if needed and take its lock (``flock`` on
+    the folder itself, so two pulls never write one DEST). Returns (DEST's
+    real path, whether this call made it, the locked descriptor). Raises
+    :class:`PullError` for DEST ``/``, an unwritable DEST, or one another
+    pull holds."""
+    if os.path.realpath(dest) == "/":
+        raise PullError(f"{dest}: is the file system's root; pull into a folder of its own (e.g. /models/NAME)")
+    created = not os.path.lexists(dest)  # removed again if a failed pull leaves it empty
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        real = os.path.realpath(dest)
+        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise PullError(f"{dest}: cannot write there ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise PullError(f"{dest}: another pull is writing there right now") from None
+    return real, created, fd
+
+
+def unlock_dest(dest: str, fd: int, *, remove_if_empty: bool) -> None:
+    """Release :func:`lock_dest`'s lock; ``remove_if_empty``: remove DEST
+    when nothing is in it (a failed pull into a DEST it made)."""
+    if remove_if_empty:
+        try:
+            os.rmdir(dest)
+        except OSError:
+            pass  # it holds something: a partial pull to resume
+    os.close(fd)
 
 
 def describe(e: OSError, doing: str, dest: str = ".") -> str:
