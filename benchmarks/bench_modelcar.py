@@ -116,8 +116,9 @@ def runs_in_podman(ref: str, root: str, files: dict[str, str], work: Path) -> st
         return f"no: podman pull failed ({pull.stderr.strip().splitlines()[-1] if pull.stderr.strip() else '?'})"
     try:
         paths = [f"{root}/{name}" for name in sorted(files)]
-        run = subprocess.run(["podman", "run", "--rm", "--network=none", "-v", f"{BUSYBOX}:/bb:ro", ref,
-                              "/bb", "sha256sum", *paths], capture_output=True, text=True, env=env)
+        # mounted as /busybox: busybox picks its applet from argv[0]'s name, or from argv[1] when that is 'busybox'
+        run = subprocess.run(["podman", "run", "--rm", "--network=none", "-v", f"{BUSYBOX}:/busybox:ro", ref,
+                              "/busybox", "sha256sum", *paths], capture_output=True, text=True, env=env)
         if run.returncode != 0:
             return f"no: podman run failed ({run.stderr.strip()[-200:]})"
         got = {line.split()[1][len(root) + 1:]: line.split()[0] for line in run.stdout.splitlines()}

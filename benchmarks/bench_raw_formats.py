@@ -6,7 +6,10 @@ in one run.
 A ``--format modelpack`` or ``docker-model`` layer is the file itself, so
 the build must read each byte once, hash it once (the blob's digest is the
 file's sha256) and copy it (the kernel does, ``copy_file_range``). Goal:
-at most 1.2x ``cp -r`` of the same folder. An image (``--format image``,
+at most 1.2x ``cp -r`` of the same folder (shown against ``cp -r`` and
+against ``cp -r`` followed by ``sync`` of the copies: a layout's blobs are
+fsynced before ``index.json`` names them, plain ``cp`` leaves the writing
+to the kernel after it returns). An image (``--format image``,
 tar layers) needs two hashes per byte (the tar's and the file's, which
 the layer's file list records): shown beside it, with the floor it cannot
 go under here (sha256 of every byte once, both cores, no copy).
@@ -35,6 +38,7 @@ from bench_build_push import hash_floor  # noqa: E402
 from common import MI  # noqa: E402  (puts the repository on sys.path)
 
 MB = 1e6
+CP_SYNC = "cp -r of the model folder, then sync of the copies (durable, as a layout build is)"
 STARTUP = "modelimage build --format modelpack of a 1 MiB model (start-up: Python, imports, inspect)"
 
 
@@ -67,6 +71,8 @@ def main() -> None:
         contenders = {
             STARTUP: [*MI, "build", str(tiny), "--format", "modelpack", "-o", f"oci:{work / 'out'}:v1", "-q"],
             "cp -r of the model folder": ["cp", "-r", str(model), str(work / "out")],
+            # a layout's blobs are fsynced before index.json names them: the durable peer syncs what it copied
+            CP_SYNC: ["sh", "-c", 'cp -r "$1" "$2" && sync "$2"/*', "cp", str(model), str(work / "out")],
             "modelimage build --format modelpack -o oci:": [*MI, "build", str(model), "--format", "modelpack",
                                                              "-o", f"oci:{work / 'out'}:v1", "-q"],
             "modelimage build --format docker-model -o oci:": [*MI, "build", str(model), "--format", "docker-model",
@@ -88,6 +94,7 @@ def main() -> None:
     load1 = os.getloadavg()[0]
 
     cp = statistics.median(w for w, _ in rows["cp -r of the model folder"])
+    cps = statistics.median(w for w, _ in rows[CP_SYNC])
     print(f"Machine: {os.uname().nodename} ({os.uname().machine}, {os.cpu_count()} cores); {date.today()}; "
           f"load average {load0:.2f} at the start, {load1:.2f} at the end.")
     print(f"Model: {args.gib:g} GiB of random fp16 safetensors in {args.shards} files + config.json "
@@ -96,20 +103,21 @@ def main() -> None:
           f"--runs {args.runs}`.")
     print()
     start = statistics.median(x for x, _ in rows[STARTUP])
-    print("| what | wall s (runs) | median | CPU s | vs cp | less start-up, vs cp | goal |")
-    print("|---|---|---|---|---|---|---|")
+    print("| what | wall s (runs) | median | CPU s | vs cp | vs cp + sync | less start-up, vs cp + sync | goal |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, v in rows.items():
         w = statistics.median(x for x, _ in v)
         c = statistics.median(y for _, y in v)
         goal, net = "", ""
         if label != STARTUP and label.startswith("modelimage"):
-            net = f"{(w - start) / cp:.2f}x"
+            net = f"{(w - start) / cps:.2f}x"
         if label != STARTUP and ("modelpack" in label or "docker-model" in label):
-            goal = f"<= 1.2x cp: {'pass' if w <= 1.2 * cp else 'miss'}"
-        elif "image" in label:
+            goal = (f"<= 1.2x cp: {'pass' if w <= 1.2 * cp else 'miss'}; <= 1.2x cp + sync: "
+                    f"{'pass' if w <= 1.2 * cps else 'miss'}")
+        elif "(image" in label:
             goal = "two hashes per byte: at its floor (see the text)"
-        print(f"| {label} | {', '.join(f'{x:.2f}' for x, _ in v)} | {w:.2f} | {c:.2f} | {w / cp:.2f}x | {net} "
-              f"| {goal} |")
+        print(f"| {label} | {', '.join(f'{x:.2f}' for x, _ in v)} | {w:.2f} | {c:.2f} | {w / cp:.2f}x | "
+              f"{w / cps:.2f}x | {net} | {goal} |")
 
 
 if __name__ == "__main__":

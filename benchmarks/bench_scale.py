@@ -38,7 +38,7 @@ between ``<!-- bench_scale:begin -->`` and ``<!-- bench_scale:end -->``.
 Everything it writes lives under a folder in /var/tmp, removed at the end.
 
     nice -n 10 python benchmarks/bench_scale.py [--sizes 1,4,16,32] [--files 100,10000,100000] [--runs 3]
-    python benchmarks/bench_scale.py --replot results.json   # the plot and the doc again
+    python benchmarks/bench_scale.py --replot a.json b.json   # the plot and the doc again (later files win)
 """
 
 from __future__ import annotations
@@ -67,14 +67,16 @@ HEADING = "## Cost curves: model size and file count (issue 20)"
 GIB = 1 << 30
 MB = 1e6
 SHARDS = 4
+FIELDS = ("wall", "cpu", "user", "rss", "load")  # seconds, seconds (user + system), seconds, bytes, 1-min load
 
 
 # ------------------------------------------------------------------ running
 
 
 def measured(cmd: list[str], work: Path, *, env: dict | None = None, cwd: Path | None = None) -> dict:
-    """Run ``cmd`` (it must succeed) under /usr/bin/time: wall and CPU
-    seconds, peak RSS in bytes."""
+    """Run ``cmd`` (it must succeed) under /usr/bin/time: wall, CPU (user +
+    system) and user seconds, peak RSS in bytes, and the 1-minute load average
+    when it ended."""
     out = work / "time.txt"
     t = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", "-o", str(out), *cmd], capture_output=True, text=True,
@@ -83,7 +85,8 @@ def measured(cmd: list[str], work: Path, *, env: dict | None = None, cwd: Path |
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd))} exited {p.returncode}:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
     user, sys_, rss = out.read_text().split()[-3:]
-    return {"wall": wall, "cpu": float(user) + float(sys_), "rss": int(rss) * 1024, "stdout": p.stdout}
+    return {"wall": wall, "cpu": float(user) + float(sys_), "user": float(user), "rss": int(rss) * 1024,
+            "stdout": p.stdout, "load": os.getloadavg()[0]}
 
 
 def mi_env(work: Path) -> dict:
@@ -240,7 +243,7 @@ def run_size(gib: float, runs: int, work: Path, keep_free: float) -> dict:
         for leftover in ("cp", "oci", "get", "dest"):
             shutil.rmtree(work / leftover, ignore_errors=True)
     return {"gib": gib, "bytes": size, "runs": runs,
-            "rows": {k: [{f: v[f] for f in ("wall", "cpu", "rss")} for v in vs] for k, vs in rows.items()}}
+            "rows": {k: [{f: v[f] for f in FIELDS} for v in vs] for k, vs in rows.items()}}
 
 
 def run_files(n: int, runs: int, work: Path) -> dict:
@@ -290,7 +293,7 @@ def run_files(n: int, runs: int, work: Path) -> dict:
             shutil.rmtree(work / leftover, ignore_errors=True)
         (work / "m.tar").unlink(missing_ok=True)
     return {"files": n, "bytes": size, "runs": runs, **extra,
-            "rows": {k: [{f: v[f] for f in ("wall", "cpu", "rss")} for v in vs] for k, vs in rows.items()}}
+            "rows": {k: [{f: v[f] for f in FIELDS} for v in vs] for k, vs in rows.items()}}
 
 
 # ------------------------------------------------------------------ reporting
@@ -300,12 +303,23 @@ def med(samples: list[dict], field: str) -> float:
     return statistics.median(s[field] for s in samples)
 
 
+def load_of(samples: list[dict], point: dict) -> str:
+    """The 1-minute load average when the step's runs ended (this machine's
+    2 cores are shared: other test suites ran at the same time); points of
+    an older run, which did not record it a step, show that run's start-end."""
+    loads = [s["load"] for s in samples if "load" in s]
+    if loads:
+        return "-".join(dict.fromkeys(f"{x:.1f}" for x in (min(loads), max(loads))))
+    lo = point.get("run_load")
+    return f"{lo[0]:.1f}-{lo[1]:.1f} (run)" if lo else "?"
+
+
 def size_table(sizes: list[dict]) -> tuple[str, list[str]]:
     """The size curve as markdown, and the verdicts on the goals."""
     steps = [("build", "cp", "build -o oci: (layout)", 150), ("push", "put", "build --push", 150),
              ("pull", "get", "pull", 250)]
-    lines = ["| size | runs | what | wall s | s/GiB | vs peer | CPU s | CPU s/GiB | peak RSS MB | peer s/GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | runs | what | wall s | s/GiB | vs peer | CPU s | CPU s/GiB | peak RSS MB | peer s/GiB | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
     peer_name = {"cp": "cp + sync", "put": "curl PUT", "get": "curl GET + sync"}
     for s in sizes:
@@ -315,7 +329,7 @@ def size_table(sizes: list[dict]) -> tuple[str, list[str]]:
             w, pw = med(r, "wall"), med(p, "wall")
             lines.append(f"| {s['gib']:g} GiB | {s['runs']} | {label} | {w:.1f} | {w / gib:.2f} | "
                          f"{w / pw:.2f}x {peer_name[peer]} | {med(r, 'cpu'):.1f} | {med(r, 'cpu') / gib:.2f} | "
-                         f"{max(x['rss'] for x in r) / MB:.0f} | {pw / gib:.2f} |")
+                         f"{max(x['rss'] for x in r) / MB:.0f} | {pw / gib:.2f} | {load_of(r + p, s)} |")
     for key, peer, label, rss_goal in steps:
         per_gib = [med(s["rows"][key], "wall") / (s["bytes"] / GIB) for s in sizes]
         cpu_gib = [med(s["rows"][key], "cpu") / (s["bytes"] / GIB) for s in sizes]
@@ -334,8 +348,9 @@ def size_table(sizes: list[dict]) -> tuple[str, list[str]]:
 
 
 def files_table(counts: list[dict]) -> tuple[str, list[str]]:
-    lines = ["| files | MB | manifest | what | wall s | CPU s | peak RSS MB | per-file ms (wall) | per-file ms (CPU) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| files | MB | manifest | what | wall s | CPU s | peak RSS MB | per-file ms (wall) | per-file ms (CPU) "
+             "| load |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
     base = counts[0]
     for c in counts:
@@ -349,7 +364,8 @@ def files_table(counts: list[dict]) -> tuple[str, list[str]]:
                 per_c = f"{(med(r, 'cpu') - med(base['rows'][key], 'cpu')) / dn * 1e3:.3f}"
             lines.append(f"| {c['files']:,} | {c['bytes'] / MB:.0f} | {c.get('manifest_bytes', 0) / 1024:.1f} KiB "
                          f"({c.get('layers', '?')} layers, {where}) | {key} | {med(r, 'wall'):.2f} | "
-                         f"{med(r, 'cpu'):.2f} | {max(x['rss'] for x in r) / MB:.0f} | {per_w} | {per_c} |")
+                         f"{med(r, 'cpu'):.2f} | {max(x['rss'] for x in r) / MB:.0f} | {per_w} | {per_c} | "
+                         f"{load_of(r, c)} |")
     last = counts[-1]
     dn = last["files"] - base["files"]
     for key in ("build", "push", "pull"):
@@ -357,8 +373,9 @@ def files_table(counts: list[dict]) -> tuple[str, list[str]]:
         peer = "tar -xf" if key == "pull" else "tar -cf"
         per_peer = (med(last["rows"][peer], "wall") - med(base["rows"][peer], "wall")) / dn * 1e3
         goal = "" if key == "push" else f" (goal < 1 ms: {'pass' if per < 1 else '**miss**'})"
-        verdicts.append(f"{key}: {per:.3f} ms a file from {base['files']:,} to {last['files']:,} files{goal}; "
-                        f"{peer}: {per_peer:.3f} ms a file")
+        per_cpu = (med(last["rows"][key], "cpu") - med(base["rows"][key], "cpu")) / dn * 1e3
+        verdicts.append(f"{key}: {per:.3f} ms a file (wall; {per_cpu:.3f} ms CPU) from {base['files']:,} to "
+                        f"{last['files']:,} files{goal}; {peer}: {per_peer:.3f} ms a file")
     return "\n".join(lines), verdicts
 
 
@@ -369,7 +386,7 @@ def plot(sizes: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     gibs = [s["bytes"] / GIB for s in sizes]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a, c, b) = plt.subplots(1, 3, figsize=(15, 4.4))
     colours = {"build": "tab:blue", "push": "tab:orange", "pull": "tab:green"}
     labels = {"build": "build -o oci:", "push": "build --push", "pull": "pull",
               "cp": "cp + sync (peer of build)", "put": "curl PUT (peer of push)",
@@ -379,9 +396,13 @@ def plot(sizes: list[dict], path: Path) -> None:
                label=labels[key])
         a.plot(gibs, [med(s["rows"][peer], "wall") / g for s, g in zip(sizes, gibs)], "x--", color=colours[key],
                alpha=0.6, label=labels[peer])
+        c.plot(gibs, [med(s["rows"][key], "cpu") / g for s, g in zip(sizes, gibs)], "o-", color=colours[key],
+               label=labels[key])
+        c.plot(gibs, [med(s["rows"][peer], "cpu") / g for s, g in zip(sizes, gibs)], "x--", color=colours[key],
+               alpha=0.6, label=labels[peer])
         b.plot(gibs, [max(x["rss"] for x in s["rows"][key]) / MB for s in sizes], "o-", color=colours[key],
                label=labels[key])
-    for ax in (a, b):
+    for ax in (a, c, b):
         ax.set_xscale("log", base=2)
         ax.set_xticks(gibs, [f"{g:g}" for g in gibs])
         ax.set_xlabel("model size (GiB)")
@@ -390,7 +411,11 @@ def plot(sizes: list[dict], path: Path) -> None:
     a.set_ylim(bottom=0)
     a.set_title("time per GiB (flat = linear cost)")
     b.set_ylabel("peak RSS (MB)")
-    b.set_ylim(bottom=0)
+    b.set_ylim(0, 280)
+    c.set_ylabel("CPU seconds (user + system) per GiB")
+    c.set_ylim(bottom=0)
+    c.set_title("CPU per GiB (less sensitive to load)")
+    c.legend(fontsize=7)
     b.axhline(150, color="grey", ls=":", lw=1)
     b.axhline(250, color="grey", ls=":", lw=1)
     b.set_title("peak RSS (goals: 150 MB build/push, 250 MB pull)")
@@ -400,9 +425,32 @@ def plot(sizes: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(paths: list[Path]) -> dict:
+    """Results of several runs as one: a size or file count measured in a
+    later file replaces the earlier one; each point keeps its run's date,
+    command and load average."""
+    data: dict = {"sizes": [], "files": [], "runs": []}
+    sizes: dict[float, dict] = {}
+    files: dict[int, dict] = {}
+    for path in paths:
+        d = json.loads(path.read_text())
+        data["machine"] = d["machine"]
+        data["runs"].append({k: d.get(k) for k in ("date", "command", "load")})
+        for s in d.get("sizes", []):
+            sizes[s["gib"]] = {**s, "run_load": d.get("load"), "command": d.get("command")}
+        for f in d.get("files", []):
+            files[f["files"]] = {**f, "run_load": d.get("load"), "command": d.get("command")}
+    data["sizes"] = [sizes[k] for k in sorted(sizes)]
+    data["files"] = [files[k] for k in sorted(files)]
+    return data
+
+
 def report(data: dict) -> str:
-    out = [f"Machine: `{data['machine']}`; {data['date']}; load average {data['load'][0]:.2f} at the start, "
-           f"{data['load'][1]:.2f} at the end (1 min); `{data['command']}`."]
+    runs = data.get("runs") or [{k: data[k] for k in ("date", "command", "load")}]
+    out = [f"Machine: `{data['machine']}`. " + "; ".join(
+        f"{r['date']}: `{r['command']}` (load average {r['load'][0]:.1f} at its start, {r['load'][1]:.1f} at its end)"
+        for r in runs) + ". The load column is the 1-minute load average as each step ended (2 cores, shared "
+        "with other test suites: anything over 2 means the step waited for a core)."]
     if data.get("sizes"):
         body, verdicts = size_table(data["sizes"])
         out += ["", "**Model size** (4 sparse safetensors files + config.json; peers in the same run):", "",
@@ -434,13 +482,14 @@ def main() -> None:
     ap.add_argument("--median-upto", type=float, default=4, help="bigger sizes run once")
     ap.add_argument("--keep-free", type=float, default=15, help="GB of disk to leave to others")
     ap.add_argument("--json", type=Path, help="write the results here too")
-    ap.add_argument("--replot", type=Path, help="results JSON of an earlier run: only plot and write the doc")
+    ap.add_argument("--replot", type=Path, nargs="+",
+                    help="results JSON of earlier runs (later ones win for a point): only plot and write the doc")
     ap.add_argument("--no-write", action="store_true", help="print only: no docs/benchmarks.md, no plot")
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill PID: the finally blocks still clean up
     if args.replot:
-        data = json.loads(args.replot.read_text())
+        data = merge(args.replot)
     else:
         import platform
 
