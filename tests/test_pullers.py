@@ -56,7 +56,9 @@ def test_containerd_pulls_unpacks_and_clears(small_image, containerd, monkeypatc
     assert ctr("snapshots", "ls").count("Committed") >= 2  # unpacked, as a node does
     p.clear(small_image)
     assert small_image not in ctr("images", "ls", "-q")
-    assert set(ctr("content", "ls", "-q").split()) == before  # its blobs pruned too
+    # its blobs pruned too; the prune may also take blobs other tests left unreferenced in this
+    # shared containerd, so: nothing is there that was not there before the pull
+    assert set(ctr("content", "ls", "-q").split()) <= before
     assert p.version().startswith("containerd ")
 
 
