@@ -104,9 +104,23 @@ def append_config(base: Image, *, labels: dict[str, str], history: Sequence[dict
     rootfs["type"] = "layers"
     rootfs["diff_ids"] = list(rootfs.get("diff_ids") or []) + list(diff_ids)
     config["rootfs"] = rootfs
-    config["history"] = list(config.get("history") or []) + list(history)
+    config["history"] = _base_history(config, len(rootfs["diff_ids"]) - len(diff_ids)) + list(history)
     config["created"] = created
     return config
+
+
+def _base_history(config: dict[str, Any], n_layers: int) -> list[Any]:
+    """The base's history, with an entry added for each of its ``n_layers``
+    layers it does not describe (history is optional in the image spec), as
+    BuildKit's exporter does (``normalizeLayersAndHistory``): then the
+    history's entries that make layers line up with the layers, and the
+    ``modelimage build`` entries name the model's (``pull`` and ``inspect``
+    use that when a copy dropped the layer annotations)."""
+    history = list(config.get("history") or [])
+    described = sum(1 for h in history if not (isinstance(h, dict) and h.get("empty_layer")))
+    created = config.get("created") or "1970-01-01T00:00:00Z"
+    return history + [{"created": created, "created_by": "base image layer (its history did not describe it)"}
+                      for _ in range(max(0, n_layers - described))]
 
 
 # image-spec annotations.md: the image this one is based on

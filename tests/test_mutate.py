@@ -256,3 +256,25 @@ def test_adapter_on_its_base_model_image(registry, tmp_path, capsys):
     assert args[args.index("--lora-modules") + 1] == "tiny-lora=/models/tiny/adapters/tiny-lora"
     assert args[args.index("--max-lora-rank") + 1] == "32"
     assert server["volumeMounts"][0]["subPath"] == "models/tiny"
+
+
+def test_a_base_without_history_gets_entries_for_its_layers(llama_dir, tmp_path, capsys):
+    """History is optional; a base without it (crane, hand-made layouts)
+    gets one entry per layer, as BuildKit adds them, so the history lines up
+    with the layers and names the model's (what pull and inspect rely on
+    when a copy drops the layer annotations)."""
+    import gzip
+
+    from modelimage.image import open_image
+    from modelimage.pull.schedule import model_layers
+
+    from .pullkit import info, layout, tar_of
+
+    base = layout(tmp_path / "base", [gzip.compress(tar_of([(info(f"bin/t{i}"), b"x")])) for i in (1, 2)])
+    assert main(["build", str(llama_dir), "--base", base, "-o", f"oci:{tmp_path / 'out'}:v1", "-q"]) == 0
+    capsys.readouterr()
+    image = open_image(f"oci:{tmp_path / 'out'}:v1")
+    n = len(image.layers)
+    assert len(image.config["history"]) == n
+    assert model_layers(image.config, n) == set(range(2, n))
+    image.close()

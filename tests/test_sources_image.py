@@ -129,3 +129,84 @@ def test_a_name_that_is_neither_says_both(tmp_path, capsys, monkeypatch):
     with pytest.raises(SourceError):
         modelimage.inspect("oci:" + str(tmp_path / "none"))
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- images others rewrote (breaker3)
+
+
+def _rewrite(layout_dir: Path, *, created_by: str | None = None) -> None:
+    """Drop the layer annotations of the layout's one image, as skopeo and
+    podman copies do; with ``created_by``, also rename every history entry
+    (podman's own history for an image built from a rendered Dockerfile)."""
+    import hashlib
+    import json
+
+    blobs = layout_dir / "blobs" / "sha256"
+    index = json.loads((layout_dir / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_text())
+    for d in manifest["layers"]:
+        d.pop("annotations", None)
+    if created_by is not None:
+        config = json.loads((blobs / manifest["config"]["digest"][7:]).read_text())
+        config["history"] = [{**h, "created_by": created_by} for h in config["history"]]
+        raw = json.dumps(config).encode()
+        (blobs / hashlib.sha256(raw).hexdigest()).write_bytes(raw)
+        manifest["config"].update(digest="sha256:" + hashlib.sha256(raw).hexdigest(), size=len(raw))
+    raw = json.dumps(manifest).encode()
+    (blobs / hashlib.sha256(raw).hexdigest()).write_bytes(raw)
+    index["manifests"][0].update(digest="sha256:" + hashlib.sha256(raw).hexdigest(), size=len(raw))
+    (layout_dir / "index.json").write_text(json.dumps(index))
+
+
+def test_a_skopeo_copy_with_compressed_layers_is_one_line_never_an_empty_report(llama_dir, tmp_path, capsys):
+    """``skopeo copy`` (and ``podman push``) gzip the layers and drop their
+    file lists: inspect said "0 parameters, 0 files" with exit 0. The
+    history names the model's layers; those are compressed: one line."""
+    from .tools import need, run
+
+    need("skopeo")
+    out, copy = tmp_path / "out", tmp_path / "copy"
+    assert main(["build", str(llama_dir), "-o", f"oci:{out}:v1", "-q"]) == 0
+    run("skopeo", "copy", "-q", "--dest-compress-format", "gzip", f"oci:{out}:v1", f"oci:{copy}:v1")
+    capsys.readouterr()
+    assert main(["inspect", f"oci:{copy}:v1"]) == 1
+    out_, err = capsys.readouterr()
+    assert out_ == "" and err.count("\n") == 1
+    assert "is compressed (gzip)" in err and "pull the image" in err
+
+
+def test_layers_that_lost_their_file_lists_are_read_by_the_history(llama_dir, tmp_path, capsys):
+    """Uncompressed layers without annotations (``podman save --uncompressed``):
+    the report is the folder's, whether the history names modelimage's
+    layers or, for an image podman built from a rendered Dockerfile, none."""
+    want = modelimage.inspect(llama_dir)
+    for created_by in (None, "/bin/sh -c #(nop) COPY dir:abc in /models/llama"):
+        out = tmp_path / f"out-{created_by is None}"
+        assert main(["build", str(llama_dir), "-o", f"oci:{out}:v1", "-q"]) == 0
+        _rewrite(out, created_by=created_by)
+        got = modelimage.inspect(f"oci:{out}:v1")
+        assert (got.parameters, got.dtypes, got.format, [f.name for f in got.files]) == (
+            want.parameters, want.dtypes, want.format, [f.name for f in want.files]), created_by
+    capsys.readouterr()
+
+
+def test_a_base_image_layer_is_not_read_when_the_history_names_the_models(llama_dir, tmp_path):
+    """On a base whose layer is gzip: with the file lists dropped, the
+    history says which layers are the model's; the base's is never read."""
+    import gzip
+
+    base = layout(tmp_path / "base", [gzip.compress(tar_of([(info("bin/tool"), b"#!/bin/sh\n")]))])
+    out = tmp_path / "out"
+    assert main(["build", str(llama_dir), "--base", base, "-o", f"oci:{out}:v1", "-q"]) == 0
+    _rewrite(out)
+    got = modelimage.inspect(f"oci:{out}:v1")
+    assert got.parameters == modelimage.inspect(llama_dir).parameters
+
+
+def test_an_image_with_nothing_under_its_model_folder_is_an_error(tmp_path, capsys):
+    """A recorded target that holds no file: one line, exit 1, never an
+    empty report."""
+    ref = layout(tmp_path / "oci", [tar_of([(info("elsewhere/model.safetensors"), b"x")])])
+    assert main(["inspect", ref, "--include", "*.gguf"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no files in its layers (after include/exclude)" in err

@@ -25,7 +25,8 @@ from ..content import RangeFile
 from ..errors import SourceError
 from ..image import Image
 from ..oci import Descriptor
-from ..pull.layers import classify, normalize, subtree
+from ..pull.layers import Layer, classify, normalize, subtree
+from ..pull.schedule import model_layers
 from ..pull.stream import sniff
 from ..registry.pieces import FetchStats
 from .files import SourceFile, selected
@@ -110,22 +111,42 @@ class ImageFolder:
         order (later files replace earlier ones, whiteouts delete), hidden
         names skipped, include/exclude applied as for a local folder."""
         tree: dict[str, ImageFile] = {}
-        for layer in classify(self.image):
+        layers = classify(self.image)
+        for layer in layers:
             if layer.kind == "raw" and layer.listed:
                 name = layer.listed[0].name
                 tree[name] = ImageFile(self.image, layer.desc, 0, layer.desc.size, name)
-            elif layer.kind == "tar" and (layer.known or self.image.target is None):
+            elif layer.kind == "tar" and self._holds_model(layer, layers):
                 if layer.known and not any(self._under_root(f.name) for f in layer.listed or ()):
                     continue  # lists no file of the model: not worth a read
                 self._apply(layer.desc, layer.label, tree)
-            # a tar without a file list in a modelimage image: the base's, outside the model
         files = []
         for path, f in sorted(tree.items()):
             rel = self._relative(path)
             if rel is None or any(p.startswith(".") for p in rel.split("/")) or not selected(rel, include, exclude):
                 continue
             files.append(SourceFile(rel, f, f.size))
+        if not files:  # an empty report with exit 0 would read as "no model"
+            where = f"under /{self.root}" if self.root else "in its layers"
+            raise SourceError(f"{self.image.name}: no files {where}"
+                              + (" (after include/exclude)" if include or exclude else ""))
         return files
+
+    def _holds_model(self, layer: Layer, layers: Sequence[Layer]) -> bool:
+        """Whether a tar layer may hold model files: a layer that lists its
+        files; in an image that records no model folder, every layer; in a
+        modelimage image, a layer without a list is its base's when another
+        layer lists its files, or, when a copy dropped every layer
+        annotation (skopeo, podman), when the config's history does not name
+        it a ``modelimage build`` layer (as :mod:`modelimage.pull.schedule`
+        decides what a pull takes). An image whose history names none
+        (built by podman from a rendered Dockerfile) has every layer read."""
+        if layer.known or self.image.target is None:
+            return True
+        if any(other.known and other.kind == "tar" for other in layers):
+            return False
+        named = model_layers(self.image.config, len(layers))
+        return named is None or layer.index in named
 
     def _under_root(self, path: str) -> bool:
         return self._relative(path) is not None
