@@ -26,6 +26,7 @@ from .layout.read import check_digest, json_object
 from .oci import ANNOTATION_PREFIX, INDEX_MEDIA_TYPES, Descriptor, Platform, select_platform
 from .registry.fetch import DEFAULT_CONNECTIONS, DEFAULT_RETRIES, BlobReader, FetchStats
 from .registry.keychain import Credentials
+from .registry.pieces import content_range_start
 
 ANNOTATION_TARGET = ANNOTATION_PREFIX + "target"
 MAX_NESTING = 4  # index -> index -> ... -> manifest: deeper is a loop or a mistake
@@ -182,13 +183,18 @@ class _RegistryStore:
 
     def read_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
         """One ``Range: bytes=offset-end`` GET; a registry that answers the
-        whole blob (200) is read no further than asked."""
+        whole blob (200) is read no further than asked; a 206 whose
+        ``Content-Range`` does not cover the range asked for raises
+        :class:`~modelimage.registry.pieces.FetchError`."""
         length = max(0, min(length, desc.size - offset))
         if length == 0:
             return b""
         r = self.client.stream_blob(self.repository, desc.digest, offset, offset + length - 1)
         try:
-            skip = offset if r.status_code == 200 else 0
+            skip = offset  # a 200 is the whole blob
+            if r.status_code == 206:  # other bytes than asked for would be read as these (a proxy's bug)
+                skip -= content_range_start(f"{self.source}: blob {desc.digest[:19]}",
+                                            r.headers.get("Content-Range"), offset, offset + length - 1, desc.size)
             out = bytearray()
             for chunk in r.iter_raw():
                 self.stats.add(len(chunk))

@@ -25,7 +25,9 @@ one from then on). The faults:
 * :class:`Throttle` -- forward with both bodies slowed to ``rate`` bytes/s.
 * :class:`BodySize` -- answer instead of forwarding when the request body is
   over or under a size (413 body limits, chunk caps, minimum chunks).
-* :class:`Rewrite` -- forward, then change the answer's status or add headers.
+* :class:`Rewrite` -- forward (with request headers changed or removed:
+  a server that ignores ``Range``), then change the answer's status or add
+  headers.
 * :class:`ExpireToken` -- the bearer token the request carries is expired
   from now on: this request and every later one that carries it get ``401``
   with ``WWW-Authenticate: Bearer realm=..,service=..,scope=..,
@@ -126,6 +128,7 @@ class Rewrite:
 
     status: int | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    request: tuple[tuple[str, str | None], ...] = ()  # request headers set (None: removed) before forwarding
 
 
 Fault = Cut | Respond | Stall | Throttle | ExpireToken | BodySize | Rewrite
@@ -416,6 +419,10 @@ class FaultProxy:
         # forward
         chunked = "chunked" in (_get(headers, "transfer-encoding") or "").lower()
         up_headers = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() != "host"]
+        if isinstance(fault, Rewrite) and fault.request:  # a server that ignores or misreads a header
+            names = {k.lower() for k, _ in fault.request}
+            up_headers = [(k, v) for k, v in up_headers if k.lower() not in names] + \
+                [(k, v) for k, v in fault.request if v is not None]
         up_headers = [("Host", self.upstream), *up_headers, ("Connection", "close")]
         if chunked:
             up_headers.append(("Transfer-Encoding", "chunked"))

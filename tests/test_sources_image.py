@@ -210,3 +210,29 @@ def test_an_image_with_nothing_under_its_model_folder_is_an_error(tmp_path, caps
     assert main(["inspect", ref, "--include", "*.gguf"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no files in its layers (after include/exclude)" in err
+
+
+def test_a_registry_that_ignores_range_or_answers_another_range(heavy, registry, faults, capsys):
+    """Behind a proxy that drops ``Range`` (200, the whole blob) the report
+    is the same, the note saying what it cost; one that answers 206 with
+    more than asked is read from the right offset; one whose ``Content-Range``
+    does not cover the asked bytes is one line, never its bytes read as
+    the asked ones (they were: a garbled header, or a wrong report)."""
+    from .faultproxy import Rewrite, Rule
+
+    assert main(["build", str(heavy), "--push", f"{registry.host}/inspect/ranges:v1", "-q"]) == 0
+    capsys.readouterr()
+    want = modelimage.inspect(heavy)
+    ref = f"{faults.url.split('//')[1]}/inspect/ranges:v1"
+    for request in ((("Range", None),), (("Range", "bytes=0-"),)):
+        faults.reset()
+        faults.add(Rule("GET", r"/blobs/", Rewrite(request=request), occurrence=2, times=None))  # after the config
+        got = modelimage.inspect(ref)
+        assert (got.parameters, got.dtypes, [f.name for f in got.files]) == (
+            want.parameters, want.dtypes, [f.name for f in want.files]), request
+    faults.reset()
+    faults.add(Rule("GET", r"/blobs/", Rewrite(request=(("Range", "bytes=1-"),)), occurrence=2, times=None))
+    from modelimage.errors import ModelImageError
+
+    with pytest.raises(ModelImageError, match=r"asked for bytes 0-\d+, got Content-Range 'bytes 1-"):
+        modelimage.inspect(ref)

@@ -117,6 +117,20 @@ class OpenStream:
     target: Target | None = None
 
 
+def content_range_start(label: str, value: str | None, lo: int, hi: int, size: int) -> int:
+    """Where the body of a 206 answer starts in the blob, from its
+    ``Content-Range``: any range that covers bytes ``lo-hi`` (a server may
+    send more than asked; the caller skips to ``lo``). Raises
+    :class:`FetchError` for one that does not cover them, or names another
+    size than the manifest's (RFC 9110 section 14.4)."""
+    m = _CONTENT_RANGE.match(value or "")
+    if not m or int(m.group(1)) > lo or int(m.group(2)) < hi:
+        raise FetchError(f"{label}: asked for bytes {lo}-{hi}, got Content-Range {value!r}")
+    if m.group(3) != "*" and int(m.group(3)) != size:
+        raise FetchError(f"{label}: the server says the blob has {m.group(3)} bytes, the manifest says {size}")
+    return int(m.group(1))
+
+
 def check_content_range(label: str, value: str | None, lo: int, hi: int, size: int) -> None:
     """Raise :class:`FetchError` unless ``Content-Range`` says bytes ``lo-hi`` of ``size``."""
     m = _CONTENT_RANGE.match(value or "")
