@@ -51,6 +51,29 @@ def test_candidates_mirrors_first_then_the_registry():
         insecure_from_config({"m1:5000": {"insecure": "yes"}})
 
 
+def test_a_mirror_or_table_with_credentials_is_refused_without_showing_them(tmp_path, capsys):
+    """``mirrors = ["bob:PASSWORD@mirror:5000"]`` was echoed whole in the
+    error; a table named ``https://bob:PASSWORD@HOST`` or ``ghcr.io/acme``
+    was silently never used (or, with a path, read as the whole registry).
+    One line each, the password shown as ***, saying what to write."""
+    secret = "hunter2-s3cret"
+    cases = {'"ghcr.io"': f'["bob:{secret}@m1:5000"]', '"ghcr.io" ': f'["https://{secret}@m1:5000/proxy"]',
+             f'"https://bob:{secret}@ghcr.io"': '["m1:5000"]', '"ghcr.io/acme"': '["m1:5000"]',
+             '"docker.io"': '["https://mirror.gcr.io"]'}
+    for table, mirrors in cases.items():
+        config = tmp_path / "modelimage.toml"
+        config.write_text(f"[registries.{table.strip()}]\nmirrors = {mirrors}\n")
+        assert main(["pull", "ghcr.io/acme/model:v1", str(tmp_path / "dest"), "--config", str(config)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and secret not in err and str(config) in err, err
+        assert ("***@" in err) == (secret in mirrors + table) and "Traceback" not in err
+        assert ("modelimage login" in err) == ("@" in mirrors), err
+        assert ("without a scheme" in err) == (mirrors == '["https://mirror.gcr.io"]'), err
+    assert not (tmp_path / "dest").exists()
+    assert mirrors_from_config({"https://index.docker.io/v1/": {"mirrors": ["m1:5000"]}}) == (
+        ("docker.io", ("m1:5000",)),)  # docker's own key for the Hub names the registry
+
+
 @pytest.fixture(scope="module")
 def pull_through(registry):
     """A second registry in proxy mode (a pull-through cache) in front of the session's registry."""

@@ -32,6 +32,7 @@ several times (a variant preflight, a signature check, the pull) warns once.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -54,12 +55,25 @@ PROBE_CONNECT_TIMEOUT = 10.0  # seconds to connect to a mirror (at most the tran
 Mirrors = tuple[tuple[str, tuple[str, ...]], ...]  # (registry host, (mirror location, ...)), as configured
 
 
+# [SCHEME://]USERINFO@...: credentials written into a location, never echoed back
+_USERINFO = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.-]*://)?[^/@]*@")
+
+
+def shown(text: str) -> str:
+    """``text`` as messages may show it: credentials written into it
+    (``[SCHEME://]USER:PASSWORD@HOST...``) replaced by ``***``."""
+    return _USERINFO.sub(lambda m: (m.group(1) or "") + "***@", text, count=1)
+
+
 def parse_location(text: str, where: str) -> tuple[str, str]:
     """``HOST[:PORT][/PREFIX]`` -> ``(host, prefix)`` (``prefix`` ``""`` when
     there is none). Raises :class:`ConfigError` naming ``where``."""
     host, _, prefix = text.strip().partition("/")
-    bad = ConfigError(f'{where}: mirror {text!r} is not "HOST[:PORT]" or "HOST[:PORT]/PATH" (a registry host, '
-                      "with a dot, a port or localhost)")
+    hint = ("; credentials go in the keychain: modelimage login MIRROR" if _USERINFO.match(text)
+            else "; write it without a scheme (insecure = true in its own table allows plain HTTP)"
+            if "://" in text else "")
+    bad = ConfigError(f'{where}: mirror {shown(text)!r} is not "HOST[:PORT]" or "HOST[:PORT]/PATH" (a registry '
+                      f"host, with a dot, a port or localhost){hint}")
     try:
         parsed = Reference.parse(f"{host}/{prefix + '/' if prefix else ''}x")
     except ConfigError:
@@ -79,7 +93,18 @@ def mirrors_from_config(registries: Mapping[str, Mapping[str, Any]], where: str 
         mirrors = table.get("mirrors")
         if mirrors is None:
             continue
-        table_name = f'{where} [registries."{host}"]'
+        table_name = f'{where} [registries."{shown(host)}"]'
+        named = registry_host(host)
+        path = re.sub(r"^[a-z][a-z0-9+.-]*://", "", host.strip(), flags=re.I).partition("/")[2].strip("/")
+        try:  # a path would read as a prefix (registries.conf's) but name the whole registry: refused
+            valid = not _USERINFO.match(host) and path in ("", "v1", "v2") and \
+                Reference.parse(f"{named}/x").host == named
+        except ConfigError:
+            valid = False
+        if not valid:  # else its mirrors would never be used, silently
+            raise ConfigError(f'{table_name}: mirrors need a registry host as the table name, "HOST[:PORT]" '
+                              "(the registry as references name it, e.g. ghcr.io or docker.io; no path: mirrors serve "
+                              "the whole registry)")
         if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
             raise ConfigError(f'{table_name}: mirrors must be a list of "HOST[:PORT]" strings')
         for m in mirrors:
