@@ -72,8 +72,11 @@ class DaemonRef:
                                                                              or host == "localhost") \
             else bool(_NAME_RE.match(name))
         if not ok or not _TAG_RE.match(tag):
-            raise ConfigError(f"{text!r}: expected docker-daemon:NAME[:TAG] (lowercase NAME, as docker names "
-                              "images)")
+            shown = re.sub(r"^([^/@]*)@(?=[^/@]*/)", "***@", rest)  # USER:PASSWORD@HOST/...: never echoed
+            why = ("credentials do not go in a name" if shown != rest
+                   else "an image is loaded under a tag, not a digest" if "@sha256:" in rest
+                   else "lowercase NAME, as docker names images")
+            raise ConfigError(f"{PREFIX + shown!r}: expected docker-daemon:NAME[:TAG] ({why})")
         return cls(name, tag, explicit)
 
 

@@ -96,3 +96,14 @@ def test_names(text, name, tag):
 def test_bad_names(text):
     with pytest.raises(ConfigError, match="docker-daemon:NAME"):
         DaemonRef.parse(text)
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("docker-daemon:bob:hunter2-s3cret@registry.local/llama:v1", "credentials do not go in a name"),
+    ("docker-daemon:llama@sha256:" + "0" * 64, "under a tag, not a digest"),
+])
+def test_a_name_with_credentials_or_a_digest_says_why_and_never_shows_the_password(text, why):
+    """The error echoed the whole name back, password included."""
+    with pytest.raises(ConfigError) as e:
+        DaemonRef.parse(text)
+    assert "hunter2" not in str(e.value) and why in str(e.value) and "docker-daemon:NAME[:TAG]" in str(e.value)
