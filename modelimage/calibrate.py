@@ -332,7 +332,10 @@ def load(engine: str) -> Calibration | None:
         raise ModelImageError(f"{path}: cannot read the stored calibration ({e}); run `modelimage estimate "
                               f"--calibrate --engine {engine}` again or delete the file") from None
     try:
-        return Calibration.from_json(data)
+        calibration = Calibration.from_json(data)
+        if calibration.engine != engine:  # its costs would be printed as this engine's
+            raise ValueError(f"it is {calibration.engine}'s")
+        return calibration
     except (KeyError, TypeError, ValueError) as e:
         raise ModelImageError(f"{path}: not a calibration this modelimage reads ({e}); run `modelimage estimate "
                               f"--calibrate --engine {engine}` again") from None

@@ -37,8 +37,20 @@ class Sample:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Sample:
-        return cls(tuple(LayerSpec(int(a), int(b), c) for a, b, c in d["layers"]),
-                   tuple(float(s) for s in d["seconds"]))
+        """Raises ``ValueError`` for anything :meth:`to_json` does not write:
+        no pulls, a time that is not a positive number of seconds."""
+        seconds = tuple(_number(s, "seconds") for s in d["seconds"])
+        if not seconds or not all(s > 0 for s in seconds):
+            raise ValueError(f"a sample's seconds are {list(d['seconds'])!r}, not pull times")
+        return cls(tuple(LayerSpec(int(a), int(b), c) for a, b, c in d["layers"]), seconds)
+
+
+def _number(value: Any, what: str) -> float:
+    """A JSON number as a finite float; ``ValueError`` for anything else
+    (a string, a boolean, NaN, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} is {value!r}, not a finite number")
+    return float(value)
 
 
 def features(layers: Sequence[LayerSpec], concurrency: int) -> list[float]:
@@ -100,9 +112,17 @@ class Calibration:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Calibration:
-        costs = Costs(*(float(d["costs"][k]) for k in ("pull_s", "layer_s", "byte_s", "stream_byte_s", "gzip_byte_s")))
-        return cls(str(d["engine"]), costs, tuple(Sample.from_json(s) for s in d["samples"]),
-                   dict(d.get("facts", {})))
+        """What :meth:`to_json` wrote. Raises ``KeyError``, ``TypeError`` or
+        ``ValueError`` for anything else (a cost that is not a finite,
+        non-negative number, no samples, a sample without pull times)."""
+        names = ("pull_s", "layer_s", "byte_s", "stream_byte_s", "gzip_byte_s")
+        values = [_number(d["costs"][k], k) for k in names]
+        if any(v < 0 for v in values):
+            raise ValueError(f"{names[next(i for i, v in enumerate(values) if v < 0)]} is negative")
+        samples = tuple(Sample.from_json(s) for s in d["samples"])
+        if not samples:
+            raise ValueError("it holds no calibration pulls")
+        return cls(str(d["engine"]), Costs(*values), samples, dict(d.get("facts", {})))
 
 
 def fit(engine: str, samples: Sequence[Sample], *, facts: Mapping[str, Any] | None = None) -> Calibration:

@@ -153,3 +153,34 @@ def test_a_small_calibration_predicts_another_size(registry, tmp_path):
             puller.clear(ref)
     assert abs(error) <= 0.5, (f"estimate {e.total_seconds:.2f} s vs fastest {check.median:.2f} s of "
                                 f"{samples[-1].seconds}; calibration {cal.costs}, errors {cal.errors()}")
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    (lambda d: d["samples"][0].update(seconds=[0]), "not pull times"),  # was a ZeroDivisionError traceback
+    (lambda d: d["samples"][0].update(seconds=[]), "not pull times"),  # was a StatisticsError traceback
+    (lambda d: d.update(samples=[]), "no calibration pulls"),  # "reproduces its 0 images within ±0 %"
+    (lambda d: d.update(engine="containerd"), "it is containerd's"),  # containerd's costs printed as podman's
+    (lambda d: d["costs"].update(pull_s=True), "pull_s is True"),  # read as 1 s
+    (lambda d: d["costs"].update(pull_s="2"), "pull_s is '2'"),
+    (lambda d: d["costs"].update(byte_s=-1e-9), "byte_s is negative"),  # the message named no file
+    (lambda d: d["costs"].update(layer_s=float("nan")), "layer_s is nan"),
+])
+def test_a_corrupt_stored_calibration_is_one_line_naming_the_file(change, why, tmp_path, monkeypatch, llama_dir,
+                                                                  capsys):
+    """Hand-edited or damaged calibration files: never a traceback, never
+    numbers estimated from them; one line naming the file and the fix."""
+    from modelimage.estimate import LayerSpec
+
+    monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path))
+    pulls = [Sample((LayerSpec(s),) * n, (0.5 + s / 1e9 + n / 10,)) for s in (2**20, 2**24) for n in (1, 2)]
+    data = fit("podman", pulls).to_json()
+    monkeypatch.setattr(calibrate, "cache_dir", lambda: tmp_path)
+    calibrate.save(calibrate.Calibration.from_json(data))
+    assert calibrate.load("podman") is not None  # the good one loads
+    change(data)
+    stored = tmp_path / "calibration" / "podman.json"
+    stored.write_text(json.dumps(data))
+    assert main(["estimate", str(llama_dir), "--engine", "podman"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {stored}: not a calibration this modelimage reads") and err.count("\n") == 1
+    assert why in err and "--calibrate --engine podman" in err
