@@ -406,3 +406,25 @@ def test_the_file_systems_root_is_refused_as_dest(tmp_path, capsys):
         assert main(["pull", lay, dest]) == 1
         assert "is the file system's root" in capsys.readouterr().err
     assert not os.path.exists("/breaker2-never-written.bin") and not os.path.exists("/.modelimage-pull.json")
+
+
+def test_a_failed_pull_removes_the_parents_of_dest_it_made_too(tmp_path, capsys):
+    """``pull REF a/b/c`` that fails made a, a/b and a/b/c; it removed c
+    alone and said "DEST was left as it was" (breaker3). Every folder the
+    pull made goes again while empty; a parent that was there stays, and
+    so does one that holds something now."""
+    from .pullkit import info, layout, tar_of
+
+    lay = layout(tmp_path / "oci", [tar_of([(info("m/model.safetensors"), b"w")])])
+    base = tmp_path / "there"
+    base.mkdir()
+    assert main(["pull", lay, str(base / "a" / "b" / "c"), "--include", "*.gguf"]) == 1
+    assert "DEST was left as it was" in capsys.readouterr().err
+    assert os.listdir(base) == []
+    (base / "a").mkdir()
+    (base / "a" / "yours.txt").write_text("kept")
+    assert main(["pull", lay, str(base / "a" / "b" / "c"), "--include", "*.gguf"]) == 1
+    assert sorted(os.listdir(base / "a")) == ["yours.txt"]
+    assert main(["pull", lay, str(base / "a" / "b" / "c")]) == 0  # and a pull that works keeps them
+    assert (base / "a" / "b" / "c" / "m" / "model.safetensors").read_bytes() == b"w"
+    capsys.readouterr()

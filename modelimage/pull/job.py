@@ -233,23 +233,28 @@ class PullJob:
     def close(self, failed: bool = False) -> None:
         """Unlock DEST; after a failure, remove DEST again if this pull made it and it is empty."""
         if self._lock_fd >= 0:
-            unlock_dest(self.dest, self._lock_fd, remove_if_empty=failed and self._created)
+            unlock_dest(self.dest, self._lock_fd, remove=self._created if failed else ())
             self._lock_fd = -1
         self.image.close()
 
 
-def lock_dest(dest: Path) -> tuple[str, bool, int]:
+def lock_dest(dest: Path) -> tuple[str, tuple[str, ...], int]:
     """Make DEST (and its parents) if needed and take its lock (``flock`` on
     the folder itself, so two pulls never write one DEST). Returns (DEST's
-    real path, whether this call made it, the locked descriptor). Raises
+    real path, the folders this call made, outermost first, the locked
+    descriptor). Raises
     :class:`PullError` for DEST ``/``, an unwritable DEST, or one another
     pull holds."""
     if os.path.realpath(dest) == "/":
         raise PullError(f"{dest}: is the file system's root; pull into a folder of its own (e.g. /models/NAME)")
-    created = not os.path.lexists(dest)  # removed again if a failed pull leaves it empty
+    missing, up = [], Path(os.path.abspath(dest))
+    while not os.path.lexists(up) and up != up.parent:  # removed again if a failed pull leaves them empty
+        missing.append(up)
+        up = up.parent
     try:
         dest.mkdir(parents=True, exist_ok=True)
         real = os.path.realpath(dest)
+        created = tuple(os.path.realpath(p) for p in reversed(missing))
         fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise PullError(f"{dest}: cannot write there ({e.strerror or e})") from None
@@ -261,14 +266,15 @@ def lock_dest(dest: Path) -> tuple[str, bool, int]:
     return real, created, fd
 
 
-def unlock_dest(dest: str, fd: int, *, remove_if_empty: bool) -> None:
-    """Release :func:`lock_dest`'s lock; ``remove_if_empty``: remove DEST
-    when nothing is in it (a failed pull into a DEST it made)."""
-    if remove_if_empty:
+def unlock_dest(dest: str, fd: int, *, remove: Sequence[str] = ()) -> None:
+    """Release :func:`lock_dest`'s lock; ``remove``: the folders it made
+    (outermost first), removed from the innermost while nothing is in them
+    (a failed pull into a DEST it made, parents included)."""
+    for folder in reversed(remove):
         try:
-            os.rmdir(dest)
+            os.rmdir(folder)
         except OSError:
-            pass  # it holds something: a partial pull to resume
+            break  # it holds something: a partial pull to resume
     os.close(fd)
 
 
