@@ -374,3 +374,41 @@ def test_credentials_in_a_reference_are_refused_and_never_printed(ref, llama_dir
         assert SECRET not in line and "***@" in line, argv
         assert "credentials do not go in an image reference" in line and "modelimage login " in line, argv
     assert listing(tmp_path) == ["keys", "keys/key.pem", "keys/key.pub"]
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line(tmp_path):
+    """On a busy machine loading the commands takes seconds; a real SIGINT
+    then was a 20-line traceback from inside an import (breaker3). The
+    loading is made to wait here so the signal surely lands in it."""
+    stall = tmp_path / "stall"
+    stall.mkdir()
+    (stall / "sitecustomize.py").write_text(  # sitecustomize runs first; it makes `import modelimage.cli` wait
+        "import sys, time\n"
+        "class _Stall:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'modelimage.cli':\n"
+        "            open(sys.argv[-1], 'w').close(); time.sleep(30)\n"
+        "sys.meta_path.insert(0, _Stall())\n")
+    ready = tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": f"{stall}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from modelimage.__main__ import main; main()",
+                             "--version", str(ready)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (130, "", "interrupted\n")
+
+
+def test_ctrl_c_in_a_command_that_does_not_resume_says_only_interrupted(llama_dir, capsys, monkeypatch):
+    """"rerun to resume" is for pull, push and build; an interrupted
+    inspect or estimate --calibrate has nothing to resume."""
+    def ctrl_c(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("modelimage.api._model.prepare", ctrl_c)
+    assert main(["-q", "inspect", str(llama_dir)]) == 130
+    assert capsys.readouterr() == ("", "interrupted\n")

@@ -65,6 +65,9 @@ for _command in (model.inspect, model.plan, model.example_model, build.build, bu
     cli.add_command(_command)
 
 
+RESUMING = ("pull", "push", "build")  # a rerun skips what an interrupted one finished (blobs, verified files)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code. Every failure is one line on
     stderr: ``error: ...`` for a :class:`ModelImageError` (its exit code),
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         err(f"error: {network_message(host, e)}")
         return 1
     except (KeyboardInterrupt, click.exceptions.Abort):  # Ctrl-C (Abort: click's name for it at a prompt)
-        err("interrupted; rerun to resume")
+        command = next((a for a in args if not a.startswith("-")), "")
+        err("interrupted; rerun to resume" if command in RESUMING else "interrupted")
         return 130
     except click.ClickException as e:
         e.show()
