@@ -16,11 +16,16 @@ after the other:
    ``modelimage estimate REF --engine E --probe`` gives from that
    calibration (link and disk probed against the same registry).
 
-Prints a Markdown table (every pair) and writes every pull to ``--save``.
-``--refit FILE`` reprints the table from a saved run.
+Prints a Markdown table (every pair: the estimate with the range it comes
+with, and whether the median fell inside) and writes every pull to
+``--save``. ``--refit FILE`` reprints the table from a saved run
+(benchmarks/results/ holds the recorded ones). ``--recalibrate`` calibrates
+each engine once more after its checks and adds the error an estimate from
+that later calibration makes: how far the node drifted while the checks ran.
 
     python benchmarks/estimate_vs_pull.py [--engines podman,containerd,modelimage]
-        [--sizes 512MiB,1GiB,2GiB] [--layers 1,4,8] [--repeat 3] [--save results.json]
+        [--sizes 512MiB,1GiB,2GiB] [--layers 1,4,8] [--compressions none,gzip] [--repeat 3]
+        [--recalibrate] [--save results.json]
 """
 
 from __future__ import annotations
@@ -87,9 +92,14 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"# {engine}: calibrated in {time.monotonic() - t:.0f} s: {cal.costs}", flush=True)
                 results["engines"][engine] = {"calibration": cal.to_json(), "checks": []}
                 for size in [parse_size(s) for s in args.sizes.split(",")]:
-                    for compression in ("none", "gzip"):
+                    for compression in args.compressions.split(","):
                         check_group(results, engine, host, work, size, compression, args)
                         _save(results, args.save)
+                if args.recalibrate:  # how far this node drifted while the checks ran
+                    after = calibrate.calibrate(engine, registry=host, work=work, store=False)
+                    print(f"# {engine}: calibrated again after the checks: {after.costs}", flush=True)
+                    results["engines"][engine]["calibration_after"] = after.to_json()
+                    _save(results, args.save)
     finally:
         if ctrd is not None:
             ctrd.close()
@@ -115,12 +125,14 @@ def check_group(results: dict, engine: str, host: str, work: Path, size: int, co
     try:
         disk = probes.probe_disk(_existing(puller.storage()), 64 * 2**20)
         cache = probes.probe_write_cache()
+        load_start, started = os.getloadavg()[0], time.strftime("%H:%M:%S")
         samples = calibrate.measure(puller, images, repeat=args.repeat)
     finally:
         puller.close()
     for sample in samples:
         rec["checks"].append({**sample.to_json(), "link_bps": link, "disk_bps": disk, "write_cache": cache,
-                              "load_average": os.getloadavg()[0]})
+                              "load_average_start": load_start, "load_average": os.getloadavg()[0],
+                              "started": started, "ended": time.strftime("%H:%M:%S")})
         print(_row(engine, Calibration.from_json(rec["calibration"]), rec["checks"][-1]), flush=True)
     shutil.rmtree(work / "registry" / "docker" / "registry" / "v2" / "blobs", ignore_errors=True)
 
@@ -147,44 +159,60 @@ def estimate_for(cal: Calibration, check: dict) -> tuple[float, float, float]:
     return e.total_seconds, e.low_seconds, e.high_seconds
 
 
-def _row(engine: str, cal: Calibration, check: dict) -> str:
+def _row(engine: str, cal: Calibration, check: dict, after: Calibration | None = None) -> str:
     s = Sample.from_json(check)
-    est, _, _ = estimate_for(cal, check)
+    est, low, high = estimate_for(cal, check)
     kind = "gzip" if s.layers[0].compression == "gzip" else "plain"
+    load = f"{check['load_average_start']:.1f}-" if "load_average_start" in check else ""
+    again = f" {(estimate_for(after, check)[0] / s.median - 1) * 100:+.0f} % |" if after else ""
     return (f"| {engine} | {format_size(sum(x.tar_bytes for x in s.layers))} | {len(s.layers)} | {kind} | "
-            f"{', '.join(f'{t:.2f}' for t in s.seconds)} | {s.median:.2f} | {est:.2f} | "
-            f"{(est / s.median - 1) * 100:+.0f} % | {check['load_average']:.1f} |")
+            f"{', '.join(f'{t:.2f}' for t in s.seconds)} | {s.median:.2f} | {est:.2f} ({low:.1f}-{high:.1f}) | "
+            f"{(est / s.median - 1) * 100:+.0f} % | {'yes' if low <= s.median <= high else 'no'} |{again} "
+            f"{load}{check['load_average']:.1f} |")
 
 
-HEAD = ("| engine | image | layers | layers are | real pulls s | median | estimate s | error | load |\n"
-        "|---|---|---|---|---|---|---|---|---|")
+HEAD = ("| engine | image | layers | layers are | real pulls s | median | estimate s (range) | error | median in "
+        "range | load |\n|---|---|---|---|---|---|---|---|---|---|")
+HEAD_AFTER = ("| engine | image | layers | layers are | real pulls s | median | estimate s (range) | error | median "
+              "in range | error, calibrated after | load |\n|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _after(rec: dict) -> Calibration | None:
+    return Calibration.from_json(rec["calibration_after"]) if "calibration_after" in rec else None
 
 
 def report(results: dict) -> None:
     print(f"\n# {results['machine']}")
     for engine, rec in results["engines"].items():
-        cal = Calibration.from_json(rec["calibration"])
-        c = cal.costs
-        print(f"\n{engine} ({cal.facts.get('engine_version')}): pull {c.pull_s:.3f} s, layer {c.layer_s:.3f} s, "
-              f"{c.byte_s * 1e9:.2f} s/GB, busiest stream {c.stream_byte_s * 1e9:.2f} s/GB, gzip "
-              f"{c.gzip_byte_s * 1e9:.2f} s/GB; errors on its own pulls "
-              + ", ".join(f"{e * 100:+.0f}" for e in cal.errors()) + " %")
-    print("\n" + HEAD)
+        for when, cal in (("", Calibration.from_json(rec["calibration"])), (" again after the checks", _after(rec))):
+            if cal is None:
+                continue
+            c, (lo, hi) = cal.costs, cal.spread
+            print(f"\n{engine} ({cal.facts.get('engine_version')}, calibrated{when} at {cal.facts.get('date')}, load "
+                  f"{cal.facts.get('load_average')}-{cal.facts.get('load_average_after')}): pull {c.pull_s:.3f} s, "
+                  f"layer {c.layer_s:.3f} s, {c.byte_s * 1e9:.2f} s/GB, busiest stream {c.stream_byte_s * 1e9:.2f} "
+                  f"s/GB, gzip {c.gzip_byte_s * 1e9:.2f} s/GB; errors on its own pulls "
+                  + ", ".join(f"{e * 100:+.0f}" for e in cal.errors()) + f" %; single pulls x{lo:.2f}-x{hi:.2f}")
+    after = any("calibration_after" in rec for rec in results["engines"].values())
+    print("\n" + (HEAD_AFTER if after else HEAD))
     for engine, rec in results["engines"].items():
         cal = Calibration.from_json(rec["calibration"])
         for check in rec["checks"]:
-            print(_row(engine, cal, check))
+            print(_row(engine, cal, check, _after(rec) if after else None))
     print()
     for engine, rec in results["engines"].items():
         cal = Calibration.from_json(rec["calibration"])
-        errors = [estimate_for(cal, c)[0] / Sample.from_json(c).median - 1 for c in rec["checks"]]
-        spread = [(max(c["seconds"]) - min(c["seconds"])) / Sample.from_json(c).median for c in rec["checks"]]
+        ests = [estimate_for(cal, c) for c in rec["checks"]]
+        medians = [Sample.from_json(c).median for c in rec["checks"]]
+        errors = [e[0] / m - 1 for e, m in zip(ests, medians)]
+        spread = [(max(c["seconds"]) - min(c["seconds"])) / m for c, m in zip(rec["checks"], medians)]
         if errors:
             print(f"{engine}: {sum(abs(e) <= 0.15 for e in errors)} of {len(errors)} within ±15 %, worst "
                   f"{max(errors, key=abs) * 100:+.0f} %, median |error| "
-                  f"{statistics.median(map(abs, errors)) * 100:.0f} %;"
-                  f" the pulls' own spread (max-min)/median: median {statistics.median(spread) * 100:.0f} %, "
-                  f"max {max(spread) * 100:.0f} %")
+                  f"{statistics.median(map(abs, errors)) * 100:.0f} %, "
+                  f"{sum(lo <= m <= hi for (_, lo, hi), m in zip(ests, medians))} of {len(errors)} medians in the "
+                  f"estimate's range; the pulls' own spread (max-min)/median: median "
+                  f"{statistics.median(spread) * 100:.0f} %, max {max(spread) * 100:.0f} %")
 
 
 def _save(results: dict, path: Path | None) -> None:
@@ -197,6 +225,9 @@ def main() -> None:
     ap.add_argument("--engines", default="podman,containerd,modelimage")
     ap.add_argument("--sizes", default="512MiB,1GiB,2GiB")
     ap.add_argument("--layers", default="1,4,8")
+    ap.add_argument("--compressions", default="none,gzip")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="calibrate each engine again after its checks (how far the node drifted meanwhile)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--save", type=Path)
     ap.add_argument("--refit", type=Path, help="report a saved run instead of measuring")

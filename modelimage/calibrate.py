@@ -15,6 +15,8 @@ store the fit with the machine's facts.
    shuffled order (so a burst of other load spreads over all of them), and
    removes what the pull left before the next (:mod:`modelimage.pullers`);
 4. **fit**: :func:`modelimage.fit.fit` on the median time of each image;
+   the range estimates come with is as far as any single pull strayed from
+   the fit (:attr:`modelimage.fit.Calibration.spread`): a busy node's drift;
 5. **store**: ``$MODELIMAGE_CACHE_DIR/calibration/ENGINE.json`` (the fit, the
    samples, the machine's facts), which :func:`load` gives back to
    ``estimate``.

@@ -228,8 +228,8 @@ def busiest_stream_bytes(sizes: Sequence[int], concurrency: int) -> float:
 @dataclass(frozen=True)
 class Estimate:
     """The estimated pull: ``total_seconds`` and the range ``low_seconds``
-    .. ``high_seconds`` it is good to (the calibration's worst error, or
-    :data:`BUILTIN_RANGE` without one).
+    .. ``high_seconds`` it is good to (as far as the calibration's single
+    pulls strayed, or :data:`BUILTIN_RANGE` without one).
 
     ``phases`` (seconds): ``fixed`` the per-pull and per-layer costs;
     ``engine`` the engine's per-byte work, of which ``decompress``; ``link``

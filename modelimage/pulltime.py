@@ -86,9 +86,10 @@ def basis_for(engine: str) -> Basis:
                      "measures this one)")
     errors = cal.errors()
     worst = max((abs(e) for e in errors), default=0.0)
+    lo, hi = cal.spread
     return Basis(cal.engine_model(), cal.spread, True,
                  f"{cal.engine_model().source}; reproduces its {len(errors)} calibration images within "
-                 f"±{worst * 100:.0f} %")
+                 f"±{worst * 100:.0f} %; range x{lo:.2f} to x{hi:.2f}, as far as its single pulls strayed")
 
 
 @dataclass(frozen=True)

@@ -159,4 +159,7 @@ def _calibrate(engine: str, registry: str | None, sizes: list[int] | None, layer
         size = format_size(sum(x.tar_bytes for x in s.layers))
         click.echo(f"    {size:>8} {plural(len(s.layers), 'layer'):<9} {kind:<5} "
                    f"median {s.median:6.2f} s ({', '.join(f'{t:.2f}' for t in s.seconds)}): {e * 100:+.0f} %")
+    lo, hi = cal.spread
+    click.echo(f"  estimates from it come with the range x{lo:.2f} to x{hi:.2f}: as far as its single pulls "
+               "strayed from the fit (at least ±5 %)")
     click.echo(f"stored: {path}")
