@@ -32,7 +32,7 @@ config.json. Build (layout), build --push and pull, with ``tar -cf`` and
 file lists went (inline annotations or a file-list layer); the per-file
 overhead is (t(N) - t(smallest N)) / (N - smallest N).
 
-Results go to a JSON file (``--json``), a PNG plot (``--plot``, needs the
+Results go to a JSON file (``--json``), a PNG plot (docs/scale.png; needs the
 ``bench`` extra: matplotlib) and, unless ``--no-write``, docs/benchmarks.md
 between ``<!-- bench_scale:begin -->`` and ``<!-- bench_scale:end -->``.
 Everything it writes lives under a folder in /var/tmp, removed at the end.
