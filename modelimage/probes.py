@@ -100,7 +100,7 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
         final = first.url
         carry = {k: v for k, v in first.request.headers.items() if k.lower() in ("authorization", "cookie")}
     except httpx.HTTPError as e:
-        raise ModelImageError(f"cannot measure the download speed of {url}: {e}") from e
+        raise ModelImageError(f"cannot measure the download speed of {url}: {_why(e, host)}") from None
     finally:
         if own:
             c.close()
@@ -151,6 +151,19 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
             raise e
         raise ModelImageError(f"cannot measure the download speed of {url}: {e}") from e
     return sum(got) / max(elapsed, 1e-9)
+
+
+def _why(e: Exception, host: str) -> str:
+    """An HTTP failure in a few words, never the URL it happened at: a blob
+    redirected to storage has a signed URL (``X-Amz-Signature=...``,
+    ``X-Amz-Credential=...``) that httpx's own message would print."""
+    import httpx
+
+    if isinstance(e, httpx.HTTPStatusError):
+        netloc = e.request.url.netloc.decode("ascii")
+        where = netloc if netloc != host else None
+        return f"HTTP {e.response.status_code}" + (f" from the blob's storage at {where} (redirected)" if where else "")
+    return f"{type(e).__name__}" + (f" ({e.__context__})" if isinstance(e.__context__, OSError) else "")
 
 
 def _content_range_total(value: str | None) -> int | None:

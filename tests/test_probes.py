@@ -53,3 +53,38 @@ def test_probe_download_against_a_real_registry():
             probes.probe_download(f"{reg.url}/v2/probe/blobs/sha256:{'0' * 64}")
     finally:
         reg.stop()
+
+
+@pytest.mark.integration
+def test_a_redirect_to_storage_that_fails_never_prints_its_signed_url(registry, faults, llama_dir, capsys):
+    """A registry redirects blob GETs to storage with a signed URL
+    (``X-Amz-Credential``, ``X-Amz-Signature``); when storage refused it,
+    ``estimate --probe`` printed httpx's message with that URL whole."""
+    import http.server
+    import threading
+
+    from modelimage.cli import main
+
+    from .faultproxy import Rewrite, Rule
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(403)
+
+        def log_message(self, *args):
+            pass
+
+    storage = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=storage.serve_forever, daemon=True).start()
+    try:
+        assert main(["build", str(llama_dir), "--push", f"{registry.host}/probe/signed:v1", "-q"]) == 0
+        signed = (f"http://127.0.0.1:{storage.server_address[1]}/bucket/blob?X-Amz-Credential=AKIA-SECRET-ID"
+                  "&X-Amz-Signature=s3cret-signature")
+        faults.add(Rule("GET", r"/blobs/sha256:", Rewrite(307, (("Location", signed),)), times=None))
+        capsys.readouterr()
+        assert main(["estimate", f"{faults.url.split('//')[1]}/probe/signed:v1", "--probe"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "SECRET" not in err and "s3cret" not in err and "X-Amz" not in err, err
+        assert f"HTTP 403 from the blob's storage at 127.0.0.1:{storage.server_address[1]} (redirected)" in err
+    finally:
+        storage.shutdown()
