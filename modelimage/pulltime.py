@@ -191,7 +191,7 @@ def layers_of(source: str, config: Path | None = None, max_layer_size: int | Non
     from .image import open_image
     from .job import Options, prepare
     from .layout import LayoutRef
-    from .registry.reference import looks_like_path
+    from .registry.reference import FOREIGN_TRANSPORTS, Reference, looks_like_path
 
     if LayoutRef.is_layout(source):  # oci:DIR[:TAG] or oci-archive:FILE[:TAG], through its indexes
         image = open_image(source)
@@ -200,6 +200,8 @@ def layers_of(source: str, config: Path | None = None, max_layer_size: int | Non
     try:
         job = prepare(source, Options(config=config, max_layer_size=max_layer_size))
     except ModelImageError:
+        if source.partition(":")[0] in FOREIGN_TRANSPORTS:  # docker-archive:FILE: the reference says what to do
+            Reference.parse(source)
         if "/" not in source or Path(source).exists() or source.startswith(REMOTE_SCHEMES) \
                 or looks_like_path(source):
             raise

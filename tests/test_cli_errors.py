@@ -412,3 +412,31 @@ def test_ctrl_c_in_a_command_that_does_not_resume_says_only_interrupted(llama_di
     monkeypatch.setattr("modelimage.api._model.prepare", ctrl_c)
     assert main(["-q", "inspect", str(llama_dir)]) == 130
     assert capsys.readouterr() == ("", "interrupted\n")
+
+
+def test_skopeos_other_transports_say_how_to_convert(llama_dir, tmp_path, capsys, monkeypatch):
+    """``pull docker-archive:x.tar`` read as Docker Hub's library/docker-archive
+    (tag x.tar) and failed on the network; ``oci-archive:`` of a docker save
+    said only "no index.json" (breaker3). Each is one line naming skopeo's
+    transport and the skopeo copy that converts it; nothing is written."""
+    import tarfile
+
+    monkeypatch.chdir(tmp_path)
+    saved = tmp_path / "saved.tar"  # what docker save / podman save write: manifest.json, no index.json
+    with tarfile.open(saved, "w") as t:
+        data = b'[{"Config": "c.json", "RepoTags": ["x:v1"], "Layers": []}]'
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    for text in ("docker-archive:saved.tar", "docker-daemon:llama:v1", "containers-storage:localhost/llama:v1",
+                 "dir:./copy"):
+        for argv in (["pull", text, "dest"], ["inspect", text], ["estimate", text],
+                     ["build", str(llama_dir), "--base", text, "-o", "oci:out"], ["push", "oci:none", text]):
+            line = one_line(capsys, argv)
+            if argv[0] == "push":  # the layout is looked at first
+                continue
+            assert f"{text.split(':')[0]}: is a transport of skopeo's" in line and f"skopeo copy {text} " in line, argv
+    for argv in (["pull", "oci-archive:saved.tar", "dest"], ["inspect", "oci-archive:saved.tar"]):
+        line = one_line(capsys, argv)
+        assert "a docker-archive (docker save, podman save)" in line and "skopeo copy docker-archive:" in line
+    assert listing(tmp_path) == ["saved.tar"]

@@ -83,14 +83,19 @@ def _maybe_image(text: str) -> bool:
     """Whether a SOURCE that is no file, folder or named model may be an
     image reference (HOST/REPO... or ORG/REPO, not a path, not a URL)."""
     from ..config import REMOTE_SCHEMES
-    from ..registry.reference import looks_like_path
+    from ..registry.reference import FOREIGN_TRANSPORTS, looks_like_path
 
-    return "/" in text and not looks_like_path(text) and not text.startswith(REMOTE_SCHEMES)
+    return (("/" in text and not looks_like_path(text) and not text.startswith(REMOTE_SCHEMES))
+            or text.partition(":")[0] in FOREIGN_TRANSPORTS)  # docker-archive:FILE: its own error
 
 
 def _names_a_registry(text: str) -> bool:
     """``HOST[:PORT]/...``: the first part has a dot or a port, or is localhost (docker's rule)."""
+    from ..registry.reference import FOREIGN_TRANSPORTS
+
     first = text.split("/", 1)[0]
+    if text.partition(":")[0] in FOREIGN_TRANSPORTS:  # docker-archive:FILE: the reference's own error says what to do
+        return True
     return "." in first or ":" in first or first == "localhost"
 
 

@@ -64,6 +64,11 @@ class LayoutReader:
         if self._index is None:
             where = self.members.locate("index.json")
             if where is None:
+                if self.members.locate("manifest.json") is not None:  # docker save's format, podman's default
+                    raise SourceError(
+                        f"{self.name}: a docker-archive (docker save, podman save), not an OCI layout; convert it: "
+                        f"skopeo copy docker-archive:{self.ref.path} oci-archive:{self.ref.path}.oci.tar "
+                        "(or podman save --format oci-archive)")
                 raise SourceError(f"{self.name}: not an OCI layout (no index.json)")
             try:
                 self._index = Index.from_json(json.loads(_read(where, MAX_JSON_BLOB)))

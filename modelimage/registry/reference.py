@@ -26,6 +26,8 @@ _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _REPO_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+# skopeo's (containers/image) transports that are not registries, OCI layouts or archives
+FOREIGN_TRANSPORTS = ("docker-archive", "docker-daemon", "containers-storage", "ostree", "sif")
 # [SCHEME://]USERINFO@HOST...: an "@" before the first "/" (a digest's "@" comes after the repository)
 _USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?([^/@]*)@[^/@]+/")
 
@@ -127,6 +129,12 @@ class Reference:
             host = raw[userinfo.end(2) + 1 :].split("/", 1)[0]
             raise ConfigError(f"{shown}: credentials do not go in an image reference (errors and logs would show "
                               f"them); store them with: modelimage login {host} -u USER --password-stdin")
+        transport, colon, after = raw.partition(":")
+        if colon and (transport in FOREIGN_TRANSPORTS or (transport == "dir" and after[:1] in ("/", ".", "~"))):
+            # docker-archive:x.tar reads as Docker Hub's library/docker-archive, tag x.tar: a network error
+            raise ConfigError(f"{raw}: {transport}: is a transport of skopeo's that modelimage does not use "
+                              "(it reads HOST/REPO[:TAG], oci:DIR[:TAG], oci-archive:FILE[:TAG]); convert it: "
+                              f"skopeo copy {raw} oci-archive:IMAGE.tar")
         for prefix in ("docker://", "oci://"):
             raw = raw.removeprefix(prefix)
         rest, digest = raw, None
