@@ -20,12 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from ..durable import fsync_dir
 from ..errors import OutputError, SourceError
 from ..oci import Descriptor, Index
 from ..sink import BlobSource
 from ..tarstream import LayerResult, LayerStream
 from .blobs import copy_into, layout_marker, stream_into, tagged
-from .durable import fsync_dir, remove_empty
+from .durable import remove_empty
 from .ref import LayoutRef
 
 

@@ -17,12 +17,13 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from ..durable import fsync_dir
 from ..errors import OutputError
 from ..oci import ANNOTATION_REF_NAME, Descriptor, Index
 from ..sink import BlobSource
 from ..tarstream import LayerResult, LayerStream
 from .blobs import copy_into, layout_marker, stream_into, tagged
-from .durable import BlobFile, atomic_write, fsync_dir, locked, remove_empty
+from .durable import BlobFile, atomic_write, locked, remove_empty
 from .ref import LayoutRef
 
 

@@ -18,37 +18,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from ..durable import write_durably
 from ..errors import OutputError
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make the entries of ``directory`` (renames, new files) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes) -> None:
-    """``data`` into ``path``: temp file, fsync, rename, fsync of the
-    directory. Raises :class:`OutputError` (one line) on any OSError;
-    the temp file never stays behind."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    """``data`` into ``path``, mode 0644 (:func:`modelimage.durable.write_durably`:
+    temp file, fsync, rename, fsync of the directory). Raises
+    :class:`OutputError` (one line) on any OSError; the temp file never
+    stays behind."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        write_durably(path, data, mode=0o644, temp_prefix=f".{path.name}.partial-", temp_suffix="")
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class BlobFile:

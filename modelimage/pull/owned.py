@@ -19,9 +19,10 @@ import os
 import stat
 from collections.abc import Iterable
 
+from ..durable import fsync_dir
 from ..errors import PullConflict, PullError, UnsafeLayer
 from .extract import Entry
-from .state import Record, fsync_dir, hash_file
+from .state import Record, hash_file
 
 ADDS = ("dir", "file", "symlink", "link")
 

@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..durable import write_durably
 from .extract import StagedLayer
 from .layers import Layer
 from .schedule import Task
-from .state import hash_prefix, write_durably
+from .state import hash_prefix
 from .stream import Journal
 
 JOURNAL_VERSION = 1

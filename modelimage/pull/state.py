@@ -10,7 +10,7 @@
 - The staging folder ``DEST/.modelimage-pull/`` (:data:`STAGING`), where
   a cut pull leaves what the next one takes up (:mod:`.resume`).
 
-Every file here is written whole or not at all (:func:`write_durably`:
+Every file here is written whole or not at all (:func:`modelimage.durable.write_durably`:
 temporary file, fsync, rename, fsync of the folder); a write that fails
 leaves the previous version and no temporary file.
 """
@@ -20,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..durable import write_durably
 
 RECORD = ".modelimage-pull.json"  # the ownership record, at DEST's root
 STAGING = ".modelimage-pull"  # the staging folder, at DEST's root while a pull runs or waits to resume
@@ -34,26 +35,6 @@ READ_CHUNK = 8 << 20
 def signature(st: os.stat_result) -> tuple[int, int, int, int]:
     """(size, mtime_ns, ctime_ns, inode): unchanged as long as nobody touched the file."""
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: a temporary file beside it, fsynced,
-    renamed over it, the folder fsynced. On any OSError the temporary file
-    is removed and the old ``path`` is left as it was; the error is raised."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
 
 
 def fsync_files(paths: Sequence[str], folder: str) -> None:
@@ -92,15 +73,6 @@ def _syncfs(folder: str) -> bool:
     finally:
         os.close(fd)
     return True
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a folder's entries (renames, new names) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Record:

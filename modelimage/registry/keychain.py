@@ -26,10 +26,10 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..durable import write_durably
 from ..errors import AuthError
 from .reference import DOCKER_HUB, registry_host
 
@@ -117,17 +117,7 @@ def _write_config(path: Path, config: dict) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.is_symlink():
         path = path.resolve()
-    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=path.parent)  # mkstemp creates it 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent="\t")
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_durably(path, (json.dumps(config, indent="\t") + "\n").encode("utf-8"))  # mode 0600, as mkstemp makes it
 
 
 def _helper_name(config: dict, host: str) -> tuple[str, str] | None:

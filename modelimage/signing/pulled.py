@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from ..durable import write_durably
 from ..errors import ModelImageError, OutputError, PullConflict
 from ..registry.keychain import Credentials
 from . import oms
@@ -166,19 +166,11 @@ def _remove(path: Path) -> None:
 
 
 def write_signature(dest: str | os.PathLike, bundle: bytes) -> Path:
-    """``DEST/model.sig``, written atomically (temp file, fsync, rename)."""
+    """``DEST/model.sig``, written atomically and durably
+    (:func:`modelimage.durable.write_durably`). Raises :class:`OutputError`."""
     target = Path(dest) / oms.SIGNATURE_FILE
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".model.sig.", dir=Path(dest))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(bundle)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_durably(target, bundle)
     except OSError as e:
         raise OutputError(f"{target}: cannot write the signature ({e.strerror})") from None
     return target
