@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .errors import ConfigError, SourceError
 from .oci import Platform
@@ -40,19 +40,33 @@ _KEYS = {"source", "include", "exclude", "target", "max_layer_size", "image", "p
          "endpoint", "variants"}
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model to pack: where it comes from and how to pack it."""
+@dataclass(frozen=True, kw_only=True)
+class Packing:
+    """How to pack a model, as a ``[models.NAME]`` entry gives it and
+    command-line options override it: ``include``/``exclude`` globs, the
+    folder in the image (``target``), ``max_layer_size`` (bytes), the
+    ``platform`` (OS/ARCH[/VARIANT]) and the layer ``compression``.
+    Empty or None means "not set here"."""
 
-    name: str
-    source: str
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     target: str | None = None
     max_layer_size: int | None = None
-    image: str | None = None
     platform: str | None = None
     compression: str | None = None
+
+    def overridden_by(self, other: Packing) -> Self:
+        """These settings, with each one ``other`` sets taking precedence."""
+        return replace(self, **{f.name: getattr(other, f.name) or getattr(self, f.name) for f in fields(Packing)})
+
+
+@dataclass(frozen=True)
+class ModelEntry(Packing):
+    """One model to pack: where it comes from and how to pack it."""
+
+    name: str
+    source: str
+    image: str | None = None
     tag: str | None = None
     endpoint: str | None = None  # S3-compatible endpoint URL for s3:// sources (else the AWS configuration's)
     variants: tuple[VariantSpec, ...] = ()  # [models.NAME.variants.VARIANT] tables, in file order

@@ -9,11 +9,11 @@ on the limits of the registry the image is meant for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .build import DEFAULT_PLATFORM, ImageSettings, manifest_size, source_date_epoch
-from .config import Config, ModelEntry, load_config, resolve
+from .config import Config, ModelEntry, Packing, load_config, resolve
 from .errors import ConfigError
 from .image import ANNOTATION_TARGET, Image
 from .inspect import ModelInfo, inspect_model
@@ -26,17 +26,13 @@ from .tarstream import COMPRESSIONS
 
 
 @dataclass(frozen=True)
-class Options:
-    """Command-line overrides; None means "from the config or default"."""
+class Options(Packing):
+    """Command-line overrides: the :class:`~modelimage.config.Packing`
+    settings (which take precedence over the entry's) and what only a
+    command line says; None means "from the config or default"."""
 
     config: Path | None = None
     name: str | None = None
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    target: str | None = None
-    max_layer_size: int | None = None
-    platform: str | None = None
-    compression: str | None = None
     base_layers: int = 0
     registry: str | None = None  # host whose limits apply (the push target, or plan --registry)
     base: str | None = None  # REF or oci:DIR[:TAG] of a base image
@@ -77,37 +73,32 @@ class Job:
 def prepare(arg: str, options: Options = Options()) -> Job:
     """Resolve ``arg`` (a path or a configured name), inspect it, settle settings."""
     config = load_config(options.config)
-    entry = resolve(arg, config)
-    entry = replace(
-        entry,
-        include=options.include or entry.include,
-        exclude=options.exclude or entry.exclude,
-    )
+    entry = resolve(arg, config).overridden_by(options)
     source = open_source(entry)
     model = inspect_model(source.location, name=options.name or entry.name or source.name,
                           include=entry.include, exclude=entry.exclude)
-    compression = options.compression or entry.compression or "none"
+    compression = entry.compression or "none"
     if compression not in COMPRESSIONS:
         raise ConfigError(f"compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
     epoch = source_date_epoch()
-    asked = options.platform or entry.platform
+    asked = entry.platform
     platform = asked or DEFAULT_PLATFORM
     Platform.parse(platform)
     base = load_base(options.base, platform, insecure=options.insecure, strict=asked is not None) \
         if options.base else None
     labels = dict(source.labels)
-    target = options.target or entry.target or f"/models/{model.name}"
+    target = entry.target or f"/models/{model.name}"
     if base is not None:
         platform = str(base.platform)
         labels.update(base_annotations(base))
-        if model.kind == "adapter" and base.target and not (options.target or entry.target):
+        if model.kind == "adapter" and base.target and not entry.target:
             # an adapter on its base model's image: beside the model, and the image's folder stays the base's,
             # so that a pull yields both
             target = f"/{base.target.strip('/')}/adapters/{model.name}"
             labels[ANNOTATION_TARGET] = "/" + base.target.strip("/")
     normalize_target(target)
     limits = limits_for(options.registry, config.registries) if options.registry else DEFAULT
-    explicit = options.max_layer_size or entry.max_layer_size
+    explicit = entry.max_layer_size
     default = min(DEFAULT_MAX_LAYER_SIZE, limits.max_layer_size or DEFAULT_MAX_LAYER_SIZE)
     plan_settings = PlanSettings(
         max_layer_size=explicit or default,

@@ -62,3 +62,18 @@ def test_resolve_names_paths_and_remote_sources(tmp_path, monkeypatch):
     assert resolve("hf://acme/x", config).source == "hf://acme/x"
     with pytest.raises(SourceError, match="no such file, folder or named model"):
         resolve("nothing", config)
+
+
+def test_packing_settings_set_on_the_command_line_win_over_the_entry():
+    """One Packing type: a config entry and the command-line Options share
+    its fields, and what Options set (not None, not empty) replaces the entry's."""
+    from modelimage.config import ModelEntry
+    from modelimage.job import Options
+
+    entry = ModelEntry(name="m", source="/m", include=("*.gguf",), target="/entry", platform="linux/arm64",
+                       compression="gzip", max_layer_size=10**6, image="ghcr.io/a/m", tag="q4")
+    assert entry.overridden_by(Options()) == entry
+    got = entry.overridden_by(Options(exclude=("*.txt",), target="/cli", max_layer_size=2 * 10**6))
+    assert (got.include, got.exclude, got.target, got.platform, got.compression, got.max_layer_size) == (
+        ("*.gguf",), ("*.txt",), "/cli", "linux/arm64", "gzip", 2 * 10**6)
+    assert (got.name, got.source, got.image, got.tag) == ("m", "/m", "ghcr.io/a/m", "q4")  # not packing settings
