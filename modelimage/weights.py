@@ -183,15 +183,6 @@ class WeightSet:
         """Whether (and why) its loaders read it split."""
         return LOADERS[self.kind]
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of tensor data in the set."""
-        return sum(t.nbytes for t in self.tensors)
-
-    @property
-    def parameters(self) -> int:
-        return sum(t.parameter_count for t in self.tensors)
-
 
 def _gguf():
     """modelimage.formats.gguf, imported on first use: it loads the gguf
