@@ -262,18 +262,9 @@ def _put(layer: ArtifactLayer, sink: Sink, cache: DigestCache, max_layer_size: i
     return BuiltLayer(desc, result.diff_id, result.files, action)
 
 
-def build_artifact(
-    model: ModelInfo,
-    plan: Plan,
-    sink: Sink,
-    *,
-    format: ArtifactFormat,
-    settings: ImageSettings,
-    reference: str,
-    progress: Callable[[int], None] | None = None,
-    cache: DigestCache | None = None,
-    concurrency: int | None = None,
-) -> BuildResult:
+def build_artifact(model: ModelInfo, plan: Plan, sink: Sink, *, format: ArtifactFormat, settings: ImageSettings,
+                   reference: str, progress: Callable[[int], None] | None = None, cache: DigestCache | None = None,
+                   concurrency: int | None = None) -> BuildResult:
     """Write ``model`` as a ``format`` artifact into ``sink`` (an OCI layout,
     an oci-archive, a registry): every layer (several at once when the sink
     allows), then the config, then the manifest. The same files give the
@@ -281,10 +272,9 @@ def build_artifact(
     they stream (:func:`artifact_size` is the total)."""
     layers = plan_artifact(model, plan, format, epoch=settings.epoch)
     cache = cache or DigestCache()
-    workers = max(1, min(concurrency or sink.parallel, sink.parallel, len(layers) or 1))
     jobs = [partial(_put, layer, sink, cache, plan.settings.max_layer_size, progress) for layer in layers]
     built, config_desc, manifest_desc = write_layers_then_manifest(
-        sink, jobs, lambda done: _assemble(model, format, done, settings), workers)
+        sink, jobs, lambda done: _assemble(model, format, done, settings), concurrency)
     return BuildResult(manifest_desc, config_desc, tuple(built), reference)
 
 

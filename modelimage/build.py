@@ -221,7 +221,6 @@ def build_image(
     """Write the base's layers (if any) and every layer of ``plan`` (several
     at once when the sink allows), then the config, then the manifest."""
     cache = cache or DigestCache()
-    workers = max(1, min(concurrency or sink.parallel, sink.parallel, len(plan.layers) or 1))
     skip = len(base.layers) if base else 0
     jobs: list[Callable[[], Any]] = [partial(copy_blob, d, base, sink) for d in (base.layers if base else ())]
     jobs += [partial(_put_layer, layer, plan, sink, cache, settings.epoch, progress) for layer in plan.layers]
@@ -232,5 +231,5 @@ def build_image(
         listed[:] = _with_file_list(done[skip:], store, settings.epoch)
         return _assemble(model, plan, listed, settings, base)
 
-    _, config_desc, manifest_desc = write_layers_then_manifest(sink, jobs, assemble, workers)
+    _, config_desc, manifest_desc = write_layers_then_manifest(sink, jobs, assemble, concurrency)
     return BuildResult(manifest_desc, config_desc, tuple(listed), reference)

@@ -102,14 +102,17 @@ def write_layers_then_manifest(
     sink: Sink,
     jobs: Sequence[Callable[[], Any]],
     assemble: Callable[[list[Any]], Assembled],
-    workers: int,
+    workers: int | None = None,
 ) -> tuple[list[Any], Descriptor, Descriptor]:
-    """Run the layer jobs (``workers`` at once), then store the config and
-    the manifest that ``assemble`` makes of their results. On any failure
+    """Run the layer jobs, ``workers`` at once (None: as many as the sink
+    takes; never more than the sink takes, nor than there are jobs), then
+    store the config and the manifest that ``assemble`` makes of their
+    results. On any failure
     the sink undoes what it can (and nothing is tagged): the first failure
     stops jobs not started yet and is raised. On success the sink is
     closed. Returns the job results and the config and manifest
     descriptors."""
+    workers = max(1, min(workers or sink.parallel, sink.parallel, len(jobs) or 1))
     try:
         stop = threading.Event()
 
