@@ -12,8 +12,10 @@ import io
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol, TypeGuard
+
+from .errors import SourceError
 
 
 class RemoteObject(Protocol):
@@ -78,6 +80,46 @@ class RangeFile(io.RawIOBase):
         b[:n] = self.get(self.pos, n)
         self.pos += n
         return n
+
+
+class RangedObject:
+    """What a :class:`RemoteObject` built on one ranged read has in common
+    (:class:`~modelimage.sources.s3.S3Object`, a file inside an image's blob,
+    :class:`~modelimage.sources.image.ImageFile`). The class that mixes it
+    in gives ``size`` (bytes), ``get(offset, length)`` (exactly those
+    bytes, one ranged read) and a ``str()`` that ends in the object's POSIX
+    path (``s3://BUCKET/KEY``, ``IMAGE:/PATH``); this gives ``name``, the
+    range check, ``open`` (a seekable file reading ahead :data:`READAHEAD`
+    bytes) and ``read_bytes``."""
+
+    READAHEAD = 64 << 10  # bytes per ranged read of a header: a tar header, a GGUF or safetensors header's start
+    size: int
+
+    def get(self, offset: int, length: int) -> bytes | memoryview:
+        raise NotImplementedError
+
+    def read(self, offset: int, length: int) -> Iterator[bytes | memoryview]:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """The last component of the object's path, like ``Path.name``."""
+        return PurePosixPath(str(self)).name
+
+    def check_range(self, offset: int, length: int) -> None:
+        """Raise :class:`~modelimage.errors.SourceError` unless ``[offset,
+        offset + length)`` lies inside the object's ``size`` bytes."""
+        if offset < 0 or offset + length > self.size:
+            raise SourceError(f"{self}: range {offset}+{length} is outside its {self.size} bytes")
+
+    def open(self) -> BinaryIO:
+        """A seekable, buffered file object over ranged reads, for reading headers."""
+        return io.BufferedReader(RangeFile(self.get, self.size, str(self)),  # type: ignore[return-value]
+                                 buffer_size=self.READAHEAD)
+
+    def read_bytes(self) -> bytes:
+        """The whole (small) object, like ``Path.read_bytes``."""
+        return b"".join(self.read(0, self.size))
 
 
 def is_remote(path: object) -> TypeGuard[RemoteObject]:

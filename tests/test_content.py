@@ -30,3 +30,43 @@ def test_stamped_pins_each_range_to_its_inspected_version():
 
 def test_local_paths_are_not_remote():
     assert not is_remote(Path("/x")) and not is_remote("/x")
+
+
+def test_a_ranged_object_gets_name_open_and_read_bytes_from_one_ranged_read():
+    """RangedObject: what S3Object and sources.image.ImageFile share, over
+    their one ``get``; a range outside the object is one clear error."""
+    from dataclasses import dataclass
+
+    import pytest
+
+    from modelimage.content import RangedObject
+    from modelimage.errors import SourceError
+
+    data = bytes(range(256)) * 1000
+
+    @dataclass(frozen=True)
+    class Ranged(RangedObject):
+        size: int
+        asked: list
+
+        def __str__(self) -> str:
+            return "mem://bucket/models/m/model.gguf"
+
+        def get(self, offset: int, length: int) -> bytes:
+            self.check_range(offset, length)
+            self.asked.append((offset, length))
+            return data[offset:offset + length]
+
+        def read(self, offset, length):
+            yield self.get(offset, length)
+
+    obj = Ranged(len(data), [])
+    assert obj.name == "model.gguf" and is_remote(obj)
+    with obj.open() as f:
+        f.seek(1000)
+        assert f.read(4) == data[1000:1004]
+    assert obj.asked == [(1000, RangedObject.READAHEAD)]  # one read, ahead
+    assert obj.read_bytes() == data
+    with pytest.raises(SourceError, match=r"^mem://bucket/models/m/model.gguf: range 255990\+20 is outside its "
+                                          r"256000 bytes$"):
+        obj.get(len(data) - 10, 20)

@@ -19,9 +19,8 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import BinaryIO
 
-from ..content import RangeFile
+from ..content import RangedObject, RangeFile
 from ..errors import SourceError
 from ..image import Image
 from ..oci import Descriptor
@@ -31,14 +30,14 @@ from ..pull.stream import sniff
 from ..registry.pieces import FetchStats
 from .files import SourceFile, selected
 
-READAHEAD = 64 << 10  # bytes per ranged read: a tar header and what follows it
+READAHEAD = RangedObject.READAHEAD  # bytes per ranged read: a tar header and what follows it
 PIECE = 8 << 20  # reads of a whole (small) file go in pieces of this size
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 
 
 @dataclass(frozen=True)
-class ImageFile:
+class ImageFile(RangedObject):
     """``size`` bytes at ``offset`` in one blob of an image (a RemoteObject)."""
 
     image: Image
@@ -51,32 +50,23 @@ class ImageFile:
         return f"{self.image.name}:/{self.path}"
 
     @property
-    def name(self) -> str:
-        return PurePosixPath(self.path).name
-
-    @property
     def stamp(self) -> tuple[int, str]:
+        """(size, ``DIGEST@OFFSET``): a blob never changes, so neither does a range of it."""
         return (self.size, f"{self.blob.digest}@{self.offset}")
 
     @property
     def identity(self) -> list[str | int]:
+        """What the digest cache keys on: the same range of the same blob is the same bytes."""
         return ["image", self.blob.digest, self.offset, self.size]
 
     def get(self, offset: int, length: int) -> bytes:
-        if offset < 0 or offset + length > self.size:
-            raise SourceError(f"{self}: range {offset}+{length} is outside its {self.size} bytes")
+        self.check_range(offset, length)
         assert self.image.read_range is not None
         return self.image.read_range(self.blob, self.offset + offset, length)
 
     def read(self, offset: int, length: int) -> Iterator[bytes | memoryview]:
         for o in range(offset, offset + length, PIECE):
             yield self.get(o, min(PIECE, offset + length - o))
-
-    def open(self) -> BinaryIO:
-        return io.BufferedReader(RangeFile(self.get, self.size), buffer_size=READAHEAD)  # type: ignore[return-value]
-
-    def read_bytes(self) -> bytes:
-        return b"".join(self.read(0, self.size))
 
 
 class ImageFolder:

@@ -16,7 +16,6 @@ the build instead of mixing two versions.
 
 from __future__ import annotations
 
-import io
 import mmap
 import threading
 from collections import deque
@@ -24,9 +23,9 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
-from ..content import RangeFile
+from ..content import RangedObject
 from ..errors import SourceError
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
 # in flight per layer keep memory bounded: PARALLEL + 1 parts per stream.
 PART_SIZE = 8 << 20
 PARALLEL = 4  # ranged GETs in flight per stream
-READAHEAD = 64 << 10  # bytes per GET of a header read; bigger reads (a GGUF vocabulary) go in one GET each
+READAHEAD = RangedObject.READAHEAD  # bytes per GET of a header; bigger reads (a GGUF vocabulary): one GET each
 ATTEMPTS = 3  # per part, on a connection cut mid-body (botocore retries failed requests itself)
 MAX_POOL = 32  # connections per endpoint: 3 layers x PARALLEL, with room
 BODY_PIECE = 1 << 20  # bytes per read from a GET's body into the part's buffer
@@ -110,7 +109,7 @@ def _error(what: str, e: Exception, endpoint: str | None) -> SourceError:
 
 
 @dataclass(frozen=True)
-class S3Object:
+class S3Object(RangedObject):
     """One version of one object: its bytes by range, never all at once."""
 
     bucket: str
@@ -121,10 +120,6 @@ class S3Object:
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
-
-    @property
-    def name(self) -> str:
-        return PurePosixPath(self.key).name
 
     @property
     def stamp(self) -> tuple[int, str]:
@@ -143,8 +138,7 @@ class S3Object:
         version only (If-Match); a body cut short is fetched again."""
         if length <= 0:
             return memoryview(b"")
-        if offset < 0 or offset + length > self.size:
-            raise SourceError(f"{self}: range {offset}+{length} is outside its {self.size} bytes")
+        self.check_range(offset, length)
         from botocore.exceptions import BotoCoreError, ClientError
 
         s3 = client(self.endpoint)
@@ -195,13 +189,6 @@ class S3Object:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def open(self) -> BinaryIO:
-        """A seekable file object over ranged GETs, READAHEAD bytes at a time."""
-        return io.BufferedReader(RangeFile(self.get, self.size, str(self)),  # type: ignore[return-value]
-                                 buffer_size=READAHEAD)
-
-    def read_bytes(self) -> bytes:
-        return b"".join(self.read(0, self.size))
 
 
 def _read_body(body: Any, length: int) -> memoryview | None:
