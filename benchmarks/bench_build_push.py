@@ -60,13 +60,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from common import MI  # noqa: E402  (puts the repository on sys.path)
+from common import DOC, MI, REPO, write_section  # noqa: E402  (puts the repository on sys.path)
 
 from tests.tools import CONTAINERS_CONF  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench_build_push:begin -->", "<!-- bench_build_push:end -->"
 HEADING = "## Build and push against peers (make bench)"
 
 CONTAINERFILE = "FROM scratch\nCOPY model/ /models/m/\n"
@@ -421,17 +418,6 @@ def table(res: Results, model_bytes: int, warm_keys: tuple[str, str] | None, war
     return "\n".join(lines), summary
 
 
-def write_doc(block: str) -> None:
-    text = DOC.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = f"{head}{BEGIN}\n{block}\n{END}{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n{HEADING}\n\n{BEGIN}\n{block}\n{END}\n"
-    DOC.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gib", type=float, default=2.0, help="model size (default 2)")
@@ -505,7 +491,7 @@ def main() -> None:
     block = "\n".join([header, "", body, "", summary + "." + "".join(f" {n}." for n in res.notes)])
     print(block)
     if not args.no_write:
-        write_doc(block)
+        write_section("bench_build_push", HEADING, block)
         print(f"\nwritten to {DOC.relative_to(REPO)}")
 
 

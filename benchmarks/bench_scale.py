@@ -57,12 +57,9 @@ import time
 from datetime import date
 from pathlib import Path
 
-from common import MI  # noqa: E402  (puts the repository on sys.path)
+from common import DOC, MI, REPO, write_section  # noqa: E402  (puts the repository on sys.path)
 
-REPO = Path(__file__).resolve().parent.parent
-DOC = REPO / "docs" / "benchmarks.md"
 PNG = REPO / "docs" / "scale.png"
-BEGIN, END = "<!-- bench_scale:begin -->", "<!-- bench_scale:end -->"
 HEADING = "## Cost curves: model size and file count (issue 20)"
 GIB = 1 << 30
 MB = 1e6
@@ -190,6 +187,17 @@ def manifest_of(host: str, repo: str, tag: str) -> tuple[dict, int]:
 # ------------------------------------------------------------------ the two curves
 
 
+def timed_mi(rows: dict[str, list[dict]], row: str, work: Path, *args: str) -> None:
+    """``modelimage ARGS -q``, after a sync, measured into ``rows[row]``."""
+    sync()
+    rows.setdefault(row, []).append(measured([*MI, *args, "-q"], work, env=mi_env(work)))
+
+
+def samples(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Each row's runs as JSON keeps them: wall and CPU seconds, peak RSS."""
+    return {k: [{f: v[f] for f in FIELDS} for v in vs] for k, vs in rows.items()}
+
+
 def run_size(gib: float, runs: int, work: Path, keep_free: float) -> dict:
     from tests.registry import start_registry
 
@@ -208,9 +216,7 @@ def run_size(gib: float, runs: int, work: Path, keep_free: float) -> dict:
                 ["sh", "-c", 'cp -r --sparse=never "$1" "$2" && sync "$2"/*', "cp", str(model), str(work / "cp")],
                 work))
             shutil.rmtree(work / "cp")
-            sync()
-            rows.setdefault("build", []).append(measured(
-                [*MI, "build", str(model), "-o", f"oci:{work / 'oci'}:v1", "-q"], work, env=mi_env(work)))
+            timed_mi(rows, "build", work, "build", str(model), "-o", f"oci:{work / 'oci'}:v1")
             shutil.rmtree(work / "oci")
             # 3-4: raw PUTs, then build --push (a fresh registry each)
             reg = start_registry()
@@ -221,10 +227,8 @@ def run_size(gib: float, runs: int, work: Path, keep_free: float) -> dict:
                 reg.stop()
             reg = start_registry()
             try:
-                sync()
                 ref = f"{reg.host}/scale/m:v1"
-                rows.setdefault("push", []).append(measured([*MI, "build", str(model), "--push", ref, "-q"], work,
-                                                            env=mi_env(work)))
+                timed_mi(rows, "push", work, "build", str(model), "--push", ref)
                 dig_holes(reg.root)
                 manifest, _ = manifest_of(reg.host, "scale/m", "v1")
                 digests = [d["digest"] for d in manifest["layers"]]
@@ -232,9 +236,7 @@ def run_size(gib: float, runs: int, work: Path, keep_free: float) -> dict:
                 sync()
                 rows.setdefault("get", []).append(curl_get(reg.host, "scale/m", digests, work / "get", work))
                 shutil.rmtree(work / "get")
-                sync()
-                rows.setdefault("pull", []).append(measured([*MI, "pull", ref, str(work / "dest"), "-q"], work,
-                                                            env=mi_env(work)))
+                timed_mi(rows, "pull", work, "pull", ref, str(work / "dest"))
                 shutil.rmtree(work / "dest")
             finally:
                 reg.stop()
@@ -243,7 +245,7 @@ def run_size(gib: float, runs: int, work: Path, keep_free: float) -> dict:
         for leftover in ("cp", "oci", "get", "dest"):
             shutil.rmtree(work / leftover, ignore_errors=True)
     return {"gib": gib, "bytes": size, "runs": runs,
-            "rows": {k: [{f: v[f] for f in FIELDS} for v in vs] for k, vs in rows.items()}}
+            "rows": samples(rows)}
 
 
 def run_files(n: int, runs: int, work: Path) -> dict:
@@ -264,23 +266,17 @@ def run_files(n: int, runs: int, work: Path) -> dict:
                                                             str(work / "untar")], work))
             shutil.rmtree(work / "untar")
             (work / "m.tar").unlink()
-            sync()
-            rows.setdefault("build", []).append(measured(
-                [*MI, "build", str(model), "-o", f"oci:{work / 'oci'}:v1", "-q"], work, env=mi_env(work)))
+            timed_mi(rows, "build", work, "build", str(model), "-o", f"oci:{work / 'oci'}:v1")
             shutil.rmtree(work / "oci")
             reg = start_registry()
             try:
                 ref = f"{reg.host}/files/m:v1"
-                sync()
-                rows.setdefault("push", []).append(measured([*MI, "build", str(model), "--push", ref, "-q"], work,
-                                                            env=mi_env(work)))
+                timed_mi(rows, "push", work, "build", str(model), "--push", ref)
                 manifest, nbytes = manifest_of(reg.host, "files/m", "v1")
                 extra = {"manifest_bytes": nbytes, "layers": len(manifest["layers"]),
                          "file_list_layer": any("dev.modelimage.filelist" in (d.get("annotations") or {})
                                                 for d in manifest["layers"])}
-                sync()
-                rows.setdefault("pull", []).append(measured([*MI, "pull", ref, str(work / "dest"), "-q"], work,
-                                                            env=mi_env(work)))
+                timed_mi(rows, "pull", work, "pull", ref, str(work / "dest"))
                 got = sum(1 for p in (work / "dest").rglob("*") if p.is_file() and not p.name.startswith("."))
                 if got != n + 1:
                     raise SystemExit(f"pull of {n} files gave {got} files")
@@ -293,7 +289,7 @@ def run_files(n: int, runs: int, work: Path) -> dict:
             shutil.rmtree(work / leftover, ignore_errors=True)
         (work / "m.tar").unlink(missing_ok=True)
     return {"files": n, "bytes": size, "runs": runs, **extra,
-            "rows": {k: [{f: v[f] for f in FIELDS} for v in vs] for k, vs in rows.items()}}
+            "rows": samples(rows)}
 
 
 # ------------------------------------------------------------------ reporting
@@ -463,17 +459,6 @@ def report(data: dict) -> str:
     return "\n".join(out)
 
 
-def write_doc(block: str) -> None:
-    text = DOC.read_text()
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = f"{head}{BEGIN}\n{block}\n{END}{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n{HEADING}\n\n{BEGIN}\n{block}\n{END}\n"
-    DOC.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,4,16,32", help="GiB, comma-separated ('' for none)")
@@ -519,7 +504,7 @@ def main() -> None:
     if not args.no_write:
         if data.get("sizes"):
             plot(data["sizes"], PNG)
-        write_doc(block)
+        write_section("bench_scale", HEADING, block)
         print(f"\nwritten to {DOC.relative_to(REPO)}" + (f" and {PNG.relative_to(REPO)}" if data.get("sizes") else ""))
 
 

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the repository on sys.path (for the
-test registry helper), the modelimage command, a timer."""
+test registry helper), the modelimage command, a timer, and their section
+of docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -8,9 +9,26 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 MI = [sys.executable, "-m", "modelimage"]
+DOC = REPO / "docs" / "benchmarks.md"
+
+
+def write_section(name: str, heading: str, block: str) -> None:
+    """Put ``block`` between the lines ``<!-- NAME:begin -->`` and
+    ``<!-- NAME:end -->`` of docs/benchmarks.md, replacing what was there;
+    when they are not there yet, append them under ``heading``."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = DOC.read_text()
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{block}\n{end}{tail}"
+    else:
+        text = f"{text.rstrip()}\n\n{heading}\n\n{begin}\n{block}\n{end}\n"
+    DOC.write_text(text)
 
 
 def timed(cmd: list[str], env: dict | None = None) -> float:

@@ -21,7 +21,7 @@ import pytest
 from modelimage import synth
 from modelimage.cli import main
 
-from .tools import CONTAINERS_CONF, IN_CI, SMALL, need, start_daemon, stop_daemon
+from .tools import CONTAINERS_CONF, IN_CI, SMALL, need, start_daemon, stop_daemon, unavailable
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -79,9 +79,8 @@ def registry():
     """An open CNCF registry (no auth): a ``tests.registry.Registry``."""
     from .registry import start_registry
 
-    reg = start_registry()
-    yield reg
-    reg.stop()
+    with start_registry() as reg:
+        yield reg
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +105,8 @@ def htpasswd_registry():
     """A registry with HTTP Basic auth (htpasswd); ``.username``/``.password``."""
     from .registry import start_htpasswd_registry
 
-    reg = start_htpasswd_registry()
-    yield reg
-    reg.stop()
+    with start_htpasswd_registry() as reg:
+        yield reg
 
 
 @pytest.fixture(scope="session")
@@ -117,9 +115,8 @@ def token_registry():
     server is ``.extra["token_server"]`` (a ``tests.tokenserver.TokenServer``)."""
     from .registry import start_token_registry
 
-    reg = start_token_registry()
-    yield reg
-    reg.stop()
+    with start_token_registry() as reg:
+        yield reg
 
 
 @pytest.fixture(scope="session")
@@ -145,10 +142,7 @@ def busybox_base(registry, podman_env, tmp_path_factory) -> str:
     need("podman")
     busybox = Path("/bin/busybox")
     if not busybox.exists():
-        msg = "busybox-static is not installed (make test installs it)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable("busybox-static is not installed (make test installs it)")
     ctx = tmp_path_factory.mktemp("busybox")
     (ctx / "bin").mkdir()
     shutil.copy(busybox, ctx / "bin" / "busybox")

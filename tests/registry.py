@@ -55,6 +55,12 @@ class Registry:
             cleanup.pop()()
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def on_stop(self, fn) -> None:
         """Call ``fn()`` when the registry stops (for helpers started with it)."""
         self.extra.setdefault("cleanup", []).append(fn)

@@ -20,3 +20,11 @@ def write_keypair(folder: Path, name: str = "key", curve: ec.EllipticCurve | Non
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     return private, public
+
+
+def signer_and_stranger(folder: Path) -> tuple[Path, Path, Path]:
+    """(private PEM, public PEM, another key's public PEM) in ``folder``:
+    the key that signs, and one whose verification must fail."""
+    private, public = write_keypair(folder)
+    _, other = write_keypair(folder, "other")
+    return private, public, other

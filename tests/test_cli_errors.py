@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from modelimage.cli import main
 from modelimage.errors import ModelImageError
 
 from .faultproxy import FaultProxy, Rule, Throttle
-from .tools import IN_CI
+from .tools import tmpfs
 
 
 def one_line(capsys: pytest.CaptureFixture[str], argv: list[str], code: int | None = None) -> str:
@@ -236,16 +235,7 @@ def test_a_wrong_stored_password(case, private_image, world, quick_retries, tmp_
 @pytest.fixture
 def full_disk(tmp_path):
     """A 1 MiB tmpfs (as root; a failure, not a skip, under CI=true)."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        msg = "mounting a tmpfs for the full-disk tests needs root"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from tmpfs(tmp_path / "disk", "1m")
 
 
 FULL = {

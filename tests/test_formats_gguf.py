@@ -30,7 +30,7 @@ from modelimage.formats.gguf import (
     split_name,
 )
 
-from .tools import virtual_bytes, write_virtual
+from .tools import header_or_none, virtual_bytes, write_virtual
 
 N_TOKENS = 2000
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
@@ -424,12 +424,8 @@ HYPOTHESIS = settings(
 
 
 def _check_only_format_errors(data: bytes, directory: Path) -> None:
-    path = directory / "fuzz.gguf"
-    path.write_bytes(data)
-    try:
-        h = read_header(path)
-    except FormatError as e:
-        assert str(path) in str(e)
+    h = header_or_none(read_header, directory / "fuzz.gguf", data)
+    if h is None:
         return
     # whatever parses is internally consistent and can be planned
     assert all(h.data_start <= t.offset and t.offset + t.nbytes <= h.file_size for t in h.tensors)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,22 @@ def run_sha256sums(image: str, env: dict) -> dict[str, str]:
     return {line.split()[1]: "sha256:" + line.split()[0] for line in out.splitlines() if line.strip()}
 
 
+@contextmanager
+def removed_after(image: str, env: dict) -> Iterator[str]:
+    """``image`` (podman's storage is shared: unique names), removed from it when the block ends."""
+    try:
+        yield image
+    finally:
+        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=env)
+
+
+@contextmanager
+def pulled(source: str, env: dict, *flags: str) -> Iterator[str]:
+    """``podman pull`` of ``source``: the image ID, removed again when the block ends."""
+    with removed_after(run("podman", "pull", "-q", *flags, source, env=env).stdout.strip(), env) as image:
+        yield image
+
+
 @pytest.fixture(scope="module")
 def base_layout(busybox_base, tmp_path_factory) -> str:
     """The busybox base as an OCI layout on disk (for offline builds)."""
@@ -41,12 +59,9 @@ def test_offline_base_from_a_layout_runs(base_layout, llama_dir, tmp_path, podma
     out = tmp_path / "out"
     assert main(["build", str(llama_dir), "--base", base_layout, "-o", f"oci:{out}:v1", "--json"]) == 0
     built = json.loads(capsys.readouterr().out)
-    image = run("podman", "pull", "-q", f"oci:{out}:v1", env=podman_env).stdout.strip()
-    try:
+    with pulled(f"oci:{out}:v1", podman_env) as image:
         seen = run_sha256sums(image, podman_env)
         config = json.loads(run("podman", "image", "inspect", image, env=podman_env).stdout)[0]
-    finally:
-        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=podman_env)
     recorded = {f["path"].rsplit("/", 1)[1]: f["sha256"] for layer in built["layers"] for f in layer["files"]}
     assert seen == recorded
     assert seen["config.json"] == sha256(llama_dir / "config.json")
@@ -70,11 +85,8 @@ def test_base_from_another_registry_is_streamed_through(busybox_base, registry, 
         info = json.loads(run("skopeo", "inspect", "--tls-verify=false", f"docker://{ref}").stdout)
         base = json.loads(run("skopeo", "inspect", "--tls-verify=false", f"docker://{busybox_base}").stdout)
         assert info["Layers"][: len(base["Layers"])] == base["Layers"]
-        image = run("podman", "pull", "-q", "--tls-verify=false", ref, env=podman_env).stdout.strip()
-        try:
+        with pulled(ref, podman_env, "--tls-verify=false") as image:
             seen = run_sha256sums(image, podman_env)
-        finally:
-            subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=podman_env)
         assert seen["tokenizer.json"] == sha256(llama_dir / "tokenizer.json")
     finally:
         other.stop()
@@ -96,11 +108,8 @@ def docker_base(busybox_base, registry, podman_env) -> str:
     """The busybox base pushed again by podman as a Docker schema 2 image
     (``podman push --format v2s2``): Docker media types throughout."""
     ref = f"{registry.host}/base/busybox-v2s2:latest"
-    image = run("podman", "pull", "-q", "--tls-verify=false", busybox_base, env=podman_env).stdout.strip()
-    try:
+    with pulled(busybox_base, podman_env, "--tls-verify=false") as image:
         run("podman", "push", "-q", "--tls-verify=false", "--format", "v2s2", image, ref, env=podman_env)
-    finally:
-        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=podman_env)
     manifest = json.loads(run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}").stdout)
     assert manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
     return ref
@@ -123,11 +132,9 @@ def test_docker_schema2_base_gives_an_oci_manifest_throughout(docker_base, regis
     assert [d["digest"] for d in manifest["layers"][:n]] == [d["digest"] for d in base["layers"]]
     archive = tmp_path / "docker.tar"
     run("skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"docker-archive:{archive}:serve/x:v1")
-    image = run("podman", "load", "-q", "-i", str(archive), env=podman_env).stdout.strip().rsplit(" ", 1)[-1]
-    try:
+    loaded = run("podman", "load", "-q", "-i", str(archive), env=podman_env).stdout.strip().rsplit(" ", 1)[-1]
+    with removed_after(loaded, podman_env) as image:
         seen = run_sha256sums(image, podman_env)
-    finally:
-        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=podman_env)
     assert seen["tokenizer.json"] == sha256(llama_dir / "tokenizer.json")
 
 
@@ -166,11 +173,8 @@ def test_base_from_an_oci_archive_streams_from_the_tar(busybox_base, llama_dir, 
     assert main(["build", str(llama_dir), "--base", f"oci-archive:{archive}", "-o", f"oci:{out}:v1"]) == 0
     capsys.readouterr()
     assert [p.name for p in archive.parent.iterdir()] == ["busybox.tar"]
-    image = run("podman", "pull", "-q", f"oci:{out}:v1", env=podman_env).stdout.strip()
-    try:
+    with pulled(f"oci:{out}:v1", podman_env) as image:
         seen = run_sha256sums(image, podman_env)
-    finally:
-        subprocess.run(["podman", "rmi", "-f", image], capture_output=True, env=podman_env)
     assert seen["config.json"] == sha256(llama_dir / "config.json")
 
 

@@ -150,6 +150,14 @@ def shard_names(stem: str, n: int, ext: str = "safetensors") -> list[str]:
     return [f"{stem}-{k:05d}-of-{n:05d}.{ext}" for k in range(1, n + 1)]
 
 
+def unet_in_two(variant: str) -> dict[str, list[str]]:
+    """A diffusers unet (``variant`` "" or ".fp16") resharded in two: its
+    shards, then its index (diffusers names it ``...safetensors.index{variant}.json``)."""
+    stem = f"diffusion_pytorch_model{variant}"
+    return {f"unet/{stem}.safetensors": [f"unet/{n}" for n in shard_names(stem, 2)]
+            + [f"unet/diffusion_pytorch_model.safetensors.index{variant}.json"]}
+
+
 def literal_bytes(plan: Plan, name: str) -> bytes:
     entry = next(e for e in plan.files if e.content.name == name)
     assert all(isinstance(s, Literal) for s in entry.content.segments)
@@ -169,6 +177,7 @@ class Case:
     weight_layers: int | None = None
 
 
+LLAMA_IN_FOUR = {"model-00001-of-00002.safetensors": shard_names("model", 4) + ["model.safetensors.index.json"]}
 CASES = [
     Case("llama-sharded fits", "llama-sharded", 10 * 10**9, weight_layers=2),
     Case("llama-sharded fits tightly", "llama-sharded", 1_720_000, weight_layers=2),
@@ -177,67 +186,15 @@ CASES = [
     Case("diffusers fits", "diffusers", 10**8, weight_layers=4),
     Case("sd single file fits", "sd-single-file", 10**8, weight_layers=1),
     Case("bin fits", "pytorch-bin", 3_000_000, weight_layers=1),
-    Case(
-        "llama-sharded resharded",
-        "llama-sharded",
-        1_000_000,
-        reshard={
-            "model-00001-of-00002.safetensors": shard_names("model", 4) + ["model.safetensors.index.json"],
-        },
-        weight_layers=4,
-    ),
-    Case(
-        "llama-sharded resharded, gzip budget",
-        "llama-sharded",
-        1_000_000,
-        compression="gzip",
-        reshard={
-            "model-00001-of-00002.safetensors": shard_names("model", 4) + ["model.safetensors.index.json"],
-        },
-    ),
-    Case(
-        "llama-single resharded with a new index",
-        "llama-single",
-        1_000_000,
-        reshard={"model.safetensors": shard_names("model", 5) + ["model.safetensors.index.json"]},
-        weight_layers=5,
-    ),
-    Case(
-        "gguf split",
-        "gguf",
-        600_000,
-        reshard={GGUF_NAME: shard_names("llama-demo-Q4_K_M", 2, "gguf")},
-        weight_layers=2,
-    ),
-    Case(
-        "gguf split in many",
-        "gguf",
-        300_000,
-        reshard={GGUF_NAME: shard_names("llama-demo-Q4_K_M", 5, "gguf")},
-    ),
-    Case(
-        "diffusers unet resharded",
-        "diffusers",
-        3_000_000,
-        reshard={
-            "unet/diffusion_pytorch_model.safetensors": [
-                "unet/" + n for n in shard_names("diffusion_pytorch_model", 2)
-            ]
-            + ["unet/diffusion_pytorch_model.safetensors.index.json"],
-        },
-        weight_layers=5,
-    ),
-    Case(
-        "diffusers fp16 variant unet resharded",
-        "diffusers-fp16",
-        3_000_000,
-        reshard={
-            "unet/diffusion_pytorch_model.fp16.safetensors": [
-                "unet/" + n for n in shard_names("diffusion_pytorch_model.fp16", 2)
-            ]
-            + ["unet/diffusion_pytorch_model.safetensors.index.fp16.json"],
-        },
-    ),
+    Case("llama-sharded resharded", "llama-sharded", 1_000_000, reshard=LLAMA_IN_FOUR, weight_layers=4),
+    Case("llama-sharded resharded, gzip budget", "llama-sharded", 1_000_000, "gzip", reshard=LLAMA_IN_FOUR),
+    Case("llama-single resharded with a new index", "llama-single", 1_000_000, weight_layers=5,
+         reshard={"model.safetensors": shard_names("model", 5) + ["model.safetensors.index.json"]}),
+    Case("gguf split", "gguf", 600_000, reshard={GGUF_NAME: shard_names("llama-demo-Q4_K_M", 2, "gguf")},
+         weight_layers=2),
+    Case("gguf split in many", "gguf", 300_000, reshard={GGUF_NAME: shard_names("llama-demo-Q4_K_M", 5, "gguf")}),
+    Case("diffusers unet resharded", "diffusers", 3_000_000, reshard=unet_in_two(""), weight_layers=5),
+    Case("diffusers fp16 variant unet resharded", "diffusers-fp16", 3_000_000, reshard=unet_in_two(".fp16")),
 ]
 
 

@@ -17,7 +17,7 @@ from modelimage.errors import ModelImageError, PullError
 from modelimage.pull import prepare_pull, pull
 
 from .pullkit import cut_after, info, layer_size, layout, own, push_raw_artifact, sha, tar_of, tree
-from .tools import IN_CI
+from .tools import tmpfs, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -120,16 +120,7 @@ def test_resume_raw_file_with_a_range_request(registry, tmp_path, monkeypatch, s
 @pytest.fixture
 def small_disk(tmp_path):
     """A 16 MiB tmpfs mounted for the test (as root; a failure, not a skip, under CI=true)."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        msg = "mounting a tmpfs for the full-disk tests needs root"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from tmpfs(tmp_path / "disk", "16m")
 
 
 def _grow(mnt: Path, size: str = "64m") -> None:
@@ -227,10 +218,7 @@ def test_no_permission_is_one_line(tmp_path):
     """As a user who may read the image but not write DEST (a forked child
     that dropped root: the interpreter lives where ``nobody`` cannot run it)."""
     if os.geteuid() != 0:
-        msg = "dropping to another user needs root"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable("dropping to another user needs root")
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="pull-perm-"))

@@ -24,7 +24,7 @@ from modelimage.signing.sign import sign_image
 from modelimage.signing.verify import SignatureMissing, verify_image
 
 from .faultproxy import FaultProxy
-from .signkeys import write_keypair
+from .signkeys import signer_and_stranger
 from .tools import need, run
 
 pytestmark = pytest.mark.integration
@@ -32,10 +32,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("keys")
-    private, public = write_keypair(folder)
-    _, other = write_keypair(folder, "other")
-    return private, public, other
+    return signer_and_stranger(tmp_path_factory.mktemp("keys"))
 
 
 def push(source, ref: str, *extra: str) -> dict:

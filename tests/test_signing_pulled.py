@@ -17,17 +17,14 @@ from modelimage.cli import main
 from modelimage.signing import oms
 from modelimage.signing.pulled import check_pulled
 
-from .signkeys import write_keypair
+from .signkeys import signer_and_stranger
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("keys")
-    private, public = write_keypair(folder)
-    _, other = write_keypair(folder, "other")
-    return private, public, other
+    return signer_and_stranger(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture(scope="module")

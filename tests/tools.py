@@ -5,28 +5,64 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn, TypeVar
 
 import pytest
 
 from modelimage import synth
 from modelimage.content import FileRange, Literal, VirtualFile
 
+T = TypeVar("T")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SMALL = synth.LlamaShape(vocab=1024, hidden=256, layers=2, intermediate=512)
 # containers.conf for podman on these machines: runc, no rlimits (see ENVIRONMENT.md)
 CONTAINERS_CONF = '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n'
 
 
+def unavailable(msg: str) -> NoReturn:
+    """The test cannot run here (``msg`` says why): a failure under CI
+    (where everything a test needs is installed), a skip otherwise."""
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def need(tool: str) -> str:
     """Path of ``tool``; fail under CI, skip otherwise."""
     path = shutil.which(tool)
     if path is None:
-        msg = f"{tool} is not installed (make test installs it)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable(f"{tool} is not installed (make test installs it)")
     return path
+
+
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``1m``, ``16m``) mounted at ``where`` (made
+    here) for a fixture to yield, unmounted after; needs root (a failure,
+    not a skip, under CI=true)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        unavailable("mounting a tmpfs for the full-disk tests needs root")
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def header_or_none(read: Callable[[Path], T], path: Path, data: bytes) -> T | None:
+    """Fuzzing a codec: ``data`` written to ``path`` and read with ``read``.
+    Its result, or None when it refused the file with a FormatError that
+    names ``path``; any other exception fails the test."""
+    from modelimage.errors import FormatError
+
+    path.write_bytes(data)
+    try:
+        return read(path)
+    except FormatError as e:
+        assert str(path) in str(e)
+        return None
 
 
 def run(*cmd: str | Path, **kw) -> subprocess.CompletedProcess:
