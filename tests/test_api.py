@@ -120,3 +120,20 @@ def test_pull_and_verify_report_differences(llama_dir, tmp_path):
     (dest / "config.json").write_text("{}")
     result = modelimage.verify(ref, dest)
     assert not result.ok and list(result.changed) == ["config.json"]
+
+
+def test_the_readme_registry_calls_round_trip(llama_dir, registry, tmp_path):
+    """The README's "With a registry" line: build(push=), push of a layout
+    and pull from the registry give the same manifest and the same files."""
+    pushed_ref = f"{registry.host}/api/llama:v1"
+    built = modelimage.build(llama_dir, push=pushed_ref)
+    assert built.tag == pushed_ref and built.reference == f"{registry.host}/api/llama@{built.digest}"
+    layout = f"oci:{tmp_path / 'out' / 'llama'}:v1"
+    assert modelimage.build(llama_dir, layout).digest == built.digest  # the same files, the same manifest
+    again = modelimage.push(layout, f"{registry.host}/api/copy:v1")
+    assert (again.digest, again.tag) == (built.digest, f"{registry.host}/api/copy:v1")
+    assert {b["action"] for b in again.layers} <= {"mounted", "exists"}  # the registry had every layer
+    pulled = modelimage.pull(f"{registry.host}/api/copy:v1", tmp_path / "dest")
+    assert pulled.bytes == sum(f.size for f in modelimage.inspect(llama_dir).files)
+    assert _tree(tmp_path / "dest") == _tree(llama_dir)
+    assert modelimage.verify(f"{registry.host}/api/copy:v1", tmp_path / "dest").ok
