@@ -203,12 +203,14 @@ def loopback_registry(work: Path) -> Iterator[str]:
     try:
         import httpx
 
+        from .registry.transport import probe_scheme, ssl_context
+
         deadline = time.monotonic() + 20
         while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+            try:  # the one way modelimage asks a registry's /v2/ (it answers in plain HTTP once it serves)
+                if probe_scheme(f"127.0.0.1:{port}", ssl_context(f"127.0.0.1:{port}"), 1.0) == "http":
                     break
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ModelImageError):
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 log = (work / "registry.log").read_text(errors="replace").strip()[-500:]
