@@ -200,8 +200,10 @@ def push(layout: str, reference: str, *, concurrency: int = PUSH_CONCURRENCY, in
          progress: Progress | None = None) -> Pushed:
     """Push the image of an OCI layout (``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``) to ``reference``
     (``HOST/REPO[:TAG]``): blobs the registry has are skipped or mounted,
-    uploads resume, the manifest goes last. The registry's limits are
-    checked first. Returns :class:`Pushed`; raises ``ConfigError`` (not a
+    uploads resume, the manifest goes last; ``concurrency`` blobs upload at
+    once. The registry's limits are checked first. Returns :class:`Pushed`
+    (``digest``, ``tag``, and ``blobs``: each blob's digest, size in bytes
+    and action: uploaded, exists, mounted); raises ``ConfigError`` (not a
     layout), ``SourceError`` (unreadable layout), ``LayerTooLarge``/
     ``PlanError``, registry errors."""
     from ..config import load_config
