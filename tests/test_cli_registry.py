@@ -74,3 +74,22 @@ def test_quiet_prints_the_result_only(registry, llama_dir, tmp_path, capsys):
 def test_digest_references_are_written_with_an_at():
     assert name_at("ghcr.io/acme/llama", "sha256:" + "a" * 64) == "ghcr.io/acme/llama@sha256:" + "a" * 64
     assert name_at("ghcr.io/acme/llama", "v1") == "ghcr.io/acme/llama:v1"
+
+
+def test_api_login_checks_then_stores_and_a_refused_login_stores_nothing(htpasswd_registry, docker_config):
+    """``modelimage.api.login``, what ``login`` calls: the registry is asked
+    first; only credentials it accepts reach config.json."""
+    import base64
+    import json
+
+    from modelimage.api import login
+    from modelimage.errors import ModelImageError
+
+    reg = htpasswd_registry
+    with pytest.raises(ModelImageError):
+        login(reg.host, reg.username, "not-the-pa55word")
+    assert not (docker_config / "config.json").exists()
+    where = login(reg.host, reg.username, reg.password)
+    assert where.startswith(str(docker_config / "config.json")) and reg.password not in where
+    auths = json.loads((docker_config / "config.json").read_text())["auths"]
+    assert [base64.b64decode(a["auth"]).decode() for a in auths.values()] == [f"{reg.username}:{reg.password}"]

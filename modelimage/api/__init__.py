@@ -31,7 +31,8 @@ from ._common import PathLike, Progress
 from ._estimate import EstimateReport, ProbeNeedsTarget, estimate
 from ._model import Planned, inspect, plan
 from ._read import pull, verify
+from ._registry import login
 from ._write import Built, Pushed, build, push
 
 __all__ = ["Built", "EstimateReport", "PathLike", "Planned", "ProbeNeedsTarget", "Progress", "Pushed", "build",
-           "estimate", "inspect", "plan", "pull", "push", "verify"]
+           "estimate", "inspect", "login", "plan", "pull", "push", "verify"]

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import click
 
+from .. import api
 from ..config import load_config
 from ..limits import KNOWN, limits_for
-from ..registry.client import RegistryClient
-from ..registry.keychain import Credentials, Keychain
-from ..registry.reference import Reference
-from ..registry.transport import current_options
+from ..registry.keychain import Keychain
 from ._options import transport_options
 from ._output import describe_limits, emit_json, info
 
@@ -36,13 +34,7 @@ def login(host: str, username: str, password_stdin: bool) -> None:
         raise click.UsageError("use --password-stdin to pass a password without a terminal")
     if not password:
         raise click.UsageError("the password is empty")
-    ref = Reference(host.split("/", 1)[0], "library/x")
-    client = RegistryClient(ref, credentials=Credentials(username, password))
-    try:
-        client.ping()
-    finally:
-        client.close()
-    where = Keychain(current_options().authfile).store(host, username, password)
+    where = api.login(host, username, password)
     info(f"login succeeded for {username} at {host}; credentials stored in {where}")
 
 
