@@ -21,7 +21,7 @@ import pytest
 from modelimage import synth
 from modelimage.cli import main
 
-from .tools import CONTAINERS_CONF, IN_CI, SMALL, need, start_daemon, stop_daemon, unavailable
+from .tools import CONTAINERS_CONF, IN_CI, SMALL, need, run, start_daemon, stop_daemon, unavailable
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -150,10 +150,8 @@ def busybox_base(registry, podman_env, tmp_path_factory) -> str:
         (ctx / "bin" / tool).symlink_to("busybox")
     (ctx / "Containerfile").write_text('FROM scratch\nCOPY bin /bin\nENV PATH=/bin\nCMD ["/bin/sh"]\n')
     ref = f"{registry.host}/base/busybox:latest"
-    subprocess.run(["podman", "build", "-q", "-t", ref, str(ctx)], env=podman_env, check=True,
-                   capture_output=True)
-    subprocess.run(["podman", "push", "-q", "--tls-verify=false", ref], env=podman_env, check=True,
-                   capture_output=True)
+    run("podman", "build", "-q", "-t", ref, str(ctx), env=podman_env)  # fails showing podman's stderr
+    run("podman", "push", "-q", "--tls-verify=false", ref, env=podman_env)
     subprocess.run(["podman", "rmi", "-f", ref], env=podman_env, capture_output=True)
     return ref
 
