@@ -130,3 +130,80 @@ def test_one_tls_context_for_httpx_and_the_bulk_reads():
         t.close()
     unverified = ssl_context("registry.example", verify=False)
     assert unverified.verify_mode == ssl.CERT_NONE and not unverified.check_hostname
+
+
+class _ForwardProxy:
+    """A plain-HTTP forward proxy (absolute-URI requests, as HTTP_PROXY
+    clients send them) that records each request line it forwards."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+        import urllib.parse
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                seen.append(f"{self.command} {self.path}")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "host")}
+                conn.request(self.command, url.path + (f"?{url.query}" if url.query else ""), body or None,
+                             headers={**headers, "Host": url.netloc})
+                answer = conn.getresponse()
+                data = answer.read() if self.command != "HEAD" else b""
+                self.send_response(answer.status)
+                for k, v in answer.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", answer.getheader("Content-Length", str(len(data)))
+                                 if self.command == "HEAD" else str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.integration
+def test_registry_requests_go_through_the_environments_proxy(pushed_llama, tmp_path, monkeypatch):
+    """HTTP_PROXY/HTTPS_PROXY were ignored for registry requests (httpx reads
+    the environment only when no transport is given, and ours is given): behind
+    a proxy-only network inspect, pull and push could not connect (as oras#155).
+    Now the manifest and blob requests of a pull go through the proxy, and
+    NO_PROXY still exempts a host."""
+    from modelimage.cli import main
+    from modelimage.registry.transport.sockets import environment_proxy
+
+    ref, files, _ = pushed_llama
+    proxy = _ForwardProxy()
+    try:
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        host = ref.split("/", 1)[0]
+        assert environment_proxy(f"http://{host}/v2/") == proxy.url
+        assert main(["pull", ref, str(tmp_path / "dest"), "-q"]) == 0
+        assert {p for p in files} <= {str(p.relative_to(tmp_path / "dest")) for p in (tmp_path / "dest").rglob("*")}
+        assert any(line.startswith("GET ") and f"//{host}/v2/" in line and "/manifests/" in line for line in proxy.seen)
+        assert any(f"//{host}/v2/" in line and "/blobs/" in line for line in proxy.seen)
+        monkeypatch.setenv("NO_PROXY", host.split(":")[0])
+        assert environment_proxy(f"http://{host}/v2/") is None
+    finally:
+        proxy.close()

@@ -34,7 +34,7 @@ from ..reference import Reference, api_url, resolve_location
 from .bearer import RegistryAuth
 from .error import RegistryError, error_from_response, network_message, retry_after, tls_failure
 from .retry import RetriesExhausted, RetryPolicy, describe
-from .sockets import InterruptibleTransport
+from .sockets import InterruptibleTransport, environment_proxy
 from .tls import ssl_context
 
 __all__ = [
@@ -132,7 +132,9 @@ class Transport:
         self.auth = RegistryAuth(ref.host, creds, token_client=self.token_client)
         self.base = self._scheme(ref) + "://" + ref.api_host
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=max(1, pool))
-        self._connections = InterruptibleTransport(ssl_context=self.ssl_context, limits=limits)
+        # HTTPS_PROXY/HTTP_PROXY/NO_PROXY as httpx would read them (it does not, given a transport of ours)
+        self._connections = InterruptibleTransport(ssl_context=self.ssl_context, limits=limits,
+                                                   proxy=environment_proxy(self.base))
         self.http = httpx.Client(
             base_url=self.base, auth=self.auth, timeout=self.timeout, follow_redirects=True, headers=headers,
             transport=self._connections, params={"ns": namespace} if namespace else None,

@@ -91,10 +91,15 @@ class InterruptibleTransport(httpx.HTTPTransport):
     """httpx's transport (same TLS context, limits, retries), whose open
     connections :meth:`interrupt` cuts from any thread."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext, limits: httpx.Limits):
-        super().__init__(verify=ssl_context, limits=limits)
+    def __init__(self, *, ssl_context: ssl.SSLContext, limits: httpx.Limits, proxy: str | None = None):
+        """``proxy``: an ``http://`` or ``https://`` proxy URL (from
+        ``HTTPS_PROXY``/``HTTP_PROXY``, :func:`environment_proxy`); its
+        connections go through httpx's proxy pool, which :meth:`interrupt`
+        does not reach (a Ctrl-C then waits for the current 64 KiB piece)."""
+        super().__init__(verify=ssl_context, limits=limits, proxy=proxy)
         self._backend = _Backend()
-        if isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):  # as httpx builds it, direct
+        pool = getattr(self, "_pool", None)  # httpcore.HTTPProxy is a ConnectionPool too: keep it as it is
+        if proxy is None and isinstance(pool, httpcore.ConnectionPool):  # as httpx builds it, direct
             self._pool = httpcore.ConnectionPool(
                 ssl_context=ssl_context, max_connections=limits.max_connections,
                 max_keepalive_connections=limits.max_keepalive_connections,
@@ -103,3 +108,18 @@ class InterruptibleTransport(httpx.HTTPTransport):
     def interrupt(self) -> None:
         """Shut down every open connection: requests in flight fail at once."""
         self._backend.shutdown_all()
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``,
+    ``HTTP_PROXY``, ``ALL_PROXY``, any case), or None when there is none or
+    ``NO_PROXY`` covers its host: the rules curl, docker and httpx follow
+    (read with :func:`urllib.request.getproxies` and ``proxy_bypass``)."""
+    import urllib.request
+
+    parsed = httpx.URL(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parsed.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parsed.host):
+        return None
+    return proxy if "://" in proxy else "http://" + proxy
