@@ -222,3 +222,30 @@ def test_an_image_with_a_file_list_layer_signs_verifies_and_pulls(registry, llam
     assert rc == 0, err
     r = upstream_verify(dest, keys[1])
     assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_model_sig_is_the_pulled_manifests_never_what_the_tag_names_now(registry, llama_dir, keys, tmp_path):
+    """A plain pull looked the signature up again by tag (and the platform's
+    default index entry): when the tag moved during the pull, or --variant
+    pulled another entry, DEST/model.sig was another image's signature next
+    to these files, exit 0. It is looked up by the digest that was pulled."""
+    from modelimage.pull import pull
+    from modelimage.signing.pulled import SignedPull
+
+    def copy(src: str, dst: str) -> None:
+        subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
+                        f"docker://{src}", f"docker://{dst}"], check=True, capture_output=True)
+
+    ref, other = f"{registry.host}/signed/moving:v1", f"{registry.host}/signed/moving:signed"
+    # a signed image in the same repository
+    assert main(["build", str(llama_dir), "--push", other, "--sign", str(keys[0]), "--max-layer-size", "900KB"]) == 0
+    assert main(["build", str(llama_dir), "--push", ref, "--max-layer-size", "2MB"]) == 0  # unsigned, other layers
+    signed = SignedPull.before(ref, None)
+    result = pull(signed.source, tmp_path / "dest")
+    copy(other, ref)  # the tag moves to the signed image before the signature is looked up
+    signed.after(result)
+    assert not (tmp_path / "dest" / "model.sig").exists()
+    # the signed image pulled by its tag still gets its signature
+    signed = SignedPull.before(ref, None)
+    signed.after(pull(signed.source, tmp_path / "dest2"))
+    assert (tmp_path / "dest2" / "model.sig").is_file()

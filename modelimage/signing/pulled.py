@@ -105,8 +105,10 @@ class SignedPull:
         owner = signature_owner(target)
         bundle = None
         if whole:
+            # the signature of the manifest that was pulled (by digest): never the one the tag or the
+            # platform's default entry names now (another variant, or a tag moved during the pull)
             bundle = self.verified.bundle if self.verified is not None else attached_bundle(
-                self.ref, platform=self.platform, insecure=self.insecure, credentials=self.credentials)
+                at_digest(self.ref, result.digest), insecure=self.insecure, credentials=self.credentials)
         if bundle is not None:
             if owner == "theirs" and not self.overwrite:
                 return dataclasses.replace(result, warnings=(*result.warnings, (
@@ -174,6 +176,17 @@ def write_signature(dest: str | os.PathLike, bundle: bytes) -> Path:
     except OSError as e:
         raise OutputError(f"{target}: cannot write the signature ({e.strerror})") from None
     return target
+
+
+def at_digest(source: str, digest: str) -> str:
+    """``HOST/REPO@DIGEST`` for a registry ``source`` (its tag or digest
+    replaced); a layout (``oci:``, ``oci-archive:``) as it is."""
+    if source.startswith(("oci:", "oci-archive:")) or not digest:
+        return source
+    from ..registry.reference import Reference
+
+    ref = Reference.parse(source)
+    return f"{ref.host}/{ref.repository}@{digest}"
 
 
 def attached_bundle(source: str, *, platform: str | None = None, insecure: frozenset[str] = frozenset(),
