@@ -11,7 +11,6 @@ import http.client
 import re
 import ssl
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -67,9 +66,11 @@ def origin(url: httpx.URL) -> tuple[str, str, int]:
 
 
 def proxied(url: httpx.URL) -> bool:
-    """Whether the environment sends ``url`` through a proxy (then httpx reads it)."""
-    proxies = urllib.request.getproxies()
-    return bool(proxies.get(url.scheme)) and not urllib.request.proxy_bypass(url.host)
+    """Whether the environment sends ``url`` through a proxy: the same rule
+    as the registry transport's (:func:`~modelimage.registry.transport.sockets.environment_proxy`)."""
+    from .transport.sockets import environment_proxy
+
+    return environment_proxy(str(url)) is not None
 
 
 class Connections:
