@@ -46,6 +46,7 @@ from .errors import ModelImageError
 from .estimate import LayerSpec
 from .fit import Calibration, Sample, fit
 from .pullers import Puller, machine_facts, puller_for
+from .registry.reference import is_loopback
 
 MiB = 2**20
 DEFAULT_SIZES: tuple[int, ...] = (128 * MiB, 512 * MiB)
@@ -273,8 +274,7 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
     say = progress or (lambda _msg: None)
     try:
         with _registry(registry, tmp) as host:
-            loopback = host.startswith(("127.", "localhost", "[::1]"))
-            puller = puller_for(engine, plain_http=loopback, work=tmp)
+            puller = puller_for(engine, plain_http=is_loopback(host.split("/", 1)[0]), work=tmp)
             try:
                 facts = machine_facts(puller)
                 nonce = f"{os.getpid()}-{int(time.time() * 1000) % 10**9}"

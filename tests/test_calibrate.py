@@ -9,6 +9,7 @@ on all of them alike, and medians are compared.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -184,3 +185,26 @@ def test_a_corrupt_stored_calibration_is_one_line_naming_the_file(change, why, t
     err = capsys.readouterr().err
     assert err.startswith(f"error: {stored}: not a calibration this modelimage reads") and err.count("\n") == 1
     assert why in err and "--calibrate --engine podman" in err
+
+
+@pytest.mark.parametrize("host, plain", [("127.0.0.1:5000", True), ("localhost:5000/prefix", True), ("[::1]:5000", True),
+                                         ("localhost.example.com:5000", False), ("127.example.com", False)])
+def test_only_loopback_registries_are_pulled_in_plain_http(host, plain, tmp_path, monkeypatch):
+    """A --registry named localhost.example.com or 127.example.com was taken for
+    loopback (a prefix test), so the engine pulled from it in plain HTTP
+    without checking TLS. Loopback is reference.is_loopback's rule."""
+    seen = {}
+
+    @contextlib.contextmanager
+    def given(registry, tmp):
+        yield registry
+
+    def puller(engine, *, plain_http, work):
+        seen["plain"] = plain_http
+        raise calibrate.CalibrationError("stop here")
+
+    monkeypatch.setattr(calibrate, "_registry", given)
+    monkeypatch.setattr(calibrate, "puller_for", puller)
+    with pytest.raises(calibrate.CalibrationError, match="stop here"):
+        calibrate.calibrate("podman", registry=host, work=tmp_path)
+    assert seen["plain"] is plain
