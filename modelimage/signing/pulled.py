@@ -185,8 +185,7 @@ def at_digest(source: str, digest: str) -> str:
         return source
     from ..registry.reference import Reference
 
-    ref = Reference.parse(source)
-    return f"{ref.host}/{ref.repository}@{digest}"
+    return Reference.parse(source).with_digest(digest).pinned()
 
 
 def attached_bundle(source: str, *, platform: str | None = None, insecure: frozenset[str] = frozenset(),
