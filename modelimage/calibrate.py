@@ -5,7 +5,11 @@ store the fit with the machine's facts.
 ``modelimage estimate --calibrate --engine podman`` runs :func:`calibrate`:
 
 1. **images**: one per size x layer count x compression (defaults: 128 MiB
-   and 512 MiB, 1 and 4 layers, uncompressed and gzip), each layer one file
+   and 1 GiB, 1 and 4 layers, uncompressed and gzip; the big one is 1 GiB
+   because a node's per-byte cost bends between 0.1 and 1 GB: fitted on
+   128 and 512 MiB, the quiet 2026-11-30 run over-estimated modelimage's
+   2 GiB pulls by 29-36 %, fitted on 128 MiB and 1 GiB by -4..+21 %,
+   docs/benchmarks.md), each layer one file
    of weight-like bytes in a tar (random bytes for plain layers, fp16 values
    for gzip layers, which compress like real weights), written to a
    temporary OCI layout and pushed with modelimage's own push;
@@ -49,7 +53,7 @@ from .pullers import Puller, machine_facts, puller_for
 from .registry.reference import is_loopback
 
 MiB = 2**20
-DEFAULT_SIZES: tuple[int, ...] = (128 * MiB, 512 * MiB)
+DEFAULT_SIZES: tuple[int, ...] = (128 * MiB, 1024 * MiB)
 DEFAULT_LAYERS: tuple[int, ...] = (1, 4)
 DEFAULT_COMPRESSIONS: tuple[str, ...] = ("none", "gzip")
 BLOCK = 16 * MiB

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
-from .estimate import Costs, Engine, LayerSpec, busiest_stream_bytes, engine_named, estimate_pull
+from .estimate import Costs, Engine, LayerSpec, busiest_stream_bytes, decompress_workers, engine_named, estimate_pull
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,14 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
-def features(layers: Sequence[LayerSpec], concurrency: int) -> list[float]:
+def features(layers: Sequence[LayerSpec], concurrency: int, inflate_workers: int = 1) -> list[float]:
     """What each cost multiplies, in :class:`Costs` order: 1 pull, layers,
-    tar bytes, bytes of the busiest stream, gzip tar bytes."""
+    tar bytes, bytes of the busiest stream, gzip tar bytes per layer the
+    engine inflates at once (``inflate_workers``:
+    :func:`modelimage.estimate.decompress_workers`)."""
     gz = sum(s.tar_bytes for s in layers if s.compression == "gzip")
     return [1.0, float(len(layers)), float(sum(s.tar_bytes for s in layers)),
-            busiest_stream_bytes([s.size for s in layers], concurrency), float(gz)]
+            busiest_stream_bytes([s.size for s in layers], concurrency), gz / max(1, inflate_workers)]
 
 
 def _nonnegative_lstsq(x: Any, y: Any) -> Any:
@@ -96,7 +98,8 @@ class Calibration:
     def errors(self) -> list[float]:
         """Per sample: estimate / median pull - 1."""
         eng = self.engine_model()
-        return [estimate_pull(s.layers, bandwidth_bps=math.inf, engine=eng, latency_s=0).total_seconds / s.median - 1
+        return [estimate_pull(s.layers, bandwidth_bps=math.inf, engine=eng, latency_s=0,
+                                  cores=self.facts.get("cpus")).total_seconds / s.median - 1
                 for s in self.samples]
 
     def pull_ratios(self) -> list[float]:
@@ -105,7 +108,8 @@ class Calibration:
         miss and the node's own pull-to-pull variation (other work on the
         machine only ever slows a pull down) together."""
         eng = self.engine_model()
-        return [t / estimate_pull(s.layers, bandwidth_bps=math.inf, engine=eng, latency_s=0).total_seconds
+        return [t / estimate_pull(s.layers, bandwidth_bps=math.inf, engine=eng, latency_s=0,
+                                  cores=self.facts.get("cpus")).total_seconds
                 for s in self.samples for t in s.seconds]
 
     @property
@@ -151,7 +155,10 @@ def fit(engine: str, samples: Sequence[Sample], *, facts: Mapping[str, Any] | No
     eng = engine_named(engine)
     if len(samples) < 3:
         raise ConfigError("fitting needs pulls of at least three different images")
-    x = np.array([features(s.layers, eng.concurrency) for s in samples])
+    cores = (facts or {}).get("cpus")
+    x = np.array([features(s.layers, eng.concurrency,
+                           decompress_workers(eng, sum(x.compression != "none" for x in s.layers), cores))
+                  for s in samples])
     y = np.array([s.median for s in samples])
     coef = _nonnegative_lstsq(x / y[:, None], np.ones(len(samples)))
     if not x[:, 4].any():

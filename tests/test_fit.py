@@ -116,3 +116,18 @@ def test_a_calibration_round_trips_through_json():
     model = back.engine_model()
     assert model.costs == cal.costs and model.concurrency == ENGINES["podman"].concurrency
     assert model.source.startswith("calibrated on this machine (today, podman version 4.3.1")
+
+
+def test_a_calibration_inflating_in_parallel_uses_the_cores_of_the_node_it_was_made_on():
+    """modelimage pull inflates the layers of its streams on one core each:
+    pulls made on a 2-core node are fitted with 2 inflating at once (the
+    node's ``cpus`` fact), wherever the fit runs, and the gzip cost comes
+    back exactly."""
+    from dataclasses import replace
+
+    model = replace(ENGINES["modelimage"], costs=TRUE)
+    samples = [Sample(layers, (estimate_pull(layers, bandwidth_bps=math.inf, engine=model, latency_s=0,
+                                             cores=2).total_seconds,)) for layers in images()]
+    cal = fit("modelimage", samples, facts={"cpus": 2})
+    assert cal.costs.gzip_byte_s == pytest.approx(TRUE.gzip_byte_s, rel=1e-6)
+    assert max(abs(e) for e in cal.errors()) < 1e-6
