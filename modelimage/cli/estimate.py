@@ -63,7 +63,7 @@ def _counts(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--registry", metavar="HOST[:PORT]",
               help="With --calibrate: push the images there (default: a docker-registry started on loopback).")
 @click.option("--calibrate-sizes", callback=_sizes, metavar="SIZE,SIZE",
-              help="With --calibrate: image sizes (default: 128MiB,512MiB).")
+              help="With --calibrate: image sizes (default: 128MiB,1GiB).")
 @click.option("--calibrate-layers", callback=_counts, metavar="N,N",
               help="With --calibrate: layer counts (default: 1,4).")
 @click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True,
