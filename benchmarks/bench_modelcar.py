@@ -17,8 +17,14 @@ an empty spool or digest cache, a repository of its own in the registry
 
 Measured: wall and CPU seconds and peak RSS (``/usr/bin/time``), bytes
 sent to the registry and bytes read from the Hub (iptables byte counters on
-loopback, a chain of the script's own, removed at the end), and the disk
-each leaves behind (its Hugging Face cache, spool or digest cache).
+loopback, a chain of the script's own, removed at the end), the CPU the
+loopback Hub (a Python server inside this script) spent serving it, and the
+disk each leaves behind (its Hugging Face cache, spool or digest cache).
+
+``--phases`` adds two rows that split modelimage's time: the Hub alone
+(``curl`` reading every file to /dev/null, one after another, then three
+at once) and the build alone (``modelimage build FOLDER --push`` of the same
+files from a local folder, page cache warm).
 Then each result is pulled with ``podman pull`` and run: a container of
 the image with a static busybox mounted in prints the sha256 of every model
 file, which must equal the Hub's.
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -86,15 +93,18 @@ class ByteCounter:
 def measured(cmd: list[str], work: Path, env: dict, counter: ByteCounter) -> dict:
     out = work / "time.txt"
     before = counter.read()
+    hub0 = resource.getrusage(resource.RUSAGE_SELF)  # the loopback Hub serves from this process's threads
     t = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", "-o", str(out), *cmd], capture_output=True, text=True,
                        env=env)
     wall = time.perf_counter() - t
+    hub1 = resource.getrusage(resource.RUSAGE_SELF)
     after = counter.read()
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
     user, sys_, rss = out.read_text().split()[-3:]
     return {"wall": wall, "cpu": float(user) + float(sys_), "rss": int(rss) * 1024,
+            "hub_cpu": (hub1.ru_utime + hub1.ru_stime) - (hub0.ru_utime + hub0.ru_stime),
             "sent": after.get("registry>", 0) - before.get("registry>", 0),
             "hub": after.get("hub<", 0) - before.get("hub<", 0)}
 
@@ -134,6 +144,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--modelcar", default=shutil.which("oci-modelcar") or "oci-modelcar")
+    ap.add_argument("--phases", action="store_true", help="also time the Hub alone and the build alone")
     args = ap.parse_args()
 
     from modelimage.synth import write_random_shards
@@ -152,7 +163,8 @@ def main() -> None:
         files = {p.name: p.read_bytes() for p in sorted(model.iterdir())}
         sums = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
         size = sum(len(b) for b in files.values())
-        shutil.rmtree(model)
+        if not args.phases:
+            shutil.rmtree(model)
         hub = HubServer().start()
         hub.commit("bench/llm", files)
         del files
@@ -166,6 +178,13 @@ def main() -> None:
             "oci-modelcar push --workers 3": ("mc3", ["--workers", "3"]),
             "modelimage build hf://... --push": ("mi", None),
         }
+        if args.phases:
+            urls = " ".join(f"{hub.url}/bench/llm/resolve/main/{n}" for n in sums)
+            contenders["phase: the Hub alone (curl > /dev/null, files in turn)"] = (
+                "hub1", ["sh", "-c", f"for u in {urls}; do curl -sf -o /dev/null $u || exit 1; done"])
+            contenders["phase: the Hub alone (curl > /dev/null, 3 files at once)"] = (
+                "hub3", ["sh", "-c", f"printf '%s\\n' {urls} | xargs -P 3 -n 1 curl -sf -o /dev/null"])
+            contenders["phase: the build alone (build FOLDER --push)"] = ("local", ["local"])
         for n in range(args.runs):
             for label, (short, flags) in contenders.items():
                 d = work / f"{short}-{n}"
@@ -174,6 +193,10 @@ def main() -> None:
                 repo, tag = f"{short}/r{n}", "v1"
                 if flags is None:
                     cmd = [*MI, "build", "hf://bench/llm", "--push", f"{reg.host}/{repo}:{tag}", "-q"]
+                elif flags == ["local"]:
+                    cmd = [*MI, "build", str(model), "--name", "llm", "--push", f"{reg.host}/{repo}:{tag}", "-q"]
+                elif short.startswith("hub"):
+                    cmd = flags
                 else:
                     cmd = [args.modelcar, "push", "--hf-repo", "bench/llm", "--hf-endpoint", hub.url,
                            "--registry", reg.host, "--target-repo", repo, "--target-tag", tag,
@@ -181,8 +204,8 @@ def main() -> None:
                 subprocess.run(["sync"], check=True)
                 rows.setdefault(label, []).append(measured(cmd, work, env, counter))
                 spool.setdefault(label, []).append(disk_use(d))
-                if n == 0:
-                    root = "/models/llm" if flags is None else "/models"
+                if n == 0 and not short.startswith("hub"):
+                    root = "/models/llm" if flags is None or short == "local" else "/models"
                     checks[label] = runs_in_podman(f"{reg.host}/{repo}:{tag}", root, sums, work)
                 shutil.rmtree(d)
     finally:
@@ -197,23 +220,25 @@ def main() -> None:
     load1 = os.getloadavg()[0]
 
     mi = "modelimage build hf://... --push"
-    med = {k: {f: statistics.median(r[f] for r in v) for f in ("wall", "cpu", "sent", "hub")} for k, v in rows.items()}
-    best_peer = min((k for k in med if k != mi), key=lambda k: med[k]["wall"])
+    med = {k: {f: statistics.median(r[f] for r in v) for f in ("wall", "cpu", "sent", "hub", "hub_cpu")}
+           for k, v in rows.items()}
+    best_peer = min((k for k in med if k != mi and not k.startswith("phase")), key=lambda k: med[k]["wall"])
     print(f"Machine: {os.uname().nodename} ({os.uname().machine}, {os.cpu_count()} cores); {date.today()}; "
           f"load average {load0:.2f} at the start, {load1:.2f} at the end; oci-modelcar "
           f"{subprocess.run([args.modelcar, '--version'], capture_output=True, text=True).stdout.strip() or '?'}.")
     print(f"Model: {args.gib:g} GiB of random fp16 safetensors in {args.shards} files + config.json "
           f"({size / MB:.0f} MB) on the loopback Hub; median of {args.runs} runs, interleaved, each cold.")
     print(f"Command: `python benchmarks/bench_modelcar.py --gib {args.gib:g} --shards {args.shards} "
-          f"--runs {args.runs}`.")
+          f"--runs {args.runs}{' --phases' if args.phases else ''}`.")
     print()
-    print("| what | wall s (runs) | CPU s | peak RSS MB | sent to registry MB | read from Hub MB | "
+    print("| what | wall s (runs) | CPU s | peak RSS MB | sent to registry MB | read from Hub MB | Hub server CPU s | "
           "disk used at the end MB | vs modelimage time | pulls and runs in podman |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for k, v in rows.items():
         runs = ", ".join(f"{r['wall']:.1f}" for r in v)
         print(f"| {k} | {med[k]['wall']:.1f} ({runs}) | {med[k]['cpu']:.1f} | {max(r['rss'] for r in v) / MB:.0f} | "
-              f"{med[k]['sent'] / MB:.0f} | {med[k]['hub'] / MB:.0f} | {max(spool[k]) / MB:.0f} | "
+              f"{med[k]['sent'] / MB:.0f} | {med[k]['hub'] / MB:.0f} | {med[k]['hub_cpu']:.1f} | "
+              f"{max(spool[k]) / MB:.0f} | "
               f"{med[k]['wall'] / med[mi]['wall']:.2f}x | {checks.get(k, '?')} |")
     print()
     ratio = med[mi]["wall"] / med[best_peer]["wall"]

@@ -127,6 +127,28 @@ def is_remote(path: object) -> TypeGuard[RemoteObject]:
     return not isinstance(path, (str, os.PathLike))
 
 
+def listed_source(vf: "VirtualFile") -> RemoteObject | None:
+    """The remote object ``vf`` is the whole of, when its source lists the
+    object's sha256 (``expected_sha256``: a Hub LFS file,
+    :class:`modelimage.sources.hub.HubFile`); else None. The layer writer
+    hashes such a file anyway and checks it (:func:`check_listed`)."""
+    if len(vf.segments) != 1 or not isinstance(seg := vf.segments[0], FileRange) or not is_remote(seg.path):
+        return None
+    whole = seg.offset == 0 and seg.length == seg.path.size
+    return seg.path if whole and getattr(seg.path, "expected_sha256", None) else None
+
+
+def check_listed(obj: RemoteObject, got: str) -> None:
+    """Raise :class:`SourceError` naming ``obj`` unless ``got`` (hex) is the
+    sha256 its source lists: called as the file's last byte is hashed,
+    before that byte reaches a sink, so no blob holding it is committed."""
+    listed = getattr(obj, "expected_sha256", None)
+    if got != listed:
+        mismatch = getattr(obj, "mismatch", None)
+        raise mismatch("sha256", got, listed) if mismatch else SourceError(
+            f"{obj}: its bytes have sha256 {got}, its source lists {listed}")
+
+
 @dataclass(frozen=True, slots=True)
 class FileRange:
     """``length`` bytes of ``path`` starting at ``offset``.

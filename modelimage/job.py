@@ -37,6 +37,7 @@ class Options(Packing):
     registry: str | None = None  # host whose limits apply (the push target, or plan --registry)
     base: str | None = None  # REF or oci:DIR[:TAG] of a base image
     insecure: frozenset[str] = frozenset()
+    download: bool = False  # hf:// files downloaded into the Hugging Face cache (a build context), not streamed
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def prepare(arg: str, options: Options = Options()) -> Job:
     """Resolve ``arg`` (a path or a configured name), inspect it, settle settings."""
     config = load_config(options.config)
     entry = resolve(arg, config).overridden_by(options)
-    source = open_source(entry)
+    source = open_source(entry, download=options.download)
     model = inspect_model(source.location, name=options.name or entry.name or source.name,
                           include=entry.include, exclude=entry.exclude)
     compression = entry.compression or "none"

@@ -132,6 +132,8 @@ def render_model(kind: str, source: str | None, options: Options | None = None,
         raise ConfigError(f"render {kind} needs a SOURCE or NAME")
     if kind == "github-action":
         return Rendered(github_workflow(source, options, settings))
+    if kind == "dockerfile":  # COPY needs the files in a build context: hf:// is downloaded, not streamed
+        options = replace(options, download=True)
     job = prepare(source, options)
     picked = pick_variant(job, settings.variant, settings.gpu_memory)
     job, plan = (picked[0].job, picked[0].plan) if picked else (job, job.plan())

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 from typing import Literal as TypingLiteral
 
-from .content import FileRange, Literal, Source, VirtualFile, is_remote
+from .content import FileRange, Literal, Source, VirtualFile, check_listed, is_remote, listed_source
 from .errors import SourceError
 
 BLOCK = 512
@@ -290,6 +290,9 @@ class Digester:
         self.current_index = -1
         # a raw layer is its one file: the file's sha256 is the stream's, hashed once
         self.one_file = stream.kind == "raw"
+        self.fed = 0  # bytes of the current file hashed so far
+        # files whose source lists their sha256 (Hub LFS files): checked as their last byte is hashed
+        self.expected = {i: o for i, e in enumerate(stream.entries) if (o := listed_source(e.content)) is not None}
 
     def copy(self) -> "Digester":
         if self.gz is not None:
@@ -311,6 +314,11 @@ class Digester:
                 self._finish_file()
             assert self.current is not None
             self.current.update(data)
+            self.fed += len(data)
+            if file in self.expected and self.fed == self.stream.entries[file].size:
+                check_listed(self.expected[file], self.current.hexdigest())
+        elif self.one_file and 0 in self.expected and self.offset == self.stream.size:
+            check_listed(self.expected[0], self.tar.hexdigest())
         if self.gz is None:
             self.blob_size += len(data)
             return data
@@ -324,6 +332,7 @@ class Digester:
             self.files.append("sha256:" + self.current.hexdigest())
         self.current_index += 1
         self.current = hashlib.sha256()
+        self.fed = 0
 
     def flush(self) -> bytes:
         """The last compressed bytes (empty for uncompressed layers)."""

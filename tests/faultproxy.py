@@ -28,6 +28,9 @@ one from then on). The faults:
 * :class:`Rewrite` -- forward (with request headers changed or removed:
   a server that ignores ``Range``), then change the answer's status or add
   headers.
+* :class:`Spoil` -- forward, then relay the answer's body with one byte
+  changed (a corrupting middlebox) or the connection closed after some
+  bytes (a download dropped mid-file).
 * :class:`ExpireToken` -- the bearer token the request carries is expired
   from now on: this request and every later one that carries it get ``401``
   with ``WWW-Authenticate: Bearer realm=..,service=..,scope=..,
@@ -131,7 +134,17 @@ class Rewrite:
     request: tuple[tuple[str, str | None], ...] = ()  # request headers set (None: removed) before forwarding
 
 
-Fault = Cut | Respond | Stall | Throttle | ExpireToken | BodySize | Rewrite
+@dataclass(frozen=True)
+class Spoil:
+    """Forward, then relay the answer's body with the byte at ``flip_at``
+    inverted, and/or close the connection once ``cut_after`` body bytes
+    were relayed (short of its Content-Length: a dropped download)."""
+
+    flip_at: int | None = None
+    cut_after: int | None = None
+
+
+Fault = Cut | Respond | Stall | Throttle | ExpireToken | BodySize | Rewrite | Spoil
 
 
 @dataclass
@@ -242,6 +255,16 @@ def _body(f, headers: list[tuple[str, str]], *, until_close: bool = False):
     elif until_close:
         while data := f.read1(PIECE):
             yield data
+
+
+def _spoiled(fault: Spoil, data: bytes, at: int) -> bytes:
+    """``data`` (answer body bytes from offset ``at``) as :class:`Spoil` relays them."""
+    if fault.cut_after is not None:
+        data = data[: max(0, fault.cut_after - at)]
+    if fault.flip_at is not None and at <= fault.flip_at < at + len(data):
+        i = fault.flip_at - at
+        data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+    return data
 
 
 def _head_bytes(start: str, headers: list[tuple[str, str]]) -> bytes:
@@ -484,8 +507,14 @@ class FaultProxy:
             seen.status, seen.answered = status, time.monotonic()
             client.sendall(_head_bytes(status_line, out))
             if not no_body:
+                relayed = 0
                 for data in _throttled(_body(uf, r_headers, until_close=True), rate):
+                    if isinstance(fault, Spoil):
+                        data = _spoiled(fault, data, relayed)
+                    relayed += len(data)
                     client.sendall(b"%x\r\n%s\r\n" % (len(data), data) if r_chunked else data)
+                    if isinstance(fault, Spoil) and fault.cut_after is not None and relayed >= fault.cut_after:
+                        return False  # closed (FIN) short of the Content-Length: the client has every byte sent
                 if r_chunked:
                     client.sendall(b"0\r\n\r\n")
             return framed and (_get(headers, "connection") or "").lower() != "close"

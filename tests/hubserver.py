@@ -12,7 +12,12 @@ use, with the headers huggingface_hub checks:
 
 and answers unknown repositories, revisions and files the way the Hub does
 (404 with ``X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound``).
-Every request is logged in ``requests`` so tests can tell what was downloaded.
+Every request is logged in ``requests`` so tests can tell what was downloaded,
+and its headers in ``seen`` (method, path, lower-case headers). With ``redirect`` set (the
+base URL of another server, for example a second HubServer sharing
+``repos``), a GET of an LFS file is answered ``302`` to
+``REDIRECT/{repo}/resolve/{sha}/{path}``, the way the Hub sends LFS and xet
+files to its storage. ``oid`` and a non-LFS file's ``ETag`` are git blob ids.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".onnx", ".pt")
 
@@ -31,6 +36,11 @@ LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".onnx", ".pt")
 class Repo:
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha -> {path: bytes}
     refs: dict[str, str] = field(default_factory=dict)  # branch/tag -> sha
+
+
+def git_oid(data: bytes) -> str:
+    """The git blob id of ``data`` (what the Hub lists as a file's ``oid``)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def commit_sha(files: dict[str, bytes], parent: str = "") -> str:
@@ -44,6 +54,8 @@ class HubServer:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path)
+        self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path, lower-case headers)
+        self.redirect: str | None = None  # base URL LFS file GETs are redirected to
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -123,6 +135,7 @@ class HubServer:
                 path = unquote(parts.path)
                 with hub._lock:
                     hub.requests.append((self.command, path))
+                    hub.seen.append((self.command, path, {k.lower(): v for k, v in self.headers.items()}))
                 if path.startswith("/api/models/"):
                     return self._api(path[len("/api/models/"):], parts.query)
                 if "/resolve/" in path:
@@ -154,7 +167,7 @@ class HubServer:
                     if sub and not p.startswith(sub.rstrip("/") + "/"):
                         continue
                     data = files[p]
-                    e = {"type": "file", "path": p, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                    e = {"type": "file", "path": p, "size": len(data), "oid": git_oid(data)}
                     if p.endswith(LFS_SUFFIXES):
                         e["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
                     entries.append(e)
@@ -170,7 +183,10 @@ class HubServer:
                 if data is None:
                     return self._error("EntryNotFound", f"{file} does not exist at {rev}", head)
                 lfs = file.endswith(LFS_SUFFIXES)
-                etag = hashlib.sha256(data).hexdigest() if lfs else hashlib.sha1(data).hexdigest()
+                if lfs and hub.redirect and not head:
+                    where = f"{hub.redirect}/{repo_id}/resolve/{sha}/{quote(file)}"
+                    return self._send(302, b"", {"Location": where})
+                etag = hashlib.sha256(data).hexdigest() if lfs else git_oid(data)
                 headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream",
                            "Accept-Ranges": "bytes"}
                 if lfs:

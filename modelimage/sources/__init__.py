@@ -6,10 +6,12 @@ or ``s3://BUCKET/PREFIX``.
 image should carry:
 
 * a local path stays as it is;
-* ``hf://`` is downloaded through huggingface_hub into its cache (only the
-  files the include/exclude globs select; ``HF_TOKEN``, ``HF_ENDPOINT``,
-  ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` apply) and becomes the local snapshot
-  folder of the commit the revision resolved to (:mod:`.hf`);
+* ``hf://`` is resolved to one commit and listed through huggingface_hub
+  (only the files the include/exclude globs select; ``HF_TOKEN``,
+  ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` apply) and stays
+  remote: its files stream from the Hub while the layers are written
+  (:mod:`.hub`), unless the Hugging Face cache already holds them, or
+  ``download`` asks for a local folder (:mod:`.hf`);
 * ``s3://`` stays remote: a listing of objects whose bytes are read by
   range while the layers stream (:mod:`.s3`).
 
@@ -28,13 +30,14 @@ if TYPE_CHECKING:
 __all__ = ["LABEL_REVISION", "LABEL_SOURCE", "OCI_REVISION", "OCI_SOURCE", "OpenedSource", "open_source"]
 
 
-def open_source(entry: ModelEntry) -> OpenedSource:
-    """Resolve ``entry.source``; hf:// downloads what the globs select (or
-    finds it in the cache), s3:// only parses here (listing is inspect's)."""
+def open_source(entry: ModelEntry, *, download: bool = False) -> OpenedSource:
+    """Resolve ``entry.source``; hf:// resolves its commit and lists it (or
+    finds it in the cache; ``download``: downloads it into the cache, for
+    what needs a local folder), s3:// only parses here (listing is inspect's)."""
     if entry.source.startswith("hf://"):
         from . import hf
 
-        return hf.open_repo(entry.source, entry.include, entry.exclude)
+        return hf.open_repo(entry.source, entry.include, entry.exclude, download=download)
     if entry.source.startswith("s3://"):
         from .s3 import S3Prefix
 

@@ -1,23 +1,30 @@
-"""``hf://ORG/REPO[@REVISION]``: a Hugging Face model repository, through
-huggingface_hub and its cache.
+"""``hf://ORG/REPO[@REVISION]``: a Hugging Face model repository.
 
-:func:`open_repo` calls ``snapshot_download`` with the include/exclude globs
-as allow/ignore patterns, so a repository with every quantization downloads
-only the one file asked for. huggingface_hub's own settings apply:
-``HF_TOKEN`` (private and gated repositories), ``HF_ENDPOINT`` (a mirror),
-``HF_HUB_CACHE``/``HF_HOME`` (where the cache is), ``HF_HUB_OFFLINE=1`` (use
-the cache only). The result is the cache's snapshot folder of the commit the
-revision resolved to (``.../models--ORG--REPO/snapshots/SHA``); its files
-are symlinks into the cache's blobs, which inspect follows. The commit sha
-goes into the image's labels, so the image says which upstream revision it
-holds.
+:func:`open_repo` resolves the revision to one commit and lists that
+commit's files through huggingface_hub (the include/exclude globs applied
+as for a folder, so a repository with every quantization yields only the
+one file asked for). The files then stream from the Hub into the layers
+while they upload (:mod:`.hub`): nothing is staged on disk. The Hugging
+Face cache is used instead when it already holds every selected file of
+that commit (the same bytes, so the same image), when ``download`` is
+asked (a Dockerfile's build context), and always with
+``HF_HUB_OFFLINE=1`` (its snapshot folder, ``.../models--ORG--REPO/
+snapshots/SHA``, whose symlinks into the cache's blobs inspect follows).
+huggingface_hub's own settings apply: ``HF_TOKEN`` or the token of ``hf
+auth login`` (private and gated repositories), ``HF_ENDPOINT`` (a mirror),
+``HF_HUB_CACHE``/``HF_HOME``, ``HF_HUB_OFFLINE``. The commit sha goes into
+the image's labels, so the image says which upstream revision it holds.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from ..errors import SourceError
 from ..inspect import safe_name
@@ -48,18 +55,89 @@ def patterns(globs: Sequence[str]) -> list[str]:
     return out
 
 
-def open_repo(url: str, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> OpenedSource:
-    """Download (or find in the cache) the selected files of ``url``;
-    return the snapshot folder and the labels naming repo and commit."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub import errors as hf_errors
+def open_repo(url: str, include: Sequence[str] = (), exclude: Sequence[str] = (), *,
+              download: bool = False) -> OpenedSource:
+    """The selected files of ``url`` at the one commit its revision names
+    now, and the labels naming repo and commit.
+
+    Online, the revision is resolved and the commit listed through
+    huggingface_hub; the files then stay on the Hub and stream from it
+    while the layers are written (:class:`.hub.HubRepo`), unless the
+    Hugging Face cache already holds every one of them at that commit (its
+    snapshot folder is used: the same bytes, so the same image) or
+    ``download`` is asked (a build context for a Dockerfile: the files are
+    downloaded into the cache by ``snapshot_download``). With
+    ``HF_HUB_OFFLINE=1`` the cache is all there is."""
+    from huggingface_hub import constants
 
     repo, revision = parse_url(url)
+    endpoint = constants.ENDPOINT.rstrip("/")
+    with _hub_errors(url, repo, revision):
+        if constants.HF_HUB_OFFLINE:
+            return _opened(url, repo, revision, _snapshot(repo, revision, include, exclude), endpoint)
+        from .hub import HubRepo, resolve_commit
+
+        sha = resolve_commit(repo, revision, endpoint)
+        if revision and _SHA_RE.match(revision) and revision != sha:
+            raise SourceError(f"{url}: asked for commit {revision}, the Hub gave {sha}")
+        remote = HubRepo(repo, sha, endpoint)
+        files = remote.list_files(include, exclude)
+        cached = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / sha
+        if all((cached / f.name).is_file() for f in files):  # the cache has the commit's bytes: no transfer
+            return _opened(url, repo, sha, cached, endpoint)
+        if download:
+            return _opened(url, repo, sha, _snapshot(repo, sha, include, exclude), endpoint)
+        return _opened(url, repo, sha, _Listed(remote, files), endpoint)
+
+
+class _Listed:
+    """A :class:`.hub.HubRepo` whose listing (already made, to decide
+    between cache and Hub) is handed to inspect as it is."""
+
+    def __init__(self, remote: Any, files: list[Any]):
+        self.remote, self.files, self.name = remote, files, remote.name
+
+    def __str__(self) -> str:
+        return str(self.remote)
+
+    def list_files(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Any]:
+        from .files import selected
+
+        return [f for f in self.files if selected(f.name, include, exclude)]
+
+
+def _snapshot(repo: str, revision: str | None, include: Sequence[str], exclude: Sequence[str]) -> Path:
+    """The cache's snapshot folder of the selected files (downloaded when missing)."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns(include) or None,
+                                  ignore_patterns=patterns(exclude) or None))
+
+
+def _opened(url: str, repo: str, revision: str | None, location: Any, endpoint: str) -> OpenedSource:
+    """The opened source, labelled with the commit its files are of."""
+    sha = location.name if isinstance(location, Path) else location.remote.commit
+    if not _SHA_RE.match(sha):
+        raise SourceError(f"{url}: huggingface_hub returned {location}, not a snapshot folder of a commit")
+    if revision and _SHA_RE.match(revision) and revision != sha:
+        raise SourceError(f"{url}: asked for commit {revision}, the cache gave {sha}")
+    labels = {
+        LABEL_SOURCE: f"hf://{repo}",
+        LABEL_REVISION: sha,
+        OCI_SOURCE: f"{endpoint}/{repo}",
+        OCI_REVISION: sha,
+    }
+    return OpenedSource(location, name=safe_name(repo.rsplit("/", 1)[-1]), labels=labels, revision=sha)
+
+
+@contextmanager
+def _hub_errors(url: str, repo: str, revision: str | None) -> Iterator[None]:
+    """huggingface_hub's errors as one-line :class:`SourceError` s that say the fix."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hf_errors
+
     try:
-        folder = Path(snapshot_download(
-            repo, revision=revision,
-            allow_patterns=patterns(include) or None, ignore_patterns=patterns(exclude) or None,
-        ))
+        yield
     except hf_errors.RevisionNotFoundError:
         raise SourceError(f"{url}: {repo} has no revision {revision!r}") from None
     except (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError) as e:
@@ -72,18 +150,10 @@ def open_repo(url: str, include: Sequence[str] = (), exclude: Sequence[str] = ()
             "or point HF_HUB_CACHE at a cache that has it") from None
     except (hf_errors.HfHubHTTPError, OSError, ValueError) as e:
         raise SourceError(f"{url}: {type(e).__name__}: {_first_line(e)}") from None
-    sha = folder.name
-    if not _SHA_RE.match(sha):
-        raise SourceError(f"{url}: huggingface_hub returned {folder}, not a snapshot folder of a commit")
-    if revision and _SHA_RE.match(revision) and revision != sha:
-        raise SourceError(f"{url}: asked for commit {revision}, the cache gave {sha}")
-    labels = {
-        LABEL_SOURCE: f"hf://{repo}",
-        LABEL_REVISION: sha,
-        OCI_SOURCE: f"{constants.ENDPOINT.rstrip('/')}/{repo}",
-        OCI_REVISION: sha,
-    }
-    return OpenedSource(folder, name=safe_name(repo.rsplit("/", 1)[-1]), labels=labels, revision=sha)
+    except httpx.HTTPError as e:
+        raise SourceError(f"{url}: cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: "
+                          f"{_first_line(e)}); check HF_ENDPOINT and the network, or use HF_HUB_OFFLINE=1 "
+                          "with a filled cache") from None
 
 
 def _first_line(e: Exception) -> str:

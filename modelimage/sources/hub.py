@@ -1,0 +1,314 @@
+"""``hf://`` files read straight from the Hugging Face Hub, never staged on
+disk: the Hub's counterpart of :mod:`.s3`.
+
+huggingface_hub does what it is good at: resolving a revision to a commit
+(:func:`resolve_commit`), listing a commit's files with their sizes, git
+blob ids and LFS sha256 (:meth:`HubRepo.list_files`, ``list_repo_tree``),
+and the endpoint and token rules (``HF_ENDPOINT``, ``HF_TOKEN``, the token
+``hf auth login`` saved, ``HF_HUB_DISABLE_IMPLICIT_TOKEN``). The bytes come
+through this project's HTTP stack instead (the registry transport's TLS
+trust, proxy rule and retry policy): one ``GET`` per range of
+``ENDPOINT/REPO/resolve/COMMIT/PATH`` (so every byte is of the one commit
+the build resolved), the Hub's redirects to its storage (LFS and xet
+bridges, CDNs) followed, with ``Authorization`` dropped whenever a redirect
+leaves the endpoint's origin (httpx's rule). A connection dropped mid-body
+is picked up where it stopped with ``Range: bytes=N-`` (the retry policy
+decides how often and how long to wait), so a 20 GB file never starts over.
+
+Each stream holds one network read at a time (64 KiB pieces): memory stays
+the same whatever the file's size. Trust: an LFS file's bytes are checked
+against the sha256 the Hub lists for it by the layer writer, which hashes
+every file it packs anyway (:attr:`HubFile.expected_sha256`, see
+:class:`modelimage.tarstream.Digester`); a small (non-LFS) file read whole
+is checked here against its git blob id. Either mismatch is a
+:class:`~modelimage.errors.SourceError` naming the file, raised before its
+last bytes reach a sink.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+
+from ..content import RangedObject
+from ..errors import SourceError
+
+if TYPE_CHECKING:
+    from .files import SourceFile
+
+TIMEOUT = 60.0  # seconds to connect, and between bytes of an answer
+POOL = 8  # idle keep-alive connections per endpoint (3 layers stream at once, plus header reads)
+
+_clients: dict[str, httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+class _Temporary(Exception):
+    """An answer worth another attempt (429, 5xx), or a body cut short."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def client(endpoint: str) -> httpx.Client:
+    """One HTTP client per Hub endpoint, made the way the registry transport
+    makes its own: the same TLS trust (system store, ``SSL_CERT_FILE``,
+    ``certs.d`` of the endpoint's host, ``--tls-verify=false``), the same
+    proxy rule (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``).
+    Redirects are followed; httpx drops ``Authorization`` on any redirect
+    to another origin. Thread-safe, shared by every stream."""
+    with _clients_lock:
+        c = _clients.get(endpoint)
+        if c is None:
+            from ..registry.transport import USER_AGENT, current_options
+            from ..registry.transport.sockets import InterruptibleTransport, environment_proxy
+            from ..registry.transport.tls import ssl_context
+
+            options = current_options()
+            host = httpx.URL(endpoint).netloc.decode("ascii")
+            ctx = ssl_context(host, verify=not options.unverified(host), cert_dir=options.cert_dir)
+            transport = InterruptibleTransport(ssl_context=ctx, limits=httpx.Limits(max_connections=None,
+                                                                                    max_keepalive_connections=POOL),
+                                               proxy=environment_proxy(endpoint))
+            c = _clients[endpoint] = httpx.Client(transport=transport, follow_redirects=True,
+                                                  timeout=httpx.Timeout(options.timeout or TIMEOUT),
+                                                  headers={"User-Agent": USER_AGENT})
+        return c
+
+
+def auth_headers(endpoint: str) -> dict[str, str]:
+    """The ``Authorization`` header huggingface_hub would send to the Hub
+    (its token rules), or nothing."""
+    from huggingface_hub.utils import build_hf_headers
+
+    token = {k.lower(): v for k, v in build_hf_headers().items()}.get("authorization")
+    return {"Authorization": token} if token else {}
+
+
+def git_blob_id(size: int) -> Any:
+    """A sha1 primed with git's blob header: fed the file's bytes, its
+    hexdigest is the file's git blob id (what the Hub lists as ``oid``)."""
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\0" % size)
+    return h
+
+
+@dataclass(frozen=True)
+class HubFile(RangedObject):
+    """One file of one commit of a Hub repository: its bytes by range,
+    never all at once. ``size`` (bytes), ``blob_id`` (git's sha1) and
+    ``sha256`` (LFS files only) as the Hub lists them."""
+
+    endpoint: str
+    repo: str
+    commit: str
+    path: str
+    size: int
+    blob_id: str = ""
+    sha256: str | None = None
+    headers: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"hf://{self.repo}@{self.commit}/{self.path}"
+
+    @property
+    def url(self) -> str:
+        """``ENDPOINT/REPO/resolve/COMMIT/PATH``: this commit's bytes only."""
+        return f"{self.endpoint.rstrip('/')}/{self.repo}/resolve/{self.commit}/{quote(self.path)}"
+
+    @property
+    def etag(self) -> str:
+        """The file's content id: its LFS sha256, else its git blob id."""
+        return self.sha256 or self.blob_id
+
+    @property
+    def stamp(self) -> tuple[int, str]:
+        return (self.size, self.etag)
+
+    @property
+    def identity(self) -> list[str | int]:
+        """What the digest cache keys on: endpoint, repository, path, size
+        and content id (LFS sha256 or git blob id) name the bytes exactly,
+        so a later commit that left a file alone still finds its layer."""
+        return ["hf", self.endpoint, self.repo, self.path, self.size, self.etag]
+
+    @property
+    def expected_sha256(self) -> str | None:
+        """The sha256 the Hub lists for an LFS file (None for others): the
+        layer writer checks the bytes it packs against it."""
+        return self.sha256
+
+    def mismatch(self, what: str, got: str, listed: str) -> SourceError:
+        return SourceError(f"{self}: the bytes the Hub sent have {what} {got}, its listing says {listed} "
+                           "(corrupted on the way, or altered by a proxy); nothing was pushed or tagged")
+
+    # ------------------------------------------------------------ reading
+
+    def get(self, offset: int, length: int) -> bytes | memoryview:
+        """Exactly ``length`` bytes at ``offset`` (one ranged GET, resumed if cut)."""
+        if length <= 0:
+            return memoryview(b"")
+        buf = bytearray(length)
+        pos = 0
+        for data in self.read(offset, length):
+            buf[pos:pos + len(data)] = data
+            pos += len(data)
+        return memoryview(buf)
+
+    def read(self, offset: int, length: int) -> Iterator[bytes | memoryview]:
+        """The bytes of ``[offset, offset + length)`` in order, in the pieces
+        the network gives (at most 64 KiB each), from one streaming GET;
+        a connection cut mid-way is resumed from the next byte. A whole
+        non-LFS file is checked against its git blob id before its last
+        piece is handed out. Raises :class:`SourceError` (the file named)."""
+        if length <= 0:
+            return
+        self.check_range(offset, length)
+        blob = git_blob_id(self.size) if (offset == 0 and length == self.size and self.sha256 is None
+                                          and self.blob_id) else None
+        held: bytes | None = None  # the last piece, handed out once the whole file checks
+        for data in self._stream(offset, length):
+            if blob is not None:
+                blob.update(data)
+                if held is not None:
+                    yield held
+                held = data
+            else:
+                yield data
+        if blob is not None:
+            if blob.hexdigest() != self.blob_id:
+                raise self.mismatch("git blob id", blob.hexdigest(), self.blob_id)
+            if held is not None:
+                yield held
+
+    def _stream(self, offset: int, length: int) -> Iterator[bytes]:
+        from ..registry.transport import current_options
+
+        policy = current_options().retry
+        end = offset + length
+        pos, attempt = offset, 0
+        http = client(self.endpoint)
+        while pos < end:
+            try:
+                with http.stream("GET", self.url, headers={**self.headers,
+                                                           "Range": f"bytes={pos}-{end - 1}"}) as r:
+                    skip = self._check_answer(r, pos, end)
+                    for data in r.iter_raw():
+                        if skip:
+                            cut = min(skip, len(data))
+                            data, skip = data[cut:], skip - cut
+                        if len(data) > end - pos:
+                            data = data[:end - pos]
+                        if data:
+                            pos += len(data)
+                            attempt = 0  # progress: the budget is for failures in a row
+                            yield data
+                        if pos >= end:
+                            break
+                    if pos < end:
+                        raise _Temporary(f"the answer ended at byte {pos} of {end}")
+            except (httpx.TransportError, _Temporary) as e:
+                attempt += 1
+                temporary = isinstance(e, _Temporary) or policy.temporary(e)
+                if not temporary or attempt > policy.retries:
+                    raise SourceError(f"{self}: gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
+                                      f"at byte {pos} of {self.size} ({_describe(e)})") from None
+                policy.wait(attempt, e)
+
+    def _check_answer(self, r: httpx.Response, pos: int, end: int) -> int:
+        """Bytes to skip at the start of ``r``'s body (a server that ignored
+        the Range sends the file from byte 0); raises for an error answer."""
+        status = r.status_code
+        if status == 206:
+            got = r.headers.get("Content-Range", "")
+            start, _, total = got.removeprefix("bytes ").partition("/")
+            first = start.partition("-")[0]
+            if not first.isdigit() or int(first) != pos or (total.isdigit() and int(total) != self.size):
+                raise SourceError(f"{self}: asked for bytes {pos}-{end - 1} of {self.size}, "
+                                  f"the Hub answered Content-Range {got!r}")
+            return 0
+        if status == 200:
+            total = r.headers.get("Content-Length")
+            if total is not None and total.isdigit() and int(total) != self.size:
+                raise SourceError(f"{self}: the Hub sends {total} bytes, its listing says {self.size} "
+                                  "(the file changed at a pinned commit?)")
+            return pos
+        if status in (408, 425, 429) or status >= 500:
+            after = r.headers.get("Retry-After", "")
+            raise _Temporary(f"HTTP {status}", float(after) if after.isdigit() else None)
+        if status in (401, 403):
+            raise SourceError(f"{self}: HTTP {status}: access denied; set HF_TOKEN (or `hf auth login`) "
+                              "for a private or gated repository")
+        if status == 404:
+            raise SourceError(f"{self}: HTTP 404: not found at that commit")
+        raise SourceError(f"{self}: HTTP {status} from {r.url.host}")
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def resolve_commit(repo: str, revision: str | None, endpoint: str) -> str:
+    """The commit sha ``revision`` (a branch, tag or sha; None: the default
+    branch) names now, asked of the Hub through huggingface_hub. Raises
+    huggingface_hub's errors (the caller words them)."""
+    from huggingface_hub import HfApi
+
+    sha = HfApi(endpoint=endpoint).model_info(repo, revision=revision).sha
+    if not sha:
+        raise SourceError(f"hf://{repo}: the Hub gave no commit for revision {revision or 'main'!r}")
+    return sha
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    """The files of one commit of a Hub repository, as a remote folder
+    (:class:`~modelimage.sources.files.RemoteFolder`): listed by
+    huggingface_hub, read by range (:class:`HubFile`)."""
+
+    repo: str
+    commit: str
+    endpoint: str
+
+    def __str__(self) -> str:
+        return f"hf://{self.repo}@{self.commit}"
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.repo).name
+
+    def list_files(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list["SourceFile"]:
+        """The commit's files (huggingface_hub's ``list_repo_tree``, every
+        page), hidden names skipped and include/exclude applied as for a
+        local folder, sorted by path."""
+        from huggingface_hub import HfApi
+        from huggingface_hub.hf_api import RepoFile
+
+        from .files import SourceFile, selected
+
+        headers = auth_headers(self.endpoint)
+        out: list[SourceFile] = []
+        for f in HfApi(endpoint=self.endpoint).list_repo_tree(self.repo, revision=self.commit, recursive=True):
+            if not isinstance(f, RepoFile):
+                continue
+            rel = f.path
+            parts = rel.split("/")
+            if rel.startswith("/") or "" in parts or ".." in parts:  # git forbids them; a listing must not smuggle
+                raise SourceError(f"{self}: the Hub lists a file named {rel!r}, not a path inside the repository")
+            if any(p.startswith(".") for p in parts) or not selected(rel, include, exclude):
+                continue
+            obj = HubFile(self.endpoint, self.repo, self.commit, rel, int(f.size), f.blob_id or "",
+                          f.lfs.sha256 if f.lfs is not None else None, headers)
+            out.append(SourceFile(rel, obj, obj.size))
+        out.sort(key=lambda s: s.name)
+        if not out:
+            raise SourceError(f"{self}: no files to pack" + (" (after include/exclude)" if include or exclude else ""))
+        return out
