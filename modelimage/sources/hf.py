@@ -85,8 +85,12 @@ def open_repo(url: str, include: Sequence[str] = (), exclude: Sequence[str] = ()
         cached = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / sha
         if all((cached / f.name).is_file() for f in files):  # the cache has the commit's bytes: no transfer
             return _opened(url, repo, sha, cached, endpoint)
-        if download:
-            return _opened(url, repo, sha, _snapshot(repo, sha, include, exclude), endpoint)
+        if download:  # by the revision's name, so that the cache learns it (HF_HUB_OFFLINE=1 builds find it)
+            folder = _snapshot(repo, revision, include, exclude)
+            if folder.name != sha:
+                raise SourceError(f"{url}: {revision or 'main'} moved from {sha} to {folder.name} while it was "
+                                  "read; run again")
+            return _opened(url, repo, sha, folder, endpoint)
         return _opened(url, repo, sha, _Listed(remote, files), endpoint)
 
 
