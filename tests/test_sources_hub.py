@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from modelimage.tarstream import Digester, Entry, LayerStream, blob_chunks
 from .faultproxy import FaultProxy, Rule, Spoil
 from .hubserver import HubServer
 from .images import read_image
+from .test_sources_hf import _modelimage
 
 REPO = "acme/tiny-llm"
 TOKEN = "hf_streamtest_0123456789secret"
@@ -135,14 +134,6 @@ def _env(endpoint: str, tmp: Path, **extra: str) -> dict[str, str]:
     env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(tmp / "hf-cache"), HF_HUB_DISABLE_PROGRESS_BARS="1",
                HF_HUB_DISABLE_TELEMETRY="1", MODELIMAGE_CACHE_DIR=str(tmp / "mi-cache"), **extra)
     return env
-
-
-def _modelimage(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "modelimage", *args], env=env, capture_output=True, text=True,
-                          timeout=180)
-    if check and proc.returncode != 0:
-        pytest.fail(f"modelimage {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def _gets(hub: HubServer, start: int, name: str) -> list[str | None]:
