@@ -11,6 +11,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from hypothesis import strategies as st
+
 from modelimage.oci import (
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_LAYER_TAR,
@@ -147,6 +149,44 @@ def kinds(root: Path) -> dict[str, str]:
     return out
 
 
+def readable(root: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of what reads as a file under ``root``:
+    regular files, and symlinks that lead to one without leaving ``root``
+    (what a loader opening DEST/PATH reads), without the puller's own
+    entries. What ``inspect REF`` must report for the same image."""
+    top = os.path.realpath(root)
+    out = {}
+    for folder, dirs, names in os.walk(top):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            p = os.path.join(folder, name)
+            rel = os.path.relpath(p, top).replace(os.sep, "/")
+            if rel.split("/", 1)[0] in (".modelimage-pull", ".modelimage-pull.json"):
+                continue
+            real = os.path.realpath(p)
+            if real.startswith(top + os.sep) and os.path.isfile(real):
+                out[rel] = sha(Path(real).read_bytes())
+    return out
+
+
+def inspected(source: str) -> dict[str, str]:
+    """``{path: sha256}`` of the files ``inspect REF`` reports (read by range)."""
+    from modelimage.errors import SourceError
+    from modelimage.image import open_image
+    from modelimage.registry.pieces import FetchStats
+    from modelimage.sources.image import ImageFolder
+
+    stats = FetchStats()
+    image = open_image(source, stats=stats)
+    try:
+        listed = ImageFolder(image, stats).list_files()
+    except SourceError as e:
+        assert "no files" in str(e)
+        return {}
+    finally:
+        image.close()
+    return {f.name: sha(f.path.read_bytes()) for f in listed}
+
+
 def own(root: Path) -> set[str]:
     """The puller's own entries at DEST's root (record, staging folder)."""
     return {p.name for p in root.iterdir() if p.name.startswith(".modelimage-pull")} if root.is_dir() else set()
@@ -184,3 +224,91 @@ def layout(root: Path, layers: list[bytes]) -> str:
         "mediaType": MEDIA_TYPE_MANIFEST, "digest": sha(manifest), "size": len(manifest),
         "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}))
     return f"oci:{root}:v1"
+
+
+# ---------------------------------------------------------------- tar layers by hand, and generated
+
+R, D, S, L = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+
+
+def t(*members: tuple) -> bytes:
+    """A tar layer of (name, data) or (name, type, linkname[, data]) members."""
+    out = []
+    for m in members:
+        if len(m) == 2:
+            out.append((info(m[0]), m[1]))
+        else:
+            out.append((info(m[0], m[1], m[2]), m[3] if len(m) > 3 else b""))
+    return tar_of(out)
+
+
+NAMES = ("a", "b", "c")
+
+
+@st.composite
+def images(draw) -> list[list[tuple]]:
+    """Layers (lists of tar members) that add, replace, white out and
+    opaque-clear files, folders, symlinks and hard links, each valid on top
+    of the layers before it (nothing written below a file or symlink)."""
+    state: dict[str, tuple] = {}  # path -> ("file", data) | ("dir",) | ("sym", target)
+    layers = []
+
+    def below(p: str) -> list[str]:
+        return [k for k in state if k.startswith(p + "/")]
+
+    for _ in range(draw(st.integers(1, 4))):
+        members: list[tuple] = []
+        existing = sorted(state)
+        if existing and draw(st.booleans()):
+            for p in draw(st.lists(st.sampled_from(existing), max_size=2, unique=True)):
+                if p in state:
+                    parent, base = os.path.split(p)
+                    members.append((os.path.join(parent, ".wh." + base), b""))
+                    for k in below(p) + [p]:
+                        state.pop(k, None)
+        dirs = sorted(k for k, v in state.items() if v[0] == "dir")
+        if draw(st.integers(0, 4)) == 0:
+            members.append((".wh..wh..opq", b""))
+            state.clear()
+        elif dirs and draw(st.booleans()):
+            d = draw(st.sampled_from(dirs))
+            members.append((f"{d}/.wh..wh..opq", b""))
+            for k in below(d):
+                state.pop(k)
+        for _ in range(draw(st.integers(1, 5))):
+            depth = draw(st.integers(1, 3))
+            p = "/".join(draw(st.lists(st.sampled_from(NAMES), min_size=depth, max_size=depth)))
+            parts = p.split("/")
+            ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
+            if any(a in state and state[a][0] != "dir" for a in ancestors):
+                continue  # never below a file or a symlink
+            kind = draw(st.sampled_from(["file", "file", "dir", "sym", "link"]))
+            if draw(st.booleans()):
+                for a in ancestors:
+                    if a not in state:
+                        members.append((a + "/", D, ""))
+            for a in ancestors:
+                state[a] = ("dir",)
+            if state.get(p, ("",))[0] == "dir" and kind != "dir":
+                for k in below(p):
+                    state.pop(k)
+            files = sorted(k for k, v in state.items() if v[0] == "file" and k != p)
+            if kind == "link" and not files:
+                kind = "file"
+            if kind == "file":
+                data = draw(st.binary(max_size=40))
+                members.append((p, data))
+                state[p] = ("file", data)
+            elif kind == "dir":
+                members.append((p + "/", D, ""))
+                state[p] = ("dir",)
+            elif kind == "sym":
+                target = draw(st.sampled_from(NAMES))
+                members.append((p, S, target))
+                state[p] = ("sym", target)
+            else:
+                target = draw(st.sampled_from(files))
+                members.append((p, L, target))
+                state[p] = state[target]
+        layers.append(members)
+    return layers

@@ -17,27 +17,13 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from modelimage.cli import main
 from modelimage.errors import BadLayer, PullConflict, PullError, UnsafeLayer
 from modelimage.pull import prepare_pull, pull, verify
 
-from .pullkit import info, kinds, layout, own, sha, snapshot, tar_of, tree
+from .pullkit import D, L, R, S, images, info, inspected, kinds, layout, own, readable, sha, snapshot, t, tar_of, tree
 from .tools import need
-
-R, D, S, L = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
-
-
-def t(*members: tuple) -> bytes:
-    """A tar layer of (name, data) or (name, type, linkname[, data]) members."""
-    out = []
-    for m in members:
-        if len(m) == 2:
-            out.append((info(m[0]), m[1]))
-        else:
-            out.append((info(m[0], m[1], m[2]), m[3] if len(m) > 3 else b""))
-    return tar_of(out)
 
 
 def _corrupt(source: str, blob: bytes, new: bytes) -> None:
@@ -360,81 +346,14 @@ def test_writing_below_a_symlink_the_layer_made_is_refused_before_anything_chang
 
 # ---------------------------------------------------------------- the same tree umoci makes
 
-NAMES = ("a", "b", "c")
-
-
-@st.composite
-def images(draw) -> list[list[tuple]]:
-    """Layers (lists of tar members) that add, replace, white out and
-    opaque-clear files, folders, symlinks and hard links, each valid on top
-    of the layers before it (nothing written below a file or symlink)."""
-    state: dict[str, tuple] = {}  # path -> ("file", data) | ("dir",) | ("sym", target)
-    layers = []
-
-    def below(p: str) -> list[str]:
-        return [k for k in state if k.startswith(p + "/")]
-
-    for _ in range(draw(st.integers(1, 4))):
-        members: list[tuple] = []
-        existing = sorted(state)
-        if existing and draw(st.booleans()):
-            for p in draw(st.lists(st.sampled_from(existing), max_size=2, unique=True)):
-                if p in state:
-                    parent, base = os.path.split(p)
-                    members.append((os.path.join(parent, ".wh." + base), b""))
-                    for k in below(p) + [p]:
-                        state.pop(k, None)
-        dirs = sorted(k for k, v in state.items() if v[0] == "dir")
-        if draw(st.integers(0, 4)) == 0:
-            members.append((".wh..wh..opq", b""))
-            state.clear()
-        elif dirs and draw(st.booleans()):
-            d = draw(st.sampled_from(dirs))
-            members.append((f"{d}/.wh..wh..opq", b""))
-            for k in below(d):
-                state.pop(k)
-        for _ in range(draw(st.integers(1, 5))):
-            depth = draw(st.integers(1, 3))
-            p = "/".join(draw(st.lists(st.sampled_from(NAMES), min_size=depth, max_size=depth)))
-            parts = p.split("/")
-            ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
-            if any(a in state and state[a][0] != "dir" for a in ancestors):
-                continue  # never below a file or a symlink
-            kind = draw(st.sampled_from(["file", "file", "dir", "sym", "link"]))
-            if draw(st.booleans()):
-                for a in ancestors:
-                    if a not in state:
-                        members.append((a + "/", D, ""))
-            for a in ancestors:
-                state[a] = ("dir",)
-            if state.get(p, ("",))[0] == "dir" and kind != "dir":
-                for k in below(p):
-                    state.pop(k)
-            files = sorted(k for k, v in state.items() if v[0] == "file" and k != p)
-            if kind == "link" and not files:
-                kind = "file"
-            if kind == "file":
-                data = draw(st.binary(max_size=40))
-                members.append((p, data))
-                state[p] = ("file", data)
-            elif kind == "dir":
-                members.append((p + "/", D, ""))
-                state[p] = ("dir",)
-            elif kind == "sym":
-                target = draw(st.sampled_from(NAMES))
-                members.append((p, S, target))
-                state[p] = ("sym", target)
-            else:
-                target = draw(st.sampled_from(files))
-                members.append((p, L, target))
-                state[p] = state[target]
-        layers.append(members)
-    return layers
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(layers=images())
-def test_pull_gives_the_tree_umoci_unpack_gives(layers):
+def test_pull_and_inspect_give_the_tree_umoci_unpack_gives(layers):
+    """One stack of layers, four readers: ``umoci unpack``, pull (DEST),
+    verify (its in-memory tree) and ``inspect REF`` (its file list) agree,
+    the root's opaque whiteouts and hard links included."""
     need("umoci")
     work = Path(tempfile.mkdtemp(prefix="pull-vs-umoci-"))
     try:
@@ -443,8 +362,12 @@ def test_pull_gives_the_tree_umoci_unpack_gives(layers):
                        capture_output=True)
         dest = work / "dest"
         pull(source, dest)
-        assert kinds(dest) == kinds(work / "bundle" / "rootfs")
+        rootfs = work / "bundle" / "rootfs"
+        assert kinds(dest) == kinds(rootfs)
         assert own(dest) == ({".modelimage-pull.json"} if kinds(dest) else set())
+        assert inspected(source) == readable(rootfs) == readable(dest)
+        checked = verify(source, dest)
+        assert (checked.missing, checked.extra, checked.changed) == ((), (), ())
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

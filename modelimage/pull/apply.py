@@ -12,7 +12,9 @@ in manifest order, after each blob matched its digest:
    refuses the layer.
 2. Whiteouts and opaque directories remove only what earlier layers of the
    same image put in DEST (OCI image spec, ``layer.md`` "Whiteouts": they
-   apply to lower layers only, whatever their place in the tar).
+   apply to lower layers only, whatever their place in the tar): the order
+   :func:`~.changes.split_layer` gives, the rules :mod:`.changes` holds for
+   ``inspect REF`` and ``verify`` too.
 3. The layer's entries, in tar order (a later one for the same path wins):
    directories made, staged files renamed into place, symlinks and hard
    links made. Everything written is recorded as modelimage's (intent saved
@@ -33,8 +35,9 @@ import stat
 import tempfile
 
 from ..errors import BadLayer, PullConflict, UnsafeLayer
+from .changes import split_layer
 from .extract import Entry, StagedLayer
-from .owned import ADDS, Ownership, ancestors, lstat_or_none
+from .owned import Ownership, ancestors, lstat_or_none
 from .state import Record
 
 
@@ -58,14 +61,11 @@ class DestWriter:
         blocked, adopt = self.owned.conflicts(staged.entries, label)
         if blocked and not self.overwrite:
             self.owned.refuse(blocked, label.split(": layer")[0] + f" (layer {staged.layer.index + 1})")
-        adds = [e for e in staged.entries if e.kind in ADDS]
+        removals, adds = split_layer(staged.entries)  # THE order (.changes): removals reach lower layers only
         linked = [self._resolve_link(e, label) for e in adds if e.kind == "link"]
         removed = 0
-        for e in staged.entries:
-            if e.kind == "whiteout":
-                removed += self.owned.remove_current(e.rel, itself=True)
-            elif e.kind == "opaque":
-                removed += self.owned.remove_current(e.rel, itself=False)
+        for e in removals:
+            removed += self.owned.remove_current(e.rel, itself=e.kind == "whiteout")
         self.record.applied.append(staged.layer.desc.digest)
         if not adds and not removed:
             return  # nothing of this layer is in the selection: DEST and the record stay as they are

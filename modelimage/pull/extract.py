@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -29,12 +28,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import BadLayer, UnsafeLayer
+from .changes import Change, member_change
 from .layers import Layer, Selection, normalize
 from .state import RECORD, STAGING, fsync_files
 from .stream import Journal, Stream, members
 
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
 RESERVED = (STAGING, RECORD)  # the puller's own names at DEST's root
 SYNC_EACH = 1 << 20  # staged files this big are fsynced at once; smaller ones together per layer
 
@@ -176,13 +174,13 @@ class TarStager:
         self.staged.entries.append(e)
 
     def _member(self, m: tarfile.TarInfo, stream: Stream) -> None:
-        name = normalize(m.name, self.label)
-        if not name:
+        change = member_change(m, self.label)  # the names' rules: .changes
+        if change is None:
             return
-        base, parent = posixpath.basename(name), posixpath.dirname(name)
-        if base.startswith(WHITEOUT):
-            self._whiteout(m, base, parent)
+        if change.kind in ("whiteout", "opaque"):
+            self._whiteout(m, change)
             return
+        name = change.path
         if m.isreg():
             self.staged.files_seen += 1
         rel = self.selection.relative(name)
@@ -204,9 +202,9 @@ class TarStager:
         if not self.selection.wants(rel):
             return
         if m.islnk():
-            self._hardlink(m, rel)
+            self._hardlink(m, rel, change)
             return
-        if m.isreg():
+        if m.isreg() and not m.issparse():
             mode = data_mode(m.mode)  # a normalized name under a root that does not exist: only the mode to filter
         else:
             f = checked(m, rel, self.label, self._root)
@@ -222,25 +220,16 @@ class TarStager:
         stream.seek(m.offset_data)
         self._fill(fd, temp, tag, 0, stream, m.name)
 
-    def _whiteout(self, m: tarfile.TarInfo, base: str, parent: str) -> None:
+    def _whiteout(self, m: tarfile.TarInfo, change: Change) -> None:
         if not self.ordered:
             raise BadLayer(f"{self.label}: lists its files but holds the whiteout {m.name!r}")
-        if base == OPAQUE:
-            rel = self.selection.covering(parent)
-            if rel is not None:
-                self.staged.entries.append(Entry("opaque", rel, m.name))
-            return
-        if base == WHITEOUT:
-            raise BadLayer(f"{self.label}: {m.name!r} is a whiteout that names nothing (OCI image spec: "
-                           "'.wh.' must be followed by a name); refusing the layer")
-        if base.startswith(WHITEOUT + WHITEOUT):
-            return  # .wh..wh.* other than the opaque marker: aufs bookkeeping
-        rel = self.selection.covering(posixpath.join(parent, base[len(WHITEOUT):]))
+        rel = self.selection.covering(change.path)
         if rel is not None:
-            self.staged.entries.append(Entry("whiteout", rel, m.name))
+            self.staged.entries.append(Entry(change.kind, rel, m.name))  # type: ignore[arg-type]
 
-    def _hardlink(self, m: tarfile.TarInfo, rel: str) -> None:
-        target = self.selection.relative(normalize(m.linkname, self.label))
+    def _hardlink(self, m: tarfile.TarInfo, rel: str, change: Change) -> None:
+        assert change.link is not None
+        target = self.selection.relative(normalize(change.link, self.label))
         if not target or not self.selection.wants(target):
             return  # its target is outside what is pulled: nothing to link to
         checked(m, rel, self.label, self._root, target)

@@ -1,8 +1,8 @@
 """What an image puts in DEST, and whether DEST still holds it.
 
 :class:`TreeModel` applies layers to an in-memory tree instead of a disk
-(regular files with their sha256, symlinks with their targets, whiteouts
-applied as the OCI image spec says); :func:`verify` compares DEST with it,
+(regular files with their sha256, symlinks with their targets), by the
+rules :mod:`.changes` holds for pull and ``inspect REF`` alike; :func:`verify` compares DEST with it,
 re-hashing every file.
 """
 
@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadLayer, PullError
+from ..errors import PullError
 from ..image import Chooser, open_image
 from ..registry.fetch import FetchStats
 from ..registry.keychain import Credentials
-from .extract import OPAQUE, RESERVED, WHITEOUT
-from .layers import Layer, Selection, classify, glob_match, normalize, subtree
+from .changes import Change, Node, Tree, apply_layer, member_change, selected
+from .extract import RESERVED
+from .layers import Layer, Selection, classify, glob_match, subtree
 from .result import VerifyResult
 from .schedule import plan_tasks
 from .state import hash_file
@@ -30,85 +30,46 @@ from .stream import Stream, decompressed, members
 
 
 @dataclass(frozen=True)
-class Node:
-    kind: str  # "file" | "symlink"
-    size: int = 0
-    sha256: str | None = None
-    link: str | None = None
+class Hashed:
+    """A file's bytes as verify knows them: ``size`` in bytes, ``sha256`` as ``sha256:HEX``."""
+
+    size: int
+    sha256: str | None
 
 
 @dataclass
 class TreeModel:
     """What a sequence of layers leaves in the destination, computed without
-    writing: regular files with their sha256, symlinks with their targets."""
+    writing, by THE rules (:func:`~.changes.apply_layer`): regular files
+    (``data``: :class:`Hashed`), symlinks with their targets, folders."""
 
     selection: Selection
-    nodes: dict[str, Node] = field(default_factory=dict)
-
-    _dirs: set[str] = field(default_factory=set)  # folders some node was put in (may be stale)
+    tree: Tree = field(default_factory=dict)
 
     def apply(self, stream: Stream, label: str) -> None:
-        """Apply one tar layer: its whiteouts to what earlier layers left
-        (OCI image spec), its entries in order (a later one wins)."""
-        touched: set[str] = set()
+        """Apply one tar layer, hashing its regular files as they stream."""
+        changes = []
         for m in members(stream, label):
-            name = normalize(m.name, label)
-            if not name:
+            c = member_change(m, label)
+            c = selected(c, self.selection, label) if c is not None else None
+            if c is None:
                 continue
-            base, parent = posixpath.basename(name), posixpath.dirname(name)
-            if base.startswith(WHITEOUT):
-                if base == WHITEOUT:
-                    raise BadLayer(f"{label}: {m.name!r} is a whiteout that names nothing (OCI image spec: "
-                                   "'.wh.' must be followed by a name); refusing the layer")
-                if base == OPAQUE:
-                    rel = self.selection.covering(parent)
-                    if rel is not None:
-                        self._drop(rel, keep=touched)
-                elif not base.startswith(WHITEOUT + WHITEOUT):
-                    rel = self.selection.covering(posixpath.join(parent, base[len(WHITEOUT):]))
-                    if rel is not None:
-                        self._drop(rel, keep=touched, itself=True)
-                continue
-            rel = self.selection.relative(name)
-            if not rel:
-                continue
-            if m.isdir():
-                self.nodes.pop(rel, None)  # a folder replaces a file
-                continue
-            if not self.selection.wants(rel):
-                continue
-            if m.isreg():
+            if c.kind == "file":
                 h = hashlib.sha256()
                 stream.seek(m.offset_data)
                 stream.copy_to(m.size, None, h)
-                self.add(rel, Node("file", m.size, "sha256:" + h.hexdigest()))
-            elif m.issym():
-                self.add(rel, Node("symlink", link=m.linkname))
-            elif m.islnk():
-                target = self.selection.relative(normalize(m.linkname, label))
-                if target and target in self.nodes:
-                    self.add(rel, self.nodes[target])  # to a symlink: that symlink
-            touched.add(rel)
+                c = replace(c, data=Hashed(m.size, "sha256:" + h.hexdigest()))
+            changes.append(c)
+        apply_layer(self.tree, changes, label)
 
-    def add(self, rel: str, node: Node) -> None:
-        """``rel`` holds ``node``; a file in the way of its folders, or a folder where it goes, is gone."""
-        if rel in self._dirs:
-            self._drop(rel, keep=set())
-            self._dirs.discard(rel)
-        parts = rel.split("/")
-        for i in range(1, len(parts)):
-            a = "/".join(parts[:i])
-            self.nodes.pop(a, None)
-            self._dirs.add(a)
-        self.nodes[rel] = node
+    def add_files(self, files: dict[str, Hashed], label: str) -> None:
+        """A layer that lists its files (DEST-relative path -> size and sha256)."""
+        apply_layer(self.tree, [Change("file", rel, data=h) for rel, h in files.items()], label)
 
-    def _drop(self, rel: str, *, keep: set[str], itself: bool = False) -> None:
-        for key in list(self.nodes):
-            if key in keep:
-                continue
-            inside = not rel or key.startswith(rel + "/")
-            if inside or (itself and key == rel):
-                del self.nodes[key]
+    @property
+    def nodes(self) -> dict[str, Node]:
+        """Files and symlinks (DEST-relative), without folders."""
+        return {rel: n for rel, n in self.tree.items() if n.kind != "dir"}
 
 
 SIGNATURE_FILE = "model.sig"  # OpenSSF model signing's default name
@@ -149,8 +110,7 @@ def verify(source: str, dest: str | os.PathLike, *, include: Sequence[str] = (),
         for t in schedule.tasks:
             layer, d = t.layer, t.layer.desc
             if layer.known:
-                for rel, f in t.files.items():
-                    model.add(rel, Node("file", f.size, f.sha256))
+                model.add_files({rel: Hashed(f.size, f.sha256) for rel, f in t.files.items()}, layer.label)
                 continue
             h, seen = hashlib.sha256(), 0
 
@@ -187,9 +147,9 @@ def verify(source: str, dest: str | os.PathLike, *, include: Sequence[str] = (),
         full = os.path.join(root, rel)
         if node.kind == "symlink":
             return None if os.path.islink(full) and os.readlink(full) == node.link else "changed"
-        if os.path.islink(full) or not os.path.isfile(full) or st.st_size != node.size:
+        if os.path.islink(full) or not os.path.isfile(full) or st.st_size != node.data.size:
             return "changed"
-        return None if hash_file(full) == node.sha256 else "changed"
+        return None if hash_file(full) == node.data.sha256 else "changed"
 
     items = sorted(model.nodes.items())
     with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -2,8 +2,10 @@
 ``modelimage inspect REF`` (and ``oci:DIR[:TAG]``, ``oci-archive:FILE``).
 
 :class:`ImageFolder` lists the files an image holds under its model folder
-(``dev.modelimage.target``, else the whole root) by walking the headers of
-its uncompressed tar layers with small ranged reads (tarfile seeks over
+(``dev.modelimage.target``, else the whole root), the ones a pull writes
+(the layers applied by :mod:`modelimage.pull.changes`, the rules pull and
+verify apply), by walking the headers of its uncompressed tar layers with
+small ranged reads (tarfile seeks over
 member data, so each member costs one read of its header), and takes raw
 layers (ModelPack, Docker Model Runner: the blob IS the file) as they are.
 Each file is an :class:`ImageFile`: a byte range of a blob that
@@ -17,23 +19,24 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 from ..content import RangedObject, RangeFile
 from ..errors import SourceError
 from ..image import Image
 from ..oci import Descriptor
-from ..pull.layers import Layer, classify, normalize, subtree
+from ..pull import changes
+from ..pull.changes import Change, Tree, apply_layer, member_change, selected
+from ..pull.layers import Layer, Selection, classify, subtree
 from ..pull.schedule import model_layers
 from ..pull.stream import sniff
 from ..registry.pieces import FetchStats
-from .files import SourceFile, selected
+from .files import SourceFile
+from .files import selected as selected_file
 
 READAHEAD = RangedObject.READAHEAD  # bytes per ranged read: a tar header and what follows it
 PIECE = 8 << 20  # reads of a whole (small) file go in pieces of this size
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
 
 
 @dataclass(frozen=True)
@@ -97,23 +100,27 @@ class ImageFolder:
         return sum(d.size for d in self.image.layers)
 
     def list_files(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[SourceFile]:
-        """The regular files under the model folder, the layers applied in
-        order (later files replace earlier ones, whiteouts delete), hidden
-        names skipped, include/exclude applied as for a local folder."""
-        tree: dict[str, ImageFile] = {}
+        """The files under the model folder, as a pull writes them: the
+        layers applied in order by THE rules (:mod:`modelimage.pull.changes`:
+        later files replace earlier ones, whiteouts and opaque folders, the
+        root's too, reach lower layers, hard links are their target's bytes,
+        symlinks that lead to a file inside the folder are that file),
+        hidden names skipped, include/exclude applied as for a local folder."""
+        selection = Selection(self.root)
+        tree: Tree = {}
         layers = classify(self.image)
         for layer in layers:
             if layer.kind == "raw" and layer.listed:
                 name = layer.listed[0].name
-                tree[name] = ImageFile(self.image, layer.desc, 0, layer.desc.size, name)
+                change = Change("file", name, data=ImageFile(self.image, layer.desc, 0, layer.desc.size, name))
+                apply_layer(tree, [c for c in [selected(change, selection, layer.label)] if c], layer.label)
             elif layer.kind == "tar" and self._holds_model(layer, layers):
-                if layer.known and not any(self._under_root(f.name) for f in layer.listed or ()):
+                if layer.known and not any(selection.relative(f.name) is not None for f in layer.listed or ()):
                     continue  # lists no file of the model: not worth a read
-                self._apply(layer.desc, layer.label, tree)
+                apply_layer(tree, self._changes(layer.desc, layer.label, selection), layer.label)
         files = []
-        for path, f in sorted(tree.items()):
-            rel = self._relative(path)
-            if rel is None or any(p.startswith(".") for p in rel.split("/")) or not selected(rel, include, exclude):
+        for rel, f in sorted(changes.files(tree).items()):
+            if any(p.startswith(".") for p in rel.split("/")) or not selected_file(rel, include, exclude):
                 continue
             files.append(SourceFile(rel, f, f.size))
         if not files:  # an empty report with exit 0 would read as "no model"
@@ -138,16 +145,9 @@ class ImageFolder:
         named = model_layers(self.image.config, len(layers))
         return named is None or layer.index in named
 
-    def _under_root(self, path: str) -> bool:
-        return self._relative(path) is not None
-
-    def _relative(self, path: str) -> str | None:
-        if not self.root:
-            return path
-        return path[len(self.root) + 1:] if path.startswith(self.root + "/") else None
-
-    def _apply(self, desc: Descriptor, label: str, tree: dict[str, ImageFile]) -> None:
-        """One tar layer's members onto ``tree``, read by range."""
+    def _changes(self, desc: Descriptor, label: str, selection: Selection) -> list[Change]:
+        """One tar layer's changes (DEST-relative, as a pull takes them; a
+        file's ``data`` is its :class:`ImageFile`), its headers read by range."""
         assert self.image.read_range is not None
         read = self.image.read_range
         blob = io.BufferedReader(RangeFile(lambda o, n: read(desc, o, n), desc.size), buffer_size=READAHEAD)
@@ -155,21 +155,18 @@ class ImageFolder:
         if compression != "none":
             raise SourceError(f"{label} is compressed ({compression}): its files cannot be read by range; "
                               "pull the image and inspect the folder")
+        out = []
         try:
             with tarfile.open(fileobj=blob, mode="r:") as tar:
                 for m in tar:
-                    path = normalize(m.name, label)
-                    folder, _, base = path.rpartition("/")
-                    if base == OPAQUE:
-                        for p in [p for p in tree if p.startswith(folder + "/")]:
-                            del tree[p]
-                    elif base.startswith(WHITEOUT):
-                        gone = f"{folder}/{base[len(WHITEOUT):]}".lstrip("/")
-                        for p in [p for p in tree if p == gone or p.startswith(gone + "/")]:
-                            del tree[p]
-                    elif m.isreg():
-                        tree[path] = ImageFile(self.image, desc, m.offset_data, m.size, path)
-                    else:
-                        tree.pop(path, None)  # a folder or link where a file was
+                    c = member_change(m, label)
+                    c = selected(c, selection, label) if c is not None else None
+                    if c is None:
+                        continue
+                    if c.kind == "file":
+                        c = replace(c, data=ImageFile(self.image, desc, m.offset_data, m.size,
+                                                      f"{self.root}/{c.path}" if self.root else c.path))
+                    out.append(c)
         except tarfile.TarError as e:
             raise SourceError(f"{label}: not a tar layer ({e})") from None
+        return out
