@@ -160,11 +160,92 @@ class _LayoutStore:
         self.layout.close()
 
 
+class _Stream:
+    """One whole-blob GET read forward, for a registry that ignores
+    ``Range`` (answers 200): bytes before the next ones asked for are read
+    and dropped, never asked for again. Each read takes :data:`EXTRA` bytes
+    more than asked and keeps what it took (within the store's
+    :data:`_RegistryStore.KEEP_BYTES`), so reads that go back (a file's
+    header, after the tar headers around it were listed; a buffered
+    reader's next piece) are answered from what was kept."""
+
+    EXTRA = 68 << 10  # a header read's worth (64 KiB) past a tar header (512 B, a pax one more)
+
+    def __init__(self, response: Any, stats: FetchStats, budget: list[int]):
+        self.response, self.stats, self.budget = response, stats, budget
+        self.chunks, self.pos, self.rest = response.iter_raw(), 0, b""
+        self.seen: dict[int, bytes] = {}  # offset -> bytes read there and kept
+
+    def read(self, offset: int, length: int) -> bytes | None:
+        """Bytes ``offset..offset+length`` (fewer at the blob's end), or
+        None when they are behind the stream and not all kept."""
+        end = offset + length
+        if offset >= self.pos:
+            return self._take(offset, length)
+        upto = self._covered(offset)
+        if upto >= end:
+            return self._kept(offset, end)
+        if upto >= self.pos:  # kept up to where the stream is: the rest from it
+            return self._kept(offset, self.pos) + self._take(self.pos, end - self.pos)
+        return None
+
+    def _covered(self, offset: int) -> int:
+        """Where the kept bytes that run on from ``offset`` end."""
+        at = offset
+        for start in sorted(self.seen):
+            if start > at:
+                break
+            at = max(at, start + len(self.seen[start]))
+        return at
+
+    def _kept(self, offset: int, end: int) -> bytes:
+        out, at = bytearray(), offset
+        for start in sorted(self.seen):
+            data = self.seen[start]
+            if start <= at < start + len(data):
+                piece = data[at - start: end - start]
+                out += piece
+                at += len(piece)
+                if at >= end:
+                    break
+        return bytes(out)
+
+    def _take(self, offset: int, length: int) -> bytes:
+        keep = self.budget[0] >= length + self.EXTRA
+        want, out = length + (self.EXTRA if keep else 0), bytearray()
+        while len(out) < want:
+            if not self.rest:
+                chunk = next(self.chunks, None)
+                if chunk is None:
+                    break
+                self.stats.add(len(chunk))
+                self.rest = bytes(chunk)
+            if self.pos < offset:  # before the bytes asked for: dropped
+                cut = min(offset - self.pos, len(self.rest))
+            else:
+                cut = min(want - len(out), len(self.rest))
+                out += self.rest[:cut]
+            self.rest, self.pos = self.rest[cut:], self.pos + cut
+        data = bytes(out)
+        if keep:
+            self.budget[0] += len(self.seen.get(offset, b"")) - len(data)
+            self.seen[offset] = data
+        return data[:length]
+
+    def close(self) -> None:
+        self.response.close()
+
+
 class _RegistryStore:
+    KEEP_BYTES = 64 << 20  # what the whole-blob streams keep, all blobs together
+
     def __init__(self, source: str, client: Any, repository: str, ref: str, connections: int, retries: int,
                  stats: FetchStats):
         self.source, self.client, self.repository, self.ref = source, client, repository, ref
         self.connections, self.retries, self.stats = connections, retries, stats
+        self.ranged = True  # False once the registry answered a ranged GET with the whole blob
+        self.streams: dict[str, _Stream] = {}  # blob digest -> its whole-blob GET, once ranges are ignored
+        self.budget = [self.KEEP_BYTES]  # bytes the streams may still keep
 
     def top(self) -> tuple[Descriptor, bytes]:
         m = self.client.get_manifest(self.repository, self.ref)
@@ -182,19 +263,26 @@ class _RegistryStore:
                           retries=self.retries, stats=self.stats).chunks(start)
 
     def read_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
-        """One ``Range: bytes=offset-end`` GET; a registry that answers the
-        whole blob (200) is read no further than asked; a 206 whose
+        """One ``Range: bytes=offset-end`` GET. A registry that answers the
+        whole blob (200) gets no more ranged GETs: each blob is then read
+        as one stream, forward (:class:`_Stream`), so a walk over a layer's
+        tar headers costs one blob, not one blob per header. A 206 whose
         ``Content-Range`` does not cover the range asked for raises
         :class:`~modelimage.registry.pieces.FetchError`."""
         length = max(0, min(length, desc.size - offset))
         if length == 0:
             return b""
+        if not self.ranged:
+            return self._checked(self._streamed(desc, offset, length), desc, offset, length)
         r = self.client.stream_blob(self.repository, desc.digest, offset, offset + length - 1)
-        try:
-            skip = offset  # a 200 is the whole blob
-            if r.status_code == 206:  # other bytes than asked for would be read as these (a proxy's bug)
-                skip -= content_range_start(f"{self.source}: blob {desc.digest[:19]}",
-                                            r.headers.get("Content-Range"), offset, offset + length - 1, desc.size)
+        if r.status_code == 200 and (offset or length < desc.size):  # Range ignored (a 200 for all of it is fine):
+            self.ranged = False  # this blob's stream is kept, and no range is asked for again
+            self.streams[desc.digest] = _Stream(r, self.stats, self.budget)
+            return self._checked(self._streamed(desc, offset, length), desc, offset, length)
+        try:  # other bytes than asked for would be read as these (a proxy's bug)
+            skip = 0 if r.status_code == 200 else offset - content_range_start(
+                f"{self.source}: blob {desc.digest[:19]}", r.headers.get("Content-Range"), offset,
+                offset + length - 1, desc.size)
             out = bytearray()
             for chunk in r.iter_raw():
                 self.stats.add(len(chunk))
@@ -206,12 +294,32 @@ class _RegistryStore:
                     break
         finally:
             r.close()
-        if len(out) != length:
+        return self._checked(bytes(out), desc, offset, length)
+
+    def _streamed(self, desc: Descriptor, offset: int, length: int) -> bytes:
+        stream = self.streams.get(desc.digest)
+        data = stream.read(offset, length) if stream is not None else None
+        if data is not None:
+            return data
+        again = _Stream(self.client.stream_blob(self.repository, desc.digest), self.stats, self.budget)
+        if stream is not None:  # behind the stream, not kept: the blob read again from its start
+            stream.close()
+            again.seen = stream.seen  # what was kept still answers
+        self.streams[desc.digest] = again
+        data = again.read(offset, length)
+        assert data is not None  # a new stream is at 0
+        return data
+
+    def _checked(self, data: bytes, desc: Descriptor, offset: int, length: int) -> bytes:
+        if len(data) != length:
             raise SourceError(f"{self.source}: blob {desc.digest[:19]}: asked for {length} bytes at {offset}, "
-                              f"got {len(out)}")
-        return bytes(out)
+                              f"got {len(data)}")
+        return data
 
     def close(self) -> None:
+        for stream in self.streams.values():
+            stream.close()
+        self.streams.clear()
         self.client.close()
 
 

@@ -236,3 +236,26 @@ def test_a_registry_that_ignores_range_or_answers_another_range(heavy, registry,
 
     with pytest.raises(ModelImageError, match=r"asked for bytes 0-\d+, got Content-Range 'bytes 1-"):
         modelimage.inspect(ref)
+
+
+def test_a_registry_that_ignores_range_is_read_once_per_layer_not_once_per_header(heavy, registry, faults):
+    """Review finding: behind a server that answers every ranged GET with
+    the whole blob (200), each tar header read fetched the blob from its
+    start again (N headers: N blobs). After the first 200 no range is
+    asked for again: the layer is one forward stream, headers read on it."""
+    from .faultproxy import Rewrite, Rule
+    from .pullkit import sha
+
+    weights = (heavy / "model-00001-of-00002.safetensors").read_bytes()
+    small = [(info(f"m/notes/{i:03}.txt"), bytes([i]) * 20_000) for i in range(40)]
+    layer = tar_of([*small, (info("m/config.json"), b'{"model_type": "llama"}'),
+                    (info("m/model.safetensors"), weights)])
+    push_layers(registry, "inspect/norange", [layer])
+    want = modelimage.inspect(f"{registry.host}/inspect/norange:v1")
+    faults.add(Rule("GET", r"/blobs/", Rewrite(request=(("Range", None),)), times=None))
+    got = modelimage.inspect(f"{faults.url.split('//')[1]}/inspect/norange:v1")
+    assert (got.parameters, [f.name for f in got.files]) == (want.parameters, [f.name for f in want.files])
+    assert got.parameters == 2 * 512 * 1024
+    assert _bytes(got.notes[-1]) < 2 * len(layer)  # was about 40 x the layer
+    gets = faults.requests("GET", f"/blobs/{sha(layer)}")
+    assert 1 <= len(gets) <= 3 and all(s.status == 200 for s in gets)
