@@ -114,18 +114,57 @@ def _check_choices(m: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: compression {m['compression']!r}: choose one of {', '.join(COMPRESSIONS)}")
 
 
-def load_config(path: Path | None) -> Config:
-    """Read ``path``, or ``./modelimage.toml`` when it exists (else empty)."""
+def _read(path: Path | None) -> tuple[Path | None, dict[str, Any]]:
+    """(the file, its TOML) for ``path``, or ``./modelimage.toml`` when it
+    exists (else ``(None, {})``); one :class:`ConfigError` line naming the
+    file for one that is named and missing, unreadable or not TOML."""
     explicit = path is not None
     path = path or Path(DEFAULT_CONFIG)
     if not path.exists():
         if explicit:
             raise ConfigError(f"{path}: no such file")
-        return Config(None)
+        return None, {}
     try:
-        data = tomllib.loads(path.read_text())
+        return path, tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def _registries(data: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    registries = data.get("registries", {})
+    if not isinstance(registries, dict) or not all(isinstance(v, dict) for v in registries.values()):
+        raise ConfigError(f'{path}: [registries] must hold [registries."HOST"] tables')
+    return registries
+
+
+def load_registries(path: Path | None) -> Config:
+    """Only the ``[registries."HOST"]`` tables of ``path`` (or
+    ``./modelimage.toml``), for commands that need nothing else (``login``,
+    ``pull``, ``push``, ``limits``, the transport options of every command):
+    a broken ``[models.NAME]`` entry does not stop them. ``models`` is left
+    empty. Raises :class:`ConfigError` naming the file for a missing named
+    file, a file that is not TOML, or a ``[registries]`` that is not a table
+    of tables (what is inside each table is checked by its reader:
+    :mod:`modelimage.registry.mirror`, :mod:`modelimage.limits`)."""
+    path, data = _read(path)
+    return Config(path, {}, _registries(data, path)) if path is not None else Config(None)
+
+
+def model_names(path: Path | None) -> frozenset[str]:
+    """The NAMEs of the ``[models.NAME]`` tables of ``path`` (or
+    ``./modelimage.toml``), their entries not checked: whether a SOURCE
+    names a model or an image, without a broken entry of another model
+    deciding it. Raises :class:`ConfigError` as :func:`load_registries` does."""
+    models = _read(path)[1].get("models", {})
+    return frozenset(models) if isinstance(models, dict) else frozenset()
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path``, or ``./modelimage.toml`` when it exists (else empty):
+    every ``[models.NAME]`` entry checked, and the ``[registries]`` tables."""
+    path, data = _read(path)
+    if path is None:
+        return Config(None)
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise ConfigError(f"{path}: [models] must be a table of [models.NAME] tables")
@@ -167,10 +206,7 @@ def load_config(path: Path | None) -> Config:
             variants=parse_tables(m["variants"], where) if "variants" in m else (),
             defined_in=str(path),
         )
-    registries = data.get("registries", {})
-    if not isinstance(registries, dict) or not all(isinstance(v, dict) for v in registries.values()):
-        raise ConfigError(f'{path}: [registries] must hold [registries."HOST"] tables')
-    return Config(path, out, registries)
+    return Config(path, out, _registries(data, path))
 
 
 def resolve(arg: str, config: Config) -> ModelEntry:

@@ -214,7 +214,7 @@ def command(build_json: str, model_arg: str | None, config: Path | None, registr
     BUILD_JSON is the output of `modelimage build ... --json` (a file, or -
     for standard input).
     """
-    from .config import load_config
+    from .config import load_registries
     from .job import Options, prepare
 
     build = _read_build(build_json)
@@ -225,7 +225,7 @@ def command(build_json: str, model_arg: str | None, config: Path | None, registr
             model, target = job.model, job.plan_settings.target
         except ModelImageError as e:  # the image is built; a summary without the model's facts will do
             click.echo(f"warning: {e}; summarizing without what inspect knows", err=True)
-    overrides = load_config(config).registries
+    overrides = load_registries(config).registries
     host = registry or registry_of(build)
     limits = limits_for(host, overrides) if host else DEFAULT
     text = summarize(build, model=model, target=target, registry=host, limits=limits, engine=engine)

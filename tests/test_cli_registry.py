@@ -93,3 +93,40 @@ def test_api_login_checks_then_stores_and_a_refused_login_stores_nothing(htpassw
     assert where.startswith(str(docker_config / "config.json")) and reg.password not in where
     auths = json.loads((docker_config / "config.json").read_text())["auths"]
     assert [base64.b64decode(a["auth"]).decode() for a in auths.values()] == [f"{reg.username}:{reg.password}"]
+
+
+def test_a_broken_model_entry_does_not_stop_commands_that_need_only_registries(
+        htpasswd_registry, registry, llama_dir, docker_config, tmp_path, monkeypatch, capsys):
+    """Review finding: the transport options parsed and checked the WHOLE
+    ./modelimage.toml, so a broken [models.NAME] entry stopped login, pull,
+    push and limits, which read only [registries]. A broken [registries]
+    still stops them: one line naming the file."""
+    layout = f"oci:{tmp_path / 'o'}:v1"
+    assert main(["build", str(llama_dir), "-o", layout, "-q"]) == 0
+    monkeypatch.chdir(tmp_path)
+    toml = tmp_path / "modelimage.toml"
+    toml.write_text(f'[models.x]\nsource = "a"\ncolour = "red"\n\n[registries."{registry.host}"]\n'
+                    'max_layer_size = "5GB"\n')
+    capsys.readouterr()
+    ref = f"{registry.host}/cfg/llama:v1"
+
+    def login() -> int:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(htpasswd_registry.password + "\n"))
+        return main(["login", htpasswd_registry.host, "-u", htpasswd_registry.username, "--password-stdin"])
+
+    assert login() == 0
+    assert main(["push", layout, ref]) == 0
+    assert main(["pull", ref, str(tmp_path / "dest")]) == 0
+    assert (tmp_path / "dest" / "config.json").is_file()
+    capsys.readouterr()
+    assert main(["limits", registry.host, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_layer_size"] == 5_000_000_000
+    assert main(["plan", "x"]) == 1  # a command that reads the models still says what is wrong
+    assert "unknown key(s) colour" in capsys.readouterr().err
+
+    toml.write_text('[models.x]\nsource = "a"\n\n[registries]\nmirrors = 1\n')
+    for run in (login, lambda: main(["push", layout, ref]), lambda: main(["pull", ref, str(tmp_path / "d2")]),
+                lambda: main(["limits", registry.host])):
+        assert run() == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "modelimage.toml" in err and "[registries]" in err, err

@@ -206,7 +206,7 @@ def push(layout: str, reference: str, *, concurrency: int = PUSH_CONCURRENCY, in
     and action: uploaded, exists, mounted); raises ``ConfigError`` (not a
     layout), ``SourceError`` (unreadable layout), ``LayerTooLarge``/
     ``PlanError``, registry errors."""
-    from ..config import load_config
+    from ..config import load_registries
     from ..layout import LayoutRef, read_layout
     from ..limits import check, layer_facts, limits_for
     from ..registry.push import push_layout
@@ -214,7 +214,7 @@ def push(layout: str, reference: str, *, concurrency: int = PUSH_CONCURRENCY, in
 
     src = LayoutRef.parse(layout)
     ref = Reference.parse(reference)
-    limits = limits_for(ref.host, load_config(None).registries)
+    limits = limits_for(ref.host, load_registries(None).registries)
     desc, manifest = read_layout(src)
     check(ref.host, limits, layer_facts(manifest), manifest_size=desc.size)
     sink = _registry_sink(ref, limits, concurrency, insecure)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..config import load_config
+from ..config import load_registries
 from ..errors import ModelImageError
 from ..job import Options
 from ..registry.mirror import insecure_from_config, mirrors_from_config
@@ -125,7 +125,7 @@ def transport_options(f: Callable) -> Callable:
 
     @functools.wraps(f)
     def wrapper(*args: Any, tls_verify: bool, cert_dir: Path | None, authfile: Path | None, **kw: Any) -> Any:
-        config = load_config(kw.get("config") if takes_config else kw.pop("config", None))
+        config = load_registries(kw.get("config") if takes_config else kw.pop("config", None))  # nothing else
         where = str(config.path or "modelimage.toml")
         insecure = frozenset(kw.get("insecure_registry") or ()) | insecure_from_config(config.registries, where)
         options = TransportOptions(insecure=insecure, tls_verify=tls_verify, cert_dir=cert_dir, authfile=authfile,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import api
-from ..config import load_config
+from ..config import load_registries
 from ..limits import KNOWN, limits_for
 from ..registry.keychain import Keychain
 from ._options import transport_options
@@ -59,7 +59,7 @@ def limits_command(host: str | None, config: Path | None, as_json: bool) -> None
     """Show what a registry accepts (layer and manifest size, layer count,
     upload timeout, chunked uploads) and where each number comes from.
     Without HOST, every registry modelimage knows."""
-    overrides = load_config(config).registries
+    overrides = load_registries(config).registries
     if host:
         table = [(host, limits_for(host, overrides))]
     else:

@@ -180,12 +180,12 @@ def is_image_reference(source: str, config: Path | None = None) -> bool:
         return True
     if "/" not in source or source.startswith(("hf://", "s3://")) or Path(source).exists():
         return False
-    from ..config import load_config
+    from ..config import model_names
     from ..errors import ModelImageError
     from ..registry.reference import Reference
 
     try:
-        if source in load_config(config).models:
+        if source in model_names(config):  # the names only: a broken entry of another model does not decide
             return False
         Reference.parse(source)
     except ModelImageError:
