@@ -46,9 +46,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .cache import cache_dir
+from .durable import write_durably
 from .errors import ModelImageError
 from .estimate import LayerSpec
 from .fit import Calibration, Sample, fit
+from .oci import MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR
 from .pullers import Puller, machine_facts, puller_for
 from .registry.reference import is_loopback
 
@@ -57,7 +59,7 @@ DEFAULT_SIZES: tuple[int, ...] = (128 * MiB, 1024 * MiB)
 DEFAULT_LAYERS: tuple[int, ...] = (1, 4)
 DEFAULT_COMPRESSIONS: tuple[str, ...] = ("none", "gzip")
 BLOCK = 16 * MiB
-MEDIA = {"none": "application/vnd.oci.image.layer.v1.tar", "gzip": "application/vnd.oci.image.layer.v1.tar+gzip"}
+MEDIA = {"none": MEDIA_TYPE_LAYER_TAR, "gzip": MEDIA_TYPE_LAYER_GZIP}
 
 
 class CalibrationError(ModelImageError):
@@ -319,12 +321,12 @@ def path_for(engine: str) -> Path:
 
 
 def save(calibration: Calibration) -> Path:
-    """Write ``calibration`` atomically to :func:`path_for` its engine."""
+    """Write ``calibration`` to :func:`path_for` its engine, atomically and
+    durably (:func:`modelimage.durable.write_durably`: a power cut leaves
+    the old calibration or the new one, never an empty file). Raises OSError."""
     path = path_for(calibration.engine)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(calibration.to_json(), indent=1))
-    os.replace(tmp, path)
+    write_durably(path, json.dumps(calibration.to_json(), indent=1).encode(), mode=0o644)
     return path
 
 

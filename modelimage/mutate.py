@@ -28,23 +28,13 @@ from .errors import ConfigError
 from .image import Image, open_image
 from .oci import (
     DOCKER_TO_OCI,
+    IMAGE_LAYER_TYPES,
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_DOCKER_CONFIG,
-    MEDIA_TYPE_LAYER_GZIP,
-    MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_GZIP,
-    MEDIA_TYPE_LAYER_TAR,
-    MEDIA_TYPE_LAYER_ZSTD,
     Descriptor,
     Platform,
 )
 
-# Layer media types a container image's manifest may list (image-spec
-# media-types.md and layer.md; Docker's through DOCKER_TO_OCI)
-IMAGE_LAYER_TYPES = frozenset({
-    MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_GZIP,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-})
 IMAGE_CONFIG_TYPES = frozenset({MEDIA_TYPE_CONFIG, MEDIA_TYPE_DOCKER_CONFIG})
 
 

@@ -11,8 +11,10 @@ import hashlib
 import json
 import platform as _platform
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 
 from .errors import ConfigError
 
@@ -23,7 +25,9 @@ MEDIA_TYPE_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_TYPE_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_TYPE_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_TYPE_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MEDIA_TYPE_LAYER_NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar"
 MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
 MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"
 LAYOUT_VERSION = "1.0.0"
 # Docker's image manifest v2 schema 2 and manifest list
@@ -47,6 +51,39 @@ DOCKER_TO_OCI = {
     MEDIA_TYPE_DOCKER_MANIFEST: MEDIA_TYPE_MANIFEST,
     MEDIA_TYPE_DOCKER_LIST: MEDIA_TYPE_INDEX,
 }
+
+LayerCompression = Literal["none", "gzip", "zstd"]
+# THE table of image layer media types and how their blobs are compressed
+# (image-spec media-types.md; the nondistributable ones are deprecated but
+# still read; Docker's schema 2 layers and its foreign layer, which is gzip)
+LAYER_COMPRESSION: Mapping[str, LayerCompression] = MappingProxyType({
+    MEDIA_TYPE_LAYER_TAR: "none",
+    MEDIA_TYPE_LAYER_GZIP: "gzip",
+    MEDIA_TYPE_LAYER_ZSTD: "zstd",
+    MEDIA_TYPE_LAYER_NONDISTRIBUTABLE: "none",
+    MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_GZIP: "gzip",
+    MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_ZSTD: "zstd",
+    MEDIA_TYPE_DOCKER_LAYER: "none",
+    MEDIA_TYPE_DOCKER_LAYER_GZIP: "gzip",
+    MEDIA_TYPE_DOCKER_LAYER_FOREIGN: "gzip",
+})
+IMAGE_LAYER_TYPES = frozenset(LAYER_COMPRESSION)  # what a container image's manifest may list as a layer
+
+
+def layer_compression(media_type: str) -> LayerCompression:
+    """How a layer blob of ``media_type`` is compressed: the image layer
+    types by :data:`LAYER_COMPRESSION`; any other type by its structured
+    suffix (``+gzip``/``.gzip``, ``+zstd``/``.zstd``: ModelPack's
+    ``application/vnd.cncf.model.weight.v1.tar+gzip``); else ``"none"``
+    (plain tars, raw file layers)."""
+    known = LAYER_COMPRESSION.get(media_type)
+    if known is not None:
+        return known
+    for suffix, kind in (("gzip", "gzip"), ("zstd", "zstd")):
+        if media_type.endswith(("+" + suffix, "." + suffix)):
+            return kind  # type: ignore[return-value]
+    return "none"
+
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_TITLE = "org.opencontainers.image.title"

@@ -15,21 +15,13 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from . import estimate as est
 from .errors import ConfigError, ModelImageError
-from .estimate import Compression, Engine, Estimate, LayerSpec, Option
+from .estimate import Engine, Estimate, LayerSpec, Option
+from .oci import layer_compression
 
-# A layer's compression by media type (OCI and Docker's schema 2).
-LAYER_COMPRESSION: Mapping[str, Compression] = MappingProxyType({
-    "application/vnd.oci.image.layer.v1.tar": "none",
-    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
-    "application/vnd.docker.image.rootfs.diff.tar": "none",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
-})
 # weights barely compress (docs/benchmarks.md): the unpacked size of a
 # gzip/zstd layer whose tar size the manifest does not say is its size / 0.93
 ASSUMED_RATIO = 0.93
@@ -37,10 +29,11 @@ ASSUMED_RATIO = 0.93
 
 def layer_specs_from_manifest(manifest: Mapping[str, Any]) -> list[LayerSpec]:
     """The layers of an image manifest (a parsed JSON object) as a puller
-    sees them; unknown media types count as plain tar."""
+    sees them, compressed as :func:`modelimage.oci.layer_compression` says
+    (the one media-type table; other types count as plain)."""
     specs = []
     for d in manifest.get("layers", []):
-        comp = LAYER_COMPRESSION.get(d.get("mediaType", ""), "none")
+        comp = layer_compression(d.get("mediaType", ""))
         size = int(d["size"])
         specs.append(LayerSpec(size, size if comp == "none" else int(size / ASSUMED_RATIO), comp))
     return specs

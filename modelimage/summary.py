@@ -24,7 +24,8 @@ from .errors import ConfigError, ModelImageError, OutputError
 from .estimate import STANDARD_LINKS, LayerSpec, estimate_pull
 from .inspect import ModelInfo
 from .limits import DEFAULT, RegistryLimits, limits_for
-from .pulltime import LAYER_COMPRESSION, basis_for
+from .oci import layer_compression
+from .pulltime import basis_for
 from .registry.reference import Reference
 from .units import format_count, format_seconds, format_size, plural
 
@@ -103,7 +104,7 @@ def _checks(sizes: list[int], titles: list[str], limits: RegistryLimits) -> list
 
 def _layer_spec(layer: dict[str, Any]) -> LayerSpec:
     size = int(layer["size"])
-    compression = LAYER_COMPRESSION.get(layer.get("mediaType", ""), "none")
+    compression = layer_compression(layer.get("mediaType", ""))
     if compression == "none":
         return LayerSpec(size)
     unpacked = max(size, sum(int(f.get("size", 0)) for f in layer.get("files", [])))

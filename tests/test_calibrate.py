@@ -208,3 +208,27 @@ def test_only_loopback_registries_are_pulled_in_plain_http(host, plain, tmp_path
     with pytest.raises(calibrate.CalibrationError, match="stop here"):
         calibrate.calibrate("podman", registry=host, work=tmp_path)
     assert seen["plain"] is plain
+
+
+def test_the_stored_calibration_is_written_durably_and_a_failed_save_keeps_the_old_one(tmp_path, monkeypatch):
+    """Review finding: save wrote a temp file and renamed it without an
+    fsync (a power cut could leave an empty ENGINE.json). Now the one
+    durable writer: the temp file synced before the rename, the folder
+    after; a save that fails leaves the stored calibration as it was."""
+    from modelimage.estimate import LayerSpec
+
+    from .test_layout import Recorder
+
+    monkeypatch.setattr(calibrate, "cache_dir", lambda: tmp_path)
+    pulls = [Sample((LayerSpec(s),) * n, (0.5 + s / 1e9 + n / 10,)) for s in (2**20, 2**24) for n in (1, 2)]
+    first = fit("podman", pulls)
+    rec = Recorder(monkeypatch)
+    stored = calibrate.save(first)
+    renamed = rec.renamed_after_sync(stored)
+    assert rec.index("fsync", lambda p: p == str(stored.parent)) > renamed
+    assert oct(stored.stat().st_mode & 0o777) == oct(0o644)
+    before = stored.read_bytes()
+    Recorder(monkeypatch, fail_on=r"\.podman\.json\.")
+    with pytest.raises(OSError):
+        calibrate.save(first)
+    assert stored.read_bytes() == before and sorted(p.name for p in stored.parent.iterdir()) == ["podman.json"]
