@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -31,13 +30,11 @@ from typing import Any
 
 from .errors import ConfigError, ModelImageError, OutputError
 from .oci import Descriptor
+from .registry.reference import is_host, is_repository, is_tag, names_host, redacted
 from .sink import BlobSource
 from .tarstream import Digester, LayerResult, LayerStream, blob_chunks
 
 PREFIX = "docker-daemon:"
-_NAME_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 QUEUE_PIECES = 8  # pieces of the archive in flight between the build and the upload
 
 
@@ -68,11 +65,9 @@ class DaemonRef:
         if colon and "/" not in tail:
             name, tag, explicit = head, tail, True
         host, slash, path = name.partition("/")
-        ok = bool(_NAME_RE.match(path) and _HOST_RE.match(host)) if slash and ("." in host or ":" in host
-                                                                             or host == "localhost") \
-            else bool(_NAME_RE.match(name))
-        if not ok or not _TAG_RE.match(tag):
-            shown = re.sub(r"^([^/@]*)@(?=[^/@]*/)", "***@", rest)  # USER:PASSWORD@HOST/...: never echoed
+        ok = is_repository(path) and is_host(host) if slash and names_host(host) else is_repository(name)
+        if not ok or not is_tag(tag):
+            shown = redacted(rest)  # USER:PASSWORD@HOST/...: never echoed
             why = ("credentials do not go in a name" if shown != rest
                    else "an image is loaded under a tag, not a digest" if "@sha256:" in rest
                    else "lowercase NAME, as docker names images")

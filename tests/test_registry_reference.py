@@ -104,3 +104,44 @@ def test_tls_is_verified_and_never_downgraded(tmp_path, llama_dir, capsys, monke
         assert seen == []  # no request got through
     finally:
         server.shutdown()
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("text", [
+    "user:s3cret@registry.example.com/team/model:v1",
+    "https://user:s3cret@registry.example.com/team/model",
+    "user:s3cret@registry.example.com",  # no path: was read as NAME@DIGEST and the password echoed
+    "user:s3cret@localhost:5000",
+])
+def test_credentials_in_a_name_are_never_echoed_wherever_the_name_is_read(text):
+    """One redaction (reference.redacted) for image references, mirror
+    locations and docker-daemon: names (three twins that disagreed)."""
+    from modelimage.daemon import DaemonRef
+    from modelimage.registry.mirror import parse_location
+    from modelimage.registry.reference import has_credentials, redacted
+
+    assert has_credentials(text) and "s3cret" not in redacted(text) and "***@" in redacted(text)
+    for parse in (Reference.parse, lambda t: DaemonRef.parse("docker-daemon:" + t),
+                  lambda t: parse_location(t, "modelimage.toml")):
+        with pytest.raises(ConfigError) as e:
+            parse(text)
+        assert "s3cret" not in str(e.value) and "***" in str(e.value), (parse, str(e.value))
+
+
+def test_a_digest_is_not_credentials_and_the_host_rule_is_one():
+    from modelimage.daemon import DaemonRef
+    from modelimage.registry.reference import has_credentials, names_host, redacted
+    from modelimage.signing.describe import looks_like_registry_reference
+
+    for text in (f"ubuntu@{DIGEST}", f"docker.io/library/ubuntu@{DIGEST}", f"localhost:5000/m@{DIGEST}"):
+        assert not has_credentials(text) and redacted(text) == text
+    assert Reference.parse(f"ubuntu@{DIGEST}").digest == DIGEST
+    for first, host in [("ghcr.io", True), ("localhost", True), ("host:5000", True), ("[::1]:5000", True),
+                        ("library", False), (".", False), ("..", False)]:
+        assert names_host(first) is host, first
+        assert looks_like_registry_reference(f"{first}/model:v1") is host, first
+        if host:
+            assert Reference.parse(f"{first}/model:v1").host == first
+    assert DaemonRef.parse("docker-daemon:[::1]:5000/model:v1").name == "[::1]:5000/model"  # the one host rule (IPv6 too)

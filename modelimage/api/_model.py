@@ -90,13 +90,13 @@ def _maybe_image(text: str) -> bool:
 
 
 def _names_a_registry(text: str) -> bool:
-    """``HOST[:PORT]/...``: the first part has a dot or a port, or is localhost (docker's rule)."""
-    from ..registry.reference import FOREIGN_TRANSPORTS
+    """``HOST[:PORT]/...``: the first part names a registry host (docker's rule, reference.names_host)."""
+    from ..registry.reference import FOREIGN_TRANSPORTS, names_host
 
     first = text.split("/", 1)[0]
     if text.partition(":")[0] in FOREIGN_TRANSPORTS:  # docker-archive:FILE: the reference's own error says what to do
         return True
-    return "." in first or ":" in first or first == "localhost"
+    return names_host(first)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..registry.reference import is_digest, is_tag
 
 DEFAULT_TAG = "latest"
 TRANSPORTS = ("oci", "oci-archive")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 # image-spec annotations.md, org.opencontainers.image.ref.name: a tag or a
 # full reference (podman save writes "localhost/NAME:TAG")
 _ALNUM = r"[A-Za-z0-9]+"
 _COMPONENT = rf"{_ALNUM}(?:(?:[-._:@+]|--){_ALNUM})*"
 _REF_NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_DIGEST_REF_RE = re.compile(r"^(.+)@(sha256:[0-9a-f]{64})$")
 
 
 @dataclass(frozen=True)
@@ -56,14 +55,15 @@ class LayoutRef:
         transport, sep, rest = text.partition(":")
         if not sep or transport not in TRANSPORTS or not rest:
             raise ConfigError(f"{text!r}: expected oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
-        if m := _DIGEST_REF_RE.match(rest):
-            return cls(transport, Path(m.group(1)), explicit_tag=False, digest=m.group(2))
+        before, at, digest = rest.rpartition("@")
+        if at and before and is_digest(digest):
+            return cls(transport, Path(before), explicit_tag=False, digest=digest)
         path, colon, tag = rest.partition(":")
         if not path:
             raise ConfigError(f"{text!r}: expected oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
         if not colon:
             return cls(transport, Path(path), DEFAULT_TAG, False)
-        if not (_TAG_RE.match(tag) or (len(tag) <= 255 and _REF_NAME_RE.match(tag))):
+        if not (is_tag(tag) or (len(tag) <= 255 and _REF_NAME_RE.match(tag))):
             raise ConfigError(f"{text!r}: {tag!r} is not a valid tag")
         return cls(transport, Path(path), tag, True)
 

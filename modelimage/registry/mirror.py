@@ -44,7 +44,7 @@ import httpx
 from ..errors import ConfigError, ModelImageError
 from .client import MANIFEST_ACCEPT, RegistryClient
 from .keychain import Credentials
-from .reference import Reference, manifest_path, name_at, registry_host
+from .reference import Reference, has_credentials, manifest_path, name_at, redacted, registry_host
 from .transport import current_options, network_message
 
 log = logging.getLogger(__name__)
@@ -55,24 +55,14 @@ PROBE_CONNECT_TIMEOUT = 10.0  # seconds to connect to a mirror (at most the tran
 Mirrors = tuple[tuple[str, tuple[str, ...]], ...]  # (registry host, (mirror location, ...)), as configured
 
 
-# [SCHEME://]USERINFO@...: credentials written into a location, never echoed back
-_USERINFO = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.-]*://)?[^/@]*@")
-
-
-def shown(text: str) -> str:
-    """``text`` as messages may show it: credentials written into it
-    (``[SCHEME://]USER:PASSWORD@HOST...``) replaced by ``***``."""
-    return _USERINFO.sub(lambda m: (m.group(1) or "") + "***@", text, count=1)
-
-
 def parse_location(text: str, where: str) -> tuple[str, str]:
     """``HOST[:PORT][/PREFIX]`` -> ``(host, prefix)`` (``prefix`` ``""`` when
     there is none). Raises :class:`ConfigError` naming ``where``."""
     host, _, prefix = text.strip().partition("/")
-    hint = ("; credentials go in the keychain: modelimage login MIRROR" if _USERINFO.match(text)
+    hint = ("; credentials go in the keychain: modelimage login MIRROR" if has_credentials(text)
             else "; write it without a scheme (insecure = true in its own table allows plain HTTP)"
             if "://" in text else "")
-    bad = ConfigError(f'{where}: mirror {shown(text)!r} is not "HOST[:PORT]" or "HOST[:PORT]/PATH" (a registry '
+    bad = ConfigError(f'{where}: mirror {redacted(text)!r} is not "HOST[:PORT]" or "HOST[:PORT]/PATH" (a registry '
                       f"host, with a dot, a port or localhost){hint}")
     try:
         parsed = Reference.parse(f"{host}/{prefix + '/' if prefix else ''}x")
@@ -93,11 +83,11 @@ def mirrors_from_config(registries: Mapping[str, Mapping[str, Any]], where: str 
         mirrors = table.get("mirrors")
         if mirrors is None:
             continue
-        table_name = f'{where} [registries."{shown(host)}"]'
+        table_name = f'{where} [registries."{redacted(host)}"]'
         named = registry_host(host)
         path = re.sub(r"^[a-z][a-z0-9+.-]*://", "", host.strip(), flags=re.I).partition("/")[2].strip("/")
         try:  # a path would read as a prefix (registries.conf's) but name the whole registry: refused
-            valid = not _USERINFO.match(host) and path in ("", "v1", "v2") and \
+            valid = not has_credentials(host) and path in ("", "v1", "v2") and \
                 Reference.parse(f"{named}/x").host == named
         except ConfigError:
             valid = False

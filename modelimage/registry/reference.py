@@ -28,8 +28,8 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 # skopeo's (containers/image) transports that are not registries, OCI layouts or archives
 FOREIGN_TRANSPORTS = ("docker-archive", "docker-daemon", "containers-storage", "ostree", "sif")
-# [SCHEME://]USERINFO@HOST...: an "@" before the first "/" (a digest's "@" comes after the repository)
-_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?([^/@]*)@[^/@]+/")
+# [SCHEME://]USERINFO@HOST...: an "@" before the first "/" that no digest follows (NAME@sha256:... is a digest)
+_USERINFO_RE = re.compile(r"^(\s*(?:[A-Za-z][A-Za-z0-9+.-]*://)?)([^/@]*)@(?![A-Za-z][A-Za-z0-9]*:[0-9a-fA-F]{32,}\s*$)")
 
 
 # Endings of files a model is made of: text ending so is a path, never an image name.
@@ -49,9 +49,48 @@ def looks_like_path(text: str) -> bool:
 
 
 def has_credentials(text: str) -> bool:
-    """``[SCHEME://]USER[:PASSWORD]@HOST/...``: credentials written into a
-    reference, which :meth:`Reference.parse` refuses without echoing them."""
-    return _USERINFO_RE.match(text.strip()) is not None
+    """``[SCHEME://]USER[:PASSWORD]@HOST[/...]``: credentials written into a
+    reference, a mirror's location or a ``docker-daemon:`` name, which are
+    refused without echoing them (``NAME@sha256:...`` is a digest, not them)."""
+    return _USERINFO_RE.match(text) is not None
+
+
+def redacted(text: str) -> str:
+    """``text`` as messages and logs may show it: credentials written into it
+    (:func:`has_credentials`) replaced by ``***``. THE one redaction of
+    names and locations (references, mirrors, ``docker-daemon:`` names)."""
+    return _USERINFO_RE.sub(lambda m: m.group(1) + "***@", text, count=1)
+
+
+def names_host(first: str) -> bool:
+    """Whether ``first``, the part of a name before its first ``/``, is a
+    registry host rather than a Docker Hub repository's first component:
+    it has a dot or a port, is ``localhost`` or an IPv6 literal ``[...]``
+    (docker's rule: distribution/reference ``splitDockerDomain``); ``.``
+    and ``..`` (paths) are not."""
+    return first not in (".", "..") and ("." in first or ":" in first or first == "localhost"
+                                         or first.startswith("["))
+
+
+def is_host(text: str) -> bool:
+    """``HOST[:PORT]``: a DNS name, ``localhost``, or an IP address (IPv6 in brackets)."""
+    return _HOST_RE.match(text) is not None
+
+
+def is_repository(path: str) -> bool:
+    """A repository path (distribution's grammar: lowercase components
+    joined by ``.``, ``_``, ``__`` or dashes, separated by ``/``)."""
+    return _REPO_RE.match(path) is not None
+
+
+def is_tag(text: str) -> bool:
+    """A tag: up to 128 of ``[A-Za-z0-9_.-]``, not starting with ``.`` or ``-``."""
+    return _TAG_RE.match(text) is not None
+
+
+def is_digest(text: str) -> bool:
+    """``sha256:`` and 64 lowercase hex digits."""
+    return _DIGEST_RE.match(text) is not None
 
 
 def name_at(name: str, ref: str) -> str:
@@ -123,12 +162,10 @@ class Reference:
     @classmethod
     def parse(cls, text: str) -> "Reference":
         raw = text.strip()
-        userinfo = _USERINFO_RE.match(raw)
-        if userinfo:  # USER:PASSWORD@HOST/...: never echoed back (logs keep what errors print)
-            shown = raw[: userinfo.start(2)] + "***@" + raw[userinfo.end(2) + 1 :]
-            host = raw[userinfo.end(2) + 1 :].split("/", 1)[0]
-            raise ConfigError(f"{shown}: credentials do not go in an image reference (errors and logs would show "
-                              f"them); store them with: modelimage login {host} -u USER --password-stdin")
+        if userinfo := _USERINFO_RE.match(raw):  # USER:PASSWORD@HOST/...: never echoed (logs keep errors)
+            host = raw[userinfo.end():].split("/", 1)[0]
+            raise ConfigError(f"{redacted(raw)}: credentials do not go in an image reference (errors and logs "
+                              f"would show them); store them with: modelimage login {host} -u USER --password-stdin")
         transport, colon, after = raw.partition(":")
         if colon and (transport in FOREIGN_TRANSPORTS or (transport == "dir" and after[:1] in ("/", ".", "~"))):
             # docker-archive:x.tar reads as Docker Hub's library/docker-archive, tag x.tar: a network error
@@ -145,7 +182,7 @@ class Reference:
         if looks_like_path(raw):
             raise ConfigError(f"{text}: a file system path, not an image reference (HOST/REPO[:TAG])")
         first, slash, remainder = rest.partition("/")
-        if slash and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+        if slash and names_host(first):
             if not _HOST_RE.match(first):
                 raise ConfigError(f"{text!r}: {first!r} is not a registry host (a name, an IP address, "
                                   "optionally :PORT)")

@@ -64,11 +64,10 @@ def looks_like_registry_reference(text: str) -> bool:
     """``HOST[:PORT]/REPO[:TAG|@DIGEST]`` with an explicit registry host
     (a dot, a port, or ``localhost`` in the first part), as docker decides;
     one with credentials in it too (``Reference.parse`` refuses it)."""
-    from ..registry.reference import has_credentials
+    from ..registry.reference import has_credentials, names_host
 
     if has_credentials(text):
         return True
     if "://" in text or text.startswith(("oci:", "oci-archive:")) or "/" not in text:
         return False
-    first = text.split("/", 1)[0]
-    return first not in (".", "..") and ("." in first or ":" in first or first == "localhost")
+    return names_host(text.split("/", 1)[0])

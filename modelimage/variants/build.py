@@ -18,7 +18,6 @@ that pull the index by platform take the first, the default variant.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -43,14 +42,12 @@ from ..oci import (
 )
 from ..registry.client import RegistryClient
 from ..registry.push import PushSettings, RegistrySink
-from ..registry.reference import Reference
+from ..registry.reference import Reference, is_tag
 from ..sink import Sink
 from ..tarstream import LayerResult, LayerStream
 from .job import VariantJob, prepare_variants
 from .select import VariantFacts
 from .spec import VariantSpec, parse_option
-
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
 def variant_tag(tag: str, name: str) -> str:
@@ -58,7 +55,7 @@ def variant_tag(tag: str, name: str) -> str:
     ``name`` for ``latest``, else ``tag-name``. Raises :class:`ConfigError`
     when that is not a valid tag (over 128 characters)."""
     out = name if tag == "latest" else f"{tag}-{name}"
-    if not _TAG_RE.match(out):
+    if not is_tag(out):
         raise ConfigError(f"tag {out!r} for variant {name} is not a valid tag (at most 128 characters); "
                           "use a shorter tag or variant name")
     return out
