@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..pull.layers import classify, subtree
+from ..pull import changes
+from ..pull.changes import Change, apply_layer, selected
+from ..pull.layers import Selection, classify, subtree
 from .oms import SignedFile, SigningError
 
 if TYPE_CHECKING:
@@ -22,7 +24,9 @@ if TYPE_CHECKING:
 
 def image_files(image: Image) -> list[SignedFile]:
     """Every model file of ``image`` (path relative to DEST, ``sha256:HEX``),
-    sorted by path; later layers win over earlier ones for the same path.
+    sorted by path, laid out by the rules a pull follows
+    (:mod:`modelimage.pull.changes`: later layers win over earlier ones for
+    the same path, a file where a folder was replaces what was in it).
 
     Layers that do not list their files: in a modelimage image (it records
     its target) they are the base image's and are not model files; in any
@@ -30,7 +34,7 @@ def image_files(image: Image) -> list[SignedFile]:
     so (their files could only be known by reading them). Raises
     :class:`SigningError` as well when no file is found."""
     prefix = subtree(None, image)
-    files: dict[str, str] = {}
+    selection, tree = Selection(prefix), changes.Tree()
     for layer in classify(image):
         desc = layer.desc
         if layer.listed is None:
@@ -40,18 +44,10 @@ def image_files(image: Image) -> list[SignedFile]:
                                "only images whose layers record their files' sha256 (built by modelimage, "
                                "ModelPack and other one-file-per-layer artifacts) can be signed without "
                                "reading the weights")
-        for f in layer.listed:
-            rel = _relative(f.name, prefix)
-            if rel:
-                files[rel] = f.sha256
+        listed = [selected(Change("file", f.name, data=f.sha256), selection, layer.label) for f in layer.listed]
+        apply_layer(tree, [c for c in listed if c is not None], layer.label)  # as a pull lays them out
+    files: dict[str, str] = changes.files(tree)
     if not files:
         raise SigningError(f"{image.name}: no model files in the image" + (f" under /{prefix}" if prefix else ""))
     return [SignedFile(p, files[p]) for p in sorted(files)]
 
-
-def _relative(name: str, prefix: str) -> str | None:
-    if not prefix:
-        return name
-    if name.startswith(prefix + "/"):
-        return name[len(prefix) + 1:]
-    return None
