@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--gib", type=float, default=2.0)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--baseline", metavar="PYTHON",
+                    help="also run the raw-format builds with this interpreter's modelimage (another checkout's "
+                         "venv, e.g. the code before a change), in the same rounds")
     args = ap.parse_args()
 
     from modelimage.synth import write_random_shards
@@ -80,6 +83,11 @@ def main() -> None:
             "modelimage build -o oci: (image: tar layers)": [*MI, "build", str(model), "-o",
                                                               f"oci:{work / 'out'}:v1", "-q"],
         }
+        if args.baseline:
+            for fmt in ("modelpack", "docker-model"):
+                contenders[f"baseline: modelimage build --format {fmt} -o oci: ({args.baseline})"] = [
+                    args.baseline, "-m", "modelimage", "build", str(model), "--format", fmt,
+                    "-o", f"oci:{work / 'out'}:v1", "-q"]
         for _ in range(args.runs):
             for label, cmd in contenders.items():
                 env = {k: v for k, v in os.environ.items() if k != "MODELIMAGE_CACHE_DIR"}
@@ -109,7 +117,7 @@ def main() -> None:
         w = statistics.median(x for x, _ in v)
         c = statistics.median(y for _, y in v)
         goal, net = "", ""
-        if label != STARTUP and label.startswith("modelimage"):
+        if label != STARTUP and label.startswith(("modelimage", "baseline")):
             net = f"{(w - start) / cps:.2f}x"
         if label != STARTUP and ("modelpack" in label or "docker-model" in label):
             goal = (f"<= 1.2x cp: {'pass' if w <= 1.2 * cp else 'miss'}; <= 1.2x cp + sync: "

@@ -72,7 +72,7 @@ class _FullDisk:
 
 @pytest.mark.parametrize("output", ["oci:{out}", "oci-archive:{out}.tar"])
 def test_full_disk_is_one_line_and_leaves_nothing(llama_dir, tmp_path, capsys, monkeypatch, output):
-    import modelimage.tarstream as tarstream
+    import modelimage.layerfile as layerfile
 
     real_fdopen = os.fdopen
     monkeypatch.setenv("MODELIMAGE_NO_CACHE", "1")
@@ -87,7 +87,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(llama_dir, tmp_path, capsys, m
 
     real_copy = os.copy_file_range
     monkeypatch.setattr(os, "copy_file_range", full_copy)
-    monkeypatch.setattr(tarstream, "_write_all", lambda fd, data: _FullDisk(None).write(b"x" * 200_000))
+    monkeypatch.setattr(layerfile, "_write_all", lambda fd, data: _FullDisk(None).write(b"x" * 200_000))
     out = tmp_path / "out"
     assert main(["build", str(llama_dir), "-o", output.format(out=out)]) == 1
     assert "No space left on device" in one_line_error(capsys)

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..errors import OutputError
+from ..layerfile import write_layer_fd
 from ..oci import ANNOTATION_REF_NAME, LAYOUT_VERSION, Descriptor
 from ..sink import BlobSource
-from ..tarstream import Digester, LayerResult, LayerStream, blob_chunks, write_layer_fd
+from ..tarstream import Digester, LayerResult, LayerStream, blob_chunks
 
 
 class BlobWriter(Protocol):
