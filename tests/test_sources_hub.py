@@ -285,3 +285,22 @@ def test_the_token_goes_to_the_hub_never_to_the_host_it_redirects_to(hub, model,
     cdn_gets = [h for m, p, h in cdn.seen if m == "GET" and "/resolve/" in p]
     assert cdn_gets and all("authorization" not in h for h in cdn_gets)
     assert TOKEN not in proc.stdout + proc.stderr
+
+
+@pytest.mark.integration
+def test_a_redirect_loop_is_one_line_naming_the_file(hub, model, tmp_path) -> None:
+    """The Hub (or its storage) redirects a weight file back to itself
+    forever: httpx gives up after 20 redirects; the build stops with one
+    line naming the file, exit 1, no traceback and no layout written."""
+    hub.redirect = hub.url  # every LFS GET answered 302 to the same URL
+    try:
+        out = tmp_path / "out"
+        proc = _modelimage("build", f"hf://{REPO}", "-o", f"oci:{out}:v1", env=_env(hub.url, tmp_path),
+                           check=False)
+    finally:
+        hub.redirect = None
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: hf://{REPO}@"), proc.stderr
+    assert "redirect" in lines[0].lower(), lines[0]
+    assert not (out / "index.json").exists()

@@ -215,6 +215,10 @@ class HubFile(RangedObject):
                             break
                     if pos < end:
                         raise _Temporary(f"the answer ended at byte {pos} of {end}")
+            except httpx.TooManyRedirects:
+                raise SourceError(f"{self}: the Hub's redirects for it loop (more than "
+                                  f"{http.max_redirects} in a row); try again later, or report it to the "
+                                  "Hub's operator") from None
             except (httpx.TransportError, _Temporary) as e:
                 attempt += 1
                 temporary = isinstance(e, _Temporary) or policy.temporary(e)
