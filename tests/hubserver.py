@@ -36,6 +36,8 @@ LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".onnx", ".pt")
 class Repo:
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha -> {path: bytes}
     refs: dict[str, str] = field(default_factory=dict)  # branch/tag -> sha
+    # sha -> {path: (sha256, git blob id)}: hashed once at commit, as the Hub stores them (not per request)
+    digests: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
 
 def git_oid(data: bytes) -> str:
@@ -79,6 +81,7 @@ class HubServer:
         repo = self.repos.setdefault(repo_id, Repo())
         sha = commit_sha(files, repo.refs.get(branch, ""))
         repo.commits[sha] = dict(files)
+        repo.digests[sha] = {p: (hashlib.sha256(b).hexdigest(), git_oid(b)) for p, b in files.items()}
         repo.refs[branch] = sha
         return sha
 
@@ -167,9 +170,10 @@ class HubServer:
                     if sub and not p.startswith(sub.rstrip("/") + "/"):
                         continue
                     data = files[p]
-                    e = {"type": "file", "path": p, "size": len(data), "oid": git_oid(data)}
+                    sha256, oid = repo.digests[sha][p]
+                    e = {"type": "file", "path": p, "size": len(data), "oid": oid}
                     if p.endswith(LFS_SUFFIXES):
-                        e["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                        e["lfs"] = {"oid": sha256, "size": len(data), "pointerSize": 134}
                     entries.append(e)
                 self._json(entries)
 
@@ -186,7 +190,7 @@ class HubServer:
                 if lfs and hub.redirect and not head:
                     where = f"{hub.redirect}/{repo_id}/resolve/{sha}/{quote(file)}"
                     return self._send(302, b"", {"Location": where})
-                etag = hashlib.sha256(data).hexdigest() if lfs else git_oid(data)
+                etag = repo.digests[sha][file][0 if lfs else 1]
                 headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream",
                            "Accept-Ranges": "bytes"}
                 if lfs:
