@@ -18,10 +18,15 @@ base URL of another server, for example a second HubServer sharing
 ``repos``), a GET of an LFS file is answered ``302`` to
 ``REDIRECT/{repo}/resolve/{sha}/{path}``, the way the Hub sends LFS and xet
 files to its storage. ``oid`` and a non-LFS file's ``ETag`` are git blob ids.
+With ``gzip`` set, a GET of a non-LFS file is answered ``Content-Encoding:
+gzip`` when the client accepts it, as the Hub's CDN does for text files
+(huggingface_hub issue 3269); ``"always"``: even to a client that did not
+accept it (a misbehaving proxy).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import threading
@@ -58,6 +63,7 @@ class HubServer:
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path, lower-case headers)
         self.redirect: str | None = None  # base URL LFS file GETs are redirected to
+        self.gzip: bool | str = False  # non-LFS GETs gzip-encoded when the client accepts gzip ("always": even if not)
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -204,6 +210,10 @@ class HubServer:
                     body = data[start:end + 1]
                     status = 206
                     headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
+                accepts = "gzip" in self.headers.get("Accept-Encoding", "") or hub.gzip == "always"
+                if hub.gzip and not lfs and not head and accepts:
+                    body = gzip.compress(body, mtime=0)  # the Hub's CDN compresses text files when allowed
+                    headers.update({"Content-Encoding": "gzip", "Vary": "accept-encoding"})
                 headers["Content-Length"] = str(len(body) if not head else len(data))
                 self._send(status, body, headers, head)
 

@@ -304,3 +304,39 @@ def test_a_redirect_loop_is_one_line_naming_the_file(hub, model, tmp_path) -> No
     assert len(lines) == 1 and lines[0].startswith(f"error: hf://{REPO}@"), proc.stderr
     assert "redirect" in lines[0].lower(), lines[0]
     assert not (out / "index.json").exists()
+
+
+@pytest.mark.integration
+def test_a_hub_that_gzips_text_files_still_gives_their_bytes(hub, model, tmp_path) -> None:
+    """The Hub's CDN gzips a text file's answer when the client accepts gzip
+    (huggingface_hub issue 3269): the streamed bytes must be the file's, not
+    its gzip encoding, so a build of a real repository's config.json works
+    and gives the Hub's bytes."""
+    _, files, _ = model
+    hub.gzip = True
+    try:
+        start = len(hub.seen)
+        proc = _modelimage("build", f"hf://{REPO}", "-o", f"oci:{tmp_path}/out:v1", env=_env(hub.url, tmp_path),
+                           check=False)
+    finally:
+        hub.gzip = False
+    assert proc.returncode == 0, proc.stderr
+    assert read_image(tmp_path / "out", "v1")[2] == {f"models/tiny-llm/{n}": b for n, b in files.items()}
+    assert all(h.get("accept-encoding") == "identity" for m, p, h in hub.seen[start:]
+               if m == "GET" and "/resolve/" in p)
+
+
+@pytest.mark.integration
+def test_a_hub_that_gzips_unasked_is_one_line_naming_the_file(hub, model, tmp_path) -> None:
+    """A server that gzips a file though only identity was accepted: one
+    line naming the file and the encoding, exit 1, no layout written."""
+    hub.gzip = "always"
+    try:
+        out = tmp_path / "out"
+        proc = _modelimage("build", f"hf://{REPO}", "-o", f"oci:{out}:v1", env=_env(hub.url, tmp_path), check=False)
+    finally:
+        hub.gzip = False
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: hf://{REPO}@") and "Content-Encoding 'gzip'" in lines[0]
+    assert not (out / "index.json").exists()

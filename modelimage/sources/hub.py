@@ -198,7 +198,9 @@ class HubFile(RangedObject):
         http = client(self.endpoint)
         while pos < end:
             try:
-                with http.stream("GET", self.url, headers={**self.headers,
+                # identity: the Hub's CDN gzips text files for a client that accepts it (httpx's default
+                # does), and raw gzip bytes are not the file's (huggingface_hub issue 3269)
+                with http.stream("GET", self.url, headers={**self.headers, "Accept-Encoding": "identity",
                                                            "Range": f"bytes={pos}-{end - 1}"}) as r:
                     skip = self._check_answer(r, pos, end)
                     for data in r.iter_raw():
@@ -231,6 +233,10 @@ class HubFile(RangedObject):
         """Bytes to skip at the start of ``r``'s body (a server that ignored
         the Range sends the file from byte 0); raises for an error answer."""
         status = r.status_code
+        encoding = r.headers.get("Content-Encoding", "identity").strip().lower()
+        if status in (200, 206) and encoding not in ("", "identity"):
+            raise SourceError(f"{self}: the Hub answered Content-Encoding {encoding!r} though only the "
+                              "file's own bytes (identity) were accepted; a proxy in between re-encodes it?")
         if status == 206:
             got = r.headers.get("Content-Range", "")
             start, _, total = got.removeprefix("bytes ").partition("/")
