@@ -273,3 +273,22 @@ def test_sdxl_example_takes_the_fp16_variant_only(hub, tmp_path) -> None:
     assert info["kind"] == "diffusion" and info["architecture"] == "StableDiffusionXLPipeline"
     assert info["dtypes"] == {"F16": info["parameters"]}
     assert sha in hub.repos[SDXL_REPO].commits
+
+
+@pytest.mark.integration
+def test_a_mirror_password_in_hf_endpoint_never_lands_in_the_image_or_output(hub, tmp_path) -> None:
+    """HF_ENDPOINT=http://USER:PASSWORD@mirror (a private mirror's basic
+    auth): the image's source label names the mirror without them, and
+    neither the layout, stdout/--json nor an error line holds the password."""
+    files = {"config.json": b'{"model_type": "llama"}\n', "tokenizer.json": b"{}\n"}
+    hub.commit("acme/secret-mirror", files)
+    endpoint = hub.url.replace("http://", "http://mirror-user:mirrorSEKRIT42@")
+    env = {**_hf_env(hub, tmp_path / "cache"), "HF_ENDPOINT": endpoint}
+    out = tmp_path / "out"
+    proc = _modelimage("build", "hf://acme/secret-mirror", "-o", f"oci:{out}:v1", "--json", env=env)
+    manifest, config, _ = read_image(out, "v1")
+    assert config["config"]["Labels"]["org.opencontainers.image.source"] == f"{hub.url}/acme/secret-mirror"
+    leaked = [p for p in out.rglob("*") if p.is_file() and b"mirrorSEKRIT42" in p.read_bytes()]
+    assert leaked == [] and "mirrorSEKRIT42" not in proc.stdout + proc.stderr
+    missing = _modelimage("inspect", "hf://acme/no-such-repo", env=env, check=False)
+    assert missing.returncode == 1 and "mirrorSEKRIT42" not in missing.stdout + missing.stderr, missing.stderr

@@ -128,7 +128,7 @@ def _opened(url: str, repo: str, revision: str | None, location: Any, endpoint: 
     labels = {
         LABEL_SOURCE: f"hf://{repo}",
         LABEL_REVISION: sha,
-        OCI_SOURCE: f"{endpoint}/{repo}",
+        OCI_SOURCE: f"{public_endpoint(endpoint)}/{repo}",
         OCI_REVISION: sha,
     }
     return OpenedSource(location, name=safe_name(repo.rsplit("/", 1)[-1]), labels=labels, revision=sha)
@@ -150,15 +150,30 @@ def _hub_errors(url: str, repo: str, revision: str | None) -> Iterator[None]:
     except hf_errors.LocalEntryNotFoundError as e:
         raise SourceError(
             f"{url}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub "
-            f"({constants.ENDPOINT}) cannot be used: {_first_line(e)}; run once online (without HF_HUB_OFFLINE=1), "
+            f"({public_endpoint(constants.ENDPOINT)}) cannot be used: {_first_line(e)}; run once online "
+            "(without HF_HUB_OFFLINE=1), "
             "or point HF_HUB_CACHE at a cache that has it") from None
     except (hf_errors.HfHubHTTPError, OSError, ValueError) as e:
         raise SourceError(f"{url}: {type(e).__name__}: {_first_line(e)}") from None
     except httpx.HTTPError as e:
-        raise SourceError(f"{url}: cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: "
+        raise SourceError(f"{url}: cannot reach the Hub at {public_endpoint(constants.ENDPOINT)} "
+                          f"({type(e).__name__}: "
                           f"{_first_line(e)}); check HF_ENDPOINT and the network, or use HF_HUB_OFFLINE=1 "
                           "with a filled cache") from None
 
 
+def public_endpoint(endpoint: str) -> str:
+    """``endpoint`` (``HF_ENDPOINT``) without credentials written into it
+    (``https://USER:PASSWORD@mirror``): what labels and messages show, so
+    a mirror's password never lands in an image or a log."""
+    url = httpx.URL(endpoint)
+    return str(url.copy_with(userinfo=b"")) if url.userinfo else endpoint
+
+
 def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    from huggingface_hub import constants
+
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    scheme, sep, rest = constants.ENDPOINT.partition("://")
+    userinfo = rest.split("/", 1)[0].rpartition("@")[0] if sep else ""
+    return line.replace(userinfo + "@", "") if userinfo else line  # the URLs huggingface_hub's errors name
