@@ -340,3 +340,29 @@ def test_a_hub_that_gzips_unasked_is_one_line_naming_the_file(hub, model, tmp_pa
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: hf://{REPO}@") and "Content-Encoding 'gzip'" in lines[0]
     assert not (out / "index.json").exists()
+
+
+@pytest.mark.parametrize("when", ["seconds", "http-date"])
+def test_retry_after_is_honoured_in_both_of_its_forms(hub, model, when) -> None:
+    """A 429 with Retry-After (delta-seconds or an HTTP-date, RFC 9110
+    10.2.3) waits as long as the Hub asked (the retry policy's cap
+    applies), then reads the file whole: one home for its parsing
+    (registry.transport.retry_after)."""
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    from modelimage.registry.transport import RetryPolicy, TransportOptions, using
+
+    from .faultproxy import Respond
+
+    _, files, sha = model
+    after = "120" if when == "seconds" else format_datetime(datetime.now(timezone.utc) + timedelta(seconds=125),
+                                                             usegmt=True)
+    waits: list[float] = []
+    with FaultProxy(_hostport(hub)) as proxy:
+        proxy.add(Rule("GET", f"/resolve/.*/{WEIGHTS}$", Respond(429, (("Retry-After", after),))))
+        data = files[WEIGHTS]
+        f = HubFile(proxy.url, REPO, sha, WEIGHTS, len(data), "", hashlib.sha256(data).hexdigest())
+        with using(TransportOptions(retry=RetryPolicy(sleep=waits.append))):
+            got = b"".join(bytes(p) for p in f.read(0, len(data)))
+    assert got == data and len(waits) == 1 and 100 <= waits[0] <= 300, waits

@@ -252,8 +252,9 @@ class HubFile(RangedObject):
                                   "(the file changed at a pinned commit?)")
             return pos
         if status in (408, 425, 429) or status >= 500:
-            after = r.headers.get("Retry-After", "")
-            raise _Temporary(f"HTTP {status}", float(after) if after.isdigit() else None)
+            from ..registry.transport import retry_after  # delta-seconds or an HTTP-date
+
+            raise _Temporary(f"HTTP {status}", retry_after(r.headers))
         if status in (401, 403):
             raise SourceError(f"{self}: HTTP {status}: access denied; set HF_TOKEN (or `hf auth login`) "
                               "for a private or gated repository")
