@@ -366,3 +366,23 @@ def test_retry_after_is_honoured_in_both_of_its_forms(hub, model, when) -> None:
         with using(TransportOptions(retry=RetryPolicy(sleep=waits.append))):
             got = b"".join(bytes(p) for p in f.read(0, len(data)))
     assert got == data and len(waits) == 1 and 100 <= waits[0] <= 300, waits
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_part_of_a_small_file_is_checked_against_its_git_blob_id(hub, model, flip) -> None:
+    """A chunked or resumed upload reads a layer by parts, so a small
+    (non-LFS) file can be read in two: each part still comes out of bytes
+    that match the file's git blob id, or the read raises naming it."""
+    from .hubserver import git_oid
+
+    _, files, sha = model
+    data = files["config.json"]
+    with FaultProxy(_hostport(hub)) as proxy:
+        if flip:
+            proxy.add(Rule("GET", "/resolve/.*/config.json$", Spoil(flip_at=len(data) - 2), times=None))
+        f = HubFile(proxy.url, REPO, sha, "config.json", len(data), git_oid(data))
+        if not flip:
+            assert b"".join(bytes(p) for p in f.read(3, 10)) == data[3:13]
+            return
+        with pytest.raises(SourceError, match=r"/config.json: the bytes the Hub sent have git blob id"):
+            b"".join(bytes(p) for p in f.read(0, len(data) // 2))

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .files import SourceFile
 
 TIMEOUT = 60.0  # seconds to connect, and between bytes of an answer
+WHOLE_READ = 16 << 20  # bytes: a part of a non-LFS file up to this size is checked by reading it whole
 POOL = 8  # idle keep-alive connections per endpoint (3 layers stream at once, plus header reads)
 
 _clients: dict[str, httpx.Client] = {}
@@ -168,10 +169,16 @@ class HubFile(RangedObject):
         the network gives (at most 64 KiB each), from one streaming GET;
         a connection cut mid-way is resumed from the next byte. A whole
         non-LFS file is checked against its git blob id before its last
-        piece is handed out. Raises :class:`SourceError` (the file named)."""
+        piece is handed out; so is a part of one (up to :data:`WHOLE_READ`
+        bytes: the Hub keeps bigger files in LFS), read whole for it and
+        handed out once it checks (a chunked upload or a resumed one reads
+        a layer by parts). Raises :class:`SourceError` (the file named)."""
         if length <= 0:
             return
         self.check_range(offset, length)
+        if self.sha256 is None and self.blob_id and length < self.size <= WHOLE_READ:
+            yield self._checked_part(offset, length)
+            return
         blob = git_blob_id(self.size) if (offset == 0 and length == self.size and self.sha256 is None
                                           and self.blob_id) else None
         held: bytes | None = None  # the last piece, handed out once the whole file checks
@@ -188,6 +195,20 @@ class HubFile(RangedObject):
                 raise self.mismatch("git blob id", blob.hexdigest(), self.blob_id)
             if held is not None:
                 yield held
+
+    def _checked_part(self, offset: int, length: int) -> bytes:
+        """``[offset, offset + length)`` of a small non-LFS file, out of the
+        whole file once it matches its git blob id."""
+        blob, part, pos = git_blob_id(self.size), bytearray(), 0
+        for data in self._stream(0, self.size):
+            blob.update(data)
+            lo, hi = max(offset, pos), min(offset + length, pos + len(data))
+            if lo < hi:
+                part += data[lo - pos:hi - pos]
+            pos += len(data)
+        if blob.hexdigest() != self.blob_id:
+            raise self.mismatch("git blob id", blob.hexdigest(), self.blob_id)
+        return bytes(part)
 
     def _stream(self, offset: int, length: int) -> Iterator[bytes]:
         from ..registry.transport import current_options
