@@ -21,6 +21,7 @@ import pytest
 from modelimage import synth
 from modelimage.cli import main
 
+from .hubserver import HubServer
 from .tools import CONTAINERS_CONF, IN_CI, SMALL, need, run, start_daemon, stop_daemon, unavailable
 
 
@@ -34,6 +35,14 @@ def _private_digest_cache(tmp_path_factory):
         os.environ.pop("MODELIMAGE_CACHE_DIR", None)
     else:
         os.environ["MODELIMAGE_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def hub() -> HubServer:
+    """A loopback Hugging Face Hub (tests/hubserver.py), one per test module."""
+    server = HubServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

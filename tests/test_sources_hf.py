@@ -137,13 +137,6 @@ def test_example_globs_select_what_they_say() -> None:
 
 
 @pytest.fixture(scope="module")
-def hub():
-    server = HubServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def llama_repo(hub: HubServer, tmp_path_factory) -> tuple[dict[str, bytes], str]:
     """The llama-8b-q4 example's repository, with tiny GGUFs of every quantization."""
     d = tmp_path_factory.mktemp("gguf-repo")

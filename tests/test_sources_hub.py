@@ -115,13 +115,6 @@ def test_hub_file_names_the_commit_and_keys_the_cache_by_content() -> None:
 
 
 @pytest.fixture(scope="module")
-def hub():
-    server = HubServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def model(hub: HubServer, tmp_path_factory) -> tuple[Path, dict[str, bytes], str]:
     """A 2-shard fp16 model (~3 MiB) committed to the Hub: its local folder, its files, the commit."""
     d = synth.write_random_shards(tmp_path_factory.mktemp("src") / "tiny-llm", 0.003, 2)
