@@ -211,7 +211,7 @@ class HubFile(RangedObject):
         return bytes(part)
 
     def _stream(self, offset: int, length: int) -> Iterator[bytes]:
-        from ..registry.transport import current_options
+        from ..registry.transport import current_options, describe
 
         policy = current_options().retry
         end = offset + length
@@ -247,7 +247,7 @@ class HubFile(RangedObject):
                 temporary = isinstance(e, _Temporary) or policy.temporary(e)
                 if not temporary or attempt > policy.retries:
                     raise SourceError(f"{self}: gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
-                                      f"at byte {pos} of {self.size} ({_describe(e)})") from None
+                                      f"at byte {pos} of {self.size} ({describe(e)})") from None
                 policy.wait(attempt, e)
 
     def _check_answer(self, r: httpx.Response, pos: int, end: int) -> int:
@@ -282,10 +282,6 @@ class HubFile(RangedObject):
         if status == 404:
             raise SourceError(f"{self}: HTTP 404: not found at that commit")
         raise SourceError(f"{self}: HTTP {status} from {r.url.host}")
-
-
-def _describe(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def resolve_commit(repo: str, revision: str | None, endpoint: str) -> str:
