@@ -12,36 +12,73 @@ non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
-import httpx
 
 from .. import __version__
 from ..errors import ModelImageError
-from . import build, estimate, model, pull, registry, render, sign
 from ._output import err, set_quiet
 
-
-class _Group(click.Group):
-    """Lists each command with its whole first paragraph (click cuts it at ~45 characters)."""
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = []
-        for name in self.list_commands(ctx):
-            cmd = self.get_command(ctx, name)
-            if cmd is None or cmd.hidden:
-                continue
-            text = cmd.short_help or (cmd.help or "").split("\n\n", 1)[0]
-            rows.append((name, " ".join(text.split())))
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
+# name -> (module of this package, its click command, the line `modelimage --help` shows: the command's whole
+# first paragraph, kept here so that listing the commands imports none of them; a test holds them equal)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "build": ("build", "build", "Build an OCI image of a model, without a Docker daemon."),
+    "estimate": ("estimate", "estimate", "Estimate how long pulling a model image takes, and compare it with the "
+                 "other ways to ship the same weights."),
+    "example-model": ("model", "example_model", "Write a small synthetic model (random weights, real file formats) "
+                      "for trying modelimage out: a llama-shaped Hugging Face checkpoint with sharded safetensors, "
+                      "the same model as a Q4_K_M GGUF, a diffusers pipeline, or a single-file Stable Diffusion "
+                      "checkpoint."),
+    "inspect": ("model", "inspect", "Show what a model is: format, parameters, dtypes, quantization, components "
+                "and a GPU memory estimate. Reads headers only."),
+    "limits": ("registry", "limits_command", "Show what a registry accepts (layer and manifest size, layer count, "
+               "upload timeout, chunked uploads) and where each number comes from. Without HOST, every registry "
+               "modelimage knows."),
+    "login": ("registry", "login", "Store registry credentials where docker keeps them (the configured credential "
+              "helper, else ~/.docker/config.json or $DOCKER_CONFIG; --authfile or $REGISTRY_AUTH_FILE when "
+              "given), after checking them against the registry. HOST/NAMESPACE stores them for that namespace "
+              "only (podman's namespaced logins): repositories under it use them first."),
+    "logout": ("registry", "logout", "Forget the stored credentials for HOST (or HOST/NAMESPACE) in every auth "
+               "file that has them (podman's auth.json, ~/.docker/config.json or $DOCKER_CONFIG) and in docker's "
+               "credential helper, as docker and podman logout do: nothing is found for it afterwards."),
+    "plan": ("model", "plan", "Show how a model will be split into layers, without writing anything."),
+    "pull": ("pull", "pull", "Put the model files of an image or model artifact into DEST."),
+    "push": ("build", "push", "Push an image from an OCI layout (directory or archive) to a registry."),
+    "render": ("render", "render_command", "Render a Dockerfile, workflow, Makefile or k8s manifest."),
+    "sign": ("sign", "sign", "Sign an image in a registry (OpenSSF Model Signing)."),
+    "verify": ("pull", "verify_command", "Check DEST against an image, and/or the image's signature (--key)."),
+}
 
 QUIET_OPTION = dict(is_flag=True, expose_value=False, is_eager=True, callback=set_quiet,
                     help="Print only results and errors: no progress, no summary lines on stderr.")
+
+
+class _Group(click.Group):
+    """The commands of :data:`COMMANDS`, each module imported only when one of
+    its commands runs or shows its help (click's "lazily loading
+    subcommands"): ``modelimage --help`` and a layout build do not pay for
+    httpx or jinja2. Lists each command with its whole first paragraph
+    (click cuts it at ~45 characters)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS and name not in self.commands:
+            module, attr, _ = COMMANDS[name]
+            command = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+            command.params.append(click.Option(["-q", "--quiet"], **QUIET_OPTION))  # type: ignore[arg-type]
+            self.add_command(command, name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx) if name in COMMANDS]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -56,13 +93,6 @@ def cli() -> None:
     modelimage build ./llama -o oci:out/llama:latest
     modelimage build llama-8b-q4          a [models.llama-8b-q4] entry of ./modelimage.toml
     """
-
-
-for _command in (model.inspect, model.plan, model.example_model, build.build, build.push, registry.login,
-                 registry.logout, registry.limits_command, pull.pull, pull.verify_command, estimate.estimate,
-                 render.render_command, sign.sign):
-    _command.params.append(click.Option(["-q", "--quiet"], **QUIET_OPTION))  # type: ignore[arg-type]
-    cli.add_command(_command)
 
 
 RESUMING = ("pull", "push", "build")  # a rerun skips what an interrupted one finished (blobs, verified files)
@@ -83,12 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     except ModelImageError as e:
         err(f"error: {e}")
         return e.exit_code
-    except httpx.TransportError as e:  # a network failure outside the retried paths (login, estimate...)
-        from ..registry.transport import network_message
-
-        host = e.request.url.netloc.decode("ascii") if getattr(e, "_request", None) is not None else "registry"
-        err(f"error: {network_message(host, e)}")
-        return 1
     except (KeyboardInterrupt, click.exceptions.Abort):  # Ctrl-C (Abort: click's name for it at a prompt)
         command = next((a for a in args if not a.startswith("-")), "")
         err("interrupted; rerun to resume" if command in RESUMING else "interrupted")
@@ -98,6 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:  # stdout closed early (`modelimage ... | head`): nothing more to say
         sys.stderr.close()
+        return 1
+    except Exception as e:
+        httpx = sys.modules.get("httpx")  # only a command that imported it can fail in it
+        if httpx is None or not isinstance(e, httpx.TransportError):
+            raise
+        # a network failure outside the retried paths (login, estimate...)
+        from ..registry.transport import network_message
+
+        host = e.request.url.netloc.decode("ascii") if getattr(e, "_request", None) is not None else "registry"
+        err(f"error: {network_message(host, e)}")
         return 1
     return 0
 
