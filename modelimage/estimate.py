@@ -32,8 +32,12 @@ where ``L`` is the time the link needs for the blobs (a fluid simulation:
 every-byte work ``byte_s*S + gzip_byte_s*G``: none of it when extraction
 streams, the last layer's share when layers are applied in order, all of
 it when every blob is fetched first), and
-``disk`` the time for bytes the page cache cannot hold, at the probed disk
-speed. On a loopback registry ``L`` is small and the pull is ``E``: that is
+``disk`` what the disk adds once the page cache is full
+(:func:`writeback_seconds`: an engine that leaves its writes to the kernel
+writes its first ``C`` bytes into the page cache, the rest at the pace the
+kernel's writeback drains it, ``D``, both probed on the node by
+:mod:`modelimage.probes`; an engine that syncs its own writes pays them in
+its calibrated costs instead). On a loopback registry ``L`` is small and the pull is ``E``: that is
 what a calibration measures, and :func:`modelimage.fit.fit` finds the
 constants by least squares (none negative) on the medians of its pulls.
 
@@ -140,7 +144,10 @@ class Engine:
     podman and containerd inflate one layer after another: on the 2-core
     VM a 1 GiB gzip image in 4 layers took the same decompression time as
     in 1 layer for them, 1.9x less for modelimage, 2026-11-30 quiet run in
-    docs/benchmarks.md); ``source``: where the costs come from."""
+    docs/benchmarks.md); ``syncs``: it makes its writes durable itself
+    (fsync, modelimage pull), so dirty pages never pile up in the page cache
+    and its disk writes are part of its calibrated costs; ``source``: where
+    the costs come from."""
 
     name: str
     concurrency: int
@@ -150,6 +157,7 @@ class Engine:
     keeps_compressed: bool
     source: str = ""
     parallel_inflate: bool = False
+    syncs: bool = False
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -177,7 +185,7 @@ ENGINES: Mapping[str, Engine] = MappingProxyType({
                       source="built-in: podman's costs with moby's 3 downloads at a time (no Docker daemon measured)"),
     "modelimage": Engine("modelimage", 3, "streaming", Costs(0.3, 0.0, 2.16e-9, 0.0, 5.5e-9), stores_blob=False,
                          keeps_compressed=False, source="built-in: modelimage pull on the project's 2-core VM, "
-                         "2026-11-25", parallel_inflate=True),
+                         "2026-11-25", parallel_inflate=True, syncs=True),
 })
 
 
@@ -245,6 +253,22 @@ def busiest_stream_bytes(sizes: Sequence[int], concurrency: int) -> float:
                default=0.0)
 
 
+def writeback_seconds(seconds: float, written: int, cache_bytes: int, writeback_bps: float | None) -> float:
+    """How long work of ``seconds`` that writes ``written`` bytes at an
+    even pace takes when the page cache takes ``cache_bytes`` of dirty data
+    and every byte past that goes at ``writeback_bps`` (bytes/s), the pace
+    the kernel's writeback drains it (:func:`modelimage.probes.probe_writeback`):
+    ``max(seconds, seconds * cache_bytes / written + (written - cache_bytes) / writeback_bps)``.
+    ``writeback_bps=None``: the disk is never the limit. The kernel starts
+    writing back at the background threshold and, on the project's VM, the
+    writer slowed to that pace from there on (/proc/meminfo sampled while
+    pulling 2 GiB, 2026-11-25; podman's 2 GiB pulls of 2026-11-30 implied
+    140-170 MB/s past it, docs/benchmarks.md)."""
+    if writeback_bps is None or written <= cache_bytes:
+        return seconds
+    return max(seconds, seconds * cache_bytes / written + (written - cache_bytes) / writeback_bps)
+
+
 # ------------------------------------------------------------------ estimate
 
 @dataclass(frozen=True)
@@ -303,9 +327,11 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
     :class:`Engine`: :meth:`modelimage.fit.Calibration.engine_model`) has pulled ``layers``.
 
     - ``bandwidth_bps``: the link, bytes/s (``math.inf``: not a limit);
-    - ``disk_bps``: sustained write speed of the engine's storage; ``None``:
-      never a limit; ``write_cache_bytes``: bytes the page cache absorbs
-      before that speed matters (both from :mod:`modelimage.probes`);
+    - ``disk_bps``: the pace of writes to the engine's storage once the
+      page cache is full (:func:`modelimage.probes.probe_writeback`);
+      ``None``: never a limit; ``write_cache_bytes``: dirty bytes the page
+      cache takes before that (:func:`modelimage.probes.probe_write_cache`);
+      see :func:`writeback_seconds`. Not used for an engine that ``syncs``;
     - ``concurrency``: overrides the engine's downloads at a time;
     - ``stream_bps``: caps one connection (a long-RTT TCP stream);
     - ``latency_s``: each request's time to first byte (0 on loopback);
@@ -339,19 +365,21 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
     every_byte_s = c.byte_s * tar + decompress  # untar, hash, decompress: after each blob has arrived
     tail = {"streaming": 0.0, "after_download": every_byte_s,
             "in_order": every_byte_s * layers[-1].tar_bytes / tar if tar else 0.0}[eng.pipeline]
-    # the disk, for what the page cache cannot hold (engines do not fsync layer data)
+    # the disk, once the page cache is full (podman and containerd do not fsync layer data)
     written = tar + (sum(sizes) if eng.stores_blob else 0)
-    disk_s = 0.0 if disk_bps is None else max(0, written - write_cache_bytes) / disk_bps
+    body = max(engine_s, link_s + tail)
+    disk_s = 0.0 if eng.syncs else writeback_seconds(body, written, write_cache_bytes, disk_bps) - body
     fixed = c.pull_s + c.layer_s * len(layers) + 2 * latency_s  # + manifest and config requests
-    total = fixed + max(engine_s, link_s + tail) + disk_s
+    total = fixed + body + disk_s
 
     bound = "link" if link_s + tail > engine_s else "engine"
     notes: list[str] = []
     if bound == "engine" and link_s:
         notes.append(f"{eng.name} is the limit, not the link: a faster link will not make this pull faster")
     if disk_s:
-        notes.append(f"the disk adds {format_seconds(disk_s)}: {format_size(written)} written, beyond the "
-                     f"page cache's {format_size(write_cache_bytes)}, at {format_rate(disk_bps or 0)}")
+        notes.append(f"the disk adds {format_seconds(disk_s)}: {format_size(written)} written, "
+                     f"{format_size(written - write_cache_bytes)} of it past what the page cache takes "
+                     f"({format_size(write_cache_bytes)}), at the {format_rate(disk_bps or 0)} writeback drains")
     if eng.keeps_compressed:
         notes.append(f"{eng.name} keeps each blob next to the unpacked layer "
                      f"({format_size(sum(sizes))} + {format_size(tar)})")
@@ -362,87 +390,3 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
                     phases=phases, bound=bound, disk_bytes=tar + (sum(sizes) if eng.keeps_compressed else 0),
                     peak_disk_bytes=written, engine=eng.name, bandwidth_bps=bandwidth_bps, disk_bps=disk_bps,
                     source=eng.source, notes=tuple(notes))
-
-
-# ------------------------------------------------------------------ alternatives
-
-@dataclass(frozen=True)
-class Option:
-    """One way to get the same model onto a node.
-
-    ``ready_seconds``: until every weight byte is local and readable (what
-    a model server waits for before it serves). ``first_byte_seconds``:
-    until the container can start and read anything at all.
-    """
-
-    name: str
-    ready_seconds: float
-    first_byte_seconds: float
-    disk_bytes: int
-    notes: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ready_seconds": round(self.ready_seconds, 3),
-                "first_byte_seconds": round(self.first_byte_seconds, 3),
-                "disk_bytes": self.disk_bytes, "notes": list(self.notes)}
-
-
-def storage_options(files: Sequence[int], *, bandwidth_bps: float, disk_bps: float | None = None,
-                    write_cache_bytes: int = 0, engine: str | Engine = "containerd",
-                    layers: Sequence[LayerSpec] | None = None, connections: int = 8, part_size: int = 64 * MiB,
-                    stream_bps: float | None = None, latency_s: float = DEFAULT_LATENCY_S) -> list[Option]:
-    """The same model (``files``: the sizes of its files) delivered three
-    ways, fastest to ready first:
-
-    - **image layers**, pulled by ``engine`` (one plain tar layer per file
-      unless ``layers`` gives the real plan);
-    - **object storage at start-up**: ``connections`` parallel ranged GETs
-      of ``part_size`` parts, written straight to local disk (an init
-      container or the server's own loader): no engine work, one write;
-    - **lazily loaded image** (SOCI, eStargz): the container starts after
-      the metadata, but a server reads every weight before it serves, so
-      ready is still bounded by the link (a lower bound: see its notes).
-
-    The other arguments mean what they mean for :func:`estimate_pull`.
-    """
-    eng = engine_named(engine)
-    if connections < 1 or part_size < 1:
-        raise ConfigError("storage_options needs at least one connection and a positive part size")
-    total = sum(files)
-    if layers is None:
-        layers = [LayerSpec(size) for size in files]
-
-    def disk_s(written: int) -> float:
-        return 0.0 if disk_bps is None else max(0, written - write_cache_bytes) / disk_bps
-
-    pulled = estimate_pull(layers, bandwidth_bps=bandwidth_bps, engine=eng, disk_bps=disk_bps,
-                           write_cache_bytes=write_cache_bytes, stream_bps=stream_bps,
-                           latency_s=latency_s)
-    image = Option(f"image layers ({eng.name} pull)", pulled.total_seconds, pulled.total_seconds,
-                   pulled.disk_bytes, pulled.notes)
-
-    parts = [min(part_size, size - off) for size in files for off in range(0, size, part_size)]
-    got = download_finish_times(parts, bandwidth_bps=bandwidth_bps, concurrency=connections,
-                                stream_bps=stream_bps, latency_s=latency_s)
-    fetch_s = latency_s + max(max(got, default=0.0), disk_s(total))  # + one listing request
-    objects = Option(
-        f"object storage at start-up ({connections} ranged GETs)", fetch_s, fetch_s, total,
-        ("no engine work: bytes go straight to their files, so only the link and the disk count",
-         "integrity is the loader's job (a manifest of sha256s, or object checksums), and the weights live "
-         "outside the image: versions and access control are managed separately"),
-    )
-
-    # metadata first (manifest, config, index/TOC, mount), then every byte on demand or by prefetch
-    first = eng.costs.pull_s + 4 * latency_s
-    read_link = bandwidth_bps if stream_bps is None else min(bandwidth_bps, connections * stream_bps)
-    decompress = pulled.phases["decompress"]
-    lazy_ready = first + max(total / read_link + decompress, disk_s(total))
-    lazy = Option(
-        "lazily loaded image (SOCI / eStargz)", lazy_ready, first, total,
-        ("a lower bound: every weight is read before the server is ready, in chunks on demand, and the first "
-         "read of each chunk waits a round trip",
-         "needs the soci or stargz snapshotter on every node; SOCI leaves layers under 10 MB unindexed; "
-         "eStargz layers are gzip (about 30 MB/s per core to build, docs/benchmarks.md)",
-         "pays off when a container reads only part of its image, not for a server that loads all its weights"),
-    )
-    return sorted([image, objects, lazy], key=lambda o: o.ready_seconds)

@@ -11,6 +11,7 @@ for each link and for the other ways to ship the same weights.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import estimate as est
+from .delivery import Option, storage_options
 from .errors import ConfigError, ModelImageError
-from .estimate import Engine, Estimate, LayerSpec, Option
+from .estimate import Engine, Estimate, LayerSpec
 from .oci import layer_compression
 
 # weights barely compress (docs/benchmarks.md): the unpacked size of a
@@ -144,8 +146,7 @@ def estimate_source(source: str, *, engine: str = "containerd", bandwidth_bps: f
                                        "--bandwidth")
             where = disk_dir or next((d for d in (Path("/var/lib/containers"), Path("/var/lib/containerd"))
                                       if d.is_dir()), Path(tempfile.gettempdir()))
-            measured["disk_bps"] = probes.probe_disk(where)
-            measured["write_cache_bytes"] = probes.probe_write_cache()
+            measured.update(probe_disk(layers, basis.engine, where))
             if probe_url:
                 measured["link_bps"] = bandwidth_bps = probes.probe_download(
                     probe_url, transport=client.transport if client else None)
@@ -164,9 +165,28 @@ def estimate_source(source: str, *, engine: str = "containerd", bandwidth_bps: f
                                        spread=basis.spread)
                for name, bps in links.items()}
     first = next(iter(results.values()))
-    options = est.storage_options([s.tar_bytes for s in layers], bandwidth_bps=first.bandwidth_bps, disk_bps=disk,
+    options = storage_options([s.tar_bytes for s in layers], bandwidth_bps=first.bandwidth_bps, disk_bps=disk,
                                   write_cache_bytes=cache, engine=basis.engine, layers=layers, latency_s=latency)
     return Report(source, tuple(layers), basis, results, options, measured)
+
+
+def probe_disk(layers: list[LayerSpec], engine: Engine, where: Path) -> dict[str, float]:
+    """What ``--probe`` measures of the disk under ``where`` for ``engine``
+    pulling ``layers``: always the page cache's room for dirty data
+    (``write_cache_bytes``, :func:`~modelimage.probes.probe_write_cache`, no
+    I/O); the pace past it (``disk_bps``,
+    :func:`~modelimage.probes.probe_writeback`, a few seconds of writes)
+    only when the pull would write more than that and the engine leaves
+    its writes to the kernel: otherwise the disk cannot change the estimate.
+    Raises ``ModelImageError`` when the disk cannot be measured."""
+    from . import probes
+
+    cache = probes.probe_write_cache()
+    written = est.estimate_pull(layers, bandwidth_bps=math.inf, engine=engine).peak_disk_bytes
+    if engine.syncs or written <= cache:
+        return {"write_cache_bytes": cache}
+    beyond = min(max(written - cache, 64 * est.MiB), 512 * est.MiB)  # no more than the pull would write past it
+    return {"write_cache_bytes": cache, "disk_bps": probes.probe_writeback(where, cache_bytes=cache, beyond=beyond)}
 
 
 def _loopback(url: str) -> bool:

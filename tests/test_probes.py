@@ -15,12 +15,20 @@ from modelimage.errors import ModelImageError
 MiB = 2**20
 
 
-def test_probe_disk(tmp_path):
-    bps = probes.probe_disk(tmp_path, 8 * MiB)
+def test_probe_writeback_times_the_writes_past_the_page_cache_and_leaves_nothing(tmp_path):
+    bps = probes.probe_writeback(tmp_path, cache_bytes=4 * MiB, beyond=8 * MiB)
     assert 1e6 < bps < 1e12
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ModelImageError, match="cannot measure the disk"):
-        probes.probe_disk(tmp_path / "missing", MiB)
+    with pytest.raises(ModelImageError, match="cannot measure the disk under .*missing"):
+        probes.probe_writeback(tmp_path / "missing", cache_bytes=0, beyond=MiB)
+
+
+def test_probe_writeback_refuses_a_disk_without_room_before_writing(tmp_path):
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    with pytest.raises(ModelImageError, match=r"cannot measure the disk under .*: the probe writes .* GiB are free; "
+                                              r"pass --disk-dir"):
+        probes.probe_writeback(tmp_path, cache_bytes=free, beyond=MiB)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_probe_write_cache():

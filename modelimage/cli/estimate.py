@@ -47,8 +47,9 @@ def _counts(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--bandwidth", callback=rate_callback, metavar="RATE",
               help="The puller's link, e.g. 1Gbit/s (default: 100 Mbit/s, 1 Gbit/s and 10 Gbit/s).")
 @click.option("--probe", is_flag=True,
-              help="Measure what can be measured without the engine: the link from the registry (REF) and "
-                   "this machine's disk.")
+              help="Measure what can be measured without the engine: the link from the registry (REF), the "
+                   "page cache's room for dirty data, and, when the pull writes more than that, the pace the "
+                   "disk takes writes past it (a few seconds of writes).")
 @click.option("--disk-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where --probe measures the disk (default: the engine's storage if it exists, else /tmp).")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Downloads at a time (default: the engine's).")
@@ -113,7 +114,7 @@ def estimate(source: str | None, engine: str, bandwidth: float | None, probe: bo
     if report.measured:
         click.echo("  measured: " + ", ".join(
             f"{label} {fmt(report.measured[key])}" for key, label, fmt in (
-                ("link_bps", "link", format_rate), ("disk_bps", "disk", format_rate),
+                ("link_bps", "link", format_rate), ("disk_bps", "disk past the page cache", format_rate),
                 ("write_cache_bytes", "page cache takes", format_size)) if key in report.measured))
     for name, e in report.links.items():
         shown = {k: v for k, v in e.phases.items() if v >= 0.05 * e.total_seconds and k != "decompress"}
