@@ -24,9 +24,8 @@ from .errors import SourceError
 from .layout import LayoutReader, LayoutRef, open_layout
 from .layout.read import check_digest, json_object
 from .oci import ANNOTATION_PREFIX, INDEX_MEDIA_TYPES, Descriptor, Platform, select_platform
-from .registry.fetch import DEFAULT_CONNECTIONS, DEFAULT_RETRIES, BlobReader, FetchStats
 from .registry.keychain import Credentials
-from .registry.pieces import content_range_start
+from .registry.pieces import FetchStats, content_range_start
 
 ANNOTATION_TARGET = ANNOTATION_PREFIX + "target"
 MAX_NESTING = 4  # index -> index -> ... -> manifest: deeper is a loop or a mistake
@@ -109,6 +108,7 @@ def default_connections(host: str) -> int:
     CPU: 2.15 GB pulled in 3.3-3.9 s that way against 4.3-5.9 s over two
     ranged connections, 2-core VM, 2026-11-25), else
     :data:`~modelimage.registry.fetch.DEFAULT_CONNECTIONS` ranged GETs."""
+    from .registry.fetch import DEFAULT_CONNECTIONS
     from .registry.reference import is_loopback
 
     return 1 if is_loopback(host) else DEFAULT_CONNECTIONS
@@ -259,6 +259,8 @@ class _RegistryStore:
         return self.client.get_blob(self.repository, desc.digest)
 
     def read(self, desc: Descriptor, start: int) -> Iterator[memoryview]:
+        from .registry.fetch import BlobReader  # only registry images load it (and httpx)
+
         return BlobReader(self.client, self.repository, desc.digest, desc.size, connections=self.connections,
                           retries=self.retries, stats=self.stats).chunks(start)
 
@@ -363,13 +365,14 @@ def not_an_image(source: str) -> SourceError:
 
 def open_image(source: str, *, platform: str | Platform | None = None, insecure: frozenset[str] = frozenset(),
                credentials: Credentials | None = None, connections: int | None = None,
-               retries: int = DEFAULT_RETRIES, stats: FetchStats | None = None, choose: Chooser | None = None
+               retries: int | None = None, stats: FetchStats | None = None, choose: Chooser | None = None
                ) -> Image:
     """Resolve ``source`` (a registry reference, ``oci:DIR[:TAG]`` or
     ``oci-archive:FILE[:TAG]``) to one image manifest, for ``platform``
     (:func:`choose_platform`), or the entry of an index ``choose`` picks
     (``variants.resolve.Picker``). ``connections`` per blob: None picks
-    :func:`default_connections` for its host. A registry image is read
+    :func:`default_connections` for its host; ``retries`` per blob read: None
+    is :data:`~modelimage.registry.fetch.DEFAULT_RETRIES`. A registry image is read
     through its host's mirrors when configured
     (:func:`modelimage.registry.mirror.open_client`; ``Image.served_by``
     says which host answered). Raises
@@ -379,6 +382,7 @@ def open_image(source: str, *, platform: str | Platform | None = None, insecure:
     if LayoutRef.is_layout(source):
         store: _Store = _LayoutStore(open_layout(LayoutRef.parse(source)), stats)
     else:
+        from .registry.fetch import DEFAULT_RETRIES
         from .registry.mirror import open_client
         from .registry.reference import Reference, looks_like_path
 
@@ -388,8 +392,8 @@ def open_image(source: str, *, platform: str | Platform | None = None, insecure:
         opened = open_client(ref, insecure=insecure, credentials=credentials)  # a mirror first, if configured
         served = opened.served
         store = _RegistryStore(source, opened.client, served.repository, served.ref,
-                               default_connections(served.host) if connections is None else connections, retries,
-                               stats)
+                               default_connections(served.host) if connections is None else connections,
+                               DEFAULT_RETRIES if retries is None else retries, stats)
         host, repository, served_by = ref.host, ref.repository, served.host
     try:
         digest, manifest = _resolve(store, platform, source, choose)

@@ -303,3 +303,24 @@ def test_existing_non_layout_directory_is_refused(llama: Path, tmp_path: Path,
     assert main(["build", str(llama), "-o", f"oci:{out}"]) == 1
     assert "not an OCI image index" in error_line(capsys)
     assert (out / "index.json").read_text() == "this is not json"
+
+
+def test_a_layout_build_loads_no_http_client_templates_or_hub(llama: Path, tmp_path: Path) -> None:
+    """Start-up is most of what a small build costs (issue 20: raw formats
+    at copy speed): a build into a layout or an archive, in every format,
+    imports neither httpx (the registry transport, ~0.15 s) nor jinja2
+    (render) nor huggingface_hub; each still writes its image."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from modelimage.cli import main\n"
+            "for i, fmt in enumerate(('image', 'modelpack', 'docker-model')):\n"
+            "    for out in (f'oci:{sys.argv[2]}/layout-{i}:v1', f'oci-archive:{sys.argv[2]}/archive-{i}.tar:v1'):\n"
+            "        assert main(['build', sys.argv[1], '--format', fmt, '-o', out, '-q']) == 0, (fmt, out)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'jinja2', 'huggingface_hub')))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(llama), str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert sorted(p.name for p in tmp_path.glob("[al]*-*")) == [
+        "archive-0.tar", "archive-1.tar", "archive-2.tar", "layout-0", "layout-1", "layout-2"]

@@ -27,12 +27,35 @@ Conventions of every function:
 
 from __future__ import annotations
 
-from ._common import PathLike, Progress
-from ._estimate import EstimateReport, ProbeNeedsTarget, estimate
-from ._model import Planned, inspect, plan
-from ._read import pull, verify
-from ._registry import login
-from ._write import Built, Pushed, build, push
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._common import PathLike, Progress
+    from ._estimate import EstimateReport, ProbeNeedsTarget, estimate
+    from ._model import Planned, inspect, plan
+    from ._read import pull, verify
+    from ._registry import login
+    from ._write import Built, Pushed, build, push
 
 __all__ = ["Built", "EstimateReport", "PathLike", "Planned", "ProbeNeedsTarget", "Progress", "Pushed", "build",
            "estimate", "inspect", "login", "plan", "pull", "push", "verify"]
+
+# name -> the module of this package that defines it, imported when the name is first used: a layout build
+# does not load what pull, estimate or login need (issue 20: start-up)
+_WHERE = {"PathLike": "_common", "Progress": "_common", "EstimateReport": "_estimate",
+          "ProbeNeedsTarget": "_estimate", "estimate": "_estimate", "Planned": "_model", "inspect": "_model",
+          "plan": "_model", "pull": "_read", "verify": "_read", "login": "_registry", "Built": "_write",
+          "Pushed": "_write", "build": "_write", "push": "_write"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

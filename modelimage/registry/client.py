@@ -15,15 +15,16 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from ..oci import sha256_digest
 from .keychain import Credentials
 from .reference import Reference, blob_path, manifest_path, name_at, uploads_path
 from .transport import RegistryError, Transport, TransportOptions, current_options
 from .transport import error_from_response as _error
+
+if TYPE_CHECKING:
+    import httpx
 
 MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
@@ -176,6 +177,8 @@ class RegistryClient:
         _check_digest(f"{self.host}: committing {digest[:19]}", r, digest)
 
     def cancel(self, url: str) -> None:
+        import httpx
+
         try:
             self.http.delete(url)
         except httpx.HTTPError:

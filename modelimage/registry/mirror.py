@@ -39,8 +39,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from ..errors import ConfigError, ModelImageError
 from .client import MANIFEST_ACCEPT, RegistryClient
 from .keychain import Credentials
@@ -183,6 +181,8 @@ def open_client(ref: Reference, *, insecure: frozenset[str] = frozenset(),
     (registry or mirror) whose certificate goes unchecked. A mirror's
     failure goes to the options' ``warn`` (else the log) as one line.
     Raises only what opening the registry itself raises."""
+    import httpx
+
     options = current_options()
     warn = options.warn or log.warning
     mirrored = _mirrored(ref, options.mirrors)

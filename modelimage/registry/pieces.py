@@ -13,11 +13,13 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-
-import httpx
+from typing import TYPE_CHECKING
 
 from ..errors import ModelImageError
 from .transport import RegistryError
+
+if TYPE_CHECKING:
+    import httpx
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
@@ -145,6 +147,8 @@ def bad_status(what: str, status: int, target: Target, registry_base: str) -> No
     """Raise for a bulk read's unexpected ``status``: :class:`Stale` when the
     URL or credentials no longer work (401/403, a redirect, a 404 from
     storage elsewhere), else the :class:`RegistryError`."""
+    import httpx
+
     redirected = origin(target.url) != origin(httpx.URL(registry_base))
     if status in (401, 403) or (status == 404 and redirected) or status in (301, 302, 303, 307, 308):
         raise Stale(f"HTTP {status}")
@@ -166,6 +170,8 @@ def read_range_httpx(label: str, target: Target, lo: int, hi: int, view: memoryv
                      timeout: float, context: ssl.SSLContext, stats: FetchStats, registry_base: str) -> None:
     """Bytes ``lo..hi`` into ``view`` through httpx (which honours the
     environment's proxies); anything but 206 raises (:func:`bad_status`)."""
+    import httpx
+
     with httpx.Client(timeout=timeout, follow_redirects=False, verify=context) as c:
         with c.stream("GET", str(target.url), headers={**target.headers, "Range": f"bytes={lo}-{hi}"}) as r:
             if r.status_code != 206:

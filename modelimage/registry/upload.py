@@ -41,8 +41,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
-import httpx
-
 from ..errors import ModelImageError
 from .client import RegistryClient
 from .transport import RegistryError, RetryPolicy
@@ -222,6 +220,8 @@ class Uploader:
     # -- one PUT -------------------------------------------------------------------
 
     def _monolithic(self, source: BlobSource, known_digest: str | None, what: str) -> None:
+        import httpx
+
         digest = known_digest
         if digest is None:  # a PUT needs the digest up front: hash first (a read, no upload)
             for _ in source.body(0, None):
@@ -252,6 +252,8 @@ class Uploader:
     # -- chunks ---------------------------------------------------------------------
 
     def _chunked(self, source: BlobSource, what: str) -> None:
+        import httpx
+
         url, min_chunk = self.call(f"{what}: starting an upload", lambda: self.client.open_upload(self.repo))
         size = source.size
         offset = attempt = high = 0  # high: the furthest byte ever sent

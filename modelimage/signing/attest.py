@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from .oms import load_private_key
 from .provenance import BuildFacts, SourceFile, github_invocation
-from .sign import SignResult, sign_image
 
 if TYPE_CHECKING:
     from ..build import BuildResult
     from ..job import Job
+    from .sign import SignResult
 
 
 def build_facts(job: Job, result: BuildResult, fmt: str) -> BuildFacts:
@@ -78,6 +78,8 @@ def attest_build(job: Job, result: BuildResult, name: str, fmt: str, *, key: str
     (``provenance`` alone). None when neither is asked for."""
     if key is None and not provenance:
         return None
+    from .sign import sign_image  # only a signed build loads the registry client (httpx)
+
     pinned = f"{name}@{result.manifest.digest}"
     return sign_image(pinned, key, provenance=build_facts(job, result, fmt), insecure=frozenset(insecure))
 

@@ -10,6 +10,11 @@ client of a registry host, with
 Push, pull (including :mod:`modelimage.registry.fetch`'s bulk reads, which
 take :attr:`Transport.ssl_context` and :attr:`Transport.retry`), the
 download probe and login all go through it. Never prints.
+
+httpx (and :mod:`.bearer`, :mod:`.sockets`, built on it) is imported by the
+functions that send requests, not at the top of the ``registry`` modules:
+settling :class:`TransportOptions` and a command that sends no request (a
+build into a layout) do not load it (issue 20: start-up).
 """
 
 from __future__ import annotations
@@ -24,21 +29,21 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import httpx
 
 from ...errors import ModelImageError
 from ..keychain import Credentials, Keychain
 from ..reference import Reference, api_url, resolve_location
-from .bearer import RegistryAuth
 from .error import RegistryError, error_from_response, network_message, retry_after, tls_failure
 from .retry import RetriesExhausted, RetryPolicy, describe
-from .sockets import InterruptibleTransport, environment_proxy
 from .tls import ssl_context
 
+if TYPE_CHECKING:
+    import httpx
+
 __all__ = [
-    "RegistryAuth", "RegistryError", "RetriesExhausted", "RetryPolicy", "Transport", "TransportOptions",
+    "RegistryError", "RetriesExhausted", "RetryPolicy", "Transport", "TransportOptions",
     "USER_AGENT", "current_options", "error_from_response", "network_message", "retry_after", "ssl_context",
     "tls_failure", "using",
 ]
@@ -118,6 +123,11 @@ class Transport:
 
     def __init__(self, ref: Reference, options: TransportOptions | None = None, *,
                  credentials: Credentials | None = None, pool: int = DEFAULT_POOL, namespace: str | None = None):
+        import httpx
+
+        from .bearer import RegistryAuth
+        from .sockets import InterruptibleTransport, environment_proxy
+
         options = options or current_options()
         self.host, self.options, self.retry = ref.host, options, options.retry
         self.ssl_context = ssl_context(ref.host, verify=not options.unverified(ref.host), cert_dir=options.cert_dir)
@@ -158,6 +168,8 @@ class Transport:
         answer, since registries can take minutes to commit a big blob
         (containerd's 30 s header timeout killed ~2 GB uploads:
         unikraft-cloud/cli#511); connect and pool stay bounded."""
+        import httpx
+
         return httpx.Timeout(self.timeout.connect, read=None, write=self.timeout.write, pool=self.timeout.pool)
 
     def url(self, path: str) -> str:
@@ -224,4 +236,6 @@ def probe_scheme(host: str, context: ssl.SSLContext, timeout: float) -> str:
     tls = failures.get("https")
     if tls is not None and tls_failure(tls):
         raise ModelImageError(network_message(host, tls))
+    import httpx
+
     raise httpx.ConnectError(f"{host} answers neither HTTPS nor HTTP ({describe(tls or failures.get('http'))})")

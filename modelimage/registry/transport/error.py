@@ -14,10 +14,12 @@ import json
 import ssl
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-
-import httpx
+from typing import TYPE_CHECKING
 
 from ...errors import ModelImageError
+
+if TYPE_CHECKING:
+    import httpx
 
 TEMPORARY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 """Statuses worth another attempt: timeouts, rate limits, server trouble
@@ -54,6 +56,8 @@ class RegistryError(ModelImageError):
 def error_from_response(what: str, r: httpx.Response) -> RegistryError:
     """The :class:`RegistryError` for an answer the caller did not expect
     (its body read, or not: then only the status speaks)."""
+    import httpx
+
     code = message = ""
     try:
         body = r.content

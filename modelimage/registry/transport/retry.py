@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import httpx
-
 from ...errors import ModelImageError
 from .error import RegistryError, network_message, tls_failure
 
@@ -54,6 +52,8 @@ class RetryPolicy:
 
     def temporary(self, e: BaseException) -> bool:
         """Whether another attempt can help after ``e``."""
+        import httpx
+
         if tls_failure(e):
             return False
         if isinstance(e, RegistryError):
@@ -79,6 +79,8 @@ class RetryPolicy:
         :attr:`retries` more times. Raises the registry's own error when it is
         not temporary, else ``error`` (one line: ``WHAT: gave up after N
         attempts (REASON)``). ``on_retry`` is called before each wait."""
+        import httpx
+
         for attempt in range(1, self.retries + 2):
             try:
                 return fn()
