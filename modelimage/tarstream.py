@@ -238,14 +238,14 @@ class LayerStream:
             if isinstance(p.data, bytes):
                 yield p.data[lo - p.offset : hi - p.offset], p.file, None
                 continue
-            if buf is None:
+            if buf is None and not is_remote(p.data.path):  # a remote object reads into parts of its own
                 buf = bytearray(CHUNK)
             to = (copier, lo) if copier is not None and hi - lo >= BACKGROUND_COPY else None
             yield from _read_range(p.data, p.data.offset + lo - p.offset, hi - lo, buf, p.file,
                                    self.entries[p.file].content.origin or self.entries[p.file].path, to)
 
 
-def _read_range(seg: FileRange, offset: int, length: int, buf: bytearray, file: int, display: str,
+def _read_range(seg: FileRange, offset: int, length: int, buf: bytearray | None, file: int, display: str,
                 copy_to: tuple[BackgroundCopy, int] | None = None
                 ) -> Iterator[tuple[bytes | memoryview, int, tuple[int, int] | None]]:
     if is_remote(seg.path):
@@ -260,6 +260,7 @@ def _read_range(seg: FileRange, offset: int, length: int, buf: bytearray, file: 
         if got != length:
             raise SourceError(f"{display}: {seg.path} gave {got} of {length} bytes (changed while building)")
         return
+    assert buf is not None
     view = memoryview(buf)
     try:
         with open(seg.path, "rb", buffering=0) as f:
