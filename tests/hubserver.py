@@ -12,6 +12,8 @@ use, with the headers huggingface_hub checks:
 
 and answers unknown repositories, revisions and files the way the Hub does
 (404 with ``X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound``).
+With ``page_size`` set, tree listings come in pages of that many entries
+linked by ``Link: <...>; rel="next"``, as the Hub pages them (1000).
 Every request is logged in ``requests`` so tests can tell what was downloaded,
 and its headers in ``seen`` (method, path, lower-case headers). With ``redirect`` set (the
 base URL of another server, for example a second HubServer sharing
@@ -32,7 +34,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".onnx", ".pt")
 
@@ -63,6 +65,7 @@ class HubServer:
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path, lower-case headers)
         self.redirect: str | None = None  # base URL LFS file GETs are redirected to
+        self.page_size: int | None = None  # tree listings in pages of this many entries, Link: rel="next" (Hub: 1000)
         self.gzip: bool | str = False  # non-LFS GETs gzip-encoded when the client accepts gzip ("always": even if not)
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -181,7 +184,14 @@ class HubServer:
                     if p.endswith(LFS_SUFFIXES):
                         e["lfs"] = {"oid": sha256, "size": len(data), "pointerSize": 134}
                     entries.append(e)
-                self._json(entries)
+                start = int(parse_qs(query).get("cursor", ["0"])[0])
+                if hub.page_size is None:
+                    return self._json(entries)
+                end = start + hub.page_size
+                rest_query = "&".join(q for q in query.split("&") if q and not q.startswith("cursor="))
+                link = (f'<http://{self.headers["Host"]}{urlsplit(self.path).path}?{rest_query}&cursor={end}>; '
+                        'rel="next"')
+                self._json(entries[start:end], {"Link": link} if end < len(entries) else None)
 
             def _file(self, repo_id: str, rev: str, file: str, head: bool) -> None:
                 repo, sha = hub._resolve(repo_id, rev)

@@ -111,6 +111,36 @@ def test_hub_file_names_the_commit_and_keys_the_cache_by_content() -> None:
     assert later.identity == f.identity  # same bytes at a later commit: the digest cache still knows its layer
 
 
+def test_a_listing_over_several_pages_is_read_whole() -> None:
+    """The tree listing follows the Hub's Link pages (huggingface_hub's
+    paginate), as list_repo_tree did; sizes, blob ids, LFS sha256 kept."""
+    files = {f"w{i:02d}.safetensors": bytes([i]) * (i + 1) for i in range(7)} | {"config.json": b"{}"}
+    hub = HubServer().start()
+    try:
+        hub.page_size = 3
+        sha = hub.commit("org/paged", files)
+        from modelimage.sources.hub import HubRepo, resolve_commit
+
+        assert resolve_commit("org/paged", None, hub.url) == sha
+        got = HubRepo("org/paged", sha, hub.url).list_files()
+        assert [f.name for f in got] == sorted(files)
+        pages = [p for m, p in hub.requests if "/tree/" in p]
+        assert len(pages) == 3
+        w3 = next(f.path for f in got if f.name == "w03.safetensors")
+        assert (w3.size, w3.sha256, w3.blob_id) == (4, hashlib.sha256(files["w03.safetensors"]).hexdigest(),
+                                                    hashlib.sha1(b"blob 4\0" + files["w03.safetensors"]).hexdigest())
+    finally:
+        hub.stop()
+
+
+def test_a_listing_entry_without_path_or_size_is_one_line(monkeypatch) -> None:
+    from modelimage.sources import hub as hubmod
+
+    monkeypatch.setattr(hubmod, "_hub_api_pages", lambda *a: iter([{"type": "file", "path": "model.gguf"}]))
+    with pytest.raises(SourceError, match=r"hf://org/repo@a+: the Hub lists a file without a path and size"):
+        hubmod.HubRepo("org/repo", "a" * 40, "http://127.0.0.1:9").list_files()
+
+
 # ---------------------------------------------------------------- against the loopback Hub
 
 

@@ -1,10 +1,11 @@
 """``hf://`` files read straight from the Hugging Face Hub, never staged on
 disk: the Hub's counterpart of :mod:`.s3`.
 
-huggingface_hub does what it is good at: resolving a revision to a commit
-(:func:`resolve_commit`), listing a commit's files with their sizes, git
-blob ids and LFS sha256 (:meth:`HubRepo.list_files`, ``list_repo_tree``),
-and the endpoint and token rules (``HF_ENDPOINT``, ``HF_TOKEN``, the token
+huggingface_hub does what it is good at: the Hub API's session, retries
+and error classes, used to resolve a revision to a commit
+(:func:`resolve_commit`) and to list a commit's files with their sizes,
+git blob ids and LFS sha256 (:meth:`HubRepo.list_files`, the tree listing
+``list_repo_tree`` reads), and the endpoint and token rules (``HF_ENDPOINT``, ``HF_TOKEN``, the token
 ``hf auth login`` saved, ``HF_HUB_DISABLE_IMPLICIT_TOKEN``). The bytes come
 through this project's HTTP stack instead (the registry transport's TLS
 trust, proxy rule and retry policy): one ``GET`` per range of
@@ -286,14 +287,40 @@ class HubFile(RangedObject):
 
 def resolve_commit(repo: str, revision: str | None, endpoint: str) -> str:
     """The commit sha ``revision`` (a branch, tag or sha; None: the default
-    branch) names now, asked of the Hub through huggingface_hub. Raises
-    huggingface_hub's errors (the caller words them)."""
-    from huggingface_hub import HfApi
-
-    sha = HfApi(endpoint=endpoint).model_info(repo, revision=revision).sha
+    branch) names now, asked of the Hub: the request ``HfApi.model_info``
+    makes (``GET /api/models/REPO[/revision/REV]``), through
+    huggingface_hub's own HTTP session, headers (its token rules) and error
+    mapping (:func:`_hub_api`). Raises huggingface_hub's errors (the caller
+    words them)."""
+    path = f"/api/models/{repo}" + (f"/revision/{quote(revision, safe='')}" if revision else "")
+    info = _hub_api(endpoint, path)
+    sha = info.get("sha") if isinstance(info, dict) else None
     if not sha:
         raise SourceError(f"hf://{repo}: the Hub gave no commit for revision {revision or 'main'!r}")
     return sha
+
+
+def _hub_api(endpoint: str, path: str) -> Any:
+    """The JSON answer to ``GET ENDPOINT/PATH`` of the Hub's API, asked with
+    huggingface_hub's public utilities (``get_session``,
+    ``build_hf_headers``, ``hf_raise_for_status``: the session, token and
+    error classes ``HfApi`` uses) without ``huggingface_hub.hf_api``
+    itself: that module and what it imports are 7 MB and ~150 modules of a
+    build's peak memory, for the two requests made here
+    (:func:`_hub_api_pages` for a listing)."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    r = get_session().get(endpoint.rstrip("/") + path, headers=build_hf_headers())
+    hf_raise_for_status(r)
+    return r.json()
+
+
+def _hub_api_pages(endpoint: str, path: str, params: dict[str, Any]) -> Iterator[Any]:
+    """The items of a listing of the Hub's API, every page (huggingface_hub's
+    ``paginate``: ``Link: <...>; rel="next"``, its retries and errors)."""
+    from huggingface_hub.utils import build_hf_headers, paginate
+
+    yield from paginate(endpoint.rstrip("/") + path, params=params, headers=build_hf_headers())
 
 
 @dataclass(frozen=True)
@@ -314,27 +341,29 @@ class HubRepo:
         return PurePosixPath(self.repo).name
 
     def list_files(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list["SourceFile"]:
-        """The commit's files (huggingface_hub's ``list_repo_tree``, every
-        page), hidden names skipped and include/exclude applied as for a
-        local folder, sorted by path."""
-        from huggingface_hub import HfApi
-        from huggingface_hub.hf_api import RepoFile
-
+        """The commit's files (the Hub's tree listing, every page: the
+        request ``HfApi.list_repo_tree(recursive=True)`` makes), hidden names
+        skipped and include/exclude applied as for a local folder, sorted
+        by path."""
         from .files import SourceFile, selected
 
         headers = auth_headers(self.endpoint)
         out: list[SourceFile] = []
-        for f in HfApi(endpoint=self.endpoint).list_repo_tree(self.repo, revision=self.commit, recursive=True):
-            if not isinstance(f, RepoFile):
+        for f in _hub_api_pages(self.endpoint, f"/api/models/{self.repo}/tree/{quote(self.commit, safe='')}",
+                                {"recursive": True, "expand": False}):
+            if not isinstance(f, dict) or f.get("type") != "file":
                 continue
-            rel = f.path
+            rel, size = f.get("path"), f.get("size")
+            if not isinstance(rel, str) or not isinstance(size, int) or size < 0:
+                raise SourceError(f"{self}: the Hub lists a file without a path and size: {str(f)[:200]}")
             parts = rel.split("/")
             if rel.startswith("/") or "" in parts or ".." in parts:  # git forbids them; a listing must not smuggle
                 raise SourceError(f"{self}: the Hub lists a file named {rel!r}, not a path inside the repository")
             if any(p.startswith(".") for p in parts) or not selected(rel, include, exclude):
                 continue
-            obj = HubFile(self.endpoint, self.repo, self.commit, rel, int(f.size), f.blob_id or "",
-                          f.lfs.sha256 if f.lfs is not None else None, headers)
+            lfs = f.get("lfs")
+            obj = HubFile(self.endpoint, self.repo, self.commit, rel, size, f.get("oid") or "",
+                          lfs.get("oid") if isinstance(lfs, dict) else None, headers)
             out.append(SourceFile(rel, obj, obj.size))
         out.sort(key=lambda s: s.name)
         if not out:
