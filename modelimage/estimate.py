@@ -27,7 +27,8 @@ it inflates at once, :func:`decompress_workers`) and a pull takes
     pull_s + layer_s*n + max(E, L + tail) + disk
 
 where ``L`` is the time the link needs for the blobs (a fluid simulation:
-``concurrency`` transfers share the link, each waits ``latency_s`` first),
+``concurrency`` transfers share the link, each waits ``latency_s`` first
+and goes no faster than its ``connections`` TCP connections),
 ``tail`` the engine work left when the last byte arrives (the
 every-byte work ``byte_s*S + gzip_byte_s*G``: none of it when extraction
 streams, the last layer's share when layers are applied in order, all of
@@ -146,8 +147,13 @@ class Engine:
     in 1 layer for them, 1.9x less for modelimage, 2026-11-30 quiet run in
     docs/benchmarks.md); ``syncs``: it makes its writes durable itself
     (fsync, modelimage pull), so dirty pages never pile up in the page cache
-    and its disk writes are part of its calibrated costs; ``source``: where
-    the costs come from."""
+    and its disk writes are part of its calibrated costs; ``connections``:
+    TCP connections one blob is read over (modelimage pull:
+    :data:`~modelimage.registry.fetch.DEFAULT_CONNECTIONS` ranged GETs per
+    blob from a remote registry, one streaming GET on loopback, where the
+    link is no limit; podman and containerd: one GET per blob), so a capped
+    connection (``stream_bps``) caps a blob at ``connections`` times that;
+    ``source``: where the costs come from."""
 
     name: str
     concurrency: int
@@ -158,12 +164,15 @@ class Engine:
     source: str = ""
     parallel_inflate: bool = False
     syncs: bool = False
+    connections: int = 1
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
             raise ConfigError(f"engine {self.name}: pipeline {self.pipeline!r} is not one of {', '.join(PIPELINES)}")
         if self.concurrency < 1:
             raise ConfigError(f"engine {self.name}: concurrency must be at least 1")
+        if self.connections < 1:
+            raise ConfigError(f"engine {self.name}: connections must be at least 1")
 
 
 # Built-in costs: the 5-constant fit of the pulls of 2026-11-25 on the project's 2-core VM (podman 4.3.1,
@@ -173,7 +182,10 @@ class Engine:
 # arrive. containerd: CRI's max_concurrent_downloads = 3; every blob into the content store, then
 # unpack; blobs stay next to the snapshot. Docker (no daemon here): podman's costs, cited 3 downloads,
 # gzip once. modelimage pull: 3 blobs at once, files written in place while hashed (bench_pull.py:
-# 2.15 GB in 4.95 s after 0.3 s of start-up; CPython's zlib inflates fp16 weights at 183 MB/s).
+# 2.15 GB in 4.95 s after 0.3 s of start-up; CPython's zlib inflates fp16 weights at 183 MB/s); each blob
+# is one download stream and one chain (registry.fetch reads it over 2 ranged connections, or one streaming
+# GET on loopback, handed in order to one thread that hashes the blob, untars, hashes each file, writes and
+# fsyncs it), so a 1-layer pull is one stream however big its layer (docs/benchmarks.md, pullperf).
 _PODMAN = Engine("podman", 6, "in_order", Costs(0.0, 0.009, 6.36e-9, 5.95e-9, 16.6e-9), stores_blob=True,
                  keeps_compressed=False, source="built-in: podman 4.3.1 on the project's 2-core VM, 2026-11-25")
 ENGINES: Mapping[str, Engine] = MappingProxyType({
@@ -185,7 +197,7 @@ ENGINES: Mapping[str, Engine] = MappingProxyType({
                       source="built-in: podman's costs with moby's 3 downloads at a time (no Docker daemon measured)"),
     "modelimage": Engine("modelimage", 3, "streaming", Costs(0.3, 0.0, 2.16e-9, 0.0, 5.5e-9), stores_blob=False,
                          keeps_compressed=False, source="built-in: modelimage pull on the project's 2-core VM, "
-                         "2026-11-25", parallel_inflate=True, syncs=True),
+                         "2026-11-25", parallel_inflate=True, syncs=True, connections=2),
 })
 
 
@@ -333,7 +345,8 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
       cache takes before that (:func:`modelimage.probes.probe_write_cache`);
       see :func:`writeback_seconds`. Not used for an engine that ``syncs``;
     - ``concurrency``: overrides the engine's downloads at a time;
-    - ``stream_bps``: caps one connection (a long-RTT TCP stream);
+    - ``stream_bps``: caps one connection (a long-RTT TCP stream); a blob
+      read over the engine's ``connections`` goes that many times faster;
     - ``latency_s``: each request's time to first byte (0 on loopback);
     - ``spread``: the range, as factors of the total;
     - ``cores``: the node's CPU cores, for engines that inflate layers in
@@ -361,7 +374,8 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
     link_s = 0.0
     if layers and math.isfinite(bandwidth_bps):
         link_s = max(download_finish_times(sizes, bandwidth_bps=bandwidth_bps, concurrency=conc,
-                                           stream_bps=stream_bps, latency_s=latency_s))
+                                           stream_bps=None if stream_bps is None else stream_bps * eng.connections,
+                                           latency_s=latency_s))
     every_byte_s = c.byte_s * tar + decompress  # untar, hash, decompress: after each blob has arrived
     tail = {"streaming": 0.0, "after_download": every_byte_s,
             "in_order": every_byte_s * layers[-1].tar_bytes / tar if tar else 0.0}[eng.pipeline]

@@ -339,3 +339,34 @@ def test_modelimage_inflates_its_streams_layers_at_once_podman_one_after_another
         assert inflate(engine, 4, cores=8) == pytest.approx(inflate(engine, 1, cores=8))
     assert decompress_workers(ENGINES["modelimage"], 0, cores=4) == 1
     assert decompress_workers(ENGINES["modelimage"], 5, cores=4, concurrency=2) == 2
+
+
+def test_modelimage_reads_a_blob_over_the_connections_registry_fetch_opens():
+    """modelimage pull reads each blob of a remote registry over
+    registry.fetch's DEFAULT_CONNECTIONS ranged GETs (one streaming GET on
+    loopback, where the link is no limit), so one big layer behind capped
+    connections arrives that many times faster than one GET would bring it;
+    podman and containerd fetch a blob with one GET. Each blob is still one
+    stream of the engine's work: a 1-layer pull's busiest stream is all of it."""
+    from modelimage.image import default_connections
+    from modelimage.registry.fetch import DEFAULT_CONNECTIONS
+
+    mi = ENGINES["modelimage"]
+    assert mi.connections == DEFAULT_CONNECTIONS == default_connections("registry.example.com") > 1
+    assert default_connections("127.0.0.1:5000") == 1
+    assert all(ENGINES[e].connections == 1 for e in ("podman", "containerd", "docker"))
+    one = [LayerSpec(GiB)]
+    link = {e: estimate_pull(one, bandwidth_bps=1.25e9, engine=e, stream_bps=20e6, latency_s=0).phases["link"]
+            for e in ("modelimage", "containerd")}
+    assert link["modelimage"] == pytest.approx(GiB / (DEFAULT_CONNECTIONS * 20e6))
+    assert link["containerd"] == pytest.approx(GiB / 20e6)
+    four = plain(GiB, 4)  # 3 blobs at once, each over its connections, up to the link's 100 MB/s
+    got = estimate_pull(four, bandwidth_bps=100e6, engine="modelimage", stream_bps=20e6, latency_s=0).phases["link"]
+    assert got == pytest.approx(3 * GiB / 4 / 100e6 + GiB / 4 / (DEFAULT_CONNECTIONS * 20e6))
+    uncapped = estimate_pull(one, bandwidth_bps=1.25e9, engine="modelimage", latency_s=0).phases["link"]
+    assert uncapped == pytest.approx(GiB / 1.25e9)
+    costs = mi.costs
+    assert estimate_pull(one, bandwidth_bps=math.inf, engine="modelimage", latency_s=0).phases["engine"] == \
+        pytest.approx(GiB * (costs.byte_s + costs.stream_byte_s))
+    with pytest.raises(ConfigError, match="connections"):
+        replace(mi, connections=0)
