@@ -35,7 +35,7 @@ from datetime import date
 from pathlib import Path
 
 from bench_build_push import hash_floor  # noqa: E402
-from common import MI  # noqa: E402  (puts the repository on sys.path)
+from common import MI, byte_compile  # noqa: E402  (puts the repository on sys.path)
 
 MB = 1e6
 CP_SYNC = "cp -r of the model folder, then sync of the copies (durable, as a layout build is)"
@@ -63,6 +63,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from modelimage.synth import write_random_shards
+
+    for python in (MI[0], *([args.baseline] if args.baseline else [])):
+        byte_compile(python)  # start-up as installed, not compiling every module each run
 
     load0 = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-raw-", dir="/var/tmp"))

@@ -4,18 +4,17 @@ variant lines ``pull``, ``inspect`` and ``estimate`` show."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..units import format_count, format_seconds, format_size
-from ..variants.build import IndexResult, has_variants
-from ..variants.estimate import estimate_variants, variant_layers
-from ..variants.job import inspect_variants
-from ..variants.resolve import is_image_reference, read_index
-from ..variants.select import VariantFacts
 from ._options import job_options
 from ._output import emit_json, info
+
+if TYPE_CHECKING:  # the variants modules load when a command meets variants (build: api.build decides)
+    from ..variants.build import IndexResult
+    from ..variants.select import VariantFacts
 
 
 def variant_option(f: Any) -> Any:
@@ -66,6 +65,10 @@ def inspect(source: str, as_json: bool, kw: dict[str, Any]) -> bool:
     """``inspect`` of an image REF (its variants, sizes, GPU memory, shared
     layers) or of an entry with variants (each variant's facts); False when
     ``source`` is neither (an ordinary model)."""
+    from ..variants.build import has_variants
+    from ..variants.job import inspect_variants
+    from ..variants.resolve import is_image_reference, read_index
+
     config = kw.get("config")
     if has_variants(source, config):
         variants = inspect_variants(source, job_options(**kw))
@@ -101,6 +104,8 @@ def estimate(source: str, *, config: Path | None, max_layer_size: int | None, ba
              engine: str, concurrency: int | None, insecure: tuple[str, ...], as_json: bool) -> bool:
     """``estimate`` of something with variants: each variant's pull time
     per link; False when ``source`` has no variants."""
+    from ..variants.estimate import estimate_variants, variant_layers
+
     found = variant_layers(source, config=config, max_layer_size=max_layer_size, insecure=frozenset(insecure))
     if found is None:
         return False

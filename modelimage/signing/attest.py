@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .oms import load_private_key
-from .provenance import BuildFacts, SourceFile, github_invocation
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest loads when a build signs or attests: most builds do neither
     from ..build import BuildResult
     from ..job import Job
+    from .provenance import BuildFacts
     from .sign import SignResult
 
 
@@ -24,6 +23,7 @@ def build_facts(job: Job, result: BuildResult, fmt: str) -> BuildFacts:
     file with the sha256 recorded while its layer was written (and, for
     ``s3://`` objects, their URI and ETag)."""
     from ..content import is_remote
+    from .provenance import BuildFacts, SourceFile, github_invocation
 
     root = job.plan_settings.root.strip("/")
     by_name = {f.name: f for f in job.model.files}
@@ -66,6 +66,8 @@ def check_attest(key: str | os.PathLike | None, provenance: bool, *, pushing: bo
         raise ConfigError("--sign/--provenance sign one image: sign each variant's pushed image with "
                           "modelimage sign HOST/REPO@DIGEST --key KEY")
     if key is not None:
+        from .oms import load_private_key
+
         load_private_key(key)
 
 
