@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 from .build import BuildResult, BuiltLayer, ImageSettings, rfc3339
 from .cache import DigestCache
@@ -61,7 +61,8 @@ from .oci import (
     canonical_json,
 )
 from .plan import Plan
-from .sink import Sink, store_layer, write_layers_then_manifest
+from .sink import Assembled, Sink, left_behind, store_layer, write_layers_then_manifest
+from .splitcheck import SplitChecks
 from .tarstream import Entry, LayerStream
 from .units import format_size
 
@@ -272,9 +273,14 @@ def build_artifact(model: ModelInfo, plan: Plan, sink: Sink, *, format: Artifact
     they stream (:func:`artifact_size` is the total)."""
     layers = plan_artifact(model, plan, format, epoch=settings.epoch)
     cache = cache or DigestCache()
+    checks = SplitChecks.of([layer.stream for layer in layers], [layer.title for layer in layers])
     jobs = [partial(_put, layer, sink, cache, plan.settings.max_layer_size, progress) for layer in layers]
-    built, config_desc, manifest_desc = write_layers_then_manifest(
-        sink, jobs, lambda done: _assemble(model, format, done, settings), concurrency)
+
+    def assemble(done: list[Any]) -> Assembled:
+        checks.verify(left_behind(sink))  # listed files spread over layers, whole, before anything names them
+        return _assemble(model, format, done, settings)
+
+    built, config_desc, manifest_desc = write_layers_then_manifest(sink, jobs, assemble, concurrency)
     return BuildResult(manifest_desc, config_desc, tuple(built), reference)
 
 

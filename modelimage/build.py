@@ -40,7 +40,8 @@ from .oci import (
     canonical_json,
 )
 from .plan import Layer, Plan
-from .sink import Assembled, Sink, copy_blob, store_layer, write_layers_then_manifest
+from .sink import Assembled, Sink, copy_blob, left_behind, store_layer, write_layers_then_manifest
+from .splitcheck import SplitChecks
 from .tarstream import FileDigest, LayerStream
 
 LAYER_MEDIA_TYPES = {"none": MEDIA_TYPE_LAYER_TAR, "gzip": MEDIA_TYPE_LAYER_GZIP}
@@ -145,10 +146,9 @@ def _store_file_list(stream: LayerStream, sink: Sink, cache: DigestCache, max_la
     return BuiltLayer(desc, result.diff_id, result.files, action)
 
 
-def _put_layer(layer: Layer, plan: Plan, sink: Sink, cache: DigestCache, epoch: int,
+def _put_layer(layer: Layer, stream: LayerStream, plan: Plan, sink: Sink, cache: DigestCache,
                progress: Callable[[int], None] | None) -> BuiltLayer:
     compression = plan.settings.compression
-    stream = LayerStream(layer.entries, epoch)
     if stream.size != layer.size:
         raise AssertionError(f"layer {layer.title}: planned {layer.size} bytes, stream has {stream.size}")
     result, action = store_layer(stream, sink, cache, compression=compression,
@@ -223,10 +223,14 @@ def build_image(
     cache = cache or DigestCache()
     skip = len(base.layers) if base else 0
     jobs: list[Callable[[], Any]] = [partial(copy_blob, d, base, sink) for d in (base.layers if base else ())]
-    jobs += [partial(_put_layer, layer, plan, sink, cache, settings.epoch, progress) for layer in plan.layers]
+    streams = [LayerStream(layer.entries, settings.epoch) for layer in plan.layers]
+    checks = SplitChecks.of(streams, [layer.title for layer in plan.layers])
+    jobs += [partial(_put_layer, layer, stream, plan, sink, cache, progress)
+             for layer, stream in zip(plan.layers, streams, strict=True)]
     listed: list[BuiltLayer] = []
 
     def assemble(done: list[Any]) -> Assembled:
+        checks.verify(left_behind(sink))  # listed files spread over layers, whole, before anything names them
         store = partial(_store_file_list, sink=sink, cache=cache, max_layer_size=plan.settings.max_layer_size)
         listed[:] = _with_file_list(done[skip:], store, settings.epoch)
         return _assemble(model, plan, listed, settings, base)

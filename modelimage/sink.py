@@ -19,6 +19,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import nullcontext
+from functools import partial
 from typing import Any, Protocol
 
 from .cache import DigestCache
@@ -70,26 +72,40 @@ def store_layer(stream: LayerStream, sink: Sink, cache: DigestCache, *, compress
     """One layer stream (tar or raw) into the sink: skipped when the cache
     knows its digest and the sink already has that blob; otherwise streamed
     from the files. Returns the digests and what was done (``exists``,
-    ``mounted``, or the sink's ``put_layer`` action). Raises
+    ``mounted``, or the sink's ``put_layer`` action). A stream holding
+    pieces of a listed file spread over layers waits for the layers before
+    it that hold pieces of that file, and its cache entry is written only
+    once that file checks (:mod:`modelimage.splitcheck`). Raises
     :class:`LayerTooLarge` when the stored blob is over ``max_layer_size``
     bytes (a gzip layer that grew)."""
     key = cache.key(stream, compression)
     known = cache.get(key)
     if known is not None and known.tar_size != stream.size:
         known = None
-    if known is not None and sink.has_blob(known.digest):
-        result, action = known, "mounted" if known.digest in getattr(sink, "mounted", ()) else "exists"
-        if progress is not None:
-            progress(stream.size)
-    else:
-        result, action = sink.put_layer(stream, compression=compression, known=known, progress=progress)
-        cache.put(key, result)
+    # pieces of a listed file spread over layers: its layers one after another, in order (splitcheck)
+    with stream.split.turn() if stream.split is not None else nullcontext():
+        if known is not None and sink.has_blob(known.digest):
+            result, action = known, "mounted" if known.digest in getattr(sink, "mounted", ()) else "exists"
+            if progress is not None:
+                progress(stream.size)
+        else:
+            result, action = sink.put_layer(stream, compression=compression, known=known, progress=progress)
+            if stream.split is not None:  # remembered once those files check whole
+                stream.split.after_check(partial(cache.put, key, result))
+            else:
+                cache.put(key, result)
     if result.size > max_layer_size:
         raise LayerTooLarge(
             f"layer {title} is {format_size(result.size)} as stored, over the limit of "
             f"{format_size(max_layer_size)}"
         )
     return result, action
+
+
+def left_behind(sink: Sink) -> str:
+    """What a build that fails before its manifest leaves in ``sink``, in
+    words for its error line (the sink's ``left_behind``, if it says)."""
+    return getattr(sink, "left_behind", None) or "no manifest was written or tagged"
 
 
 def copy_blob(desc: Descriptor, source: BlobSource, sink: Sink) -> str:

@@ -26,6 +26,7 @@ import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 from typing import Literal as TypingLiteral
@@ -53,6 +54,23 @@ class BackgroundCopy(Protocol):
     def start(self, src: int, src_offset: int, offset: int, length: int, name: str) -> None: ...
     def join(self) -> None: ...
     def stop(self) -> None: ...
+
+
+class SplitFeed(Protocol):
+    """A layer writer's share of the files checked whole across layers
+    (:class:`modelimage.splitcheck.Feed`): the stream's bytes by offset."""
+
+    def feed(self, at: int, data: bytes | memoryview) -> None: ...
+    def copy(self) -> "SplitFeed": ...
+
+
+class SplitCheck(Protocol):
+    """What a layer stream holding pieces of such files carries
+    (:class:`modelimage.splitcheck.LayerCheck`)."""
+
+    def feeder(self) -> SplitFeed: ...
+    def turn(self) -> "AbstractContextManager[None]": ...
+    def after_check(self, fn: Callable[[], None]) -> None: ...
 
 
 class BlobSink(Protocol):
@@ -183,6 +201,7 @@ class LayerStream:
     again from the start."""
 
     kind: StreamKind = "tar"
+    split: SplitCheck | None = None  # pieces of listed files checked whole across layers (splitcheck)
 
     def __init__(self, entries: Sequence[Entry], mtime: int = 0):
         self.entries = tuple(entries)
@@ -317,6 +336,8 @@ class Digester:
         self.fed = 0  # bytes of the current file hashed so far
         # files whose source lists their sha256 (Hub LFS files): checked as their last byte is hashed
         self.expected = {i: o for i, e in enumerate(stream.entries) if (o := listed_source(e.content)) is not None}
+        # pieces of listed files spread over layers: into their running sha256 (modelimage.splitcheck)
+        self.split = stream.split.feeder() if stream.split is not None else None
 
     def copy(self) -> "Digester":
         if self.gz is not None:
@@ -327,10 +348,13 @@ class Digester:
         d.blob = d.tar
         d.files = list(self.files)
         d.current = self.current.copy() if self.current is not None else None
+        d.split = self.split.copy() if self.split is not None else None
         return d
 
     def feed(self, data: bytes | memoryview, file: int) -> bytes | memoryview:
         """Account for ``data``; return the bytes to store (compressed or not)."""
+        if self.split is not None:
+            self.split.feed(self.offset, data)
         self.tar.update(data)
         self.offset += len(data)
         if file >= 0 and not self.one_file:

@@ -147,6 +147,12 @@ class RegistrySink:
         self.mounted: set[str] = set()
         self.pushed_digest: str | None = None
 
+    @property
+    def left_behind(self) -> str:
+        """What a build that fails before its manifest leaves here (:func:`modelimage.sink.left_behind`)."""
+        return (f"no manifest was pushed or tagged; layers already uploaded stay in {self.ref.host}/"
+                f"{self.ref.repository} unreferenced (harmless: garbage collection removes them)")
+
     def has_blob(self, digest: str) -> bool:
         repo = self.ref.repository
         if self.uploader.call(f"{self.ref.name}: checking {digest[:19]}",
