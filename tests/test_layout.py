@@ -245,3 +245,85 @@ def test_an_existing_layout_keeps_its_index_when_fsync_fails(built, tmp_path, mo
     assert capsys.readouterr().err.startswith(f"error: {built}/index.json: cannot write: Input/output error")
     assert (built / "index.json").read_bytes() == before
     assert not [p for p in built.rglob("*.partial-*")]
+
+
+# ---------------------------------------------------------------- Ctrl-C: the output as it was
+
+
+def _state(root: Path) -> dict[str, str]:
+    """Every path under ``root`` and what it holds (a folder: "dir")."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else p.read_bytes().hex()[:64] + str(p.stat().st_size)
+            for p in sorted(root.rglob("*"))}
+
+
+def _prepare(out: Path, state: str, tmp: Path) -> None:
+    """``out`` missing, an empty folder, or a layout holding another image."""
+    if state == "empty-dir":
+        out.mkdir()
+    elif state == "layout":
+        assert main(["build", str(tiny_model(tmp / "other")), "-o", f"oci:{out}:other", "-q"]) == 0
+
+
+STATES = ["new", "empty-dir", "layout"]
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_ctrl_c_in_a_local_build_leaves_the_output_as_it_was(state, llama_dir, tmp_path, capsys, monkeypatch):
+    """A folder build stopped in its second layer: a new layout is gone, an
+    empty folder is empty again (no blobs/sha256 left), and an existing
+    layout holds exactly what it held (no blob of this run, no temporary)."""
+    import modelimage.layout.blobs as blobs
+
+    from .test_cli_errors import _CtrlC
+
+    out = tmp_path / "out"
+    _prepare(out, state, tmp_path)
+    before = _state(out)
+    monkeypatch.setenv("MODELIMAGE_NO_CACHE", "1")
+    monkeypatch.setattr(blobs, "blob_chunks", _CtrlC(blobs.blob_chunks))
+    monkeypatch.setattr(blobs, "write_layer_fd", _CtrlC(blobs.write_layer_fd))
+    capsys.readouterr()
+    assert main(["build", str(llama_dir), "-o", f"oci:{out}:v1"]) == 130
+    assert capsys.readouterr().err == "interrupted; rerun to resume\n"
+    assert _state(out) == before
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("state", STATES)
+def test_sigint_in_an_hf_build_leaves_the_output_as_it_was(state, hub, tmp_path):
+    """`build hf://... -o oci:DIR` in a process of its own, the Hub's
+    answers slowed to 1 MB/s, sent SIGINT once a layer is being written:
+    exit 130, one line, and DIR as it was before (missing, empty, or the
+    other image's layout unchanged)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from modelimage import synth
+
+    from .faultproxy import FaultProxy, Rule, Throttle
+
+    src = synth.write_random_shards(tmp_path / "src" / "tiny-llm", 0.003, 2)
+    hub.commit("acme/ctrl-c", {p.name: p.read_bytes() for p in sorted(src.iterdir())})
+    out = tmp_path / "out"
+    _prepare(out, state, tmp_path)
+    before = _state(out)
+    with FaultProxy(hub.url.removeprefix("http://")) as proxy:
+        proxy.add(Rule("GET", r"/resolve/.*\.safetensors$", Throttle(1_000_000), times=None))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODELIMAGE_"))}
+        env.update(HF_ENDPOINT=proxy.url, HF_HUB_CACHE=str(tmp_path / "hf-cache"), HF_HUB_DISABLE_TELEMETRY="1",
+                   MODELIMAGE_CACHE_DIR=str(tmp_path / "cache"))
+        proc = subprocess.Popen([sys.executable, "-m", "modelimage", "build", "hf://acme/ctrl-c", "-o", f"oci:{out}:v1"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 60
+        while not [p for p in (out / "blobs" / "sha256").glob(".partial-*") if p.stat().st_size > 0]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stdout, stderr) == (130, "", "interrupted; rerun to resume\n")
+    assert _state(out) == before

@@ -134,13 +134,18 @@ def build(source: PathLike, output: str | None = None, *, push: str | bool | Non
         if not layout.explicit_tag and job.entry.tag:  # oci:DIR without a TAG: the model's tag
             layout = dataclasses.replace(layout, tag=job.entry.tag)
         sink, reference = open_sink(layout), str(layout)
-    with (progress or no_progress)(p.total_size, f"{'pushing' if ref else 'building'} {job.model.name}") as advance:
-        if format == "image":
-            result = build_image(job.model, p, sink, settings=job.image_settings, reference=reference,
-                                 progress=advance, concurrency=concurrency if ref else None, base=job.base)
-        else:
-            result = build_artifact(job.model, p, sink, format=format, settings=job.image_settings,  # type: ignore
-                                    reference=reference, progress=advance, concurrency=concurrency if ref else None)
+    try:
+        with (progress or no_progress)(p.total_size, f"{'pushing' if ref else 'building'} {job.model.name}") as advance:
+            if format == "image":
+                result = build_image(job.model, p, sink, settings=job.image_settings, reference=reference,
+                                     progress=advance, concurrency=concurrency if ref else None, base=job.base)
+            else:
+                result = build_artifact(job.model, p, sink, format=format, settings=job.image_settings,  # type: ignore
+                                        reference=reference, progress=advance,
+                                        concurrency=concurrency if ref else None)
+    except BaseException:  # Ctrl-C before the layers began too: the sink undoes what it made (again is harmless)
+        sink.abort()
+        raise
     if daemon is not None:
         return Built(result, reference, warnings=warnings, engine=where())
     if ref is None:
