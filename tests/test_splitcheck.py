@@ -9,10 +9,7 @@ push, and pull back as the shards a local build gives."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,9 @@ from modelimage.errors import SourceError
 from modelimage.splitcheck import SplitChecks
 from modelimage.tarstream import Digester, Entry, LayerStream, blob_chunks
 
+from .faultproxy import FaultProxy, Rule, Spoil
 from .images import read_image
+from .test_sources_hf import _modelimage
 
 # ---------------------------------------------------------------- in process
 
@@ -205,14 +204,6 @@ REPO = "acme/one-big-file"
 WEIGHTS = "model.safetensors"
 
 
-def _modelimage(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "modelimage", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
-    if check and proc.returncode != 0:
-        pytest.fail(f"modelimage {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 def _env(endpoint: str, tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODELIMAGE_"))}
     env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(tmp / "hf-cache"), HF_HUB_DISABLE_PROGRESS_BARS="1",
@@ -258,38 +249,48 @@ def test_a_file_split_in_three_pushes_and_pulls_back_as_a_local_build_gives(hub,
 
 
 @pytest.mark.integration
-def test_a_corrupted_byte_in_the_middle_piece_fails_the_push(hub, big, registry, tmp_path) -> None:
+@pytest.mark.parametrize("how", ["served", "in-transit"])
+def test_a_corrupted_byte_in_the_middle_piece_fails_the_push(how, hub, big, registry, tmp_path) -> None:
     """The Hub serves the file with its middle byte flipped (the listing
-    keeps the right sha256): one line naming the file, exit 1, no manifest
-    pushed, and into a layout nothing left."""
+    keeps the right sha256), or every answer comes with a byte flipped,
+    a different one each time (right size, wrong content, a new hash each
+    run: huggingface_hub issue 3643): one line naming the file, exit 1, no
+    manifest pushed, and into a layout nothing left. The layers' digest-
+    cache entries were held back, so the rerun with the right bytes pushes
+    the layers a local build gives, not the corrupted ones it uploaded."""
     folder, files, sha = big
     good = files[WEIGHTS]
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
-    hub.repos[REPO].commits[sha][WEIGHTS] = bytes(bad)  # served bytes only: the listed digests stay
-    try:
-        env = _env(hub.url, tmp_path)
-        proc = _modelimage("build", f"hf://{REPO}", *SPLIT, "--push", f"{registry.host}/splitsha/bad:v1", env=env,
-                           check=False)
-        out = tmp_path / "out"
-        proc2 = _modelimage("build", f"hf://{REPO}", *SPLIT, "-o", f"oci:{out}:v1", env=env, check=False)
-    finally:
-        hub.repos[REPO].commits[sha][WEIGHTS] = good
+    with FaultProxy(hub.url.removeprefix("http://")) as proxy:
+        if how == "served":
+            hub.repos[REPO].commits[sha][WEIGHTS] = bytes(bad)  # served bytes only: the listed digests stay
+        else:  # past the header reads of inspect: each piece's answer has its byte 300000 flipped
+            proxy.add(Rule("GET", f"/resolve/.*/{WEIGHTS}$", Spoil(flip_at=300_000), times=None))
+        try:
+            env = _env(proxy.url, tmp_path)
+            proc = _modelimage("build", f"hf://{REPO}", *SPLIT, "--push", f"{registry.host}/splitsha/bad-{how}:v1",
+                               env=env, check=False)
+            out = tmp_path / "out"
+            proc2 = _modelimage("build", f"hf://{REPO}", *SPLIT, "-o", f"oci:{out}:v1", env=env, check=False)
+        finally:
+            hub.repos[REPO].commits[sha][WEIGHTS] = good
     for p in (proc, proc2):
         assert p.returncode == 1, p.stderr
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
         assert lines[0].startswith(f"error: hf://{REPO}@{sha}/{WEIGHTS}: the bytes the Hub sent have sha256 ")
-    assert "no manifest was pushed or tagged; layers already uploaded stay in" in proc.stderr
-    r = httpx.get(f"http://{registry.host}/v2/splitsha/bad/manifests/v1",
-                  headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-    assert r.status_code == 404
+    assert proc.stderr.rstrip().endswith(f"no manifest was pushed or tagged; layers already uploaded stay in "
+                                         f"{registry.host}/splitsha/bad-{how} unreferenced (harmless: garbage collection "
+                                         "removes them)")
+    assert proc2.stderr.rstrip().endswith("nothing was written: the layout is as it was")
+    manifest = f"http://{registry.host}/v2/splitsha/bad-{how}/manifests/v1"
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    assert httpx.get(manifest, headers=accept).status_code == 404
     assert not out.exists()
-    # the layers' digest-cache entries were held back: a rerun with the right bytes streams and pushes
     env = _env(hub.url, tmp_path)
-    _modelimage("build", f"hf://{REPO}", *SPLIT, "--push", f"{registry.host}/splitsha/bad:v1", env=env)
-    r = httpx.get(f"http://{registry.host}/v2/splitsha/bad/manifests/v1",
-                  headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    _modelimage("build", f"hf://{REPO}", *SPLIT, "--push", f"{registry.host}/splitsha/bad-{how}:v1", env=env)
     _modelimage("build", str(folder), *SPLIT, "-o", f"oci:{tmp_path}/local:v1", env=env)
     local, _, _ = read_image(tmp_path / "local", "v1")
-    assert [x["digest"] for x in json.loads(r.text)["layers"]] == [x["digest"] for x in local["layers"]]
+    pushed = httpx.get(manifest, headers=accept).json()
+    assert [x["digest"] for x in pushed["layers"]] == [x["digest"] for x in local["layers"]]
