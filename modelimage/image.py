@@ -2,30 +2,40 @@
 an OCI layout (``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, read by
 :mod:`modelimage.layout`).
 
-One place resolves a reference to an image manifest (through indexes,
-nested ones too, choosing the platform: :func:`choose_platform`), reads its
-config, and streams its blobs: base images for ``build --base``,
-``pull``/``verify``, ``estimate REF``. Docker schema 2 manifests and
-manifest lists read like their OCI counterparts. Blobs stream over several
-ranged connections from registries (:class:`BlobReader`), in place from
-layouts, and are verified by whoever consumes them (:meth:`Image.fetch`
-verifies as it goes). Go-containerregistry's ``remote.Get``/``layout``
-``Image`` split, in one small type.
+THE one place that goes from a reference to an image manifest: where it is
+(:func:`open_store`: a layout, or a registry repository through its
+mirrors, :mod:`modelimage.registry.store`), its manifests read checked
+against the digest and size asked for and at most
+:data:`~modelimage.oci.MAX_MANIFEST_BYTES` (:func:`read_manifest`), its
+indexes followed, nested ones too, to the entry for the platform
+(:func:`choose_platform`) or the one a caller's rule picks (``choose``:
+variants) (:func:`resolve`), its config read (:func:`open_image`). Base
+images for ``build --base``, ``pull``/``verify``, ``estimate REF``,
+``inspect REF``'s variants and signing all read images here. Docker schema 2
+manifests and manifest lists read like their OCI counterparts. Blobs stream
+from registries over several ranged connections, in place from layouts,
+and are verified by whoever consumes them (:meth:`Image.fetch` verifies as
+it goes). Go-containerregistry's ``remote.Get``/``layout`` ``Image`` split,
+in one small type.
 """
-
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import SourceError
 from .layout import LayoutReader, LayoutRef, open_layout
 from .layout.read import check_digest, json_object
-from .oci import ANNOTATION_PREFIX, INDEX_MEDIA_TYPES, Descriptor, Platform, select_platform
+from .oci import ANNOTATION_PREFIX, INDEX_MEDIA_TYPES, MEDIA_TYPE_MANIFEST, Descriptor, Platform, select_platform
 from .registry.keychain import Credentials
-from .registry.pieces import FetchStats, content_range_start
+from .registry.pieces import FetchStats
+
+if TYPE_CHECKING:
+    from .registry.client import RegistryClient
+    from .registry.mirror import Opened
+    from .registry.reference import Reference
 
 ANNOTATION_TARGET = ANNOTATION_PREFIX + "target"
 MAX_NESTING = 4  # index -> index -> ... -> manifest: deeper is a loop or a mistake
@@ -49,6 +59,17 @@ class Image:
     served_by: str | None = None  # the host its manifest and blobs come from: a mirror of ``host``, or ``host``
     # (blob, offset, length) -> exactly those bytes, one ranged GET (or read); not verified
     read_range: Callable[[Descriptor, int, int], bytes] | None = None
+    media_type: str = ""  # the manifest's, as the registry served it or its index listed it
+    size: int = 0  # the manifest's bytes
+    from_index: bool = False  # the reference named an index; this is the entry chosen in it
+    client: RegistryClient | None = None  # what it is read through (None: a layout); closed by ``close``
+    served: Reference | None = None  # the reference ``client`` reads (a mirror's, or the registry's)
+
+    @property
+    def descriptor(self) -> Descriptor:
+        """The manifest's descriptor: what referrers point at and signatures sign."""
+        media_type = self.media_type or str(self.manifest.get("mediaType") or "") or MEDIA_TYPE_MANIFEST
+        return Descriptor(media_type, self.digest, self.size)
 
     @property
     def target(self) -> str | None:
@@ -114,8 +135,13 @@ def default_connections(host: str) -> int:
     return 1 if is_loopback(host) else DEFAULT_CONNECTIONS
 
 
-class _Store(Protocol):
-    """Where an image's manifests and blobs are (a registry repository, a layout)."""
+class Store(Protocol):
+    """Where an image's manifests and blobs are (a registry repository, a
+    layout): :func:`open_store`. Manifests come checked against the digest
+    and size asked for, at most :data:`~modelimage.oci.MAX_MANIFEST_BYTES`."""
+
+    client: RegistryClient | None  # a registry's (None: a layout)
+    served: Reference | None  # what ``client`` reads: a mirror's reference, or the registry's
 
     def top(self) -> tuple[Descriptor, bytes]: ...  # what the reference names, and its bytes (verified)
     def manifest(self, desc: Descriptor) -> bytes: ...  # a manifest or index by digest (verified)
@@ -126,6 +152,8 @@ class _Store(Protocol):
 
 
 class _LayoutStore:
+    client = served = None
+
     def __init__(self, layout: LayoutReader, stats: FetchStats):
         self.layout, self.stats = layout, stats
 
@@ -160,191 +188,42 @@ class _LayoutStore:
         self.layout.close()
 
 
-class _Stream:
-    """One whole-blob GET read forward, for a registry that ignores
-    ``Range`` (answers 200): bytes before the next ones asked for are read
-    and dropped, never asked for again. Each read takes :data:`EXTRA` bytes
-    more than asked and keeps what it took (within the store's
-    :data:`_RegistryStore.KEEP_BYTES`), so reads that go back (a file's
-    header, after the tar headers around it were listed; a buffered
-    reader's next piece) are answered from what was kept."""
-
-    EXTRA = 68 << 10  # a header read's worth (64 KiB) past a tar header (512 B, a pax one more)
-
-    def __init__(self, response: Any, stats: FetchStats, budget: list[int]):
-        self.response, self.stats, self.budget = response, stats, budget
-        self.chunks, self.pos, self.rest = response.iter_raw(), 0, b""
-        self.seen: dict[int, bytes] = {}  # offset -> bytes read there and kept
-
-    def read(self, offset: int, length: int) -> bytes | None:
-        """Bytes ``offset..offset+length`` (fewer at the blob's end), or
-        None when they are behind the stream and not all kept."""
-        end = offset + length
-        if offset >= self.pos:
-            return self._take(offset, length)
-        upto = self._covered(offset)
-        if upto >= end:
-            return self._kept(offset, end)
-        if upto >= self.pos:  # kept up to where the stream is: the rest from it
-            return self._kept(offset, self.pos) + self._take(self.pos, end - self.pos)
-        return None
-
-    def _covered(self, offset: int) -> int:
-        """Where the kept bytes that run on from ``offset`` end."""
-        at = offset
-        for start in sorted(self.seen):
-            if start > at:
-                break
-            at = max(at, start + len(self.seen[start]))
-        return at
-
-    def _kept(self, offset: int, end: int) -> bytes:
-        out, at = bytearray(), offset
-        for start in sorted(self.seen):
-            data = self.seen[start]
-            if start <= at < start + len(data):
-                piece = data[at - start: end - start]
-                out += piece
-                at += len(piece)
-                if at >= end:
-                    break
-        return bytes(out)
-
-    def _take(self, offset: int, length: int) -> bytes:
-        keep = self.budget[0] >= length + self.EXTRA
-        want, out = length + (self.EXTRA if keep else 0), bytearray()
-        while len(out) < want:
-            if not self.rest:
-                chunk = next(self.chunks, None)
-                if chunk is None:
-                    break
-                self.stats.add(len(chunk))
-                self.rest = bytes(chunk)
-            if self.pos < offset:  # before the bytes asked for: dropped
-                cut = min(offset - self.pos, len(self.rest))
-            else:
-                cut = min(want - len(out), len(self.rest))
-                out += self.rest[:cut]
-            self.rest, self.pos = self.rest[cut:], self.pos + cut
-        data = bytes(out)
-        if keep:
-            self.budget[0] += len(self.seen.get(offset, b"")) - len(data)
-            self.seen[offset] = data
-        return data[:length]
-
-    def close(self) -> None:
-        self.response.close()
+def read_manifest(store: Store, desc: Descriptor | None, name: str) -> tuple[Descriptor, dict[str, Any]]:
+    """The manifest or index ``desc`` names (None: what the reference
+    names), parsed, with its descriptor. Raises :class:`SourceError` naming
+    ``name`` (and the registry's errors)."""
+    if desc is None:
+        desc, data = store.top()
+    else:
+        data = store.manifest(desc)
+    return desc, json_object(data, f"{name}: manifest {desc.digest[:19]}")
 
 
-class _RegistryStore:
-    KEEP_BYTES = 64 << 20  # what the whole-blob streams keep, all blobs together
-
-    def __init__(self, source: str, client: Any, repository: str, ref: str, connections: int, retries: int,
-                 stats: FetchStats):
-        self.source, self.client, self.repository, self.ref = source, client, repository, ref
-        self.connections, self.retries, self.stats = connections, retries, stats
-        self.ranged = True  # False once the registry answered a ranged GET with the whole blob
-        self.streams: dict[str, _Stream] = {}  # blob digest -> its whole-blob GET, once ranges are ignored
-        self.budget = [self.KEEP_BYTES]  # bytes the streams may still keep
-
-    def top(self) -> tuple[Descriptor, bytes]:
-        m = self.client.get_manifest(self.repository, self.ref)
-        return Descriptor(m.media_type, m.digest, len(m.data)), m.data
-
-    def manifest(self, desc: Descriptor) -> bytes:
-        m = self.client.get_manifest(self.repository, desc.digest)  # checked against the digest
-        return m.data
-
-    def blob(self, desc: Descriptor) -> bytes:
-        return self.client.get_blob(self.repository, desc.digest)
-
-    def read(self, desc: Descriptor, start: int) -> Iterator[memoryview]:
-        from .registry.fetch import BlobReader  # only registry images load it (and httpx)
-
-        return BlobReader(self.client, self.repository, desc.digest, desc.size, connections=self.connections,
-                          retries=self.retries, stats=self.stats).chunks(start)
-
-    def read_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
-        """One ``Range: bytes=offset-end`` GET. A registry that answers the
-        whole blob (200) gets no more ranged GETs: each blob is then read
-        as one stream, forward (:class:`_Stream`), so a walk over a layer's
-        tar headers costs one blob, not one blob per header. A 206 whose
-        ``Content-Range`` does not cover the range asked for raises
-        :class:`~modelimage.registry.pieces.FetchError`."""
-        length = max(0, min(length, desc.size - offset))
-        if length == 0:
-            return b""
-        if not self.ranged:
-            return self._checked(self._streamed(desc, offset, length), desc, offset, length)
-        r = self.client.stream_blob(self.repository, desc.digest, offset, offset + length - 1)
-        if r.status_code == 200 and (offset or length < desc.size):  # Range ignored (a 200 for all of it is fine):
-            self.ranged = False  # this blob's stream is kept, and no range is asked for again
-            self.streams[desc.digest] = _Stream(r, self.stats, self.budget)
-            return self._checked(self._streamed(desc, offset, length), desc, offset, length)
-        try:  # other bytes than asked for would be read as these (a proxy's bug)
-            skip = 0 if r.status_code == 200 else offset - content_range_start(
-                f"{self.source}: blob {desc.digest[:19]}", r.headers.get("Content-Range"), offset,
-                offset + length - 1, desc.size)
-            out = bytearray()
-            for chunk in r.iter_raw():
-                self.stats.add(len(chunk))
-                if skip:
-                    cut = min(skip, len(chunk))
-                    chunk, skip = chunk[cut:], skip - cut
-                out += chunk[: length - len(out)]
-                if len(out) >= length:
-                    break
-        finally:
-            r.close()
-        return self._checked(bytes(out), desc, offset, length)
-
-    def _streamed(self, desc: Descriptor, offset: int, length: int) -> bytes:
-        stream = self.streams.get(desc.digest)
-        data = stream.read(offset, length) if stream is not None else None
-        if data is not None:
-            return data
-        again = _Stream(self.client.stream_blob(self.repository, desc.digest), self.stats, self.budget)
-        if stream is not None:  # behind the stream, not kept: the blob read again from its start
-            stream.close()
-            again.seen = stream.seen  # what was kept still answers
-        self.streams[desc.digest] = again
-        data = again.read(offset, length)
-        assert data is not None  # a new stream is at 0
-        return data
-
-    def _checked(self, data: bytes, desc: Descriptor, offset: int, length: int) -> bytes:
-        if len(data) != length:
-            raise SourceError(f"{self.source}: blob {desc.digest[:19]}: asked for {length} bytes at {offset}, "
-                              f"got {len(data)}")
-        return data
-
-    def close(self) -> None:
-        for stream in self.streams.values():
-            stream.close()
-        self.streams.clear()
-        self.client.close()
-
-
-def _resolve(store: _Store, platform: str | Platform | None, name: str, choose: Chooser | None = None
-             ) -> tuple[str, dict[str, Any]]:
-    """(digest, parsed manifest) of the image ``name`` means: its indexes
-    followed down to the platform's image manifest (or the entry ``choose`` picks)."""
-    desc, data = store.top()
+def resolve(store: Store, name: str, *, platform: str | Platform | None = None, choose: Chooser | None = None,
+            start: Descriptor | None = None) -> tuple[Descriptor, dict[str, Any], bool]:
+    """(descriptor, parsed manifest, whether an index was followed) of the
+    image manifest ``start`` (None: what the reference names) means: its
+    indexes followed down, nested ones too, to the entry ``choose`` picks
+    (default: :func:`choose_platform` for ``platform``). Docker manifest
+    lists and schema 2 manifests read like their OCI counterparts. Raises
+    :class:`SourceError` naming ``name``."""
+    desc, manifest = read_manifest(store, start, name)
+    followed = False
     for _ in range(MAX_NESTING):
-        manifest = json_object(data, f"{name}: manifest {desc.digest[:19]}")
         if not is_index(manifest, desc.media_type):
             break
         entry = choose(manifest) if choose else choose_platform(manifest, platform, name)
         try:
-            desc = Descriptor.from_json(entry)
+            child = Descriptor.from_json(entry)
         except (KeyError, TypeError, ValueError) as e:
             raise SourceError(f"{name}: index {desc.digest[:19]} has a malformed entry ({e})") from None
-        data = store.manifest(desc)
+        desc, manifest = read_manifest(store, child, name)
+        followed = True
     else:
         raise SourceError(f"{name}: indexes nested more than {MAX_NESTING} deep")
     if not isinstance(manifest.get("layers"), list) or not isinstance(manifest.get("config"), dict):
         raise SourceError(f"{name}: not an image manifest (schema 1 manifests are not supported)")
-    return desc.digest, manifest
+    return desc, manifest, followed
 
 
 def not_an_image(source: str) -> SourceError:
@@ -363,53 +242,78 @@ def not_an_image(source: str) -> SourceError:
                        "oci-archive:FILE[:TAG])")
 
 
+def open_store(source: str, *, insecure: frozenset[str] = frozenset(), credentials: Credentials | None = None,
+               connections: int | None = None, retries: int | None = None, stats: FetchStats | None = None,
+               opened: Opened | None = None) -> Store:
+    """Where ``source`` (a registry reference, ``oci:DIR[:TAG]`` or
+    ``oci-archive:FILE[:TAG]``) is read from. A registry image is read
+    through its host's mirrors when configured
+    (:func:`modelimage.registry.mirror.open_client`), or through
+    ``opened`` (a client the caller opened). ``connections`` per blob: None
+    picks :func:`default_connections` for its host; ``retries`` per blob
+    read: None is :data:`~modelimage.registry.fetch.DEFAULT_RETRIES`. Only
+    registry images load :mod:`modelimage.registry.fetch` (and httpx). Close it."""
+    stats = stats if stats is not None else FetchStats()
+    if LayoutRef.is_layout(source):
+        return _LayoutStore(open_layout(LayoutRef.parse(source)), stats)
+    from .registry.fetch import DEFAULT_RETRIES
+    from .registry.mirror import open_client
+    from .registry.reference import Reference, looks_like_path
+    from .registry.store import RegistryStore
+
+    if looks_like_path(source):
+        raise not_an_image(source)
+    if opened is None:
+        opened = open_client(Reference.parse(source), insecure=insecure, credentials=credentials)
+    served = opened.served
+    return RegistryStore(source, opened.client, served,
+                         default_connections(served.host) if connections is None else connections,
+                         DEFAULT_RETRIES if retries is None else retries, stats)
+
+
 def open_image(source: str, *, platform: str | Platform | None = None, insecure: frozenset[str] = frozenset(),
                credentials: Credentials | None = None, connections: int | None = None,
-               retries: int | None = None, stats: FetchStats | None = None, choose: Chooser | None = None
-               ) -> Image:
+               retries: int | None = None, stats: FetchStats | None = None, choose: Chooser | None = None,
+               opened: Opened | None = None) -> Image:
     """Resolve ``source`` (a registry reference, ``oci:DIR[:TAG]`` or
-    ``oci-archive:FILE[:TAG]``) to one image manifest, for ``platform``
-    (:func:`choose_platform`), or the entry of an index ``choose`` picks
-    (``variants.resolve.Picker``). ``connections`` per blob: None picks
-    :func:`default_connections` for its host; ``retries`` per blob read: None
-    is :data:`~modelimage.registry.fetch.DEFAULT_RETRIES`. A registry image is read
-    through its host's mirrors when configured
-    (:func:`modelimage.registry.mirror.open_client`; ``Image.served_by``
-    says which host answered). Raises
-    :class:`SourceError` (and the registry's errors) naming ``source``."""
-    stats = stats if stats is not None else FetchStats()
-    host = repository = served_by = None
-    if LayoutRef.is_layout(source):
-        store: _Store = _LayoutStore(open_layout(LayoutRef.parse(source)), stats)
-    else:
-        from .registry.fetch import DEFAULT_RETRIES
-        from .registry.mirror import open_client
-        from .registry.reference import Reference, looks_like_path
-
-        if looks_like_path(source):
-            raise not_an_image(source)
-        ref = Reference.parse(source)
-        opened = open_client(ref, insecure=insecure, credentials=credentials)  # a mirror first, if configured
-        served = opened.served
-        store = _RegistryStore(source, opened.client, served.repository, served.ref,
-                               default_connections(served.host) if connections is None else connections,
-                               DEFAULT_RETRIES if retries is None else retries, stats)
-        host, repository, served_by = ref.host, ref.repository, served.host
+    ``oci-archive:FILE[:TAG]``; :func:`open_store`) to one image manifest
+    (:func:`resolve`), for ``platform`` (:func:`choose_platform`), or the
+    entry of an index ``choose`` picks (``variants.resolve.Picker``), and
+    read its config. ``Image.served_by`` says which host answered (a
+    mirror, or the registry). Raises :class:`SourceError` (and the
+    registry's errors) naming ``source``."""
+    store = open_store(source, insecure=insecure, credentials=credentials, connections=connections,
+                       retries=retries, stats=stats, opened=opened)
     try:
-        digest, manifest = _resolve(store, platform, source, choose)
+        desc, manifest, from_index = resolve(store, source, platform=platform, choose=choose)
+        layers = layer_descriptors(manifest, source)
         config = _config(store, manifest["config"], source)
-        layers = tuple(Descriptor.from_json(x) for x in manifest["layers"])
     except (KeyError, TypeError, ValueError) as e:
         store.close()
         raise SourceError(f"{source}: malformed manifest ({type(e).__name__}: {e})") from None
     except BaseException:
         store.close()
         raise
-    return Image(source, digest, manifest, config, layers, store.read, store.close, host, repository, served_by,
-                 store.read_range)
+    host = repository = served_by = None
+    if store.served is not None:
+        from .registry.reference import Reference
+
+        ref = Reference.parse(source)
+        host, repository, served_by = ref.host, ref.repository, store.served.host
+    return Image(source, desc.digest, manifest, config, layers, store.read, store.close, host, repository, served_by,
+                 store.read_range, desc.media_type, desc.size, from_index, store.client, store.served)
 
 
-def _config(store: _Store, cfg: dict[str, Any], name: str) -> dict[str, Any]:
+def layer_descriptors(manifest: dict[str, Any], name: str) -> tuple[Descriptor, ...]:
+    """The layers of an image manifest (parsed, from :func:`resolve`);
+    raises :class:`SourceError` naming ``name`` for a malformed one."""
+    try:
+        return tuple(Descriptor.from_json(x) for x in manifest["layers"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SourceError(f"{name}: malformed manifest ({type(e).__name__}: {e})") from None
+
+
+def _config(store: Store, cfg: dict[str, Any], name: str) -> dict[str, Any]:
     """The image config (parsed) when it is JSON of a config's size, else {}
     (an artifact's config may be anything)."""
     if "json" not in str(cfg.get("mediaType", "json")) or int(cfg.get("size", 0)) >= MAX_CONFIG:

@@ -41,6 +41,11 @@ MEDIA_TYPE_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzi
 MEDIA_TYPE_DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 INDEX_MEDIA_TYPES = (MEDIA_TYPE_INDEX, MEDIA_TYPE_DOCKER_LIST)
 MANIFEST_MEDIA_TYPES = (MEDIA_TYPE_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST)
+# The most bytes a manifest or index may have when read, from a registry or a
+# layout. The distribution spec asks for at least 4 MB (distribution-spec PR
+# 293; distribution v3 and containerd stop there); lenient for images other
+# tools wrote, bounded so a server cannot make a reader hold gigabytes.
+MAX_MANIFEST_BYTES = 64 << 20
 # The same bytes under their OCI names (image-spec media-types.md,
 # "Compatibility Matrix"): what a Docker layer is called in an OCI manifest.
 DOCKER_TO_OCI = {

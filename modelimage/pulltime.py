@@ -137,7 +137,7 @@ def estimate_source(source: str, *, engine: str = "containerd", bandwidth_bps: f
     from . import probes
 
     basis = basis_for(engine)
-    layers, probe_url, client = layers_of(source, config, max_layer_size, insecure)
+    layers, probe_url, store = layers_of(source, config, max_layer_size, insecure)
     measured: dict[str, float] = {}
     try:
         if probe:
@@ -149,10 +149,10 @@ def estimate_source(source: str, *, engine: str = "containerd", bandwidth_bps: f
             measured.update(probe_disk(layers, basis.engine, where))
             if probe_url:
                 measured["link_bps"] = bandwidth_bps = probes.probe_download(
-                    probe_url, transport=client.transport if client else None)
+                    probe_url, transport=store.client.transport if store and store.client else None)
     finally:
-        if client is not None:
-            client.close()
+        if store is not None:
+            store.close()
     if bandwidth_bps:
         links = {"measured" if "link_bps" in measured else "given": bandwidth_bps}
     else:
@@ -198,18 +198,15 @@ def _loopback(url: str) -> bool:
 def layers_of(source: str, config: Path | None = None, max_layer_size: int | None = None,
               insecure: tuple[str, ...] = ()) -> tuple[list[LayerSpec], str | None, Any]:
     """The layers ``source`` pulls as, the URL of its biggest blob when it
-    is in a registry (for the link probe), and the open registry client
-    (the caller closes it)."""
+    is in a registry (for the link probe), and where it is read from there
+    (:func:`modelimage.image.open_store`; the caller closes it)."""
     from .config import REMOTE_SCHEMES
-    from .image import open_image
     from .job import Options, prepare
     from .layout import LayoutRef
     from .registry.reference import FOREIGN_TRANSPORTS, Reference, looks_like_path
 
     if LayoutRef.is_layout(source):  # oci:DIR[:TAG] or oci-archive:FILE[:TAG], through its indexes
-        image = open_image(source)
-        image.close()
-        return layer_specs_from_manifest(image.manifest), None, None
+        return _image(source, insecure)
     try:
         job = prepare(source, Options(config=config, max_layer_size=max_layer_size))
     except ModelImageError:
@@ -218,24 +215,24 @@ def layers_of(source: str, config: Path | None = None, max_layer_size: int | Non
         if "/" not in source or Path(source).exists() or source.startswith(REMOTE_SCHEMES) \
                 or looks_like_path(source):
             raise
-        return _from_registry(source, insecure)
+        return _image(source, insecure)
     return layer_specs_from_plan(job.plan()), None, None
 
 
-def _from_registry(source: str, insecure: tuple[str, ...]) -> tuple[list[LayerSpec], str | None, Any]:
-    from .image import choose_platform, is_index
-    from .registry.mirror import open_client
-    from .registry.reference import Reference
+def _image(source: str, insecure: tuple[str, ...]) -> tuple[list[LayerSpec], str | None, Any]:
+    """The layers of the image manifest ``source`` resolves to for this
+    machine (:func:`modelimage.image.resolve`; its config is not read)."""
+    from .image import layer_descriptors, open_store, resolve
 
-    opened = open_client(Reference.parse(source), insecure=frozenset(insecure))  # a mirror first, if configured
-    client, ref = opened.client, opened.served
+    store = open_store(source, insecure=frozenset(insecure))  # a registry's mirror first, if configured
     try:
-        manifest = client.get_manifest(ref.repository, ref.ref).json()
-        if is_index(manifest):
-            manifest = client.get_manifest(ref.repository, choose_platform(manifest, None, source)["digest"]).json()
+        manifest = resolve(store, source)[1]
+        biggest = max(layer_descriptors(manifest, source), key=lambda d: d.size, default=None)
     except BaseException:
-        client.close()
+        store.close()
         raise
-    biggest = max(manifest.get("layers", []), key=lambda d: int(d["size"]), default=None)
-    url = client.url(f"/v2/{ref.repository}/blobs/{biggest['digest']}") if biggest else None
-    return layer_specs_from_manifest(manifest), url, client
+    if store.client is None or store.served is None or biggest is None:  # a layout: nothing to probe
+        store.close()
+        return layer_specs_from_manifest(manifest), None, None
+    return layer_specs_from_manifest(manifest), store.client.url(f"/v2/{store.served.repository}/blobs/"
+                                                                 f"{biggest.digest}"), store

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import SourceError
-from ..oci import ANNOTATION_REF_NAME, Descriptor, Index
+from ..oci import ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES, Descriptor, Index
 from .ref import DEFAULT_TAG, LayoutRef
 
 READ_CHUNK = 4 << 20
-MAX_JSON_BLOB = 64 << 20  # manifests and configs (the spec asks registries for 4 MB; be lenient)
+MAX_JSON_BLOB = MAX_MANIFEST_BYTES  # manifests and configs, the same bound as from a registry
 DIGEST_ALGORITHMS = ("sha256", "sha512")
 
 

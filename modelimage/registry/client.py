@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from ..oci import sha256_digest
+from ..oci import MAX_MANIFEST_BYTES, sha256_digest
+from ..units import format_size
 from .keychain import Credentials
 from .reference import Reference, blob_path, manifest_path, name_at, uploads_path
 from .transport import RegistryError, Transport, TransportOptions, current_options
@@ -205,13 +206,24 @@ class RegistryClient:
         return digest
 
     def get_manifest(self, repo: str, ref: str) -> Manifest:
-        r = self.http.get(manifest_path(repo, ref), headers={"Accept": MANIFEST_ACCEPT})
-        if r.status_code != 200:
-            raise _error(name_at(f"{self.host}/{repo}", ref), r)
-        digest = sha256_digest(r.content)
+        """A manifest or index by tag or digest (one by digest is checked
+        against it). A body over :data:`~modelimage.oci.MAX_MANIFEST_BYTES`
+        is refused before it is all read. Raises :class:`RegistryError`."""
+        what, limit = name_at(f"{self.host}/{repo}", ref), MAX_MANIFEST_BYTES
+        with self.http.stream("GET", manifest_path(repo, ref), headers={"Accept": MANIFEST_ACCEPT}) as r:
+            if r.status_code != 200:
+                r.read()
+                raise _error(what, r)
+            data = bytearray()
+            for chunk in r.iter_bytes():
+                data += chunk
+                if len(data) > limit:
+                    raise RegistryError(what, 200, "SIZE_INVALID", f"the manifest is over {format_size(limit)} "
+                                        "(registries keep them under 4 MB); not read")
+        digest = sha256_digest(data)
         if ref.startswith("sha256:") and digest != ref:
             raise RegistryError(f"{self.host}/{repo}@{ref}", 200, "DIGEST_INVALID", f"content hashes to {digest}")
-        return Manifest(r.content, r.headers.get("Content-Type", "").split(";")[0], digest)
+        return Manifest(bytes(data), r.headers.get("Content-Type", "").split(";")[0], digest)
 
     def get_blob(self, repo: str, digest: str) -> bytes:
         r = self.http.get(blob_path(repo, digest))

@@ -1,8 +1,9 @@
 """An image in a registry, opened for signing and checking signatures only.
 
-Resolves a reference to one image manifest (an index picks the platform,
-as :func:`modelimage.image.open_image` does), reads its config, lists its
-referrers and reads their small blobs. It never reads a model layer: the
+Resolves a reference to one image manifest and reads its config with
+:func:`modelimage.image.open_image` (the one reader: an index picks the
+platform, the manifest signed is the one whose digest and size were
+checked), lists its referrers and reads their small blobs. It never reads a model layer: the
 :class:`~modelimage.image.Image` it hands out refuses to, and reads only
 the file-list layer of an image with too many files for its manifest to
 list them (:mod:`modelimage.filelist`; a few MB for 20,000 files, never a
@@ -16,17 +17,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 
 from ..errors import ModelImageError, SourceError
 from ..filelist import ANNOTATION_FILELIST, MAX_LIST_BYTES
-from ..image import Image, choose_platform, is_index, json_blob
-from ..oci import MEDIA_TYPE_MANIFEST, Descriptor
+from ..image import Image, json_blob, open_image
+from ..oci import Descriptor
 from ..registry.client import RegistryClient
 from ..registry.keychain import Credentials
-from ..registry.mirror import open_client
+from ..registry.mirror import Opened, open_client
 from ..registry.reference import Reference
 from ..registry.referrers import list_referrers
 from ..registry.transport import RegistryError, network_message
@@ -123,41 +124,21 @@ def open_remote(source: str, *, platform: str | None = None, insecure: frozenset
         raise SourceError(f"{source}: signatures live in a registry next to the image; push it first "
                           "(modelimage push) and sign the pushed reference")
     ref = Reference.parse(source)
-    if mirrors:
-        opened = open_client(ref, insecure=insecure, credentials=credentials)
-        client, read = opened.client, opened.served
-    else:
-        client, read = RegistryClient(ref, insecure=insecure, credentials=credentials), ref
+    opened = open_client(ref, insecure=insecure, credentials=credentials) if mirrors else \
+        Opened(RegistryClient(ref, insecure=insecure, credentials=credentials), ref, ref)
+    client, read = opened.client, opened.served
     responses: list[httpx.Response] = []
     for c in (client.http, client.transport.token_client):
         c.event_hooks = {**c.event_hooks, "response": [*c.event_hooks.get("response", []), responses.append]}
     try:
-        m = client.get_manifest(read.repository, read.ref)
-        manifest, digest, media_type, size = m.json(), m.digest, m.media_type, len(m.data)
-        from_index = is_index(manifest, m.media_type)
-        if from_index:
-            chosen = choose_platform(manifest, platform, source)
-            m = client.get_manifest(read.repository, chosen["digest"])
-            manifest, digest, media_type, size = m.json(), m.digest, m.media_type, len(m.data)
-        if "layers" not in manifest or "config" not in manifest:
-            raise SourceError(f"{source}: not an image manifest")
-        cfg = manifest["config"]
-        config = {}
-        if "json" in cfg.get("mediaType", "") and int(cfg.get("size", 0)) < MAX_SMALL_BLOB:
-            config = json_blob(client.get_blob(read.repository, cfg["digest"]), cfg["digest"], source)
+        image = open_image(source, platform=platform, opened=opened)  # closes the client when it fails
     except httpx.HTTPError as e:
         client.close()
         raise ModelImageError(network_message(f"{read.host}", e)) from None
-    except BaseException:
-        client.close()
-        raise
     layers_read: list[Descriptor] = []
-    image = Image(source, digest, manifest, config if isinstance(config, dict) else {},
-                  tuple(Descriptor.from_json(x) for x in manifest["layers"]),
-                  _list_layer_only(client, read.repository, layers_read), client.close, ref.host, ref.repository,
-                  read.host)
-    subject = Descriptor(media_type or manifest.get("mediaType") or MEDIA_TYPE_MANIFEST, digest, size)
-    return Remote(ref, client, image, subject, responses, from_index, read if read != ref else None, layers_read)
+    image = replace(image, read=_list_layer_only(client, read.repository, layers_read), read_range=None)
+    return Remote(ref, client, image, image.descriptor, responses, image.from_index, read if read != ref else None,
+                  layers_read)
 
 
 __all__ = ["Remote", "open_remote", "RegistryError"]

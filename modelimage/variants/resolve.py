@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SourceError, VariantError
-from ..image import choose_platform, is_index
-from ..layout import LayoutRef, open_layout
-from ..layout.read import json_object
+from ..image import choose_platform, is_index, open_store, read_manifest, resolve
+from ..layout import LayoutRef
 from ..oci import Descriptor, Platform
 from ..units import format_size
 from .select import ANNOTATION_VARIANT, Choice, VariantFacts, facts_from_descriptor, select
@@ -89,12 +88,12 @@ class Picker:
         (one manifest GET). Returns itself; raises :class:`VariantError`."""
         if self.name is None and self.gpu_memory is None:
             return self
-        fetch, close = _fetcher(self.source, frozenset(insecure))
+        store = open_store(self.source, insecure=frozenset(insecure))
         try:
-            manifest, _, media_type = fetch(None)
+            top, manifest = read_manifest(store, None, self.source)
         finally:
-            close()
-        if is_index(manifest, media_type):
+            store.close()
+        if is_index(manifest, top.media_type):
             return self  # the choice is made when the index is opened
         ann = manifest.get("annotations") or {}
         if self.name is not None and str(ann.get(ANNOTATION_VARIANT, "")).lower() != self.name.lower():
@@ -193,57 +192,27 @@ def is_image_reference(source: str, config: Path | None = None) -> bool:
     return True
 
 
-# (None: what the reference names | an index entry's descriptor) -> (parsed, digest, media type)
-Fetch = Callable[[Descriptor | None], tuple[dict[str, Any], str, str]]
-
-
 def read_index(source: str, *, insecure: frozenset[str] = frozenset()) -> IndexView:
     """Read ``source`` (``HOST/REPO[:TAG|@DIGEST]``, ``oci:DIR[:TAG]``,
-    ``oci-archive:FILE[:TAG]``): for an index, each variant's entry and
-    manifest. Raises :class:`~modelimage.errors.SourceError` and registry
-    errors."""
-    fetch, close = _fetcher(source, insecure)
+    ``oci-archive:FILE[:TAG]``) through :mod:`modelimage.image`: for an
+    index, each variant's entry and image manifest (an entry that is itself
+    an index, one per platform, followed to this machine's platform).
+    Raises :class:`~modelimage.errors.SourceError` and registry errors."""
+    store = open_store(source, insecure=insecure)
     try:
-        return _read(source, fetch)
+        top, manifest = read_manifest(store, None, source)
+        media_type = top.media_type or str(manifest.get("mediaType", ""))
+        views = []
+        if is_index(manifest, media_type):
+            for e in _entries(manifest):
+                facts = facts_from_descriptor(e)
+                if facts is None:
+                    continue
+                try:
+                    desc = Descriptor.from_json(e)
+                except (KeyError, TypeError, ValueError) as err:
+                    raise SourceError(f"{source}: index {top.digest[:19]} has a malformed entry ({err})") from None
+                views.append(VariantView(facts, resolve(store, source, start=desc)[1], desc.platform))
+        return IndexView(source, top.digest, media_type, tuple(views), dict(manifest.get("annotations") or {}))
     finally:
-        close()
-
-
-def _fetcher(source: str, insecure: frozenset[str]) -> tuple[Fetch, Callable[[], None]]:
-    """How to read ``source``'s manifests, and how to let go of it."""
-    if LayoutRef.is_layout(source):
-        layout = open_layout(LayoutRef.parse(source))
-
-        def from_layout(desc: Descriptor | None) -> tuple[dict[str, Any], str, str]:
-            d = desc or layout.top()
-            return json_object(layout.blob_bytes(d), f"{source}: manifest {d.digest[:19]}"), d.digest, d.media_type
-
-        return from_layout, layout.close
-    from ..registry.mirror import open_client
-    from ..registry.reference import Reference
-
-    opened = open_client(Reference.parse(source), insecure=insecure)  # a mirror first, if configured
-    client, ref = opened.client, opened.served
-
-    def from_registry(desc: Descriptor | None) -> tuple[dict[str, Any], str, str]:
-        m = client.get_manifest(ref.repository, desc.digest if desc else ref.ref)  # checked against a digest
-        return json_object(m.data, f"{source}: manifest {m.digest[:19]}"), m.digest, m.media_type
-
-    return from_registry, client.close
-
-
-def _read(source: str, fetch: Fetch) -> IndexView:
-    manifest, digest, media_type = fetch(None)
-    media_type = media_type or str(manifest.get("mediaType", ""))
-    views = []
-    if is_index(manifest, media_type):
-        for e in _entries(manifest):
-            facts = facts_from_descriptor(e)
-            if facts is None:
-                continue
-            try:
-                desc = Descriptor.from_json(e)
-            except (KeyError, TypeError, ValueError) as err:
-                raise SourceError(f"{source}: index {digest[:19]} has a malformed entry ({err})") from None
-            views.append(VariantView(facts, fetch(desc)[0], desc.platform))
-    return IndexView(source, digest, media_type, tuple(views), dict(manifest.get("annotations") or {}))
+        store.close()
