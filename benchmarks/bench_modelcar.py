@@ -25,6 +25,13 @@ disk each leaves behind (its Hugging Face cache, spool or digest cache).
 (``curl`` reading every file to /dev/null, one after another, then three
 at once) and the build alone (``modelimage build FOLDER --push`` of the same
 files from a local folder, page cache warm).
+``--link RATE`` (``1Gbit/s``, ``400Mbit/s``) shapes both links as a real
+node's would be: the loopback Hub serves at RATE in total across its
+connections, and the registry is reached through a TCP proxy
+(tests/link.py) that carries each direction at RATE in total. The CPU then
+waits on the links, as on a real network: a tool that downloads
+everything before it uploads pays for both links one after the other, one
+that streams pays for the slower one. No latency or loss is added.
 Then each result is pulled with ``podman pull`` and run: a container of
 the image with a static busybox mounted in prints the sha256 of every model
 file, which must equal the Hub's.
@@ -32,7 +39,8 @@ file, which must equal the Hub's.
 Needs oci-modelcar on PATH or ``--modelcar PATH`` (it pins its own
 dependencies: install it in a virtualenv of its own), root for iptables.
 
-    python benchmarks/bench_modelcar.py [--gib 1] [--shards 4] [--runs 3] [--modelcar /path/to/oci-modelcar]
+    python benchmarks/bench_modelcar.py [--gib 1] [--shards 4] [--runs 3] [--phases] [--link 1Gbit/s]
+        [--modelcar /path/to/oci-modelcar]
 """
 
 from __future__ import annotations
@@ -145,16 +153,22 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--modelcar", default=shutil.which("oci-modelcar") or "oci-modelcar")
     ap.add_argument("--phases", action="store_true", help="also time the Hub alone and the build alone")
+    ap.add_argument("--link", metavar="RATE", help="shape the node's links to the Hub and to the registry to RATE "
+                    "each (1Gbit/s, 400Mbit/s; modelimage.units.parse_rate); default: unshaped loopback")
     args = ap.parse_args()
+    from modelimage.units import format_rate, parse_rate
+
+    link = parse_rate(args.link, what="--link") if args.link else None
 
     from modelimage.synth import write_random_shards
     from tests.hubserver import HubServer
+    from tests.link import ShapedProxy
     from tests.registry import start_registry
 
     load0 = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-modelcar-", dir="/var/tmp"))
     saved, tempfile.tempdir = tempfile.tempdir, str(work)
-    hub = reg = counter = None
+    hub = reg = counter = proxy = None
     rows: dict[str, list[dict]] = {}
     checks: dict[str, str] = {}
     spool: dict[str, list[int]] = {}
@@ -169,7 +183,12 @@ def main() -> None:
         hub.commit("bench/llm", files)
         del files
         reg = start_registry()
-        counter = ByteCounter({"registry": int(reg.host.rsplit(":", 1)[1]),
+        push_host = reg.host  # where the contenders push; checks pull from the registry itself
+        if link is not None:
+            hub.rate = link
+            proxy = ShapedProxy(reg.host, link)
+            push_host = proxy.host
+        counter = ByteCounter({"registry": int(push_host.rsplit(":", 1)[1]),
                                "hub": int(hub.url.rsplit(":", 1)[1])})
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODELIMAGE_"))}
         base_env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1")
@@ -192,14 +211,14 @@ def main() -> None:
                 env = {**base_env, "HF_HOME": str(d / "hf"), "MODELIMAGE_CACHE_DIR": str(d / "cache")}
                 repo, tag = f"{short}/r{n}", "v1"
                 if flags is None:
-                    cmd = [*MI, "build", "hf://bench/llm", "--push", f"{reg.host}/{repo}:{tag}", "-q"]
+                    cmd = [*MI, "build", "hf://bench/llm", "--push", f"{push_host}/{repo}:{tag}", "-q"]
                 elif flags == ["local"]:
-                    cmd = [*MI, "build", str(model), "--name", "llm", "--push", f"{reg.host}/{repo}:{tag}", "-q"]
+                    cmd = [*MI, "build", str(model), "--name", "llm", "--push", f"{push_host}/{repo}:{tag}", "-q"]
                 elif short.startswith("hub"):
                     cmd = flags
                 else:
                     cmd = [args.modelcar, "push", "--hf-repo", "bench/llm", "--hf-endpoint", hub.url,
-                           "--registry", reg.host, "--target-repo", repo, "--target-tag", tag,
+                           "--registry", push_host, "--target-repo", repo, "--target-tag", tag,
                            "--spool-dir", str(d / "spool"), "--quiet", *flags]
                 subprocess.run(["sync"], check=True)
                 rows.setdefault(label, []).append(measured(cmd, work, env, counter))
@@ -211,6 +230,8 @@ def main() -> None:
     finally:
         if counter is not None:
             counter.close()
+        if proxy is not None:
+            proxy.stop()
         if reg is not None:
             reg.stop()
         if hub is not None:
@@ -228,8 +249,12 @@ def main() -> None:
           f"{subprocess.run([args.modelcar, '--version'], capture_output=True, text=True).stdout.strip() or '?'}.")
     print(f"Model: {args.gib:g} GiB of random fp16 safetensors in {args.shards} files + config.json "
           f"({size / MB:.0f} MB) on the loopback Hub; median of {args.runs} runs, interleaved, each cold.")
+    print("Links: " + (f"the Hub serves at {format_rate(link)} in total, the registry is behind a TCP proxy carrying "
+                       f"each direction at {format_rate(link)} in total (tests/link.py); no latency added; the "
+                       "Hub server CPU column includes the proxy's."
+                       if link is not None else "unshaped loopback (CPU-bound)."))
     print(f"Command: `python benchmarks/bench_modelcar.py --gib {args.gib:g} --shards {args.shards} "
-          f"--runs {args.runs}{' --phases' if args.phases else ''}`.")
+          f"--runs {args.runs}{' --phases' if args.phases else ''}{f' --link {args.link}' if args.link else ''}`.")
     print()
     print("| what | wall s (runs) | CPU s | peak RSS MB | sent to registry MB | read from Hub MB | Hub server CPU s | "
           "disk used at the end MB | vs modelimage time | pulls and runs in podman |")

@@ -12,8 +12,11 @@ use, with the headers huggingface_hub checks:
 
 and answers unknown repositories, revisions and files the way the Hub does
 (404 with ``X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound``).
-With ``page_size`` set, tree listings come in pages of that many entries
-linked by ``Link: <...>; rel="next"``, as the Hub pages them (1000).
+With ``rate`` set (bytes/s), what it serves is paced at that rate in
+total across connections (:class:`tests.link.Pacer`): a node's link to the
+Hub, for benchmarks. With ``page_size`` set, tree listings come in pages
+of that many entries linked by ``Link: <...>; rel="next"``, as the Hub
+pages them (1000).
 Every request is logged in ``requests`` so tests can tell what was downloaded,
 and its headers in ``seen`` (method, path, lower-case headers). With ``redirect`` set (the
 base URL of another server, for example a second HubServer sharing
@@ -36,6 +39,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from .link import Pacer
+
+PIECE = 64 << 10  # bytes per paced write (with ``rate``)
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".onnx", ".pt")
 
 
@@ -66,8 +72,10 @@ class HubServer:
         self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path, lower-case headers)
         self.redirect: str | None = None  # base URL LFS file GETs are redirected to
         self.page_size: int | None = None  # tree listings in pages of this many entries, Link: rel="next" (Hub: 1000)
+        self.rate: float | None = None  # bytes/s: what it serves, in total across connections (tests.link.Pacer)
         self.gzip: bool | str = False  # non-LFS GETs gzip-encoded when the client accepts gzip ("always": even if not)
         self._lock = threading.Lock()
+        self._pacer: Pacer | None = None
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -84,6 +92,22 @@ class HubServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def serve(self, out, body: bytes) -> None:
+        """Write ``body`` to a client, paced at :attr:`rate` when it is set
+        (one link's rate shared by every connection, as a node's download
+        link from the Hub would carry them)."""
+        if self.rate is None:
+            out.write(body)
+            return
+        with self._lock:
+            if self._pacer is None or self._pacer.rate != self.rate:
+                self._pacer = Pacer(self.rate)
+            pacer = self._pacer
+        view = memoryview(body)
+        for i in range(0, len(view), PIECE):
+            pacer.wait(len(view[i:i + PIECE]))
+            out.write(view[i:i + PIECE])
 
     def commit(self, repo_id: str, files: dict[str, bytes], branch: str = "main") -> str:
         """Add a commit with exactly ``files`` and point ``branch`` at it."""
@@ -126,7 +150,7 @@ class HubServer:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if not head:
-                    self.wfile.write(body)
+                    hub.serve(self.wfile, body)
 
             def _json(self, obj: object, headers: dict[str, str] | None = None) -> None:
                 self._send(200, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})

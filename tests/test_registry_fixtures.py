@@ -238,3 +238,32 @@ def test_short_lived_token_expires(token_registry):
     r = httpx.get(f"{reg.url}/v2/", headers=headers)
     assert r.status_code == 401
     assert _challenge(r).get("error") == "invalid_token"
+
+
+def test_a_shaped_link_carries_the_bytes_unchanged(registry) -> None:
+    """bench_modelcar --link: the TCP proxy paced at a rate (tests/link.py) and
+    the loopback Hub paced at it give every byte as it was sent (no timing
+    asserted: the benchmark measures the rate)."""
+    from .hubserver import HubServer
+    from .link import ShapedProxy
+
+    data = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: many paced pieces
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    proxy = ShapedProxy(registry.host, 200e6)
+    hub = HubServer().start()
+    try:
+        with httpx.Client(base_url=f"http://{proxy.host}") as c:
+            start = c.post("/v2/shaped/blobs/uploads/")
+            assert start.status_code == 202, start.text
+            where = start.headers["Location"]
+            done = c.put(f"{where}{'&' if '?' in where else '?'}digest={digest}", content=data)
+            assert done.status_code == 201, done.text
+            assert c.get(f"/v2/shaped/blobs/{digest}").content == data
+        assert httpx.get(f"http://{registry.host}/v2/shaped/blobs/{digest}").content == data
+        hub.rate = 200e6
+        sha = hub.commit("org/shaped", {"model.safetensors": data})
+        got = httpx.get(f"{hub.url}/org/shaped/resolve/{sha}/model.safetensors", headers={"Range": "bytes=5-"})
+        assert got.status_code == 206 and got.content == data[5:]
+    finally:
+        hub.stop()
+        proxy.stop()
