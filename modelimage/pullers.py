@@ -94,9 +94,15 @@ class Containerd(Puller):
     """``ctr images pull`` (unpacked with containerd's default snapshotter
     and 3 downloads at a time, as a Kubernetes node does) against the containerd at
     ``$CONTAINERD_ADDRESS`` (ctr's default: /run/containerd/containerd.sock);
-    ``ctr images rm --sync`` and ``ctr content prune references`` after."""
+    ``ctr images rm --sync`` and ``ctr content prune references`` after.
+    Everything happens in a containerd namespace of its own
+    (:attr:`namespace`), so the prune after each pull cannot take content
+    of the node's own namespaces (``default``, kubelet's ``k8s.io``) that
+    no image references at that moment: a blob a user ingested, or one a
+    pull in another namespace fetched but has not yet referenced."""
 
     name, command = "containerd", "ctr"
+    namespace = "modelimage-calibration"
 
     def __init__(self, *, plain_http: bool):
         super().__init__(plain_http=plain_http)
@@ -107,12 +113,12 @@ class Containerd(Puller):
 
     def pull_command(self, ref: str) -> list[str]:
         # 3 downloads at a time, as the CRI plugin that kubelet drives (max_concurrent_downloads)
-        return ["ctr", "images", "pull", "--max-concurrent-downloads", "3",
+        return ["ctr", "-n", self.namespace, "images", "pull", "--max-concurrent-downloads", "3",
                 *(["--plain-http"] if self.plain_http else []), ref]
 
     def clear(self, ref: str) -> None:
-        _run(["ctr", "images", "rm", "--sync", ref], "ctr images rm", check=False)
-        _run(["ctr", "content", "prune", "references"], "ctr content prune", check=False)
+        _run(["ctr", "-n", self.namespace, "images", "rm", "--sync", ref], "ctr images rm", check=False)
+        _run(["ctr", "-n", self.namespace, "content", "prune", "references"], "ctr content prune", check=False)
 
     def version(self) -> str:
         out = _run(["ctr", "version"], "containerd version").stdout

@@ -42,23 +42,30 @@ def test_podman_pulls_and_clears(small_image):
 
 
 @pytest.mark.integration
-def test_containerd_pulls_unpacks_and_clears(small_image, containerd, monkeypatch):
+def test_containerd_pulls_unpacks_and_clears_only_in_its_own_namespace(small_image, containerd, monkeypatch):
+    """Calibrating on a node must not harm what the node holds: an image
+    the user pulled into the default namespace keeps every blob (the
+    puller's ``content prune references`` lets containerd's GC take the
+    compressed layers of unpacked images: run in the default namespace, it
+    took the user's too), and the calibration's image never shows up
+    there."""
     monkeypatch.setenv("CONTAINERD_ADDRESS", containerd)
 
     def ctr(*args: str) -> str:
         return subprocess.run(["ctr", *args], capture_output=True, text=True, check=True).stdout
 
-    before = set(ctr("content", "ls", "-q").split())  # the containerd is shared with other tests
+    ctr("images", "pull", "--plain-http", small_image)  # the user's own image, in "default"
+    users = set(ctr("content", "ls", "-q").split())
+    ns = ("-n", "modelimage-calibration")
     p = puller_for("containerd", plain_http=True)
     assert p.pull(small_image) > 0
-
-    assert small_image in ctr("images", "ls", "-q")
-    assert ctr("snapshots", "ls").count("Committed") >= 2  # unpacked, as a node does
+    assert small_image in ctr(*ns, "images", "ls", "-q")
+    assert ctr(*ns, "snapshots", "ls").count("Committed") >= 2  # unpacked, as a node does
     p.clear(small_image)
-    assert small_image not in ctr("images", "ls", "-q")
-    # its blobs pruned too; the prune may also take blobs other tests left unreferenced in this
-    # shared containerd, so: nothing is there that was not there before the pull
-    assert set(ctr("content", "ls", "-q").split()) <= before
+    assert small_image not in ctr(*ns, "images", "ls", "-q")
+    assert ctr(*ns, "content", "ls", "-q").split() == []  # its blobs pruned
+    assert small_image in ctr("images", "ls", "-q") and set(ctr("content", "ls", "-q").split()) == users
+    ctr("images", "rm", "--sync", small_image)
     assert p.version().startswith("containerd ")
 
 
