@@ -89,8 +89,12 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
     ``http.client`` from the URL and credentials that request ended with:
     httpx's pure-Python reads top out at 0.5-0.9 GB/s here, below loopback
     (http.client ``readinto``: 1.2 GB/s on one connection, 1.45 GB/s on
-    four; 2026-11-25). A server that ignores ``Range`` still gives a fair
-    number: each connection reads its share of bytes from the start.
+    four; 2026-11-25). Those bulk connections are the pull's own
+    (:class:`~modelimage.registry.pieces.Connections`, what
+    :class:`~modelimage.registry.fetch.BlobReader` reads with, with its
+    ``User-Agent``), so the probe measures the path a pull's bytes take. A
+    server that ignores ``Range`` still gives a fair number: each connection
+    reads its share of bytes from the start.
 
     ``transport`` (a registry's :class:`~modelimage.registry.transport.Transport`)
     stands for ``client``: its auth, its retry policy for the first request
@@ -98,11 +102,10 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
     registry request, :func:`~modelimage.registry.transport.ssl_context`,
     is used in any case).
     """
-    import http.client
-
     import httpx
 
-    from .registry.transport import ssl_context
+    from .registry.pieces import Connections, origin
+    from .registry.transport import USER_AGENT, ssl_context
 
     if connections < 1 or max_bytes < 1:
         raise ConfigError("probe_download needs at least one connection and one byte")
@@ -132,18 +135,14 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
     got = [0] * n
     errors: list[BaseException] = []
     target = final.raw_path.decode("ascii")
-    port = final.port or (443 if final.scheme == "https" else 80)
     context = transport.ssl_context if transport is not None else ssl_context(final.netloc.decode("ascii"))
 
     def fetch(k: int) -> None:
         lo, hi = bounds[k]
-        if final.scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                final.host, port, timeout=60, context=context)
-        else:
-            conn = http.client.HTTPConnection(final.host, port, timeout=60)
+        conns = Connections()
         try:
-            conn.request("GET", target, headers={**carry, "Range": f"bytes={lo}-{hi}"})
+            conn = conns.get(origin(final), 60, context)
+            conn.request("GET", target, headers={**carry, "User-Agent": USER_AGENT, "Range": f"bytes={lo}-{hi}"})
             r = conn.getresponse()
             if r.status not in (200, 206):
                 raise ModelImageError(f"cannot measure the download speed of {url}: HTTP {r.status} {r.reason}")
@@ -157,7 +156,7 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
         finally:
-            conn.close()
+            conns.shutdown()
 
     threads = [threading.Thread(target=fetch, args=(k,), daemon=True) for k in range(n)]
     t = time.perf_counter()
