@@ -10,6 +10,7 @@ as arguments.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -29,7 +30,7 @@ MiB = 2**20
 
 
 def probe_writeback(directory: str | os.PathLike, *, cache_bytes: int | None = None, beyond: int = 512 * MiB,
-                    chunk: int = 8 * MiB) -> float:
+                    chunk: int = 8 * MiB, busy: int = 2) -> float:
     """The pace, in bytes/s, at which this machine takes writes under
     ``directory`` once the page cache is full of dirty data: what an engine
     that leaves its writes to the kernel (podman, containerd) gets for every
@@ -38,11 +39,15 @@ def probe_writeback(directory: str | os.PathLike, *, cache_bytes: int | None = N
     to a temporary file, as an engine does (no fsync), times the last
     ``beyond`` bytes and removes the file (its dirty pages are dropped, not
     written). Takes a few seconds: about ``beyond`` over the disk's pace,
-    after the page cache filled.
+    after the page cache filled. Meanwhile ``busy`` threads keep cores busy
+    hashing, as a pull keeps them (the engine's hashing and unpacking, a
+    loopback registry): the kernel's flusher threads, which write the dirty
+    pages back, get the cores that are left, and that sets the pace.
 
-    Why not a short fsync'ed write: on a VM whose disk the host caches, 64
-    MiB written and fsync'ed went at 1.0-1.4 GB/s while podman's 2 GiB
-    pulls, past the page cache, went at 140-170 MB/s (2026-11-30,
+    Why so: on the project's 2-core VM a 64 MiB fsync'ed write went at
+    1.0-1.4 GB/s (the host caches the disk), this probe with idle cores at
+    355-472 MB/s, with 2 busy threads at 235 MB/s, and podman's 2 GiB pulls
+    past the page cache implied 163-223 MB/s (2026-11-30, run 6 in
     docs/benchmarks.md). Not pure: this is the probe. Raises
     ``ModelImageError`` naming ``directory`` when it cannot be written or
     has less free space than the probe needs (and 1 GiB to spare).
@@ -62,7 +67,16 @@ def probe_writeback(directory: str | os.PathLike, *, cache_bytes: int | None = N
         fd, name = tempfile.mkstemp(prefix=".modelimage-writeback-probe-", dir=Path(directory))
     except OSError as e:
         raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
+    stop = threading.Event()
+
+    def keep_a_core_busy() -> None:  # hashlib releases the GIL for big buffers: a core each
+        while not stop.is_set():
+            hashlib.sha256(data).digest()
+
+    workers = [threading.Thread(target=keep_a_core_busy, daemon=True) for _ in range(busy)]
     try:
+        for w in workers:
+            w.start()
         written, crossed, at = 0, None, 0
         while written < total:
             written += os.write(fd, data[: min(chunk, total - written)])
@@ -72,6 +86,9 @@ def probe_writeback(directory: str | os.PathLike, *, cache_bytes: int | None = N
     except OSError as e:
         raise ModelImageError(f"cannot measure the disk under {directory}: {e}") from e
     finally:
+        stop.set()
+        for w in workers:
+            w.join()
         os.close(fd)
         os.unlink(name)
     return (written - at) / max(elapsed, 1e-9)

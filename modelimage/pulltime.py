@@ -175,7 +175,8 @@ def probe_disk(layers: list[LayerSpec], engine: Engine, where: Path) -> dict[str
     pulling ``layers``: always the page cache's room for dirty data
     (``write_cache_bytes``, :func:`~modelimage.probes.probe_write_cache`, no
     I/O); the pace past it (``disk_bps``,
-    :func:`~modelimage.probes.probe_writeback`, a few seconds of writes)
+    :func:`~modelimage.probes.probe_writeback`: what the pull writes past
+    the cache, at most as much again, with the cores kept busy; seconds)
     only when the pull would write more than that and the engine leaves
     its writes to the kernel: otherwise the disk cannot change the estimate.
     Raises ``ModelImageError`` when the disk cannot be measured."""
@@ -185,7 +186,8 @@ def probe_disk(layers: list[LayerSpec], engine: Engine, where: Path) -> dict[str
     written = est.estimate_pull(layers, bandwidth_bps=math.inf, engine=engine).peak_disk_bytes
     if engine.syncs or written <= cache:
         return {"write_cache_bytes": cache}
-    beyond = min(max(written - cache, 64 * est.MiB), 512 * est.MiB)  # no more than the pull would write past it
+    beyond = min(max(written - cache, 64 * est.MiB), max(cache, 64 * est.MiB))  # what the pull writes past it, at
+    # most as much again (the kernel throttles writers by the time dirty data is twice its background threshold)
     return {"write_cache_bytes": cache, "disk_bps": probes.probe_writeback(where, cache_bytes=cache, beyond=beyond)}
 
 

@@ -49,7 +49,7 @@ def _counts(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--probe", is_flag=True,
               help="Measure what can be measured without the engine: the link from the registry (REF), the "
                    "page cache's room for dirty data, and, when the pull writes more than that, the pace the "
-                   "disk takes writes past it (a few seconds of writes).")
+                   "disk takes writes past it (seconds of writes under --disk-dir, removed after).")
 @click.option("--disk-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where --probe measures the disk (default: the engine's storage if it exists, else /tmp).")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Downloads at a time (default: the engine's).")
