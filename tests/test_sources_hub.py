@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -40,13 +40,24 @@ WEIGHTS = "model-00001-of-00002.safetensors"
 
 @dataclass(frozen=True)
 class Listed(RangedObject):
-    """A remote file whose source lists a sha256 (like a Hub LFS file)."""
+    """A remote file whose source lists a sha256 (like a Hub LFS file):
+    ``data`` its bytes, ``listed`` the sha256 its source lists (default:
+    that of ``data``), ``served`` the bytes a read gives (default ``data``;
+    others stand for a corrupted answer), ``reads`` the ranges asked for.
+    Also the double of tests/test_splitcheck.py."""
 
     data: bytes
-    expected_sha256: str
+    listed: str | None = None
+    served: bytes | None = None
+    where: str = "mem://bucket/dir/weights.bin"
+    reads: list[tuple[int, int]] = field(default_factory=list, compare=False, hash=False)
 
     def __str__(self) -> str:
-        return "mem://bucket/dir/weights.bin"
+        return self.where
+
+    @property
+    def expected_sha256(self) -> str:
+        return self.listed or hashlib.sha256(self.data).hexdigest()
 
     @property
     def size(self) -> int:
@@ -61,11 +72,16 @@ class Listed(RangedObject):
         return ["mem", self.size, self.expected_sha256]
 
     def get(self, offset: int, length: int) -> bytes:
-        return self.data[offset:offset + length]
+        return self._bytes[offset:offset + length]
 
     def read(self, offset: int, length: int) -> Iterator[bytes]:
+        self.reads.append((offset, length))
         for o in range(offset, offset + length, 1000):
-            yield self.data[o:min(o + 1000, offset + length)]
+            yield self._bytes[o:min(o + 1000, offset + length)]
+
+    @property
+    def _bytes(self) -> bytes:
+        return self.data if self.served is None else self.served
 
 
 class Collect:

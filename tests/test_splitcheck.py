@@ -8,17 +8,14 @@ push, and pull back as the shards a local build gives."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from modelimage import synth
-from modelimage.content import FileRange, Literal, RangedObject, VirtualFile
+from modelimage.content import FileRange, Literal, VirtualFile
 from modelimage.errors import SourceError
 from modelimage.splitcheck import SplitChecks
 from modelimage.tarstream import Digester, Entry, LayerStream, blob_chunks
@@ -26,43 +23,9 @@ from modelimage.tarstream import Digester, Entry, LayerStream, blob_chunks
 from .faultproxy import FaultProxy, Rule, Spoil
 from .images import read_image
 from .test_sources_hf import _modelimage
+from .test_sources_hub import Listed
 
 # ---------------------------------------------------------------- in process
-
-
-@dataclass(frozen=True)
-class Listed(RangedObject):
-    """A remote file whose source lists a sha256 (like a Hub LFS file);
-    ``served`` are the bytes it gives (``data`` unless corrupted), and
-    ``reads`` counts the bytes read."""
-
-    data: bytes
-    served: bytes
-    reads: list[tuple[int, int]] = field(default_factory=list, compare=False, hash=False)
-
-    def __str__(self) -> str:
-        return "mem://repo/model.safetensors"
-
-    @property
-    def expected_sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    @property
-    def stamp(self) -> tuple[int, str]:
-        return (self.size, self.expected_sha256)
-
-    @property
-    def identity(self) -> list[str | int]:
-        return ["mem", self.size, self.expected_sha256]
-
-    def read(self, offset: int, length: int) -> Iterator[bytes]:
-        self.reads.append((offset, length))
-        for o in range(offset, offset + length, 1000):
-            yield self.served[o:min(o + 1000, offset + length)]
 
 
 DATA = bytes(range(256)) * 120  # 30720 bytes
@@ -73,7 +36,7 @@ def _obj(flip: int | None = None) -> Listed:
     served = bytearray(DATA)
     if flip is not None:
         served[flip] ^= 0xFF
-    return Listed(DATA, bytes(served))
+    return Listed(DATA, served=bytes(served), where="mem://repo/model.safetensors")
 
 
 def _streams(obj: Listed, pieces: list[list[tuple[int, int]]]) -> list[LayerStream]:
