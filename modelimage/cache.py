@@ -12,6 +12,13 @@ new key. Entries are small JSON files under the user cache directory
 ``~/.cache/modelimage``), written atomically; deleting the folder is always
 safe. ``MODELIMAGE_NO_CACHE=1`` turns it off.
 
+A layer holding pieces of a listed file spread over several layers
+(:mod:`modelimage.splitcheck`) is only taken from an entry that records the
+whole-file check passed (``"split_checked": true``, written once that file
+checked). Entries without it (written before that check existed, or of a
+layer with no split file) are not trusted for such a layer: it is streamed
+again, and so checked.
+
 It also remembers which repositories of which registries already hold a
 blob, so a push can mount it from there instead of uploading it again.
 """
@@ -67,17 +74,29 @@ class DigestCache:
             parts.append([e.path, segs])
         return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
 
-    def get(self, key: str | None) -> LayerResult | None:
+    def get(self, key: str | None, *, split_checked: bool = False) -> LayerResult | None:
+        """The layer remembered under ``key``, or None (no entry, unreadable,
+        cache off). ``split_checked``: only an entry whose split listed files
+        checked whole (see :meth:`put`); older entries lack that proof."""
         if not self.enabled or key is None:
             return None
         try:
-            return LayerResult.from_json(json.loads((self.root / "layers" / f"{key}.json").read_bytes()))
-        except (OSError, ValueError, KeyError, TypeError):
+            entry = json.loads((self.root / "layers" / f"{key}.json").read_bytes())
+            if split_checked and entry.get("split_checked") is not True:
+                return None
+            return LayerResult.from_json(entry)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def put(self, key: str | None, result: LayerResult) -> None:
+    def put(self, key: str | None, result: LayerResult, *, split_checked: bool = False) -> None:
+        """Remember ``result`` under ``key``; ``split_checked``: the listed
+        files this layer holds pieces of checked whole against their sha256
+        (:meth:`modelimage.splitcheck.SplitChecks.verify` passed)."""
         if self.enabled and key is not None:
-            self._write(self.root / "layers" / f"{key}.json", result.to_json())
+            entry = result.to_json()
+            if split_checked:
+                entry["split_checked"] = True
+            self._write(self.root / "layers" / f"{key}.json", entry)
 
     # ------------------------------------------------------------ where blobs live
 

@@ -74,12 +74,13 @@ def store_layer(stream: LayerStream, sink: Sink, cache: DigestCache, *, compress
     from the files. Returns the digests and what was done (``exists``,
     ``mounted``, or the sink's ``put_layer`` action). A stream holding
     pieces of a listed file spread over layers waits for the layers before
-    it that hold pieces of that file, and its cache entry is written only
-    once that file checks (:mod:`modelimage.splitcheck`). Raises
+    it that hold pieces of that file, its cache entry is written only
+    once that file checks (:mod:`modelimage.splitcheck`), and only an entry
+    recording that check is reused for it. Raises
     :class:`LayerTooLarge` when the stored blob is over ``max_layer_size``
     bytes (a gzip layer that grew)."""
     key = cache.key(stream, compression)
-    known = cache.get(key)
+    known = cache.get(key, split_checked=stream.split is not None)  # no proof of the whole-file check: streamed
     if known is not None and known.tar_size != stream.size:
         known = None
     # pieces of a listed file spread over layers: its layers one after another, in order (splitcheck)
@@ -91,7 +92,7 @@ def store_layer(stream: LayerStream, sink: Sink, cache: DigestCache, *, compress
         else:
             result, action = sink.put_layer(stream, compression=compression, known=known, progress=progress)
             if stream.split is not None:  # remembered once those files check whole
-                stream.split.after_check(partial(cache.put, key, result))
+                stream.split.after_check(partial(cache.put, key, result, split_checked=True))
             else:
                 cache.put(key, result)
     if result.size > max_layer_size:

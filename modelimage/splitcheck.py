@@ -24,8 +24,9 @@ by the layers as they stream (no second download, nothing buffered):
 :meth:`SplitChecks.verify` runs after every layer is stored and before the
 config and manifest are: a file whose bytes disagree with its listing is
 one :class:`~modelimage.errors.SourceError` naming it, so nothing is tagged.
-Its layers' digest-cache entries are written only once it checks, so a
-later build never trusts a layer of unchecked bytes.
+Its layers' digest-cache entries are written only once it checks, and
+record that it did (``split_checked``): a later build reuses no layer of
+unchecked bytes, not even one an older modelimage cached before this check.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -63,6 +64,26 @@ def test_remembers_repositories(tmp_path):
     cache.remember("sha256:ab", "reg:5000", "team/a")
     assert cache.repositories("sha256:ab", "reg:5000") == ["team/a", "team/b"]
     assert cache.repositories("sha256:ab", "other") == []
+
+
+def test_a_layer_of_a_split_file_needs_an_entry_recording_its_check(tmp_path):
+    """An entry as modelimage wrote it before split files were checked whole
+    (no ``split_checked``) serves an ordinary layer, never a layer holding
+    pieces of a split listed file; one put after the check serves both."""
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    cache = DigestCache(tmp_path / "cache")
+    stream = LayerStream([Entry("m/w.bin", VirtualFile.whole("w.bin", f, 1000))])
+    key = cache.key(stream, "none")
+    result = modelimage.tarstream.LayerResult("sha256:" + "1" * 64, 2048, "sha256:" + "1" * 64, 2048, ())
+    entry = cache.root / "layers" / f"{key}.json"
+    entry.parent.mkdir(parents=True)
+    entry.write_text(json.dumps(result.to_json()))  # the old format: the layer's digests, nothing more
+    assert cache.get(key) == result
+    assert cache.get(key, split_checked=True) is None
+    cache.put(key, result, split_checked=True)
+    assert json.loads(entry.read_bytes())["split_checked"] is True
+    assert cache.get(key) == result and cache.get(key, split_checked=True) == result
 
 
 @pytest.mark.parametrize("cut", [0, 1, 511, 512, 513, 4096, 99_999])

@@ -8,7 +8,10 @@ push, and pull back as the shards a local build gives."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -257,3 +260,58 @@ def test_a_corrupted_byte_in_the_middle_piece_fails_the_push(how, hub, big, regi
     local, _, _ = read_image(tmp_path / "local", "v1")
     pushed = httpx.get(manifest, headers=accept).json()
     assert [x["digest"] for x in pushed["layers"]] == [x["digest"] for x in local["layers"]]
+
+
+# modelimage as it was before split files were checked whole (bbeefc1): no SplitChecks, so the
+# layers of a split file went into the digest cache at once, in the old entry format
+_BEFORE_THE_CHECK = ("import sys; from modelimage.splitcheck import SplitChecks; "
+                     "SplitChecks.of = classmethod(lambda cls, *a, **k: cls()); "
+                     "from modelimage.__main__ import main; sys.argv[0] = 'modelimage'; main()")
+
+
+@pytest.mark.integration
+def test_a_layer_an_older_version_cached_unchecked_is_checked_not_reused(hub, big, tmp_path) -> None:
+    """An older modelimage built the split file into a layout from a Hub
+    that served it corrupted (exit 0) and cached its layers without the
+    whole-file check. This version does not reuse those entries for the
+    split file's layers: it streams them again, the check fails, one line,
+    exit 1, the layout as it was. With the right bytes it builds the layers
+    a local build gives, and an unchanged rebuild then reuses the cache
+    (every layer ``exists``, entries recording the check)."""
+    folder, files, sha = big
+    good = files[WEIGHTS]
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    env = _env(hub.url, tmp_path)
+    out = tmp_path / "out"
+    layers_dir = tmp_path / "mi-cache" / "v1" / "layers"
+    hub.repos[REPO].commits[sha][WEIGHTS] = bytes(bad)  # served bytes only: the listed digests stay
+    try:
+        old = subprocess.run([sys.executable, "-c", _BEFORE_THE_CHECK, "build", f"hf://{REPO}", *SPLIT,
+                              "-o", f"oci:{out}:old"], env=env, capture_output=True, text=True, timeout=120)
+        assert old.returncode == 0, old.stderr  # the trust gap this version closes
+        entries = [json.loads(p.read_bytes()) for p in layers_dir.glob("*.json")]
+        assert len(entries) >= 4 and not any("split_checked" in e for e in entries)  # the old format
+        index = (out / "index.json").read_bytes()
+        proc = _modelimage("build", f"hf://{REPO}", *SPLIT, "-o", f"oci:{out}:v2", env=env, check=False)
+    finally:
+        hub.repos[REPO].commits[sha][WEIGHTS] = good
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"error: hf://{REPO}@{sha}/{WEIGHTS}: the bytes the Hub sent have sha256 ")
+    assert lines[0].endswith("nothing was written: the layout is as it was")
+    assert (out / "index.json").read_bytes() == index  # no v2
+
+    _modelimage("build", str(folder), *SPLIT, "-o", f"oci:{tmp_path}/local:v1", env=env)
+    local, _, _ = read_image(tmp_path / "local", "v1")
+    want = [x["digest"] for x in local["layers"]]
+    first = json.loads(_modelimage("build", f"hf://{REPO}", *SPLIT, "-o", f"oci:{out}:v3", "--json", env=env).stdout)
+    assert [x["digest"] for x in first["layers"]] == want
+    again = json.loads(_modelimage("build", f"hf://{REPO}", *SPLIT, "-o", f"oci:{out}:v4", "--json", env=env).stdout)
+    assert again["digest"] == first["digest"]
+    assert {x["action"] for x in again["layers"]} == {"exists"}  # the cache's entries, reused
+    split = {x["digest"] for x in again["layers"] if any(f["path"].endswith(".safetensors") for f in x["files"])}
+    assert len(split) == 3
+    checked = {e["digest"] for p in layers_dir.glob("*.json") if (e := json.loads(p.read_bytes())).get("split_checked")}
+    assert split <= checked

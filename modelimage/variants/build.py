@@ -168,13 +168,16 @@ class _Memo:
     def key(self, stream: LayerStream, compression: str) -> str | None:
         return self.cache.key(stream, compression)
 
-    def get(self, key: str | None) -> LayerResult | None:
-        return self.stored.get(key) if key is not None and key in self.stored else self.cache.get(key)
+    def get(self, key: str | None, *, split_checked: bool = False) -> LayerResult | None:
+        if key is not None and key in self.stored:
+            result, checked = self.stored[key]
+            return result if checked or not split_checked else None
+        return self.cache.get(key, split_checked=split_checked)
 
-    def put(self, key: str | None, result: LayerResult) -> None:
+    def put(self, key: str | None, result: LayerResult, *, split_checked: bool = False) -> None:
         if key is not None:
-            self.stored[key] = result
-        self.cache.put(key, result)
+            self.stored[key] = (result, split_checked)
+        self.cache.put(key, result, split_checked=split_checked)
 
 
 @dataclass
