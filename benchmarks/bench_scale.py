@@ -22,8 +22,16 @@ in this order, with only one copy of the bytes on disk at a time:
 
 Each command runs under ``/usr/bin/time``: wall seconds, CPU seconds (user
 + system) and peak RSS. Sizes up to ``--median-upto`` GiB run ``--runs``
-times (medians), bigger ones once. Before each size the script checks
-``df`` and stops if the size would leave less than ``--keep-free`` GB.
+times (medians), bigger ones once; sizes over ``--peers-upto`` GiB run
+steps 2, 4 and 6 only. Every timed step starts after a ``sync``; with
+``--drop-caches`` (root) also with an empty page cache (``echo 3 >
+/proc/sys/vm/drop_caches``), so a 1 GiB model is not read from memory
+while a 32 GiB one, which the page cache cannot hold, is read again.
+Before every step that writes, the script checks the free space and, if
+the step would leave less than ``--keep-free`` GB, stops there: it removes
+what it wrote, prints the sizes it finished (and keeps them in ``--json``),
+leaves the docs as they were and exits 1. A run needs
+about the biggest size plus 2 % free, plus ``--keep-free``.
 
 **File counts** (``--files 100,10000,100000``): a tokenizer-and-assets
 heavy model of N small files (200-4000 random bytes, 1,000 a folder) plus
@@ -38,6 +46,7 @@ between ``<!-- bench_scale:begin -->`` and ``<!-- bench_scale:end -->``.
 Everything it writes lives under a folder in /var/tmp, removed at the end.
 
     nice -n 10 python benchmarks/bench_scale.py [--sizes 1,4,16,32] [--files 100,10000,100000] [--runs 3]
+    python benchmarks/bench_scale.py --sizes 1,4,16,32 --files '' --drop-caches --keep-free 3   # a quiet machine
     python benchmarks/bench_scale.py --replot a.json b.json   # the plot and the doc again (later files win)
 """
 
@@ -93,8 +102,45 @@ def mi_env(work: Path) -> dict:
     return env
 
 
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+drop_caches = False  # set by --drop-caches: settle() empties the page cache too
+
+
 def sync() -> None:
     subprocess.run(["sync"], check=True)
+
+
+def settle() -> None:
+    """Before a timed step: ``sync`` (nothing of an earlier step is still
+    being written), and with ``--drop-caches`` write 3 to
+    /proc/sys/vm/drop_caches (page cache, dentries and inodes dropped), so
+    every step and every size reads its source the same way: from the disk,
+    or for the sparse shards' holes, zero-filled again by the kernel.
+
+    Raises SystemExit (one line) when the kernel does not allow it."""
+    sync()
+    if drop_caches:
+        try:
+            DROP_CACHES.write_text("3\n")
+        except OSError as e:
+            raise SystemExit(f"--drop-caches: cannot write 3 to {DROP_CACHES} ({e.strerror or e}): it needs root "
+                             "and a writable /proc/sys (not a container's read-only one); or leave --drop-caches "
+                             "out") from None
+
+
+class NoRoom(Exception):
+    """The disk would keep less than --keep-free GB if the next step ran."""
+
+
+def room(work: Path, nbytes: float, keep_free: float, what: str) -> None:
+    """Raise NoRoom unless ``nbytes`` more (what the next step writes: one
+    copy of the model) still leave ``keep_free`` GB free where ``work`` is.
+    Checked before every step that writes, not only before each size: the
+    disk is shared, and others write while a size runs."""
+    free = free_bytes(work)
+    if free - nbytes < keep_free * 1e9:
+        raise NoRoom(f"{what} writes {nbytes / 1e9:.1f} GB and {free / 1e9:.1f} GB are free: it would leave less "
+                     f"than --keep-free {keep_free:g} GB")
 
 
 def free_bytes(path: Path) -> int:
@@ -163,6 +209,7 @@ def curl_put(host: str, files: list[Path], work: Path) -> dict:
             f'curl -s -f -o /dev/null -X PUT -H "Content-Type: application/octet-stream" -T {f} '
             f'"$loc&digest=sha256:{h.hexdigest()}"')
     (work / "put.sh").write_text("\n".join(script) + "\n")
+    settle()  # after the hashing, which read the files into the page cache
     return measured(["bash", str(work / "put.sh")], work)
 
 
@@ -188,8 +235,9 @@ def manifest_of(host: str, repo: str, tag: str) -> tuple[dict, int]:
 
 
 def timed_mi(rows: dict[str, list[dict]], row: str, work: Path, *args: str) -> None:
-    """``modelimage ARGS -q``, after a sync, measured into ``rows[row]``."""
-    sync()
+    """``modelimage ARGS -q``, after settle() (a sync; with --drop-caches an
+    empty page cache too), measured into ``rows[row]``."""
+    settle()
     rows.setdefault(row, []).append(measured([*MI, *args, "-q"], work, env=mi_env(work)))
 
 
@@ -198,44 +246,55 @@ def samples(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
     return {k: [{f: v[f] for f in FIELDS} for v in vs] for k, vs in rows.items()}
 
 
-def run_size(gib: float, runs: int, work: Path, keep_free: float) -> dict:
+def run_size(gib: float, runs: int, work: Path, keep_free: float, peers: bool = True) -> dict:
+    """One point of the size curve: the six steps of the module's docstring,
+    ``runs`` times; without ``peers``, modelimage's three only (no cp, curl
+    PUT, curl GET: about half the time of a size). Returns its samples
+    (seconds, bytes) as the JSON keeps them. Raises NoRoom before a step
+    that would leave less than ``keep_free`` GB free."""
     from tests.registry import start_registry
 
-    need = gib * GIB * 1.08 + keep_free * 1e9
-    if free_bytes(work) < need:
-        raise SystemExit(f"{gib:g} GiB needs {need / 1e9:.0f} GB free here (with --keep-free); "
-                         f"{free_bytes(work) / 1e9:.0f} GB are: stopping")
+    copy = gib * GIB * 1.02  # one copy of the model on the disk: the shards, a tar's headers, the manifests
+    room(work, copy, keep_free, f"{gib:g} GiB")
     model = work / "model"
     size = sparse_model(model, gib)
     rows: dict[str, list[dict]] = {}
     try:
         for _ in range(runs):
             # 1-2: the disk, then a layout build
-            sync()
-            rows.setdefault("cp", []).append(measured(
-                ["sh", "-c", 'cp -r --sparse=never "$1" "$2" && sync "$2"/*', "cp", str(model), str(work / "cp")],
-                work))
-            shutil.rmtree(work / "cp")
+            if peers:
+                room(work, copy, keep_free, f"{gib:g} GiB: cp")
+                settle()
+                rows.setdefault("cp", []).append(measured(
+                    ["sh", "-c", 'cp -r --sparse=never "$1" "$2" && sync "$2"/*', "cp", str(model), str(work / "cp")],
+                    work))
+                shutil.rmtree(work / "cp")
+            room(work, copy, keep_free, f"{gib:g} GiB: build -o oci:")
             timed_mi(rows, "build", work, "build", str(model), "-o", f"oci:{work / 'oci'}:v1")
             shutil.rmtree(work / "oci")
             # 3-4: raw PUTs, then build --push (a fresh registry each)
-            reg = start_registry()
-            try:
-                sync()
-                rows.setdefault("put", []).append(curl_put(reg.host, sorted(model.glob("*.safetensors")), work))
-            finally:
-                reg.stop()
+            if peers:
+                room(work, copy, keep_free, f"{gib:g} GiB: curl PUT")
+                reg = start_registry()
+                try:
+                    rows.setdefault("put", []).append(curl_put(reg.host, sorted(model.glob("*.safetensors")), work))
+                finally:
+                    reg.stop()
+            room(work, copy, keep_free, f"{gib:g} GiB: build --push")
             reg = start_registry()
             try:
                 ref = f"{reg.host}/scale/m:v1"
                 timed_mi(rows, "push", work, "build", str(model), "--push", ref)
                 dig_holes(reg.root)
-                manifest, _ = manifest_of(reg.host, "scale/m", "v1")
-                digests = [d["digest"] for d in manifest["layers"]]
                 # 5-6: raw GETs, then modelimage pull
-                sync()
-                rows.setdefault("get", []).append(curl_get(reg.host, "scale/m", digests, work / "get", work))
-                shutil.rmtree(work / "get")
+                if peers:
+                    manifest, _ = manifest_of(reg.host, "scale/m", "v1")
+                    digests = [d["digest"] for d in manifest["layers"]]
+                    room(work, copy, keep_free, f"{gib:g} GiB: curl GET")
+                    settle()
+                    rows.setdefault("get", []).append(curl_get(reg.host, "scale/m", digests, work / "get", work))
+                    shutil.rmtree(work / "get")
+                room(work, copy, keep_free, f"{gib:g} GiB: pull")
                 timed_mi(rows, "pull", work, "pull", ref, str(work / "dest"))
                 shutil.rmtree(work / "dest")
             finally:
@@ -244,7 +303,7 @@ def run_size(gib: float, runs: int, work: Path, keep_free: float) -> dict:
         shutil.rmtree(model, ignore_errors=True)
         for leftover in ("cp", "oci", "get", "dest"):
             shutil.rmtree(work / leftover, ignore_errors=True)
-    return {"gib": gib, "bytes": size, "runs": runs,
+    return {"gib": gib, "bytes": size, "runs": runs, "drop_caches": drop_caches,
             "rows": samples(rows)}
 
 
@@ -257,10 +316,10 @@ def run_files(n: int, runs: int, work: Path) -> dict:
     extra: dict = {}
     try:
         for _ in range(runs):
-            sync()
+            settle()
             rows.setdefault("tar -cf", []).append(measured(["tar", "-cf", str(work / "m.tar"), "-C", str(model), "."],
                                                            work))
-            sync()
+            settle()
             (work / "untar").mkdir()
             rows.setdefault("tar -xf", []).append(measured(["tar", "-xf", str(work / "m.tar"), "-C",
                                                             str(work / "untar")], work))
@@ -288,7 +347,7 @@ def run_files(n: int, runs: int, work: Path) -> dict:
         for leftover in ("untar", "oci", "dest"):
             shutil.rmtree(work / leftover, ignore_errors=True)
         (work / "m.tar").unlink(missing_ok=True)
-    return {"files": n, "bytes": size, "runs": runs, **extra,
+    return {"files": n, "bytes": size, "runs": runs, "drop_caches": drop_caches, **extra,
             "rows": samples(rows)}
 
 
@@ -321,23 +380,27 @@ def size_table(sizes: list[dict]) -> tuple[str, list[str]]:
     for s in sizes:
         gib = s["bytes"] / GIB
         for key, peer, label, _ in steps:
-            r, p = s["rows"][key], s["rows"][peer]
-            w, pw = med(r, "wall"), med(p, "wall")
+            r, p = s["rows"][key], s["rows"].get(peer)  # no peer rows: a size over --peers-upto
+            w = med(r, "wall")
+            vs, per = (f"{w / med(p, 'wall'):.2f}x {peer_name[peer]}", f"{med(p, 'wall') / gib:.2f}") if p else ("", "")
             lines.append(f"| {s['gib']:g} GiB | {s['runs']} | {label} | {w:.1f} | {w / gib:.2f} | "
-                         f"{w / pw:.2f}x {peer_name[peer]} | {med(r, 'cpu'):.1f} | {med(r, 'cpu') / gib:.2f} | "
-                         f"{max(x['rss'] for x in r) / MB:.0f} | {pw / gib:.2f} | {load_of(r + p, s)} |")
+                         f"{vs} | {med(r, 'cpu'):.1f} | {med(r, 'cpu') / gib:.2f} | "
+                         f"{max(x['rss'] for x in r) / MB:.0f} | {per} | {load_of(r + (p or []), s)} |")
     for key, peer, label, rss_goal in steps:
         per_gib = [med(s["rows"][key], "wall") / (s["bytes"] / GIB) for s in sizes]
         cpu_gib = [med(s["rows"][key], "cpu") / (s["bytes"] / GIB) for s in sizes]
-        ratio = [med(s["rows"][key], "wall") / med(s["rows"][peer], "wall") for s in sizes]
+        ratio = [med(s["rows"][key], "wall") / med(s["rows"][peer], "wall") for s in sizes if peer in s["rows"]]
         rss = [max(x["rss"] for x in s["rows"][key]) / MB for s in sizes]
         spread = (max(per_gib) - min(per_gib)) / min(per_gib)
         cspread = (max(cpu_gib) - min(cpu_gib)) / min(cpu_gib)
-        rspread = (max(ratio) - min(ratio)) / min(ratio)
+        peered = ""
+        if ratio:
+            rspread = (max(ratio) - min(ratio)) / min(ratio)
+            peered = (f"ratio to its peer {min(ratio):.2f}-{max(ratio):.2f}x (spread {rspread * 100:.0f} %"
+                      + (f", {len(ratio)} of {len(sizes)} sizes" if len(ratio) < len(sizes) else "") + "); ")
         verdicts.append(
             f"{label}: wall s/GiB {min(per_gib):.2f}-{max(per_gib):.2f} (spread {spread * 100:.0f} %, goal <= 10 %: "
-            f"{'pass' if spread <= 0.10 else '**miss**'}); CPU s/GiB spread {cspread * 100:.0f} %; ratio to its peer "
-            f"{min(ratio):.2f}-{max(ratio):.2f}x (spread {rspread * 100:.0f} %); "
+            f"{'pass' if spread <= 0.10 else '**miss**'}); CPU s/GiB spread {cspread * 100:.0f} %; {peered}"
             f"peak RSS {min(rss):.0f}-{max(rss):.0f} MB "
             f"(goal < {rss_goal} MB: {'pass' if max(rss) < rss_goal else '**miss**'})")
     return "\n".join(lines), verdicts
@@ -390,11 +453,12 @@ def plot(sizes: list[dict], path: Path) -> None:
     for key, peer in (("build", "cp"), ("push", "put"), ("pull", "get")):
         a.plot(gibs, [med(s["rows"][key], "wall") / g for s, g in zip(sizes, gibs)], "o-", color=colours[key],
                label=labels[key])
-        a.plot(gibs, [med(s["rows"][peer], "wall") / g for s, g in zip(sizes, gibs)], "x--", color=colours[key],
+        pg = [(g, s["rows"][peer]) for s, g in zip(sizes, gibs) if peer in s["rows"]]  # sizes with peers
+        a.plot([g for g, _ in pg], [med(p, "wall") / g for g, p in pg], "x--", color=colours[key],
                alpha=0.6, label=labels[peer])
         c.plot(gibs, [med(s["rows"][key], "cpu") / g for s, g in zip(sizes, gibs)], "o-", color=colours[key],
                label=labels[key])
-        c.plot(gibs, [med(s["rows"][peer], "cpu") / g for s, g in zip(sizes, gibs)], "x--", color=colours[key],
+        c.plot([g for g, _ in pg], [med(p, "cpu") / g for g, p in pg], "x--", color=colours[key],
                alpha=0.6, label=labels[peer])
         b.plot(gibs, [max(x["rss"] for x in s["rows"][key]) / MB for s in sizes], "o-", color=colours[key],
                label=labels[key])
@@ -449,7 +513,10 @@ def report(data: dict) -> str:
         "with other test suites: anything over 2 means the step waited for a core)."]
     if data.get("sizes"):
         body, verdicts = size_table(data["sizes"])
-        out += ["", "**Model size** (4 sparse safetensors files + config.json; peers in the same run):", "",
+        dropped = all(s.get("drop_caches") for s in data["sizes"])
+        how = ("; `sync` and the page cache dropped (`echo 3 > /proc/sys/vm/drop_caches`) before every step, "
+               "modelimage's and the peers'" if dropped else "")
+        out += ["", f"**Model size** (4 sparse safetensors files + config.json; peers in the same run{how}):", "",
                 "![seconds per GiB and peak RSS against model size](scale.png)", "", body, ""]
         out += [f"- {v}" for v in verdicts]
     if data.get("files"):
@@ -465,7 +532,17 @@ def main() -> None:
     ap.add_argument("--files", default="100,10000,100000", help="file counts, comma-separated ('' for none)")
     ap.add_argument("--runs", type=int, default=3, help="runs per point up to --median-upto GiB (medians)")
     ap.add_argument("--median-upto", type=float, default=4, help="bigger sizes run once")
-    ap.add_argument("--keep-free", type=float, default=15, help="GB of disk to leave to others")
+    ap.add_argument("--peers-upto", type=float, default=float("inf"),
+                    help="GiB: bigger sizes run modelimage's build, build --push and pull only, without the peers "
+                         "(cp, curl PUT, curl GET): about half the time of such a size (default: peers at every size)")
+    ap.add_argument("--keep-free", type=float, default=15,
+                    help="GB of disk to leave to others: checked before every step that writes; when the next "
+                         "step would leave less, the run stops there, removes what it wrote, prints the sizes "
+                         "it finished (and --json keeps them), leaves the docs alone and exits 1")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="before every timed step (modelimage's and the peers'), sync and write 3 to "
+                         "/proc/sys/vm/drop_caches, so each size reads its source the same way, not from a page "
+                         "cache that holds small models only; needs root (checked first)")
     ap.add_argument("--json", type=Path, help="write the results here too")
     ap.add_argument("--replot", type=Path, nargs="+",
                     help="results JSON of earlier runs (later ones win for a point): only plot and write the doc")
@@ -473,6 +550,17 @@ def main() -> None:
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill PID: the finally blocks still clean up
+    global drop_caches
+    drop_caches = args.drop_caches and not args.replot
+    stopped = ""
+    if drop_caches:
+        settle()  # fails here, before anything is written, if the kernel does not allow it
+    if not args.no_write and (args.replot or any(x for x in args.sizes.split(","))):
+        try:  # the plot comes last: find out now, not after half an hour of measuring
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("docs/scale.png needs matplotlib: pip install -e '.[bench]' (or --no-write --json F "
+                             "now and --replot F where it is installed)") from None
     if args.replot:
         data = merge(args.replot)
     else:
@@ -484,15 +572,20 @@ def main() -> None:
         data = {"date": str(date.today()), "machine": f"{platform.node()} ({platform.machine()}, "
                 f"{os.cpu_count()} cores)", "command": "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:]),
                 "sizes": [], "files": []}
+        t0 = time.monotonic()
         try:
             for n in [int(x) for x in args.files.split(",") if x]:
                 data["files"].append(run_files(n, args.runs, work))
-                print(f"{n} files done", file=sys.stderr)
+                print(f"{n} files done ({time.monotonic() - t0:.0f} s in)", file=sys.stderr)
             for g in [float(x) for x in args.sizes.split(",") if x]:
-                data["sizes"].append(run_size(g, args.runs if g <= args.median_upto else 1, work, args.keep_free))
-                print(f"{g:g} GiB done", file=sys.stderr)
+                data["sizes"].append(run_size(g, args.runs if g <= args.median_upto else 1, work, args.keep_free,
+                                              peers=g <= args.peers_upto))
+                print(f"{g:g} GiB done ({time.monotonic() - t0:.0f} s in, load {os.getloadavg()[0]:.1f})",
+                      file=sys.stderr)
                 if args.json:  # partial results survive a later failure
                     args.json.write_text(json.dumps({**data, "load": [load0, os.getloadavg()[0]]}, indent=1))
+        except NoRoom as e:
+            stopped = f"stopped: {e}; what it wrote is removed"
         finally:
             tempfile.tempdir = saved
             shutil.rmtree(work, ignore_errors=True)
@@ -501,6 +594,10 @@ def main() -> None:
             args.json.write_text(json.dumps(data, indent=1))
     block = report(data)
     print(block)
+    if stopped:  # a part of the curve does not replace the whole one in the docs
+        raise SystemExit(f"bench_scale: {stopped}; docs/benchmarks.md and docs/scale.png left as they were (the "
+                         "table above has the sizes it finished" + (f"; --replot {args.json} writes them)"
+                                                                    if args.json and data["sizes"] else ")"))
     if not args.no_write:
         if data.get("sizes"):
             plot(data["sizes"], PNG)
