@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from modelimage import calibrate, probes  # noqa: E402
 from modelimage.estimate import estimate_pull  # noqa: E402
-from modelimage.fit import Calibration, Sample  # noqa: E402
+from modelimage.fit import Calibration, Sample, fit  # noqa: E402
 from modelimage.pullers import puller_for  # noqa: E402
 from modelimage.pulltime import probe_disk  # noqa: E402
 from modelimage.units import format_size, parse_size  # noqa: E402
@@ -124,7 +124,7 @@ def check_group(results: dict, engine: str, host: str, work: Path, size: int, co
     rec = results["engines"][engine]
     puller = puller_for(engine, plain_http=True, work=work)
     try:
-        model = Calibration.from_json(rec["calibration"]).engine_model()  # the disk, probed as `--probe` does
+        model = _calibration(rec["calibration"]).engine_model()  # the disk, probed as `--probe` does
         disk = probe_disk(next(iter(images.values())), model, _existing(puller.storage()))
         load_start, started = os.getloadavg()[0], time.strftime("%H:%M:%S")
         samples = calibrate.measure(puller, images, repeat=args.repeat)
@@ -135,7 +135,7 @@ def check_group(results: dict, engine: str, host: str, work: Path, size: int, co
                               "write_cache": disk["write_cache_bytes"],
                               "load_average_start": load_start, "load_average": os.getloadavg()[0],
                               "started": started, "ended": time.strftime("%H:%M:%S")})
-        print(_row(engine, Calibration.from_json(rec["calibration"]), rec["checks"][-1]), flush=True)
+        print(_row(engine, _calibration(rec["calibration"]), rec["checks"][-1]), flush=True)
     shutil.rmtree(work / "registry" / "docker" / "registry" / "v2" / "blobs", ignore_errors=True)
 
 
@@ -154,6 +154,12 @@ def _existing(p: Path) -> Path:
 
 
 DISK_BPS: float | None = None  # --disk-bps: a refit with this pace past the page cache instead of the one probed
+REFIT_COSTS = False  # --refit-costs: fit each saved calibration's pulls again with the current model
+
+
+def _calibration(d: dict) -> Calibration:
+    cal = Calibration.from_json(d)
+    return fit(cal.engine, cal.samples, facts=cal.facts) if REFIT_COSTS else cal
 
 
 def estimate_for(cal: Calibration, check: dict) -> tuple[float, float, float]:
@@ -184,13 +190,13 @@ HEAD_AFTER = ("| engine | image | layers | layers are | real pulls s | median | 
 
 
 def _after(rec: dict) -> Calibration | None:
-    return Calibration.from_json(rec["calibration_after"]) if "calibration_after" in rec else None
+    return _calibration(rec["calibration_after"]) if "calibration_after" in rec else None
 
 
 def report(results: dict) -> None:
     print(f"\n# {results['machine']}")
     for engine, rec in results["engines"].items():
-        for when, cal in (("", Calibration.from_json(rec["calibration"])), (" again after the checks", _after(rec))):
+        for when, cal in (("", _calibration(rec["calibration"])), (" again after the checks", _after(rec))):
             if cal is None:
                 continue
             c, (lo, hi) = cal.costs, cal.spread
@@ -202,12 +208,12 @@ def report(results: dict) -> None:
     after = any("calibration_after" in rec for rec in results["engines"].values())
     print("\n" + (HEAD_AFTER if after else HEAD))
     for engine, rec in results["engines"].items():
-        cal = Calibration.from_json(rec["calibration"])
+        cal = _calibration(rec["calibration"])
         for check in rec["checks"]:
             print(_row(engine, cal, check, _after(rec) if after else None))
     print()
     for engine, rec in results["engines"].items():
-        cal = Calibration.from_json(rec["calibration"])
+        cal = _calibration(rec["calibration"])
         ests = [estimate_for(cal, c) for c in rec["checks"]]
         medians = [Sample.from_json(c).median for c in rec["checks"]]
         errors = [e[0] / m - 1 for e, m in zip(ests, medians)]
@@ -239,9 +245,11 @@ def main() -> None:
     ap.add_argument("--refit", type=Path, help="report a saved run instead of measuring")
     ap.add_argument("--disk-bps", type=float, help="with --refit: the disk's pace past the page cache, bytes/s, "
                     "instead of the one each check probed (runs before 2026-11-30 15:30 UTC probed a 64 MiB fsync)")
+    ap.add_argument("--refit-costs", action="store_true", help="with --refit: fit the costs again from each saved "
+                    "calibration's pulls with the current model (instead of the costs fitted then)")
     args = ap.parse_args()
-    global DISK_BPS
-    DISK_BPS = args.disk_bps
+    global DISK_BPS, REFIT_COSTS
+    DISK_BPS, REFIT_COSTS = args.disk_bps, args.refit_costs
     if args.refit:
         report(json.loads(args.refit.read_text()))
         return

@@ -21,8 +21,10 @@ constants (:class:`Costs`), each with a physical meaning:
 With the layers' tar bytes ``S``, their count ``n``, the gzip tar bytes
 ``G`` and ``B`` the bytes of the busiest of the engine's ``concurrency``
 download streams (layers handed out in manifest order), the engine's work
-is ``E = byte_s*S + stream_byte_s*B + gzip_byte_s*G/w`` (``w``: the layers
-it inflates at once, :func:`decompress_workers`) and a pull takes
+is ``E = byte_s*S + stream_byte_s*B + gzip_byte_s*I`` (``I``: ``G`` for an
+engine that inflates one layer at a time, less for one that inflates on
+each download stream and has cores for them, :func:`inflate_bytes`) and a
+pull takes
 
     pull_s + layer_s*n + max(E, L + tail) + disk
 
@@ -211,18 +213,27 @@ def engine_named(name: str | Engine) -> Engine:
         raise ConfigError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}") from None
 
 
-def decompress_workers(engine: Engine, compressed_layers: int, cores: int | None = None,
-                       concurrency: int | None = None) -> int:
-    """How many compressed layers ``engine`` inflates at once: one, or
-    for a ``parallel_inflate`` engine one per download stream
-    (``concurrency``, default the engine's) up to the node's CPU ``cores``
-    (default: this machine's), never more than there are
-    ``compressed_layers``. Always at least 1."""
+def inflate_bytes(engine: Engine, layers: Sequence[LayerSpec], cores: int | None = None,
+                  concurrency: int | None = None) -> float:
+    """How long ``engine`` spends inflating ``layers``, in bytes at one
+    core's pace (times ``gzip_byte_s`` gives seconds): the gzip tar bytes
+    (zstd ones count ``1 / ZSTD_OVER_GZIP``), one layer after another; for a
+    ``parallel_inflate`` engine its download streams (``concurrency``,
+    default the engine's) inflate the compressed layers in manifest order,
+    one each, sharing the node's CPU ``cores`` (default: this machine's), a
+    stream getting at most one core: 4 equal layers on 3 streams and 2
+    cores take 2.5 layers' time (the 4th runs alone), 8 take 4 (quiet run 5
+    of 2026-11-30: 4-layer gzip pulls 7-21 % slower than 8-layer ones,
+    docs/benchmarks.md). A fluid simulation (:func:`download_finish_times`
+    with the cores as the bandwidth). 0.0 when no layer is compressed."""
+    work = [layer.tar_bytes * (1.0 if layer.compression == "gzip" else 1 / ZSTD_OVER_GZIP)
+            for layer in layers if layer.compression != "none"]
     if not engine.parallel_inflate:
-        return 1
+        return sum(work)
     cores = cores if cores is not None else (os.cpu_count() or 1)
     streams = engine.concurrency if concurrency is None else concurrency
-    return max(1, min(streams, cores, compressed_layers))
+    return max(download_finish_times(work, bandwidth_bps=float(max(1, cores)), concurrency=streams,
+                                     stream_bps=1.0), default=0.0)
 
 
 # ------------------------------------------------------------------ schedule
@@ -365,10 +376,7 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
     tar = sum(layer.tar_bytes for layer in layers)
 
     # the engine's work, which a loopback calibration measures
-    gzip_tar = sum(layer.tar_bytes * (1.0 if layer.compression == "gzip" else 1 / ZSTD_OVER_GZIP)
-                   for layer in layers if layer.compression != "none")
-    workers = decompress_workers(eng, sum(layer.compression != "none" for layer in layers), cores, conc)
-    decompress = c.gzip_byte_s * gzip_tar / workers
+    decompress = c.gzip_byte_s * inflate_bytes(eng, layers, cores, conc)
     engine_s = c.byte_s * tar + c.stream_byte_s * busiest_stream_bytes(sizes, conc) + decompress
     # the link, and the engine work still left when its last byte arrives
     link_s = 0.0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
-from .estimate import Costs, Engine, LayerSpec, busiest_stream_bytes, decompress_workers, engine_named, estimate_pull
+from .estimate import Costs, Engine, LayerSpec, busiest_stream_bytes, engine_named, estimate_pull, inflate_bytes
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,15 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
-def features(layers: Sequence[LayerSpec], concurrency: int, inflate_workers: int = 1) -> list[float]:
+def features(layers: Sequence[LayerSpec], concurrency: int, inflate: float | None = None) -> list[float]:
     """What each cost multiplies, in :class:`Costs` order: 1 pull, layers,
-    tar bytes, bytes of the busiest stream, gzip tar bytes per layer the
-    engine inflates at once (``inflate_workers``:
-    :func:`modelimage.estimate.decompress_workers`)."""
-    gz = sum(s.tar_bytes for s in layers if s.compression == "gzip")
+    tar bytes, bytes of the busiest stream, and the bytes of inflating at
+    one core's pace (``inflate``: :func:`modelimage.estimate.inflate_bytes`;
+    default the gzip tar bytes, inflated one layer after another)."""
+    if inflate is None:
+        inflate = float(sum(s.tar_bytes for s in layers if s.compression == "gzip"))
     return [1.0, float(len(layers)), float(sum(s.tar_bytes for s in layers)),
-            busiest_stream_bytes([s.size for s in layers], concurrency), gz / max(1, inflate_workers)]
+            busiest_stream_bytes([s.size for s in layers], concurrency), inflate]
 
 
 def _nonnegative_lstsq(x: Any, y: Any) -> Any:
@@ -156,9 +157,7 @@ def fit(engine: str, samples: Sequence[Sample], *, facts: Mapping[str, Any] | No
     if len(samples) < 3:
         raise ConfigError("fitting needs pulls of at least three different images")
     cores = (facts or {}).get("cpus")
-    x = np.array([features(s.layers, eng.concurrency,
-                           decompress_workers(eng, sum(x.compression != "none" for x in s.layers), cores))
-                  for s in samples])
+    x = np.array([features(s.layers, eng.concurrency, inflate_bytes(eng, s.layers, cores)) for s in samples])
     y = np.array([s.median for s in samples])
     coef = _nonnegative_lstsq(x / y[:, None], np.ones(len(samples)))
     if not x[:, 4].any():
