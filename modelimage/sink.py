@@ -115,35 +115,87 @@ def copy_blob(desc: Descriptor, source: BlobSource, sink: Sink) -> str:
     return "exists" if sink.has_blob(desc.digest) else sink.put_existing(desc, source)
 
 
+class _Turns:
+    """Layers take turns to stream: at most ``streams`` at once, started in
+    the jobs' order (a layer holding pieces of a file may wait for the one
+    before it, :mod:`modelimage.splitcheck`, so a later layer never takes a
+    turn ahead of an earlier one). A layer gives its turn back when it
+    ends, or earlier through :func:`layer_sent` once all its bytes are
+    sent and only the sink's commit is left (a registry re-reads a blob on
+    its final ``PUT``: the next layer streams meanwhile)."""
+
+    def __init__(self, streams: int, stop: threading.Event):
+        self.free, self.next, self.stop = streams, 0, stop
+        self.cond = threading.Condition()
+
+    def take(self, index: int) -> bool:
+        """Wait for job ``index``'s turn; False when the write stopped meanwhile."""
+        with self.cond:
+            while True:
+                if self.stop.is_set():
+                    return False
+                if self.next == index and self.free > 0:
+                    break
+                self.cond.wait(0.2)  # and notified at every turn given back or taken
+            self.next, self.free = index + 1, self.free - 1
+            self.cond.notify_all()
+        _turn.release = self.give
+        return True
+
+    def give(self) -> None:
+        with self.cond:
+            self.free += 1
+            self.cond.notify_all()
+
+
+_turn = threading.local()
+
+
+def layer_sent() -> None:
+    """A sink's word, from the thread storing a layer, that every byte of
+    it is sent and only its commit is left (a registry's final ``PUT``): in
+    :func:`write_layers_then_manifest` the next layer starts streaming now
+    instead of after the commit. Once per layer; elsewhere it does nothing."""
+    release = getattr(_turn, "release", None)
+    if release is not None:
+        _turn.release = None
+        release()
+
+
 def write_layers_then_manifest(
     sink: Sink,
     jobs: Sequence[Callable[[], Any]],
     assemble: Callable[[list[Any]], Assembled],
     workers: int | None = None,
 ) -> tuple[list[Any], Descriptor, Descriptor]:
-    """Run the layer jobs, ``workers`` at once (None: as many as the sink
-    takes; never more than the sink takes, nor than there are jobs), then
-    store the config and the manifest that ``assemble`` makes of their
-    results. On any failure
-    the sink undoes what it can (and nothing is tagged): the first failure
-    stops jobs not started yet and is raised. On success the sink is
-    closed. Returns the job results and the config and manifest
-    descriptors."""
+    """Run the layer jobs, ``workers`` streaming at once (None: as many as
+    the sink takes; never more than the sink takes, nor than there are
+    jobs), in order; a layer whose bytes are all sent while its commit runs
+    (:func:`layer_sent`) no longer counts, so up to ``workers`` more may be
+    committing. Then store the config and the manifest that ``assemble``
+    makes of their results. On any failure the sink undoes what it can (and
+    nothing is tagged): the first failure stops jobs not started yet and is
+    raised. On success the sink is closed. Returns the job results and the
+    config and manifest descriptors."""
     workers = max(1, min(workers or sink.parallel, sink.parallel, len(jobs) or 1))
     try:
         stop = threading.Event()
+        turns = _Turns(workers, stop)
 
-        def guarded(job: Callable[[], Any]) -> Any:
-            if stop.is_set():  # another layer failed: do not start this one
+        def guarded(index: int, job: Callable[[], Any]) -> Any:
+            if not turns.take(index):  # another layer failed: do not start this one
                 return None
             try:
                 return job()
             except BaseException:
                 stop.set()
                 raise
+            finally:
+                layer_sent()  # the turn back, if the sink did not give it back earlier
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
-            futures = [pool.submit(guarded, job) for job in jobs]
+        threads = min(len(jobs), 2 * workers) or 1
+        with ThreadPoolExecutor(threads, thread_name_prefix="layer") as pool:
+            futures = [pool.submit(guarded, i, job) for i, job in enumerate(jobs)]
             # stop at the first failure: layers not started yet never start
             try:
                 finished, _ = wait(futures, return_when=FIRST_EXCEPTION)

@@ -336,3 +336,34 @@ def test_registry_that_refuses_patch_gets_one_put(registry, llama_dir, cache, mo
     result, stats = push(llama_dir, f"{registry.host}/gar/llama:v1", cache, concurrency=1)
     assert calls == [0]  # refused once, never tried again
     assert skopeo_inspect(f"{registry.host}/gar/llama:v1")["Digest"] == result.manifest.digest
+
+
+def test_the_next_layer_streams_while_the_registry_commits(registry, faults, llama_dir, cache, tmp_path):
+    """One layer at a time (--concurrency 1), the registry slow to answer
+    the first commit (its final PUT): the next layer's upload is already
+    under way before that answer, and the image pushed is whole: the same
+    manifest digest as a push without the stall, and after a pull the same
+    files, byte for byte (config and tokenizer as the source's)."""
+    from .faultproxy import Rule, Stall
+
+    faults.add(Rule("PUT", r"/blobs/uploads/.*digest=sha256", Stall(2.0)))
+    ref = f"{faults.host}/overlap/llama:v1"
+    result, stats = push(llama_dir, ref, cache, concurrency=1)
+    commit = faults.requests("PUT", r"/blobs/uploads/.*digest=sha256")[0]
+    assert commit.fault is not None and commit.status == 201
+    during = [s for s in faults.requests("PATCH", r"/blobs/uploads/")
+              if commit.started < s.started < commit.finished]
+    assert during, "no layer streamed while the first commit was waited for"
+    assert stats.resumes == 0 and stats.retries == 0
+    assert len(result.layers) >= 3  # noqa: PLR2004 (several layers, so several turns)
+    clean, _ = push(llama_dir, f"{registry.host}/overlap/clean:v1", DigestCache(tmp_path / "c2"), concurrency=3)
+    assert result.manifest.digest == clean.manifest.digest
+    pulled = {}
+    for name in ("llama", "clean"):
+        dest = tmp_path / name
+        assert main(["pull", f"{registry.host}/overlap/{name}:v1", str(dest), "-q"]) == 0
+        pulled[name] = {f.name: f.read_bytes() for f in dest.iterdir() if not f.name.startswith(".")}
+    assert pulled["llama"] == pulled["clean"]
+    assert sum(n.endswith(".safetensors") for n in pulled["llama"]) >= 2  # noqa: PLR2004 (the shards, re-cut)
+    for name in ("config.json", "tokenizer.json"):
+        assert pulled["llama"][name] == (llama_dir / name).read_bytes()

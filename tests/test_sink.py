@@ -15,7 +15,7 @@ from modelimage.content import VirtualFile
 from modelimage.errors import LayerTooLarge
 from modelimage.layout import LayoutRef, open_sink
 from modelimage.oci import MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, Descriptor
-from modelimage.sink import copy_blob, store_layer, write_layers_then_manifest
+from modelimage.sink import copy_blob, layer_sent, store_layer, write_layers_then_manifest
 from modelimage.tarstream import Entry, LayerStream
 
 
@@ -106,6 +106,58 @@ def test_a_failed_layer_stops_the_rest_and_nothing_is_tagged(tmp_path):
         write_layers_then_manifest(sink, jobs, assemble, workers=1)
     assert ran == [0]
     assert sink.calls == ["abort"]
+
+
+def test_a_sent_layer_lets_the_next_one_stream_during_its_commit():
+    """One layer at a time (workers=1): once the first says all its bytes
+    are sent (layer_sent), the second starts while the first still waits
+    for its commit; results stay in job order."""
+    second_started = threading.Event()
+    saw: list[bool] = []
+
+    def first():
+        layer_sent()
+        saw.append(second_started.wait(30))  # the commit, still running when the next layer starts
+        return "a"
+
+    def second():
+        second_started.set()
+        return "b"
+
+    done = write_layers_then_manifest(Recorder(), [first, second], lambda d: assemble_strings(d), workers=1)[0]
+    assert saw == [True]
+    assert done == ["a", "b"]
+
+
+def test_layers_take_turns_in_order_and_at_most_workers_stream():
+    """Layers start in job order, and never more than ``workers`` stream
+    at once (between their start and layer_sent), however many commit."""
+    lock = threading.Lock()
+    started: list[int] = []
+    streaming = [0, 0]  # now, most ever
+
+    def job(i):
+        with lock:
+            started.append(i)
+            streaming[0] += 1
+            streaming[1] = max(streaming[1], streaming[0])
+        with lock:
+            streaming[0] -= 1
+        layer_sent()
+        layer_sent()  # a second word is ignored: the turn goes back once
+        return i
+
+    done = write_layers_then_manifest(Recorder(), [lambda i=i: job(i) for i in range(12)],
+                                      lambda d: assemble_strings(d), workers=2)[0]
+    assert done == list(range(12))
+    assert started == list(range(12))
+    assert streaming[1] <= 2
+
+
+def assemble_strings(done):
+    config = json.dumps(done).encode()
+    cdesc = Descriptor.of_bytes(MEDIA_TYPE_CONFIG, config)
+    return config, cdesc, config, Descriptor.of_bytes(MEDIA_TYPE_MANIFEST, config)
 
 
 def test_a_failed_layer_leaves_no_new_layout(tmp_path):

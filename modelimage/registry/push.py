@@ -167,8 +167,11 @@ class RegistrySink:
 
     def put_layer(self, stream: LayerStream, *, compression: str, known: LayerResult | None,
                   progress: Callable[[int], None] | None) -> tuple[LayerResult, str]:
+        from ..sink import layer_sent
+
         source = _LayerSource(stream, compression, progress)
-        self.uploader.upload(source, known.digest if known else None)
+        # the next layer streams while the registry commits this one
+        self.uploader.upload(source, known.digest if known else None, on_sent=layer_sent)
         result = source.result()
         self.cache.remember(result.digest, self.ref.host, self.ref.repository)
         return result, "uploaded"

@@ -63,6 +63,10 @@ WRITE_PIECE = 64 << 10  # bytes handed to the socket at a time: 3 ms at 20 MB/s,
 MIN_CHUNK = 64 << 10  # bytes: chunks are never cut smaller than this after a 413
 
 
+def _nothing() -> None:
+    pass
+
+
 class UploadFailed(ModelImageError):
     """An upload that failed past the retry budget."""
 
@@ -179,20 +183,21 @@ class Uploader:
 
     # -- strategy --------------------------------------------------------------
 
-    def upload(self, source: BlobSource, known_digest: str | None) -> None:
-        """Upload ``source`` (its digest ``known_digest`` when known). Raises
-        :class:`UploadFailed`, :class:`Interrupted` or the registry's error."""
+    def upload(self, source: BlobSource, known_digest: str | None, on_sent: Callable[[], None] = _nothing) -> None:
+        """Upload ``source`` (its digest ``known_digest`` when known); ``on_sent()`` once a
+        chunked upload's bytes are all confirmed and only its commit (the closing ``PUT``) is left.
+        Raises :class:`UploadFailed`, :class:`Interrupted` or the registry's error."""
         for again in (False, True):
             if again:
                 source.rewind(0)
                 self.stats.add(resumes=1)
             try:
-                return self._upload(source, known_digest)
+                return self._upload(source, known_digest, on_sent)
             except _Corrupt as e:
                 if again:
                     raise e.error from None
 
-    def _upload(self, source: BlobSource, known_digest: str | None) -> None:
+    def _upload(self, source: BlobSource, known_digest: str | None, on_sent: Callable[[], None]) -> None:
         what = f"{self.client.host}/{self.repo}"
         size, chunk = source.size, self.chunk_size
         small = size is not None and size <= (chunk or size) and (self.put_limit is None or size < self.put_limit)
@@ -208,7 +213,7 @@ class Uploader:
                 self.put_limit = min(self.put_limit or size, size)
                 source.rewind(0)
         try:
-            return self._chunked(source, what)
+            return self._chunked(source, what, on_sent)
         except _PatchRefused:
             if self.settings.upload == "chunked":
                 raise UploadFailed(f"{what}: the registry refuses chunked uploads (PATCH); "
@@ -251,7 +256,7 @@ class Uploader:
 
     # -- chunks ---------------------------------------------------------------------
 
-    def _chunked(self, source: BlobSource, what: str) -> None:
+    def _chunked(self, source: BlobSource, what: str, on_sent: Callable[[], None] = _nothing) -> None:
         import httpx
 
         url, min_chunk = self.call(f"{what}: starting an upload", lambda: self.client.open_upload(self.repo))
@@ -304,6 +309,7 @@ class Uploader:
             commit: Callable[[], None] = lambda: self.client.finish(url, digest, body, len(body))  # noqa: E731
         else:
             commit = lambda: self.client.finish(url, digest)  # noqa: E731
+        on_sent()  # the next blob may stream while the registry commits this one
         try:
             self.call(f"{what}: committing {digest[:19]}", commit)
         except RegistryError as e:
