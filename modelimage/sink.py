@@ -121,8 +121,9 @@ class _Turns:
     before it, :mod:`modelimage.splitcheck`, so a later layer never takes a
     turn ahead of an earlier one). A layer gives its turn back when it
     ends, or earlier through :func:`layer_sent` once all its bytes are
-    sent and only the sink's commit is left (a registry re-reads a blob on
-    its final ``PUT``: the next layer streams meanwhile)."""
+    read and handed to the sink (a registry then still takes in what is in
+    flight and commits the blob on its final ``PUT``: the next layer
+    streams meanwhile, so the links do not idle between layers)."""
 
     def __init__(self, streams: int, stop: threading.Event):
         self.free, self.next, self.stop = streams, 0, stop
@@ -153,9 +154,10 @@ _turn = threading.local()
 
 def layer_sent() -> None:
     """A sink's word, from the thread storing a layer, that every byte of
-    it is sent and only its commit is left (a registry's final ``PUT``): in
-    :func:`write_layers_then_manifest` the next layer starts streaming now
-    instead of after the commit. Once per layer; elsewhere it does nothing."""
+    it is read and handed over, and only the sink's end of it is left (the
+    bytes in flight, a registry's final ``PUT``): in
+    :func:`write_layers_then_manifest` the next layer starts streaming now.
+    Only the first word per layer counts; elsewhere it does nothing."""
     release = getattr(_turn, "release", None)
     if release is not None:
         _turn.release = None
@@ -170,9 +172,10 @@ def write_layers_then_manifest(
 ) -> tuple[list[Any], Descriptor, Descriptor]:
     """Run the layer jobs, ``workers`` streaming at once (None: as many as
     the sink takes; never more than the sink takes, nor than there are
-    jobs), in order; a layer whose bytes are all sent while its commit runs
-    (:func:`layer_sent`) no longer counts, so up to ``workers`` more may be
-    committing. Then store the config and the manifest that ``assemble``
+    jobs), in order; a layer whose bytes are all handed over
+    (:func:`layer_sent`) no longer counts while the sink finishes it, so up
+    to ``workers`` more may be finishing (a retried upload reads again
+    outside the count). Then store the config and the manifest that ``assemble``
     makes of their results. On any failure the sink undoes what it can (and
     nothing is tagged): the first failure stops jobs not started yet and is
     raised. On success the sink is closed. Returns the job results and the

@@ -170,7 +170,7 @@ class RegistrySink:
         from ..sink import layer_sent
 
         source = _LayerSource(stream, compression, progress)
-        # the next layer streams while the registry commits this one
+        # the next layer streams once this one's last byte is read (in flight, then committed)
         self.uploader.upload(source, known.digest if known else None, on_sent=layer_sent)
         result = source.result()
         self.cache.remember(result.digest, self.ref.host, self.ref.repository)

@@ -184,9 +184,9 @@ class Uploader:
     # -- strategy --------------------------------------------------------------
 
     def upload(self, source: BlobSource, known_digest: str | None, on_sent: Callable[[], None] = _nothing) -> None:
-        """Upload ``source`` (its digest ``known_digest`` when known); ``on_sent()`` once a
-        chunked upload's bytes are all confirmed and only its commit (the closing ``PUT``) is left.
-        Raises :class:`UploadFailed`, :class:`Interrupted` or the registry's error."""
+        """Upload ``source`` (its digest ``known_digest`` when known); ``on_sent()`` once a chunked
+        upload's last byte is read and handed to the socket, and again before its commit (it must
+        act once). Raises :class:`UploadFailed`, :class:`Interrupted` or the registry's error."""
         for again in (False, True):
             if again:
                 source.rewind(0)
@@ -271,7 +271,7 @@ class Uploader:
                 tail = True
                 break
             length = None if size is None else (end if end is not None else size) - offset
-            sent = _Counter(source.body(offset, end), self._check)
+            sent = _Counter(source.body(offset, end), self._check, _nothing if end and end < (size or 0) else on_sent)
             try:
                 url, failure = self.client.patch(url, sent, offset, length), None
             except (httpx.TransportError, RegistryError) as e:
@@ -309,7 +309,7 @@ class Uploader:
             commit: Callable[[], None] = lambda: self.client.finish(url, digest, body, len(body))  # noqa: E731
         else:
             commit = lambda: self.client.finish(url, digest)  # noqa: E731
-        on_sent()  # the next blob may stream while the registry commits this one
+        on_sent()  # (if not said yet) the next blob may stream while the registry commits this one
         try:
             self.call(f"{what}: committing {digest[:19]}", commit)
         except RegistryError as e:
@@ -377,10 +377,12 @@ class _Counter:
     """Counts the bytes an iterator hands to httpx, in pieces of at most
     :data:`WRITE_PIECE` bytes (views, no copies), and stops when ``check``
     raises: a send blocked on a slow link holds at most one piece, so a
-    cancel takes effect within one piece's time on the wire."""
+    cancel takes effect within one piece's time on the wire. ``at_end()``
+    once the iterator is exhausted (the last piece handed over)."""
 
-    def __init__(self, it: Iterator[bytes | memoryview], check: Callable[[], None] = lambda: None):
-        self.it, self.n, self.check = it, 0, check
+    def __init__(self, it: Iterator[bytes | memoryview], check: Callable[[], None] = lambda: None,
+                 at_end: Callable[[], None] = _nothing):
+        self.it, self.n, self.check, self.at_end = it, 0, check, at_end
 
     def __iter__(self) -> Iterator[bytes | memoryview]:
         for chunk in self.it:
@@ -390,3 +392,4 @@ class _Counter:
                 piece = view[i : i + WRITE_PIECE]
                 self.n += len(piece)
                 yield piece
+        self.at_end()  # every byte read and handed to the socket
