@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 from .errors import ConfigError, ModelImageError
 
 if TYPE_CHECKING:  # httpx is only needed by probe_download
+    import ssl
+
     import httpx
 
     from .registry.transport import Transport
@@ -118,11 +120,21 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
     and its TLS context for the bulk ones (the one TLS trust of every
     registry request, :func:`~modelimage.registry.transport.ssl_context`,
     is used in any case).
+
+    Proxies: the requests it opens follow the registry transport's one rule
+    (:func:`~modelimage.registry.transport.sockets.environment_proxy`:
+    ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``, ``NO_PROXY``). When it
+    names a proxy for the blob's final URL, the bulk ranges go through that
+    proxy with httpx, as a pull's ranged reads then do
+    (:func:`~modelimage.registry.pieces.read_range_httpx`): the probe
+    measures the path through the proxy. Raises :class:`ModelImageError`
+    (the HTTP status or the connection error, never a signed URL).
     """
     import httpx
 
     from .registry.pieces import Connections, origin
     from .registry.transport import USER_AGENT, ssl_context
+    from .registry.transport.sockets import environment_proxy
 
     if connections < 1 or max_bytes < 1:
         raise ConfigError("probe_download needs at least one connection and one byte")
@@ -130,7 +142,8 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
         client = transport.http
     own = client is None
     host = httpx.URL(url).netloc.decode("ascii")
-    c = client or httpx.Client(timeout=httpx.Timeout(60.0), follow_redirects=True, verify=ssl_context(host))
+    c = client or httpx.Client(timeout=httpx.Timeout(60.0), follow_redirects=True, verify=ssl_context(host),
+                               proxy=environment_proxy(url), trust_env=False)  # the transport's proxy rule
     try:
         if transport is not None:
             first = transport.retry.call(f"probing {url}", lambda: c.get(url, headers={"Range": "bytes=0-0"}))
@@ -153,18 +166,26 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
     errors: list[BaseException] = []
     target = final.raw_path.decode("ascii")
     context = transport.ssl_context if transport is not None else ssl_context(final.netloc.decode("ascii"))
+    proxy = environment_proxy(str(final))
 
     def fetch(k: int) -> None:
         lo, hi = bounds[k]
+        headers = {**carry, "User-Agent": USER_AGENT, "Range": f"bytes={lo}-{hi}"}
+        goal = hi - lo + 1
+        if proxy is not None:  # through the proxy, as the pull's ranged reads go
+            try:
+                got[k] = _read_through_proxy(url, final, headers, goal, proxy=proxy, context=context)
+            except BaseException as e:  # re-raised in the caller's thread
+                errors.append(e)
+            return
         conns = Connections()
         try:
             conn = conns.get(origin(final), 60, context)
-            conn.request("GET", target, headers={**carry, "User-Agent": USER_AGENT, "Range": f"bytes={lo}-{hi}"})
+            conn.request("GET", target, headers=headers)
             r = conn.getresponse()
             if r.status not in (200, 206):
                 raise ModelImageError(f"cannot measure the download speed of {url}: HTTP {r.status} {r.reason}")
             buf = memoryview(bytearray(MiB))
-            goal = hi - lo + 1
             while got[k] < goal:
                 m = r.readinto(buf[: min(MiB, goal - got[k])])
                 if not m:
@@ -188,6 +209,31 @@ def probe_download(url: str, *, client: httpx.Client | None = None, connections:
             raise e
         raise ModelImageError(f"cannot measure the download speed of {url}: {e}") from e
     return sum(got) / max(elapsed, 1e-9)
+
+
+def _read_through_proxy(url: str, final: httpx.URL, headers: dict[str, str], goal: int, *, proxy: str,
+                        context: ssl.SSLContext) -> int:
+    """Bytes received (at most ``goal``) of one GET of ``final`` with
+    ``headers`` (its ``Range``), sent through the HTTP(S) proxy ``proxy``
+    with httpx and the TLS context ``context``. Raises
+    :class:`ModelImageError` naming ``url`` (not a redirect's signed URL)."""
+    import httpx
+
+    got = 0
+    try:
+        with (httpx.Client(timeout=60, verify=context, proxy=proxy, trust_env=False) as c,
+              c.stream("GET", str(final), headers=headers) as r):
+            if r.status_code not in (200, 206):
+                raise ModelImageError(f"cannot measure the download speed of {url}: "
+                                      f"HTTP {r.status_code} {r.reason_phrase}")
+            for data in r.iter_raw(MiB):
+                got += min(len(data), goal - got)
+                if got >= goal:
+                    break
+    except httpx.HTTPError as e:
+        raise ModelImageError(f"cannot measure the download speed of {url}: "
+                              f"{_why(e, final.netloc.decode('ascii'))}") from None
+    return got
 
 
 def _why(e: Exception, host: str) -> str:

@@ -96,3 +96,48 @@ def test_a_redirect_to_storage_that_fails_never_prints_its_signed_url(registry, 
         assert f"HTTP 403 from the blob's storage at 127.0.0.1:{storage.server_address[1]} (redirected)" in err
     finally:
         storage.shutdown()
+
+
+@pytest.mark.integration
+def test_probe_download_goes_through_the_environments_proxy(registry, monkeypatch):
+    """estimate --probe's bulk ranges opened their own connections straight
+    to the registry whatever HTTP_PROXY said (only the first request went
+    through it): behind a proxy-only network the probe failed, elsewhere it
+    measured another path than the pull's. Now every request of the probe,
+    the first and one per connection, goes through the proxy (counted by a
+    real forward proxy), with or without the registry's transport, and
+    NO_PROXY exempts the registry's host."""
+    from modelimage.registry.reference import Reference
+    from modelimage.registry.transport import Transport
+
+    from .test_registry_transport import _ForwardProxy
+
+    blob = os.urandom(4 * MiB)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    with httpx.Client(base_url=registry.url, timeout=30) as c:
+        location = c.post("/v2/probe-proxy/blobs/uploads/").headers["location"]
+        assert c.put(f"{location}{'&' if '?' in location else '?'}digest={digest}", content=blob).status_code == 201
+    url = f"{registry.url}/v2/probe-proxy/blobs/{digest}"
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = _ForwardProxy()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("http_proxy", proxy.url)
+
+        def forwarded() -> list[str]:
+            return [line for line in proxy.seen if line.startswith(f"GET {url}")]
+
+        assert probes.probe_download(url, connections=4, max_bytes=4 * MiB) > 1e5
+        assert len(forwarded()) == 1 + 4  # the first ranged GET, then one per connection
+        transport = Transport(Reference.parse(f"{registry.host}/probe-proxy"))
+        try:
+            assert probes.probe_download(url, connections=2, max_bytes=4 * MiB, transport=transport) > 1e5
+        finally:
+            transport.close()
+        assert len(forwarded()) == 5 + 1 + 2
+        monkeypatch.setenv("NO_PROXY", registry.host.split(":")[0])
+        assert probes.probe_download(url, connections=4, max_bytes=4 * MiB) > 1e5
+        assert len(forwarded()) == 8  # straight to the registry
+    finally:
+        proxy.close()
