@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any, Literal, Protocol
 
-from .content import Source
+from .content import Source, read_each
 from .errors import FormatError, PlanError, SourceError
 from .formats import safetensors as st
 
@@ -295,7 +295,7 @@ def _find_index(by_name: dict[str, _File], directory: str, stem: str) -> tuple[s
 def _weight_set(fmt: str, directory: str, stem: str, files: list[_File], index_file: str | None,
                 index: dict | None, extras: tuple[str, ...], by_name: dict[str, _File]) -> WeightSet:
     reader = st.read_header if fmt == "safetensors" else _gguf().read_header
-    headers = tuple(reader(f.path) for f in files)
+    headers = read_each(reader, [f.path for f in files])
     kind, adapter = _kind(fmt, directory, stem, headers, len(files) == 1 and index is None, by_name)
     return WeightSet(fmt, directory, stem, tuple(f.name for f in files), headers,  # type: ignore[arg-type]
                      index_file, index, kind, extras, adapter)

@@ -151,3 +151,58 @@ def test_a_consolidated_file_named_by_an_index_is_not_counted_twice(tmp_path: Pa
     assert [(w.members, w.extras) for w in sets] == [
         (("model-00001-of-00001.safetensors", "model-mtp.safetensors"), ("model-mtp.safetensors",))]
     assert model.parameters == 8
+
+
+def test_remote_shard_headers_are_read_at_once_in_order_and_in_context(tmp_path) -> None:
+    """The shards of a remote weight set have their headers read at once
+    (each read waits until a second one has started: read in turn, they
+    would never meet), in the caller's context (the registry transport's
+    options reach each read), the headers in shard order; two bad shards:
+    the error names the first, as reading them in turn would."""
+    import threading
+    from dataclasses import dataclass, field
+
+    from modelimage.content import RangedObject
+    from modelimage.errors import FormatError
+    from modelimage.registry.transport import TransportOptions, current_options, using
+
+    d = synth.write_random_shards(tmp_path / "m", 0.001, 4)
+    meet = threading.Barrier(2, timeout=10)
+    options = TransportOptions(timeout=7.5)
+
+    @dataclass(frozen=True)
+    class Remote(RangedObject):
+        local: Path
+        data: bytes
+        seen: list = field(default_factory=list)
+
+        def __str__(self) -> str:
+            return f"mem://bucket/m/{self.local.name}"
+
+        @property
+        def size(self) -> int:
+            return len(self.data)
+
+        def get(self, offset: int, length: int) -> bytes:
+            self.check_range(offset, length)
+            self.seen.append(current_options().timeout)
+            if offset == 0:
+                meet.wait()
+            return self.data[offset:offset + length]
+
+    from modelimage.formats.safetensors import read_header
+    from modelimage.sources.files import SourceFile
+
+    shards = sorted(d.glob("*.safetensors"))
+    files = [SourceFile(p.name, Remote(p, p.read_bytes()), p.stat().st_size) for p in shards]
+    with using(options):
+        (ws,) = find_weight_sets(files)
+    assert ws.members == tuple(p.name for p in shards)
+    assert [h.tensors for h in ws.headers] == [read_header(p).tensors for p in shards]
+    assert all(f.path.seen and set(f.path.seen) == {7.5} for f in files)
+
+    meet.reset()
+    bad = [SourceFile(f.name, Remote(f.path.local, b"\xff" * 16 + f.path.data[16:]) if i in (1, 2) else f.path,
+                      f.size) for i, f in enumerate(files)]
+    with pytest.raises(FormatError, match=re.escape(f"mem://bucket/m/{shards[1].name}")):
+        find_weight_sets(bad)
