@@ -15,11 +15,32 @@ def main() -> None:
     httpx takes its own fallback for it (a stub ``httpx.main``)."""
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: "not importable"
     try:
+        _ask_the_hub_early(sys.argv[1:])
         from .cli import run
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     run()
+
+
+
+def _ask_the_hub_early(args: list[str]) -> None:
+    """``build hf://ORG/REPO[@REV] ...``: the Hub is asked for the commit and
+    its files in a background thread while the commands load
+    (:func:`modelimage.sources.hubapi.ask_early_url`), so its round trips and the
+    TLS trust store's loading overlap the imports. Only an answer that
+    succeeded is used; whatever else happens, the build asks again itself
+    and reports it as always (so nothing here may fail the program)."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    url = next((a for a in args if a.startswith("hf://")), None)
+    if command != "build" or url is None:
+        return
+    try:
+        from .sources.hubapi import ask_early_url
+
+        ask_early_url(url)
+    except Exception:  # noqa: BLE001  (the build asks again, and says what fails)
+        pass
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class HubServer:
         self.page_size: int | None = None  # tree listings in pages of this many entries, Link: rel="next" (Hub: 1000)
         self.rate: float | None = None  # bytes/s: what it serves, in total across connections (tests.link.Pacer)
         self.gzip: bool | str = False  # non-LFS GETs gzip-encoded when the client accepts gzip ("always": even if not)
+        self.private: dict[str, str] = {}  # repo id -> its token: without "Authorization: Bearer TOKEN", 401
         self._lock = threading.Lock()
         self._pacer: Pacer | None = None
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -172,6 +173,13 @@ class HubServer:
                 with hub._lock:
                     hub.requests.append((self.command, path))
                     hub.seen.append((self.command, path, {k.lower(): v for k, v in self.headers.items()}))
+                token = next((t for r, t in hub.private.items() if path.startswith((f"/api/models/{r}/", f"/{r}/"))
+                              or path == f"/api/models/{r}"), None)
+                if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
+                    # the Hub's answer for a private repository (or none) asked without its token
+                    return self._send(401, b'{"error": "Invalid username or password."}',
+                                      {"Content-Type": "application/json", "X-Error-Code": "RepoNotFound",
+                                       "X-Error-Message": "Invalid username or password."}, head)
                 if path.startswith("/api/models/"):
                     return self._api(path[len("/api/models/"):], parts.query)
                 if "/resolve/" in path:

@@ -19,6 +19,7 @@ the image's labels, so the image says which upstream revision it holds.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,20 +29,10 @@ import httpx
 
 from ..errors import SourceError
 from ..inspect import safe_name
+from .hubapi import parse_url
 from .opened import LABEL_REVISION, LABEL_SOURCE, OCI_REVISION, OCI_SOURCE, OpenedSource
 
-_REPO_RE = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-
-
-def parse_url(url: str) -> tuple[str, str | None]:
-    """``("org/repo", "rev" or None)`` for ``hf://org/repo[@rev]``."""
-    if not url.startswith("hf://"):
-        raise SourceError(f"{url}: not an hf:// URL")
-    repo, _, revision = url[len("hf://"):].rstrip("/").partition("@")
-    if not _REPO_RE.match(repo) or "--" in repo or ".." in repo:
-        raise SourceError(f"{url}: expected hf://ORG/REPO or hf://ORG/REPO@REVISION")
-    return repo, revision or None
 
 
 def patterns(globs: Sequence[str]) -> list[str]:
@@ -136,30 +127,46 @@ def _opened(url: str, repo: str, revision: str | None, location: Any, endpoint: 
 
 @contextmanager
 def _hub_errors(url: str, repo: str, revision: str | None) -> Iterator[None]:
-    """huggingface_hub's errors as one-line :class:`SourceError` s that say the fix."""
+    """huggingface_hub's errors (and httpx's: the Hub not reached) as
+    one-line :class:`SourceError` s that say the fix. huggingface_hub's
+    error classes are imported only once something failed (their module
+    brings its whole HTTP stack)."""
+    try:
+        yield
+    except SourceError:
+        raise
+    except Exception as e:
+        mapped = _hub_error(e, url, repo, revision)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def _hub_error(e: Exception, url: str, repo: str, revision: str | None) -> SourceError | None:
+    """The one line :func:`_hub_errors` says for ``e``, or None (not the Hub's)."""
     from huggingface_hub import constants
     from huggingface_hub import errors as hf_errors
 
-    try:
-        yield
-    except hf_errors.RevisionNotFoundError:
-        raise SourceError(f"{url}: {repo} has no revision {revision!r}") from None
-    except (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError) as e:
-        raise SourceError(f"{url}: {_first_line(e)}; check the name, or set HF_TOKEN for a private or gated "
-                          "repository") from None
-    except hf_errors.LocalEntryNotFoundError as e:
-        raise SourceError(
+    if isinstance(e, hf_errors.RevisionNotFoundError):
+        return SourceError(f"{url}: {repo} has no revision {revision!r}")
+    if isinstance(e, (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError)):
+        return SourceError(f"{url}: {_first_line(e)}; check the name, or set HF_TOKEN for a private or gated "
+                           "repository")
+    if isinstance(e, hf_errors.LocalEntryNotFoundError):
+        return SourceError(
             f"{url}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub "
             f"({public_endpoint(constants.ENDPOINT)}) cannot be used: {_first_line(e)}; run once online "
             "(without HF_HUB_OFFLINE=1), "
-            "or point HF_HUB_CACHE at a cache that has it") from None
-    except (hf_errors.HfHubHTTPError, OSError, ValueError) as e:
-        raise SourceError(f"{url}: {type(e).__name__}: {_first_line(e)}") from None
-    except httpx.HTTPError as e:
-        raise SourceError(f"{url}: cannot reach the Hub at {public_endpoint(constants.ENDPOINT)} "
-                          f"({type(e).__name__}: "
-                          f"{_first_line(e)}); check HF_ENDPOINT and the network, or use HF_HUB_OFFLINE=1 "
-                          "with a filled cache") from None
+            "or point HF_HUB_CACHE at a cache that has it")
+    if isinstance(e, (hf_errors.HfHubHTTPError, OSError, ValueError)):
+        return SourceError(f"{url}: {type(e).__name__}: {_first_line(e)}")
+    hf_http = sys.modules.get("httpx2")  # huggingface_hub's own HTTP stack (its errors module imports it)
+    if isinstance(e, httpx.HTTPError) or (hf_http is not None and isinstance(e, hf_http.HTTPError)):
+        return SourceError(f"{url}: cannot reach the Hub at {public_endpoint(constants.ENDPOINT)} "
+                           f"({type(e).__name__}: "
+                           f"{_first_line(e)}); check HF_ENDPOINT and the network, or use HF_HUB_OFFLINE=1 "
+                           "with a filled cache")
+    return None
 
 
 def public_endpoint(endpoint: str) -> str:

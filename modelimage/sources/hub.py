@@ -1,13 +1,14 @@
 """``hf://`` files read straight from the Hugging Face Hub, never staged on
 disk: the Hub's counterpart of :mod:`.s3`.
 
-huggingface_hub does what it is good at: the Hub API's session, retries
-and error classes, used to resolve a revision to a commit
-(:func:`resolve_commit`) and to list a commit's files with their sizes,
-git blob ids and LFS sha256 (:meth:`HubRepo.list_files`, the tree listing
-``list_repo_tree`` reads), and the endpoint and token rules (``HF_ENDPOINT``, ``HF_TOKEN``, the token
-``hf auth login`` saved, ``HF_HUB_DISABLE_IMPLICIT_TOKEN``). The bytes come
-through this project's HTTP stack instead (the registry transport's TLS
+huggingface_hub's rules decide the Hub's endpoint and token
+(``HF_ENDPOINT``, ``HF_TOKEN``, the token ``hf auth login`` saved,
+``HF_HUB_DISABLE_IMPLICIT_TOKEN``), and its errors word every answer but a
+plain success; a revision is resolved to a commit (:func:`resolve_commit`)
+and a commit's files listed with their sizes, git blob ids and LFS sha256
+(:meth:`HubRepo.list_files`, the tree listing ``list_repo_tree`` reads)
+through :mod:`.hubapi`, without huggingface_hub's HTTP stack on a
+build's way. The bytes come through the same client (the registry transport's TLS
 trust, proxy rule and retry policy): one ``GET`` per range of
 ``ENDPOINT/REPO/resolve/COMMIT/PATH`` (so every byte is of the one commit
 the build resolved), the Hub's redirects to its storage (LFS and xet
@@ -29,7 +30,6 @@ last bytes reach a sink.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -40,16 +40,13 @@ import httpx
 
 from ..content import RangedObject
 from ..errors import SourceError
+from . import hubapi
+from .hubapi import client
 
 if TYPE_CHECKING:
     from .files import SourceFile
 
-TIMEOUT = 60.0  # seconds to connect, and between bytes of an answer
 WHOLE_READ = 16 << 20  # bytes: a part of a non-LFS file up to this size is checked by reading it whole
-POOL = 8  # idle keep-alive connections per endpoint (3 layers stream at once, plus header reads)
-
-_clients: dict[str, httpx.Client] = {}
-_clients_lock = threading.Lock()
 
 
 class _Temporary(Exception):
@@ -60,39 +57,10 @@ class _Temporary(Exception):
         self.retry_after = retry_after
 
 
-def client(endpoint: str) -> httpx.Client:
-    """One HTTP client per Hub endpoint, made the way the registry transport
-    makes its own: the same TLS trust (system store, ``SSL_CERT_FILE``,
-    ``certs.d`` of the endpoint's host, ``--tls-verify=false``), the same
-    proxy rule (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``).
-    Redirects are followed; httpx drops ``Authorization`` on any redirect
-    to another origin. Thread-safe, shared by every stream."""
-    with _clients_lock:
-        c = _clients.get(endpoint)
-        if c is None:
-            from ..registry.transport import USER_AGENT, current_options
-            from ..registry.transport.sockets import InterruptibleTransport, environment_proxy
-            from ..registry.transport.tls import ssl_context
-
-            options = current_options()
-            host = httpx.URL(endpoint).netloc.decode("ascii")
-            ctx = ssl_context(host, verify=not options.unverified(host), cert_dir=options.cert_dir)
-            transport = InterruptibleTransport(ssl_context=ctx, limits=httpx.Limits(max_connections=None,
-                                                                                    max_keepalive_connections=POOL),
-                                               proxy=environment_proxy(endpoint))
-            c = _clients[endpoint] = httpx.Client(transport=transport, follow_redirects=True,
-                                                  timeout=httpx.Timeout(options.timeout or TIMEOUT),
-                                                  headers={"User-Agent": USER_AGENT})
-        return c
-
-
 def auth_headers(endpoint: str) -> dict[str, str]:
     """The ``Authorization`` header huggingface_hub would send to the Hub
-    (its token rules), or nothing."""
-    from huggingface_hub.utils import build_hf_headers
-
-    token = {k.lower(): v for k, v in build_hf_headers().items()}.get("authorization")
-    return {"Authorization": token} if token else {}
+    (its token rules, :func:`.hubapi.token`), or nothing."""
+    return hubapi.auth_headers()
 
 
 def git_blob_id(size: int) -> Any:
@@ -288,12 +256,10 @@ class HubFile(RangedObject):
 def resolve_commit(repo: str, revision: str | None, endpoint: str) -> str:
     """The commit sha ``revision`` (a branch, tag or sha; None: the default
     branch) names now, asked of the Hub: the request ``HfApi.model_info``
-    makes (``GET /api/models/REPO[/revision/REV]``), through
-    huggingface_hub's own HTTP session, headers (its token rules) and error
-    mapping (:func:`_hub_api`). Raises huggingface_hub's errors (the caller
+    makes (``GET /api/models/REPO[/revision/REV]``), with
+    huggingface_hub's token rules and error mapping (:func:`_hub_api`). Raises huggingface_hub's errors (the caller
     words them)."""
-    path = f"/api/models/{repo}" + (f"/revision/{quote(revision, safe='')}" if revision else "")
-    info = _hub_api(endpoint, path)
+    info = _hub_api(endpoint, hubapi.info_path(repo, revision))
     sha = info.get("sha") if isinstance(info, dict) else None
     if not sha:
         raise SourceError(f"hf://{repo}: the Hub gave no commit for revision {revision or 'main'!r}")
@@ -301,33 +267,24 @@ def resolve_commit(repo: str, revision: str | None, endpoint: str) -> str:
 
 
 def _hub_api(endpoint: str, path: str) -> Any:
-    """The JSON answer to ``GET ENDPOINT/PATH`` of the Hub's API, asked with
-    huggingface_hub's public utilities (``get_session``,
-    ``build_hf_headers``, ``hf_raise_for_status``: the session, token and
-    error classes ``HfApi`` uses) without ``huggingface_hub.hf_api``
-    itself: that module and what it imports are 7 MB and ~150 modules of a
-    build's peak memory, for the two requests made here
-    (:func:`_hub_api_pages` for a listing)."""
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-    r = get_session().get(endpoint.rstrip("/") + path, headers=build_hf_headers())
-    hf_raise_for_status(r)
-    return r.json()
+    """The JSON answer to ``GET ENDPOINT/PATH`` of the Hub's API
+    (:func:`.hubapi.get_json`: this project's client with huggingface_hub's
+    token; huggingface_hub's session, errors and messages for any answer but
+    a plain 200)."""
+    return hubapi.get_json(endpoint, path)
 
 
 def _hub_api_pages(endpoint: str, path: str, params: dict[str, Any]) -> Iterator[Any]:
-    """The items of a listing of the Hub's API, every page (huggingface_hub's
-    ``paginate``: ``Link: <...>; rel="next"``, its retries and errors)."""
-    from huggingface_hub.utils import build_hf_headers, paginate
-
-    yield from paginate(endpoint.rstrip("/") + path, params=params, headers=build_hf_headers())
+    """The items of a listing of the Hub's API, every page
+    (:func:`.hubapi.get_pages`)."""
+    return hubapi.get_pages(endpoint, path, params)
 
 
 @dataclass(frozen=True)
 class HubRepo:
     """The files of one commit of a Hub repository, as a remote folder
-    (:class:`~modelimage.sources.files.RemoteFolder`): listed by
-    huggingface_hub, read by range (:class:`HubFile`)."""
+    (:class:`~modelimage.sources.files.RemoteFolder`): listed by the Hub's
+    API (:func:`_hub_api_pages`), read by range (:class:`HubFile`)."""
 
     repo: str
     commit: str
@@ -349,8 +306,7 @@ class HubRepo:
 
         headers = auth_headers(self.endpoint)
         out: list[SourceFile] = []
-        for f in _hub_api_pages(self.endpoint, f"/api/models/{self.repo}/tree/{quote(self.commit, safe='')}",
-                                {"recursive": True, "expand": False}):
+        for f in _hub_api_pages(self.endpoint, hubapi.tree_path(self.repo, self.commit), hubapi.TREE_PARAMS):
             if not isinstance(f, dict) or f.get("type") != "file":
                 continue
             rel, size = f.get("path"), f.get("size")
