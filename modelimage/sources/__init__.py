@@ -6,7 +6,7 @@ or ``s3://BUCKET/PREFIX``.
 image should carry:
 
 * a local path stays as it is;
-* ``hf://`` is resolved to one commit and listed through huggingface_hub
+* ``hf://`` is resolved to one commit and listed (the Hub's API, with huggingface_hub's rules)
   (only the files the include/exclude globs select; ``HF_TOKEN``,
   ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` apply) and stays
   remote: its files stream from the Hub while the layers are written

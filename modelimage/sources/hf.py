@@ -1,7 +1,8 @@
 """``hf://ORG/REPO[@REVISION]``: a Hugging Face model repository.
 
 :func:`open_repo` resolves the revision to one commit and lists that
-commit's files through huggingface_hub (the include/exclude globs applied
+commit's files through the Hub's API (:mod:`.hubapi`, with huggingface_hub's
+endpoint and token rules and, for a failure, its errors; the include/exclude globs applied
 as for a folder, so a repository with every quantization yields only the
 one file asked for). The files then stream from the Hub into the layers
 while they upload (:mod:`.hub`): nothing is staged on disk. The Hugging
@@ -51,8 +52,9 @@ def open_repo(url: str, include: Sequence[str] = (), exclude: Sequence[str] = ()
     """The selected files of ``url`` at the one commit its revision names
     now, and the labels naming repo and commit.
 
-    Online, the revision is resolved and the commit listed through
-    huggingface_hub; the files then stay on the Hub and stream from it
+    Online, the revision is resolved and the commit listed through the
+    Hub's API (:mod:`.hubapi`; a ``build hf://`` has usually asked both
+    while it loaded); the files then stay on the Hub and stream from it
     while the layers are written (:class:`.hub.HubRepo`), unless the
     Hugging Face cache already holds every one of them at that commit (its
     snapshot folder is used: the same bytes, so the same image) or
