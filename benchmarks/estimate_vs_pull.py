@@ -124,8 +124,10 @@ def check_group(results: dict, engine: str, host: str, work: Path, size: int, co
     rec = results["engines"][engine]
     puller = puller_for(engine, plain_http=True, work=work)
     try:
-        model = _calibration(rec["calibration"]).engine_model()  # the disk, probed as `--probe` does
-        disk = probe_disk(next(iter(images.values())), model, _existing(puller.storage()))
+        cal = _calibration(rec["calibration"])  # the disk as `--probe` has it: the calibration's pace, else probed
+        disk = probe_disk(next(iter(images.values())), cal.engine_model(), _existing(puller.storage()),
+                          calibrated=cal.writeback_bps is not None)
+        disk.setdefault("disk_bps", cal.writeback_bps)
         load_start, started = os.getloadavg()[0], time.strftime("%H:%M:%S")
         samples = calibrate.measure(puller, images, repeat=args.repeat)
     finally:

@@ -23,6 +23,17 @@ store the fit with the machine's facts.
    pulls every image once, in a shuffled order (so a burst of other load
    spreads over all of them), and removes what the pull left before the
    next (:mod:`modelimage.pullers`);
+   For an engine that leaves its writes to the kernel (podman,
+   containerd), one more image (plain, 4 layers) is sized so its pull
+   writes :data:`DISK_PAST` (1 GiB) more than the page cache takes
+   (:func:`modelimage.probes.probe_write_cache`): its pulls time the disk
+   past the cache as the engine meets it. A probe of its own did not: on
+   the project's VM, a write probe said 218-255 MB/s right before podman's
+   and containerd's 2 GiB pulls, which met 120-180 MB/s (the guest's pace
+   follows the state of the memory its writes land in, which a probe that
+   writes and deletes a file changes), and those rows missed by -17..-23 %
+   (run 8, docs/benchmarks.md). ``disk=False`` (``--no-calibrate-disk``)
+   leaves it out;
 4. **fit**: :func:`modelimage.fit.fit` on the median time of each image;
    the range estimates come with is as far as any single pull strayed from
    the fit (:attr:`modelimage.fit.Calibration.spread`): a busy node's drift;
@@ -64,6 +75,7 @@ DEFAULT_SIZES: tuple[int, ...] = (128 * MiB, 1024 * MiB)
 DEFAULT_LAYERS: tuple[int, ...] = (1, 4)
 DEFAULT_COMPRESSIONS: tuple[str, ...] = ("none", "gzip")
 BLOCK = 16 * MiB
+DISK_PAST = 1024 * MiB  # bytes the disk image's pull writes past the page cache
 MEDIA = {"none": MEDIA_TYPE_LAYER_TAR, "gzip": MEDIA_TYPE_LAYER_GZIP}
 
 
@@ -85,6 +97,21 @@ class ImageSpec:
     @property
     def name(self) -> str:
         return f"{self.size // MiB}mib-{self.layers}l-{self.compression}"
+
+
+def disk_image(engine: str, write_cache_bytes: int, past: int = DISK_PAST) -> ImageSpec | None:
+    """The image whose pull writes ``past`` bytes more than the page cache
+    takes (``write_cache_bytes``): plain, 4 layers, its size rounded up to
+    128 MiB (half as much for an engine that writes each blob and then its
+    unpacked layer). None for an engine that syncs its writes (its disk is
+    in its costs) or where the cache is not known (0)."""
+    from .estimate import engine_named
+
+    eng = engine_named(engine)
+    if eng.syncs or write_cache_bytes <= 0:
+        return None
+    size = (write_cache_bytes + past) // (2 if eng.stores_blob else 1)
+    return ImageSpec(-(-size // (128 * MiB)) * 128 * MiB, 4, "none")
 
 
 def image_specs(sizes: Sequence[int], layers: Sequence[int],
@@ -271,7 +298,8 @@ def measure(puller: Puller, images: dict[str, list[LayerSpec]], *, repeat: int,
 def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] = DEFAULT_SIZES,
               layers: Sequence[int] = DEFAULT_LAYERS, compressions: Sequence[str] = DEFAULT_COMPRESSIONS,
               repeat: int = 3, work: Path | None = None, store: bool = True,
-              progress: Callable[[str], None] | None = None) -> Calibration:
+              progress: Callable[[str], None] | None = None, disk: bool = True,
+              write_cache_bytes: int | None = None, disk_past: int = DISK_PAST) -> Calibration:
     """Time real pulls of generated images with ``engine`` on this node and
     fit its costs (:func:`modelimage.fit.fit`); with ``store``, save the
     result where :func:`load` finds it.
@@ -280,6 +308,9 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
     ``docker-registry`` started for the run). ``work``: where the layouts,
     the loopback registry and ``modelimage pull``'s folders go (default: the
     system's temporary directory); everything written there is removed.
+    ``disk``: also time the disk past the page cache (:func:`disk_image`;
+    ``write_cache_bytes`` defaults to :func:`modelimage.probes.probe_write_cache`
+    after a ``sync``; ``disk_past`` bytes past it).
 
     Raises :class:`CalibrationError` or
     :class:`~modelimage.pullers.EngineUnavailable` when it cannot run;
@@ -290,8 +321,33 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
     if len({(s.size, s.layers) for s in specs}) < 3:
         raise CalibrationError("calibration needs at least two sizes and two layer counts (or three images) "
                                "to tell per-pull, per-layer and per-byte costs apart")
-    tmp = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-", dir=work))
     say = progress or (lambda _msg: None)
+    cache = 0
+    if disk:
+        from .probes import probe_write_cache
+
+        os.sync()
+        cache = probe_write_cache() if write_cache_bytes is None else write_cache_bytes
+        big = disk_image(engine, cache, disk_past)
+        if big is not None:
+            room = shutil.disk_usage(work or tempfile.gettempdir()).free
+            need = 2 * big.size + 512 * MiB  # its layout, and the loopback registry's copy, at once
+            if room < need:
+                raise CalibrationError(
+                    f"timing the disk past the page cache pulls a {big.size / 2**30:.1f} GiB image and needs "
+                    f"{need / 2**30:.1f} GiB free under {work or tempfile.gettempdir()} "
+                    f"({room / 2**30:.1f} GiB are): free some, or pass --no-calibrate-disk")
+            if big not in specs:
+                specs.append(big)
+        from .estimate import engine_named
+        from .fit import PAST_CACHE
+
+        stores = 2 if engine_named(engine).stores_blob else 1
+        if cache and len({(s.size, s.layers) for s in specs if s.size * stores < cache + PAST_CACHE}) < 3:
+            raise CalibrationError(
+                f"the page cache takes {cache / 2**30:.1f} GiB here and pulls past it time the disk, not the "
+                "engine: give at least two sizes and two layer counts whose pulls write less than that")
+    tmp = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-", dir=work))
     try:
         with _registry(registry, tmp) as host:
             puller = puller_for(engine, plain_http=is_loopback(host.split("/", 1)[0]), work=tmp)
@@ -312,7 +368,7 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     facts["load_average_after"] = round(os.getloadavg()[0], 2)
-    result = fit(engine, samples, facts=facts)
+    result = fit(engine, samples, facts=facts, write_cache_bytes=cache)
     if store:
         save(result)
     return result

@@ -6,6 +6,13 @@ gzip) on a loopback registry, where the link costs nothing, so each image's
 median time is the engine's ``pull_s + layer_s*n + byte_s*S +
 stream_byte_s*B + gzip_byte_s*G`` (:mod:`modelimage.estimate`): linear in
 the five costs. :func:`fit` solves for them by least squares.
+
+For an engine that leaves its writes to the kernel (podman, containerd), a
+calibration also pulls one image that writes more than the page cache
+takes (:attr:`Calibration.write_cache_bytes`): past that, the writes go at
+the pace the disk drains them, which :func:`fit` solves for from that
+image's time once the five costs are known (:attr:`Calibration.writeback_bps`,
+the ``disk_bps`` of :func:`modelimage.estimate.writeback_seconds`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .estimate import Costs, Engine, LayerSpec, busiest_stream_bytes, engine_named, estimate_pull, inflate_bytes
+
+PAST_CACHE = 256 * 2**20  # bytes: an image writing this much past the page cache times the disk, not the costs
 
 
 @dataclass(frozen=True)
@@ -83,12 +92,20 @@ def _nonnegative_lstsq(x: Any, y: Any) -> Any:
 @dataclass(frozen=True)
 class Calibration:
     """An engine's costs fitted to real pulls on one machine (``facts``:
-    cores, memory, disk, engine version, date), with the pulls."""
+    cores, memory, disk, engine version, date), with the pulls.
+
+    ``write_cache_bytes``: what the page cache took before writes slowed to
+    the disk's pace when the pulls ran (:func:`modelimage.probes.probe_write_cache`;
+    0: not known); ``writeback_bps`` (bytes/s): that pace, as the engine's
+    own pulls past it met it (None: no calibration pull wrote past the
+    cache, or none was slowed by it)."""
 
     engine: str
     costs: Costs
     samples: tuple[Sample, ...]
     facts: Mapping[str, Any] = field(default_factory=dict)
+    write_cache_bytes: int = 0
+    writeback_bps: float | None = None
 
     def engine_model(self) -> Engine:
         """The built-in engine with these costs."""
@@ -96,22 +113,23 @@ class Calibration:
                        source=f"calibrated on this machine ({self.facts.get('date', '?')}, "
                               f"{self.facts.get('engine_version', self.engine)})")
 
+    def estimated(self, sample: Sample) -> float:
+        """Seconds the fit gives ``sample``'s image on the loopback registry
+        it was pulled from (the disk past the page cache included)."""
+        return estimate_pull(sample.layers, bandwidth_bps=math.inf, engine=self.engine_model(), latency_s=0,
+                             disk_bps=self.writeback_bps, write_cache_bytes=self.write_cache_bytes,
+                             cores=self.facts.get("cpus")).total_seconds
+
     def errors(self) -> list[float]:
         """Per sample: estimate / median pull - 1."""
-        eng = self.engine_model()
-        return [estimate_pull(s.layers, bandwidth_bps=math.inf, engine=eng, latency_s=0,
-                                  cores=self.facts.get("cpus")).total_seconds / s.median - 1
-                for s in self.samples]
+        return [self.estimated(s) / s.median - 1 for s in self.samples]
 
     def pull_ratios(self) -> list[float]:
         """Every single calibration pull over its image's estimate: how far
         one real pull on this node strayed from the fitted costs, the fit's
         miss and the node's own pull-to-pull variation (other work on the
         machine only ever slows a pull down) together."""
-        eng = self.engine_model()
-        return [t / estimate_pull(s.layers, bandwidth_bps=math.inf, engine=eng, latency_s=0,
-                                  cores=self.facts.get("cpus")).total_seconds
-                for s in self.samples for t in s.seconds]
+        return [t / self.estimated(s) for s in self.samples for t in s.seconds]
 
     @property
     def spread(self) -> tuple[float, float]:
@@ -127,6 +145,7 @@ class Calibration:
 
     def to_json(self) -> dict[str, Any]:
         return {"engine": self.engine, "costs": self.costs.to_json(), "facts": dict(self.facts),
+                "write_cache_bytes": self.write_cache_bytes, "writeback_bps": self.writeback_bps,
                 "samples": [s.to_json() for s in self.samples],
                 "errors": [round(e, 4) for e in self.errors()]}
 
@@ -142,24 +161,72 @@ class Calibration:
         samples = tuple(Sample.from_json(s) for s in d["samples"])
         if not samples:
             raise ValueError("it holds no calibration pulls")
-        return cls(str(d["engine"]), Costs(*values), samples, dict(d.get("facts", {})))
+        cache = _number(d.get("write_cache_bytes", 0), "write_cache_bytes")  # absent: written before 2026-11-30
+        pace = d.get("writeback_bps")
+        pace = None if pace is None else _number(pace, "writeback_bps")
+        if cache < 0 or (pace is not None and pace <= 0):
+            raise ValueError("write_cache_bytes is negative" if cache < 0 else "writeback_bps is not positive")
+        return cls(str(d["engine"]), Costs(*values), samples, dict(d.get("facts", {})), int(cache), pace)
 
 
-def fit(engine: str, samples: Sequence[Sample], *, facts: Mapping[str, Any] | None = None) -> Calibration:
+def written_bytes(engine: Engine, layers: Sequence[LayerSpec]) -> int:
+    """Bytes ``engine`` writes pulling ``layers``: the unpacked tar bytes,
+    and the blobs too when it stores them first (podman, containerd)."""
+    return sum(s.tar_bytes for s in layers) + (sum(s.size for s in layers) if engine.stores_blob else 0)
+
+
+def past_cache(engine: Engine, sample: Sample, write_cache_bytes: int) -> bool:
+    """Whether ``sample``'s pulls wrote :data:`PAST_CACHE` or more past the
+    page cache, so the disk set their pace (never for an engine that
+    syncs: its disk writes are part of its costs)."""
+    return (not engine.syncs and write_cache_bytes > 0
+            and written_bytes(engine, sample.layers) >= write_cache_bytes + PAST_CACHE)
+
+
+def fit(engine: str, samples: Sequence[Sample], *, facts: Mapping[str, Any] | None = None,
+        write_cache_bytes: int = 0) -> Calibration:
     """The costs of ``engine`` from real pulls (``samples``): least squares
     on each image's median time, in relative terms (a 10 % miss on a small
     image counts as much as on a big one), no cost below zero. Without
-    gzip samples the built-in gzip cost stays. Raises ``ConfigError`` with
-    fewer than three images."""
+    gzip samples the built-in gzip cost stays.
+
+    Images that wrote past the page cache (``write_cache_bytes``, bytes;
+    :func:`past_cache`) are left out of that fit; from them, the pace past
+    the cache: with the costs known, an image's median ``T`` is ``fixed +
+    max(body, body*C/W + (W-C)/pace)`` (:func:`modelimage.estimate.writeback_seconds`;
+    ``W`` written, ``C`` the cache), solved for ``pace`` and the images'
+    paces combined as bytes past the cache over the seconds past it. When
+    those pulls took no longer than the costs alone say, the disk was no
+    limit (it adds under 1 %): ``writeback_bps`` None. Raises ``ConfigError`` with fewer than
+    three images within the cache."""
     import numpy as np
 
     eng = engine_named(engine)
-    if len(samples) < 3:
-        raise ConfigError("fitting needs pulls of at least three different images")
+    within = [s for s in samples if not past_cache(eng, s, write_cache_bytes)]
+    if len(within) < 3:
+        raise ConfigError("fitting needs pulls of at least three different images within the page cache")
     cores = (facts or {}).get("cpus")
-    x = np.array([features(s.layers, eng.concurrency, inflate_bytes(eng, s.layers, cores)) for s in samples])
-    y = np.array([s.median for s in samples])
-    coef = _nonnegative_lstsq(x / y[:, None], np.ones(len(samples)))
+    x = np.array([features(s.layers, eng.concurrency, inflate_bytes(eng, s.layers, cores)) for s in within])
+    y = np.array([s.median for s in within])
+    coef = _nonnegative_lstsq(x / y[:, None], np.ones(len(within)))
     if not x[:, 4].any():
         coef[4] = eng.costs.gzip_byte_s
-    return Calibration(eng.name, Costs(*(float(v) for v in coef)), tuple(samples), dict(facts or {}))
+    costs = Costs(*(float(v) for v in coef))
+    cal = Calibration(eng.name, costs, tuple(samples), dict(facts or {}), write_cache_bytes)
+    past, seconds = 0, 0.0
+    for s in samples:
+        if past_cache(eng, s, write_cache_bytes):
+            est = estimate_pull(s.layers, bandwidth_bps=math.inf, engine=cal.engine_model(), latency_s=0,
+                                cores=cores)
+            body = est.total_seconds - est.phases["fixed"]
+            w = written_bytes(eng, s.layers)
+            past += w - write_cache_bytes
+            seconds += max(0.0, s.median - est.phases["fixed"] - body * write_cache_bytes / w)
+    if past and seconds:
+        pace = past / seconds
+        within_pace = Calibration(eng.name, costs, tuple(samples), dict(facts or {}), write_cache_bytes, pace)
+        # the disk slowed those pulls only if the pace makes them slower than the costs alone (by 1 % or more)
+        if any(within_pace.estimated(s) > 1.01 * cal.estimated(s)
+               for s in samples if past_cache(eng, s, write_cache_bytes)):
+            return within_pace
+    return cal

@@ -23,6 +23,7 @@ from .delivery import Option, storage_options
 from .errors import ConfigError, ModelImageError
 from .estimate import Engine, Estimate, LayerSpec
 from .oci import layer_compression
+from .units import format_rate
 
 # weights barely compress (docs/benchmarks.md): the unpacked size of a
 # gzip/zstd layer whose tar size the manifest does not say is its size / 0.93
@@ -63,6 +64,23 @@ class Basis:
     spread: tuple[float, float]
     calibrated: bool
     label: str
+    writeback_bps: float | None = None  # the disk past the page cache, as the calibration's pulls met it
+
+    def disk(self, measured: Mapping[str, float] | None = None) -> tuple[float | None, int]:
+        """``(disk_bps, write_cache_bytes)`` for :func:`modelimage.estimate.estimate_pull`:
+        what ``--probe`` measured (``measured``), else the calibration's
+        pace past the page cache with what the cache takes now
+        (:func:`modelimage.probes.probe_write_cache`: no I/O), else
+        ``(None, 0)``: the disk is not a limit."""
+        measured = measured or {}
+        disk = measured.get("disk_bps") or self.writeback_bps
+        if "write_cache_bytes" in measured:
+            return disk, int(measured["write_cache_bytes"])
+        if disk is None or self.engine.syncs:
+            return None, 0
+        from .probes import probe_write_cache
+
+        return disk, probe_write_cache()
 
 
 def basis_for(engine: str) -> Basis:
@@ -82,9 +100,12 @@ def basis_for(engine: str) -> Basis:
     errors = cal.errors()
     worst = max((abs(e) for e in errors), default=0.0)
     lo, hi = cal.spread
+    disk = (f"; writes past the page cache at {format_rate(cal.writeback_bps)}, as its pulls met them"
+            if cal.writeback_bps else "")
     return Basis(cal.engine_model(), cal.spread, True,
                  f"{cal.engine_model().source}; reproduces its {len(errors)} calibration images within "
-                 f"±{worst * 100:.0f} %; range x{lo:.2f} to x{hi:.2f}, as far as its single pulls strayed")
+                 f"±{worst * 100:.0f} %; range x{lo:.2f} to x{hi:.2f}, as far as its single pulls strayed{disk}",
+                 cal.writeback_bps)
 
 
 @dataclass(frozen=True)
@@ -146,7 +167,7 @@ def estimate_source(source: str, *, engine: str = "containerd", bandwidth_bps: f
                                        "--bandwidth")
             where = disk_dir or next((d for d in (Path("/var/lib/containers"), Path("/var/lib/containerd"))
                                       if d.is_dir()), Path(tempfile.gettempdir()))
-            measured.update(probe_disk(layers, basis.engine, where))
+            measured.update(probe_disk(layers, basis.engine, where, calibrated=basis.writeback_bps is not None))
             if probe_url:
                 measured["link_bps"] = bandwidth_bps = probes.probe_download(
                     probe_url, transport=store.client.transport if store and store.client else None)
@@ -158,8 +179,7 @@ def estimate_source(source: str, *, engine: str = "containerd", bandwidth_bps: f
     else:
         links = dict(est.STANDARD_LINKS)
     latency = 0.0 if probe_url and _loopback(probe_url) else est.DEFAULT_LATENCY_S
-    disk = measured.get("disk_bps")
-    cache = int(measured.get("write_cache_bytes", 0))
+    disk, cache = basis.disk(measured)
     results = {name: est.estimate_pull(layers, bandwidth_bps=bps, engine=basis.engine, disk_bps=disk,
                                        write_cache_bytes=cache, concurrency=concurrency, latency_s=latency,
                                        spread=basis.spread)
@@ -170,7 +190,7 @@ def estimate_source(source: str, *, engine: str = "containerd", bandwidth_bps: f
     return Report(source, tuple(layers), basis, results, options, measured)
 
 
-def probe_disk(layers: list[LayerSpec], engine: Engine, where: Path) -> dict[str, float]:
+def probe_disk(layers: list[LayerSpec], engine: Engine, where: Path, *, calibrated: bool = False) -> dict[str, float]:
     """What ``--probe`` measures of the disk under ``where`` for ``engine``
     pulling ``layers``: always the page cache's room for dirty data
     (``write_cache_bytes``, :func:`~modelimage.probes.probe_write_cache`, no
@@ -178,13 +198,15 @@ def probe_disk(layers: list[LayerSpec], engine: Engine, where: Path) -> dict[str
     :func:`~modelimage.probes.probe_writeback`: what the pull writes past
     the cache, at most as much again, with the cores kept busy; seconds)
     only when the pull would write more than that and the engine leaves
-    its writes to the kernel: otherwise the disk cannot change the estimate.
-    Raises ``ModelImageError`` when the disk cannot be measured."""
+    its writes to the kernel: otherwise the disk cannot change the estimate;
+    and not when the engine's calibration timed it (``calibrated``: its own
+    pulls met the pace a probe only guesses). Raises ``ModelImageError``
+    when the disk cannot be measured."""
     from . import probes
 
     cache = probes.probe_write_cache()
     written = est.estimate_pull(layers, bandwidth_bps=math.inf, engine=engine).peak_disk_bytes
-    if engine.syncs or written <= cache:
+    if engine.syncs or written <= cache or calibrated:
         return {"write_cache_bytes": cache}
     beyond = min(max(written - cache, 64 * est.MiB), max(cache, 64 * est.MiB))  # what the pull writes past it, at
     # most as much again (the kernel throttles writers by the time dirty data is twice its background threshold)

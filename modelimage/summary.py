@@ -136,8 +136,10 @@ def summarize(build: dict[str, Any], *, model: ModelInfo | None = None, target: 
     specs = [_layer_spec(layer) for layer in layers]
     pulls = []
     basis = basis_for(engine)  # the same costs `modelimage estimate` uses: this machine's calibration, or built-in
+    disk_bps, cache = basis.disk()
     for link, bps in STANDARD_LINKS.items():
-        est = estimate_pull(specs, bandwidth_bps=bps, engine=basis.engine, spread=basis.spread)
+        est = estimate_pull(specs, bandwidth_bps=bps, engine=basis.engine, spread=basis.spread, disk_bps=disk_bps,
+                            write_cache_bytes=cache)
         pulls.append({"link": link, "time": format_seconds(est.total_seconds), "disk": format_size(est.disk_bytes),
                       "range": f"{format_seconds(est.low_seconds)} to {format_seconds(est.high_seconds)}"})
     facts = None

@@ -131,3 +131,65 @@ def test_a_calibration_inflating_in_parallel_uses_the_cores_of_the_node_it_was_m
     cal = fit("modelimage", samples, facts={"cpus": 2})
     assert cal.costs.gzip_byte_s == pytest.approx(TRUE.gzip_byte_s, rel=1e-6)
     assert max(abs(e) for e in cal.errors()) < 1e-6
+
+
+def _disk_pulls(engine: str, pace: float | None, cache: int) -> list[Sample]:
+    """Pulls made by TRUE and, past ``cache`` bytes written, the disk at ``pace``."""
+    from dataclasses import replace
+
+    from modelimage.calibrate import disk_image
+
+    model = replace(ENGINES[engine], costs=TRUE)
+    big = disk_image(engine, cache)
+    shapes = [*images(), image(big.size, big.layers)] if big else images()
+    return [Sample(layers, (estimate_pull(layers, bandwidth_bps=math.inf, engine=model, latency_s=0, disk_bps=pace,
+                                          write_cache_bytes=cache).total_seconds,)) for layers in shapes]
+
+
+@pytest.mark.parametrize("engine", ["podman", "containerd"])
+def test_the_pull_past_the_page_cache_gives_the_disk_pace_and_leaves_the_costs_alone(engine):
+    """Run 8: a probe said 218-255 MB/s, the 2 GiB pulls met 120-180 and
+    missed by -17..-23 %. The calibration's own pull past the cache (1 GiB
+    past it) gives the pace back, and the other images give the costs."""
+    cache = 2 * 2**30
+    cal = fit(engine, _disk_pulls(engine, 150e6, cache), write_cache_bytes=cache)
+    assert cal.writeback_bps == pytest.approx(150e6, rel=1e-6) and cal.write_cache_bytes == cache
+    assert list(vars(cal.costs).values()) == pytest.approx(list(vars(TRUE).values()), rel=1e-6)
+    assert max(abs(e) for e in cal.errors()) < 1e-6  # the disk image too: its estimate charges the disk
+    back = Calibration.from_json(json.loads(json.dumps(cal.to_json())))
+    assert (back.writeback_bps, back.write_cache_bytes) == (cal.writeback_bps, cache)
+
+
+def test_a_disk_that_never_slowed_the_pulls_gives_no_pace():
+    cache = 2 * 2**30
+    cal = fit("podman", _disk_pulls("podman", None, cache), write_cache_bytes=cache)
+    assert cal.writeback_bps is None
+    assert list(vars(cal.costs).values()) == pytest.approx(list(vars(TRUE).values()), rel=1e-6)
+
+
+def test_an_engine_that_syncs_has_its_disk_in_its_costs():
+    """modelimage pull fsyncs: no image is past the cache for it, no pace."""
+    from modelimage.calibrate import disk_image
+
+    assert disk_image("modelimage", 2 * 2**30) is None and disk_image("podman", 0) is None
+    assert disk_image("podman", 2 * 2**30).size == 1536 * MiB  # writes blob + layer: 3 GiB, 1 GiB past
+    assert disk_image("containerd", 2 * 2**30 + MiB).size == 1664 * MiB  # rounded up to 128 MiB
+    cal = fit("modelimage", pulls(TRUE, "modelimage"), write_cache_bytes=MiB)
+    assert cal.writeback_bps is None
+
+
+def test_an_older_calibration_without_the_disk_reads_as_not_measured():
+    d = fit("podman", pulls(TRUE)).to_json()
+    del d["write_cache_bytes"], d["writeback_bps"]
+    back = Calibration.from_json(d)
+    assert back.writeback_bps is None and back.write_cache_bytes == 0
+
+
+@pytest.mark.parametrize(("field", "value", "why"), [
+    ("writeback_bps", 0, "not positive"), ("writeback_bps", "fast", "not a finite number"),
+    ("write_cache_bytes", -1, "negative"), ("writeback_bps", float("inf"), "not a finite number")])
+def test_a_stored_disk_pace_that_is_not_one_is_refused(field, value, why):
+    d = fit("podman", pulls(TRUE)).to_json()
+    d[field] = value
+    with pytest.raises(ValueError, match=why):
+        Calibration.from_json(d)

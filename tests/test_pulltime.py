@@ -154,3 +154,46 @@ def test_every_layer_media_type_is_classified_in_one_place(media_type, compressi
     assert abs(spec.tar_bytes - (93 * MiB if compression == "none" else 100 * MiB)) <= 1  # 0.93: ASSUMED_RATIO
     assert summary._layer_spec(manifest["layers"][0]).compression == compression
     assert (media_type in IMAGE_LAYER_TYPES) == ("image" in media_type)
+
+
+def _calibrated_with_disk(pace: float, cache_bytes: int) -> None:
+    """A stored podman calibration whose pulls past the page cache met ``pace``."""
+    model = replace(ENGINES["podman"], costs=Costs(0.5, 0.1, 5e-9, 1e-9, 10e-9))
+    shapes = [(LayerSpec(size // n),) * n for size in (64 * MiB, 256 * MiB) for n in (1, 4)]
+    shapes.append((LayerSpec(calibrate.disk_image("podman", cache_bytes).size // 4),) * 4)
+    samples = [Sample(layers, (estimate_pull(layers, bandwidth_bps=math.inf, engine=model, latency_s=0, disk_bps=pace,
+                                             write_cache_bytes=cache_bytes).total_seconds,)) for layers in shapes]
+    calibrate.save(fit("podman", samples, facts={"date": "2026-11-30 21:00", "engine_version": "podman 4.3.1"},
+                       write_cache_bytes=cache_bytes))
+
+
+def test_a_calibrated_disk_pace_is_used_for_big_pulls_said_and_not_probed_again(cache, llama_dir, tmp_path,
+                                                                                monkeypatch):
+    """Run 8's misses were the disk past the page cache, probed at 218-255 MB/s
+    while the pulls met 120-180: the pace the calibration's own pull met is
+    the one estimates use, with or without --probe (which then measures only
+    what the cache takes now), in `estimate`, the build summary and variants."""
+    _calibrated_with_disk(50e6, 512 * MiB)
+    basis = basis_for("podman")
+    assert basis.writeback_bps == pytest.approx(50e6) and "writes past the page cache at 50 MB/s" in basis.label
+    monkeypatch.setattr("modelimage.probes.probe_write_cache", lambda: 4096)  # a node whose cache is full
+
+    def no_probe(*a, **k):
+        raise AssertionError("the writeback probe ran although the calibration timed the disk")
+
+    monkeypatch.setattr("modelimage.probes.probe_writeback", no_probe)
+    assert basis.disk() == (pytest.approx(50e6), 4096)
+    r = estimate_source(str(llama_dir), engine="podman", probe=True, bandwidth_bps=1.25e9, disk_dir=tmp_path)
+    assert r.measured == {"write_cache_bytes": 4096}  # measured: only what was measured
+    e = r.links["given"]
+    assert e.phases["disk"] > 0 and e.disk_bps == pytest.approx(50e6)
+    plain = estimate_source(str(llama_dir), engine="podman", bandwidth_bps=1.25e9)  # no --probe: the same pace
+    assert plain.links["given"].total_seconds == pytest.approx(e.total_seconds)
+    assert basis_for("modelimage").disk() == (None, 0)  # not calibrated, and it syncs anyway
+
+    from modelimage.variants.estimate import estimate_variants
+    from modelimage.variants.select import VariantFacts
+
+    layers = list(r.layers)
+    v = estimate_variants([(VariantFacts(name="q4"), layers)], bandwidth=1.25e9, engine="podman")
+    assert v[0].links["given"].total_seconds == pytest.approx(e.total_seconds)

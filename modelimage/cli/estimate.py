@@ -67,6 +67,10 @@ def _counts(ctx: click.Context, param: click.Parameter, value: str | None) -> li
               help="With --calibrate: image sizes (default: 128MiB,1GiB).")
 @click.option("--calibrate-layers", callback=_counts, metavar="N,N",
               help="With --calibrate: layer counts (default: 1,4).")
+@click.option("--calibrate-disk/--no-calibrate-disk", default=True, show_default=True,
+              help="With --calibrate, for podman, containerd and docker: also pull one image that writes 1 GiB "
+                   "more than the page cache takes, to time the disk past it as the engine meets it (a few "
+                   "GiB of pulls; estimates of big pulls use that pace).")
 @click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True,
               help="With --calibrate: pulls of each image (the fit takes the median).")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate (or the calibration) as JSON.")
@@ -74,7 +78,7 @@ def _counts(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 def estimate(source: str | None, engine: str, bandwidth: float | None, probe: bool, disk_dir: Path | None,
              concurrency: int | None, config: Path | None, max_layer_size: int | None,
              insecure_registry: tuple[str, ...], calibrate: bool, registry: str | None,
-             calibrate_sizes: list[int] | None, calibrate_layers: list[int] | None, repeat: int,
+             calibrate_sizes: list[int] | None, calibrate_layers: list[int] | None, calibrate_disk: bool, repeat: int,
              as_json: bool) -> None:
     """Estimate how long pulling a model image takes, and compare it with
     the other ways to ship the same weights.
@@ -91,7 +95,7 @@ def estimate(source: str | None, engine: str, bandwidth: float | None, probe: bo
     if calibrate:
         if source:
             raise click.UsageError("--calibrate measures the engine, not a SOURCE: run it without one")
-        _calibrate(engine, registry, calibrate_sizes, calibrate_layers, repeat, as_json)
+        _calibrate(engine, registry, calibrate_sizes, calibrate_layers, repeat, as_json, calibrate_disk)
         return
     if not source:
         raise click.UsageError("give a SOURCE (model folder, NAME, image REF or oci:DIR), or --calibrate")
@@ -133,12 +137,14 @@ def estimate(source: str | None, engine: str, bandwidth: float | None, probe: bo
 
 
 def _calibrate(engine: str, registry: str | None, sizes: list[int] | None, layers: list[int] | None,
-               repeat: int, as_json: bool) -> None:
+               repeat: int, as_json: bool, disk: bool = True) -> None:
     from .. import calibrate
+    from ..fit import past_cache
 
     progress = err if sys.stderr.isatty() else None
     cal = calibrate.calibrate(engine, registry=registry, sizes=sizes or calibrate.DEFAULT_SIZES,
-                              layers=layers or calibrate.DEFAULT_LAYERS, repeat=repeat, progress=progress)
+                              layers=layers or calibrate.DEFAULT_LAYERS, repeat=repeat, progress=progress,
+                              disk=disk)
     path = calibrate.path_for(engine)
     if as_json:
         emit_json({**cal.to_json(), "stored": str(path)})
@@ -154,6 +160,12 @@ def _calibrate(engine: str, registry: str | None, sizes: list[int] | None, layer
                         (f"{c.stream_byte_s * 1e9:.2f} s/GB", "the busiest download stream: fetch, verify, store"),
                         (f"{c.gzip_byte_s * 1e9:.2f} s/GB", "gzip layers: decompression, per tar byte")):
         click.echo(f"  {value:>12}  {what}")
+    if cal.writeback_bps:
+        click.echo(f"  {format_rate(cal.writeback_bps):>12}  writes past the page cache "
+                   f"({format_size(cal.write_cache_bytes)} here): the disk, as the pulls met it")
+    elif cal.write_cache_bytes and any(past_cache(cal.engine_model(), s, cal.write_cache_bytes) for s in cal.samples):
+        click.echo(f"  {'no limit':>12}  writes past the page cache ({format_size(cal.write_cache_bytes)}): "
+                   "the pull past it was no slower than the costs above")
     click.echo("  how well the fit reproduces the calibration pulls:")
     for s, e in zip(cal.samples, cal.errors()):
         kind = "gzip" if s.layers and s.layers[0].compression == "gzip" else "plain"

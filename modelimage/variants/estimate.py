@@ -70,7 +70,9 @@ def estimate_variants(variants: list[tuple[VariantFacts, list[LayerSpec]]], *, s
     host = source.split("/", 1)[0] if "/" in source and not LayoutRef.is_layout(source) else ""
     latency = 0.0 if host and is_loopback(host) else DEFAULT_LATENCY_S
     basis = basis_for(engine)  # this machine's calibration of the engine, else the built-in costs
+    disk, cache = basis.disk({"disk_bps": disk_bps} if disk_bps else None)
     return [VariantEstimate(facts, tuple(specs), {
         name: estimate_pull(specs, bandwidth_bps=bps, engine=basis.engine, concurrency=concurrency,
-                            disk_bps=disk_bps, latency_s=latency, spread=basis.spread) for name, bps in links.items()})
+                            disk_bps=disk, write_cache_bytes=cache, latency_s=latency, spread=basis.spread)
+        for name, bps in links.items()})
         for facts, specs in variants]
