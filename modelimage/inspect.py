@@ -171,11 +171,12 @@ def _config(files: Sequence[SourceFile], directory: str = "") -> dict[str, Any]:
     return {}
 
 
-def _quant_config(files: Sequence[SourceFile]) -> tuple[str | None, int | None]:
-    """quant_method and bits from config.json's quantization_config."""
+def _quant_config(files: Sequence[SourceFile], read: dict[str, dict[str, Any]]) -> tuple[str | None, int | None]:
+    """quant_method and bits from config.json's quantization_config
+    (``read``: files already read, by name: not asked of a remote source twice)."""
     for f in files:
         if f.name.rpartition("/")[2] in ("config.json", "quantize_config.json", "quant_config.json"):
-            cfg = _read_json(f)
+            cfg = read[f.name] if f.name in read else _read_json(f)
             q = cfg.get("quantization_config", cfg if "quant_method" in cfg or "bits" in cfg else None)
             if isinstance(q, dict):
                 method = str(q.get("quant_method") or ("gptq" if "bits" in q else "")).lower() or None
@@ -229,7 +230,7 @@ def inspect_model(source: Path | RemoteFolder, *, name: str | None = None, inclu
     sets = find_weight_sets(files)
     counted, notes = counted_sets(sets)
     config = _config(files)
-    method, bits = _quant_config(files)
+    method, bits = _quant_config(files, {"config.json": config})
 
     diffusers = any(f.name == "model_index.json" for f in files) or any(
         f.directory.split("/")[0] in DIFFUSERS_FOLDERS for f in files if f.is_weights)

@@ -462,3 +462,25 @@ def test_adapters_and_projectors_are_components(tmp_path: Path) -> None:
     (a,) = peft.components
     assert (a.name, a.rank, a.base_model, a.file) == ("adapter", 8, "org/tiny", "adapter_model.safetensors")
     assert peft.kind == "adapter" and peft.vram_bytes > 0
+
+
+@pytest.mark.integration
+def test_a_hub_models_config_json_is_read_once(hub, tmp_path) -> None:
+    """inspect of an hf:// model reads config.json from the Hub once (for
+    its architecture and its quantization_config alike), not once for each."""
+    import os
+    import subprocess
+    import sys
+
+    d = synth.write_random_shards(tmp_path / "q", 0.001, 2)
+    config = json.loads((d / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (d / "config.json").write_text(json.dumps(config))
+    hub.commit("acme/gptq-once", {p.name: p.read_bytes() for p in d.iterdir()})
+    start = len(hub.requests)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODELIMAGE_"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+    proc = subprocess.run([sys.executable, "-m", "modelimage", "inspect", "hf://acme/gptq-once", "--json"],
+                          capture_output=True, text=True, env=env, check=True)
+    assert json.loads(proc.stdout)["quantization"] == "GPTQ-4bit"
+    assert len([p for m, p in hub.requests[start:] if p.endswith("/config.json")]) == 1
