@@ -44,39 +44,40 @@ store the fit with the machine's facts.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import os
 import random
 import shutil
 import socket
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from .cache import cache_dir
+from .calibimages import (  # noqa: F401  (re-exported: calibrate.write_image, ImageSpec, ... as before)
+    BLOCK,
+    DEFAULT_COMPRESSIONS,
+    MEDIA,
+    ImageSpec,
+    image_specs,
+    layout_digests,
+    write_image,
+)
 from .durable import write_durably
 from .errors import ModelImageError
 from .estimate import LayerSpec
 from .fit import Calibration, Sample, fit
-from .oci import MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR
 from .pullers import Puller, machine_facts, puller_for
 from .registry.reference import is_loopback
 
 MiB = 2**20
 DEFAULT_SIZES: tuple[int, ...] = (128 * MiB, 1024 * MiB)
 DEFAULT_LAYERS: tuple[int, ...] = (1, 4)
-DEFAULT_COMPRESSIONS: tuple[str, ...] = ("none", "gzip")
-BLOCK = 16 * MiB
 DISK_PAST = 1024 * MiB  # bytes the disk image's pull writes past the page cache
-MEDIA = {"none": MEDIA_TYPE_LAYER_TAR, "gzip": MEDIA_TYPE_LAYER_GZIP}
 
 
 class CalibrationError(ModelImageError):
@@ -84,20 +85,6 @@ class CalibrationError(ModelImageError):
 
 
 # ------------------------------------------------------------------ images
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """A calibration image: ``size`` bytes of files in ``layers`` equal
-    layers, stored with ``compression``."""
-
-    size: int
-    layers: int
-    compression: str = "none"
-
-    @property
-    def name(self) -> str:
-        return f"{self.size // MiB}mib-{self.layers}l-{self.compression}"
-
 
 def disk_image(engine: str, write_cache_bytes: int, past: int = DISK_PAST) -> ImageSpec | None:
     """The image whose pull writes ``past`` bytes more than the page cache
@@ -114,93 +101,33 @@ def disk_image(engine: str, write_cache_bytes: int, past: int = DISK_PAST) -> Im
     return ImageSpec(-(-size // (128 * MiB)) * 128 * MiB, 4, "none")
 
 
-def image_specs(sizes: Sequence[int], layers: Sequence[int],
-                compressions: Sequence[str] = DEFAULT_COMPRESSIONS) -> list[ImageSpec]:
-    """Every size x layer count x compression."""
-    return [ImageSpec(s, n, c) for c in compressions for s in sizes for n in layers]
+def remove_image(ref: str, manifest: str, blobs: Sequence[str]) -> bool:
+    """Delete what :func:`push_image` put at ``ref``: the manifest by
+    digest (which untags it), then its blobs (each made for this run:
+    every file name holds the run's nonce, so no other image shares them).
+    True when the registry deleted all of it (or it was gone); False when
+    it does not delete (deletes disabled, no permission) or cannot be
+    reached."""
+    import httpx
 
+    from .registry.client import RegistryClient
+    from .registry.reference import Reference, blob_path, manifest_path
 
-def _blocks(compression: str, seed: int) -> bytes:
-    """A block of file content: random bytes (plain layers; nothing inside a
-    blob dedupes, so a repeated block costs what fresh bytes cost) or fp16
-    values ~ N(0, 0.02) like a trained layer (gzip saves ~7 %, as on real
-    weights)."""
-    import numpy as np
+    reference = Reference.parse(ref)
+    client = RegistryClient(reference, timeout=30)
+    repo = reference.repository
 
-    rng = np.random.default_rng(seed)
-    if compression == "none":
-        return rng.integers(0, 2**63, size=BLOCK // 8, dtype=np.uint64).tobytes()
-    return (rng.standard_normal(BLOCK // 2, dtype=np.float32) * 0.02).astype(np.float16).tobytes()
+    def delete(path: str) -> bool:  # distribution spec, "Deletes": 202; 404 is gone already; 405 is deletes off
+        return client.http.delete(path).status_code in (200, 202, 404)
 
-
-class _Blob:
-    """Writes a layer blob: the tar bytes hashed (diffID), compressed or not,
-    written and hashed again (digest)."""
-
-    def __init__(self, path: Path, compression: str):
-        self.f = open(path, "wb")
-        self.diff, self.digest, self.size, self.gzip = hashlib.sha256(), hashlib.sha256(), 0, compression == "gzip"
-
-    def write(self, tar_bytes: bytes, stored: bytes | None = None) -> None:
-        """``stored``: these tar bytes already compressed (a gzip member)."""
-        self.diff.update(tar_bytes)
-        if stored is None:
-            stored = gzip.compress(tar_bytes, 1, mtime=0) if self.gzip else tar_bytes
-        self.digest.update(stored)
-        self.size += len(stored)
-        self.f.write(stored)
-
-    def close(self) -> None:
-        self.f.close()
-
-
-def write_image(root: Path, spec: ImageSpec, *, tag: str, nonce: str) -> list[LayerSpec]:
-    """An OCI layout at ``root`` holding ``spec`` under ``tag``; ``nonce``
-    goes into every file name so no layer exists anywhere before. A gzip
-    layer is a series of gzip members (one per block: valid gzip, which
-    every engine decompresses as one stream), so it is written at disk
-    speed. Returns the layers as the model sees them."""
-    blobs = root / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    block = _blocks(spec.compression, seed=hash(nonce) & 0xFFFF)
-    member = gzip.compress(block, 6, mtime=0) if spec.compression == "gzip" else None
-    layers, diff_ids, specs = [], [], []
-    for i in range(spec.layers):
-        size = spec.size // spec.layers
-        info = tarfile.TarInfo(f"models/{nonce}-{i:03d}.bin")
-        info.size, info.mode, info.mtime = size, 0o644, 0
-        tmp = blobs / f".{i}.tmp"
-        blob = _Blob(tmp, spec.compression)
-        blob.write(info.tobuf(tarfile.PAX_FORMAT))
-        for _ in range(size // BLOCK):
-            blob.write(block, member)
-        blob.write(block[: size % BLOCK])
-        blob.write(b"\0" * (-size % 512 + 1024))  # padding, then the end-of-archive blocks
-        blob.close()
-        digest = blob.digest.hexdigest()
-        tmp.rename(blobs / digest)
-        tar_bytes = 512 * ((len(info.tobuf(tarfile.PAX_FORMAT)) + size + 511) // 512) + 1024
-        layers.append({"mediaType": MEDIA[spec.compression], "digest": f"sha256:{digest}", "size": blob.size})
-        diff_ids.append(f"sha256:{blob.diff.hexdigest()}")
-        specs.append(LayerSpec(blob.size, tar_bytes, spec.compression))  # type: ignore[arg-type]
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      **_put(blobs, config)},
-                           "layers": layers}).encode()
-    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                                **_put(blobs, manifest),
-                                                "annotations": {"org.opencontainers.image.ref.name": tag}}]}
-    (root / "index.json").write_text(json.dumps(index))
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    return specs
-
-
-def _put(blobs: Path, data: bytes) -> dict[str, Any]:
-    digest = hashlib.sha256(data).hexdigest()
-    (blobs / digest).write_bytes(data)
-    return {"digest": f"sha256:{digest}", "size": len(data)}
+    try:
+        if not delete(manifest_path(repo, manifest)):
+            return False
+        return all([delete(blob_path(repo, d)) for d in blobs])
+    except (httpx.HTTPError, ModelImageError):
+        return False
+    finally:
+        client.close()
 
 
 def push_image(layout: Path, tag: str, ref: str) -> None:
@@ -279,16 +206,20 @@ def measure(puller: Puller, images: dict[str, list[LayerSpec]], *, repeat: int,
     if order:
         warm = min(order, key=lambda ref: sum(layer.tar_bytes for layer in images[ref]))
         puller.clear(warm)
-        seconds = puller.pull(warm)
-        puller.clear(warm)
+        try:
+            seconds = puller.pull(warm)
+        finally:  # also when the pull fails or is interrupted: what it left goes
+            puller.clear(warm)
         if progress:
             progress(f"{puller.name} warm-up pull of {warm.rsplit('/', 1)[-1]}: {seconds:.2f} s (not counted)")
     for r in range(repeat):
         random.shuffle(order)
         for ref in order:
             puller.clear(ref)
-            seconds = puller.pull(ref)
-            puller.clear(ref)
+            try:
+                seconds = puller.pull(ref)
+            finally:
+                puller.clear(ref)
             times[ref].append(seconds)
             if progress:
                 progress(f"{puller.name} pull {r + 1}/{repeat} of {ref.rsplit('/', 1)[-1]}: {seconds:.2f} s")
@@ -299,7 +230,8 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
               layers: Sequence[int] = DEFAULT_LAYERS, compressions: Sequence[str] = DEFAULT_COMPRESSIONS,
               repeat: int = 3, work: Path | None = None, store: bool = True,
               progress: Callable[[str], None] | None = None, disk: bool = True,
-              write_cache_bytes: int | None = None, disk_past: int = DISK_PAST) -> Calibration:
+              write_cache_bytes: int | None = None, disk_past: int = DISK_PAST,
+              warn: Callable[[str], None] | None = None) -> Calibration:
     """Time real pulls of generated images with ``engine`` on this node and
     fit its costs (:func:`modelimage.fit.fit`); with ``store``, save the
     result where :func:`load` finds it.
@@ -311,6 +243,9 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
     ``disk``: also time the disk past the page cache (:func:`disk_image`;
     ``write_cache_bytes`` defaults to :func:`modelimage.probes.probe_write_cache`
     after a ``sync``; ``disk_past`` bytes past it).
+    The images pushed to a given ``registry`` are deleted from it after
+    (also when the run fails or is interrupted); ``warn`` is told which
+    could not be (a registry with deletes turned off).
 
     Raises :class:`CalibrationError` or
     :class:`~modelimage.pullers.EngineUnavailable` when it cannot run;
@@ -321,6 +256,14 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
     if len({(s.size, s.layers) for s in specs}) < 3:
         raise CalibrationError("calibration needs at least two sizes and two layer counts (or three images) "
                                "to tell per-pull, per-layer and per-byte costs apart")
+    if registry:  # before gigabytes are generated for it
+        from .registry.reference import Reference, redacted
+
+        try:
+            Reference.parse(f"{registry.rstrip('/')}/modelimage-calibration/{engine}:check")
+        except ModelImageError as e:  # its first part is the reference made here (redacted), then why
+            raise CalibrationError(f"--registry {redacted(registry)}: give HOST[:PORT][/PREFIX] (no scheme, "
+                                   f"lowercase path): {str(e).split(': ', 1)[-1]}") from None
     say = progress or (lambda _msg: None)
     cache = 0
     if disk:
@@ -348,6 +291,7 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                 f"the page cache takes {cache / 2**30:.1f} GiB here and pulls past it time the disk, not the "
                 "engine: give at least two sizes and two layer counts whose pulls write less than that")
     tmp = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-", dir=work))
+    pushed: list[tuple[str, str, list[str]]] = []  # ref, manifest digest, blobs: removed from --registry after
     try:
         with _registry(registry, tmp) as host:
             puller = puller_for(engine, plain_http=is_loopback(host.split("/", 1)[0]), work=tmp)
@@ -360,11 +304,17 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                     layout = tmp / "layout"
                     images[ref] = write_image(layout, spec, tag="calibration", nonce=f"{nonce}-{spec.name}")
                     say(f"pushing {spec.name} to {host}")
+                    pushed.append((ref, *layout_digests(layout)))
                     push_image(layout, "calibration", ref)
                     shutil.rmtree(layout)
                 samples = measure(puller, images, repeat=repeat, progress=progress)
             finally:
                 puller.close()
+                if registry:  # a registry of the user's: take the images back out (a loopback one goes with tmp)
+                    left = [ref for ref, manifest, blobs in pushed if not remove_image(ref, manifest, blobs)]
+                    if left and warn:
+                        warn(f"{len(left)} calibration image(s) could not be deleted from {host} (it refuses "
+                             f"deletes, or cannot be reached): {', '.join(left)}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     facts["load_average_after"] = round(os.getloadavg()[0], 2)

@@ -47,11 +47,25 @@ class Sample:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Sample:
         """Raises ``ValueError`` for anything :meth:`to_json` does not write:
-        no pulls, a time that is not a positive number of seconds."""
+        no pulls, a time that is not a pull's (:data:`PULL_SECONDS`), no
+        layers, a layer :class:`~modelimage.estimate.LayerSpec` refuses."""
         seconds = tuple(_number(s, "seconds") for s in d["seconds"])
-        if not seconds or not all(s > 0 for s in seconds):
+        if not seconds or not all(PULL_SECONDS[0] <= s <= PULL_SECONDS[1] for s in seconds):
             raise ValueError(f"a sample's seconds are {list(d['seconds'])!r}, not pull times")
-        return cls(tuple(LayerSpec(int(a), int(b), c) for a, b, c in d["layers"]), seconds)
+        if not d["layers"]:
+            raise ValueError("a sample has no layers")
+        try:
+            layers = tuple(LayerSpec(int(a), int(b), c) for a, b, c in d["layers"])
+        except ConfigError as e:  # a negative size, an unknown compression
+            raise ValueError(str(e)) from None
+        return cls(layers, seconds)
+
+
+# What a stored calibration may hold (a hand-edited or damaged file gets the "not a calibration" line,
+# not an estimate of 10**300 s): a pull takes 1 ms to a day; a per-pull or per-layer cost at most an
+# hour; a per-byte cost at most 1 ms (a 1 kB/s engine).
+PULL_SECONDS = (1e-3, 86400.0)
+MAX_COSTS = (3600.0, 3600.0, 1e-3, 1e-3, 1e-3)
 
 
 def _number(value: Any, what: str) -> float:
@@ -107,10 +121,16 @@ class Calibration:
     write_cache_bytes: int = 0
     writeback_bps: float | None = None
 
-    def engine_model(self) -> Engine:
-        """The built-in engine with these costs."""
+    def engine_model(self, here: Mapping[str, Any] | None = None) -> Engine:
+        """The built-in engine with these costs. ``here``: this machine's
+        facts (:func:`modelimage.pullers.host_facts`); when its ``node``
+        is not the calibrated one's, the source names the node it was
+        calibrated on instead of "this machine"."""
+        node = self.facts.get("node")
+        where = ("this machine" if here is None or node is None or here.get("node") == node
+                 else f"node {node} (same cores and memory as this one)")
         return replace(engine_named(self.engine), costs=self.costs,
-                       source=f"calibrated on this machine ({self.facts.get('date', '?')}, "
+                       source=f"calibrated on {where} ({self.facts.get('date', '?')}, "
                               f"{self.facts.get('engine_version', self.engine)})")
 
     def estimated(self, sample: Sample) -> float:
@@ -119,6 +139,22 @@ class Calibration:
         return estimate_pull(sample.layers, bandwidth_bps=math.inf, engine=self.engine_model(), latency_s=0,
                              disk_bps=self.writeback_bps, write_cache_bytes=self.write_cache_bytes,
                              cores=self.facts.get("cpus")).total_seconds
+
+    def differences(self, here: Mapping[str, Any]) -> list[str]:
+        """How the machine it was calibrated on differs from ``here``
+        (:func:`modelimage.pullers.host_facts`) in what sets an engine's
+        costs: the core count, the memory (more than 5 % apart; it sets the
+        page cache a pull writes into). Empty when they match, or when the
+        calibration does not record them."""
+        out = []
+        cpus, mem = self.facts.get("cpus"), self.facts.get("memory_bytes")
+        if isinstance(cpus, int) and isinstance(here.get("cpus"), int) and cpus != here["cpus"]:
+            out.append(f"{cpus} cores, this one {here['cpus']}")
+        other = here.get("memory_bytes")
+        if isinstance(mem, (int, float)) and isinstance(other, (int, float)) and mem > 0 and other > 0 \
+                and abs(mem / other - 1) > 0.05:
+            out.append(f"{mem / 2**30:.1f} GiB of memory, this one {other / 2**30:.1f} GiB")
+        return out
 
     def errors(self) -> list[float]:
         """Per sample: estimate / median pull - 1."""
@@ -158,6 +194,9 @@ class Calibration:
         values = [_number(d["costs"][k], k) for k in names]
         if any(v < 0 for v in values):
             raise ValueError(f"{names[next(i for i, v in enumerate(values) if v < 0)]} is negative")
+        for name, v, top in zip(names, values, MAX_COSTS):
+            if v > top:
+                raise ValueError(f"{name} is {v:g}, more than any engine takes ({top:g})")
         samples = tuple(Sample.from_json(s) for s in d["samples"])
         if not samples:
             raise ValueError("it holds no calibration pulls")
@@ -166,7 +205,11 @@ class Calibration:
         pace = None if pace is None else _number(pace, "writeback_bps")
         if cache < 0 or (pace is not None and pace <= 0):
             raise ValueError("write_cache_bytes is negative" if cache < 0 else "writeback_bps is not positive")
-        return cls(str(d["engine"]), Costs(*values), samples, dict(d.get("facts", {})), int(cache), pace)
+        facts = dict(d.get("facts", {}))
+        cpus = facts.get("cpus")
+        if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
+            raise ValueError(f"its cpus fact is {cpus!r}, not a core count")
+        return cls(str(d["engine"]), Costs(*values), samples, facts, int(cache), pace)
 
 
 def written_bytes(engine: Engine, layers: Sequence[LayerSpec]) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 from .errors import ModelImageError
 
 ENGINE_NAMES: tuple[str, ...] = ("podman", "containerd", "docker", "modelimage")
+STOP_WAIT_S = 10.0  # seconds an interrupted engine command gets to stop by itself before it is killed
 
 
 class EngineUnavailable(ModelImageError):
@@ -30,10 +32,26 @@ class EngineUnavailable(ModelImageError):
 
 def _run(cmd: list[str], what: str, *, check: bool = True, env: dict[str, str] | None = None
          ) -> subprocess.CompletedProcess:
+    """Run an engine command to its end. On Ctrl-C the engine (which the
+    terminal interrupted too) gets up to :data:`STOP_WAIT_S` to stop by
+    itself before it is killed: ``subprocess.run`` kills it after 0.25 s,
+    and a ``podman pull`` killed mid-layer can leave its storage broken
+    ("layer not known", podman#8437, #14003)."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     except OSError as e:
         raise EngineUnavailable(f"{what}: cannot run {cmd[0]} ({e.strerror})") from None
+    try:
+        out, err = child.communicate()
+    except BaseException:  # Ctrl-C: let the engine finish its own clean-up, then make sure it is gone
+        child.send_signal(signal.SIGINT)
+        try:
+            child.communicate(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+        raise
+    proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     if check and proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         raise ModelImageError(f"{what}: {' '.join(cmd[:3])} failed: {tail[0]}")
@@ -55,8 +73,12 @@ class Puller:
 
     def pull(self, ref: str) -> float:
         t = time.perf_counter()
-        _run(self.pull_command(ref), f"pulling {ref} with {self.name}")
+        _run(self.pull_command(ref), f"pulling {ref} with {self.name}", env=self.pull_env())
         return time.perf_counter() - t
+
+    def pull_env(self) -> dict[str, str] | None:
+        """The pull command's environment (None: this process's)."""
+        return None
 
     def pull_command(self, ref: str) -> list[str]:
         raise NotImplementedError
@@ -75,15 +97,35 @@ class Puller:
 
 
 class Podman(Puller):
-    """``podman pull`` into podman's configured storage; ``podman rmi`` after."""
+    """``podman pull`` into podman's configured storage; ``podman rmi`` after.
+
+    podman copies each blob into a ``storageNNN`` folder under ``$TMPDIR``
+    (default /var/tmp) before storing it, and an interrupted pull leaves
+    that folder behind (podman#19201): its pulls get a ``TMPDIR`` of their
+    own under the same parent (so the copies cost what they cost a user's
+    pull), emptied after each pull and removed by :meth:`close`."""
 
     name = command = "podman"
+
+    def __init__(self, *, plain_http: bool):
+        super().__init__(plain_http=plain_http)
+        parent = os.environ.get("TMPDIR") or "/var/tmp"
+        self.tmp = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-podman-",
+                                         dir=parent if os.path.isdir(parent) else None))
+
+    def pull_env(self) -> dict[str, str]:
+        return {**os.environ, "TMPDIR": str(self.tmp)}
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def pull_command(self, ref: str) -> list[str]:
         return ["podman", "pull", "--quiet", f"--tls-verify={str(not self.plain_http).lower()}", ref]
 
     def clear(self, ref: str) -> None:
         _run(["podman", "rmi", "--force", ref], "podman rmi", check=False)
+        for leftover in self.tmp.iterdir():  # an interrupted or failed pull's blob copies
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def storage(self) -> Path:
         out = _run(["podman", "info", "--format", "{{.Store.GraphRoot}}"], "podman info", check=False).stdout
@@ -208,17 +250,25 @@ def puller_for(engine: str, *, plain_http: bool, work: Path | None = None) -> Pu
     raise ModelImageError(f"unknown engine {engine!r}: use one of {', '.join(ENGINE_NAMES)}")
 
 
-def machine_facts(puller: Puller) -> dict[str, object]:
-    """What the calibration is valid for: cores, memory, the storage's
-    filesystem size, kernel, engine version, when."""
+def host_facts() -> dict[str, object]:
+    """The machine itself, as a calibration records it and as an estimate
+    compares it (no engine is run): ``node`` (host name), ``kernel``,
+    ``cpus`` (count), ``memory_bytes`` (``MemTotal``; None when unknown)."""
     facts: dict[str, object] = {"node": os.uname().nodename, "kernel": os.uname().release,
-                                "cpus": os.cpu_count() or 1, "engine_version": puller.version(),
-                                "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+                                "cpus": os.cpu_count() or 1}
     try:
         m = re.search(r"^MemTotal:\s+([0-9]+) kB", Path("/proc/meminfo").read_text(), re.M)
         facts["memory_bytes"] = int(m.group(1)) * 1024 if m else None
     except OSError:
         facts["memory_bytes"] = None
+    return facts
+
+
+def machine_facts(puller: Puller) -> dict[str, object]:
+    """What the calibration is valid for: cores, memory, the storage's
+    filesystem size, kernel, engine version, when."""
+    facts: dict[str, object] = {**host_facts(), "engine_version": puller.version(),
+                                "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     where = puller.storage()
     while not where.exists() and where != where.parent:
         where = where.parent

@@ -84,17 +84,27 @@ class Basis:
 
 
 def basis_for(engine: str) -> Basis:
-    """The stored calibration of ``engine`` when there is one, else the
-    built-in constants with :data:`modelimage.estimate.BUILTIN_RANGE`.
+    """The stored calibration of ``engine`` when there is one made on a
+    machine like this one (same core count, memory within 5 %:
+    :meth:`modelimage.fit.Calibration.differences`; a calibration copied
+    from another node of the same shape is used, and says which node),
+    else the built-in constants with
+    :data:`modelimage.estimate.BUILTIN_RANGE`, the label saying why.
     Raises ``ModelImageError`` when a stored calibration cannot be read."""
     from . import calibrate
+    from .pullers import host_facts
 
     model = est.engine_named(engine)
     cal = calibrate.load(model.name)
-    if cal is None:
+    here = host_facts()
+    differences = cal.differences(here) if cal is not None else []
+    if cal is None or differences:
         lo, hi = est.BUILTIN_RANGE
+        why = "not calibrated here" if cal is None else (
+            f"the stored calibration ({calibrate.path_for(model.name)}) is of another machine "
+            f"(node {cal.facts.get('node', '?')}: {'; '.join(differences)}), so it is not used")
         return Basis(model, est.BUILTIN_RANGE, False,
-                     f"built-in constants, not calibrated here (real pulls ran x{lo:g} to x{hi:g} of such "
+                     f"built-in constants, {why} (real pulls ran x{lo:g} to x{hi:g} of such "
                      f"estimates on other machines; `modelimage estimate --calibrate --engine {model.name}` "
                      "measures this one)")
     errors = cal.errors()
@@ -102,8 +112,9 @@ def basis_for(engine: str) -> Basis:
     lo, hi = cal.spread
     disk = (f"; writes past the page cache at {format_rate(cal.writeback_bps)}, as its pulls met them"
             if cal.writeback_bps else "")
-    return Basis(cal.engine_model(), cal.spread, True,
-                 f"{cal.engine_model().source}; reproduces its {len(errors)} calibration images within "
+    eng = cal.engine_model(here)
+    return Basis(eng, cal.spread, True,
+                 f"{eng.source}; reproduces its {len(errors)} calibration images within "
                  f"±{worst * 100:.0f} %; range x{lo:.2f} to x{hi:.2f}, as far as its single pulls strayed{disk}",
                  cal.writeback_bps)
 
@@ -160,11 +171,14 @@ def estimate_source(source: str, *, engine: str = "containerd", bandwidth_bps: f
     basis = basis_for(engine)
     layers, probe_url, store = layers_of(source, config, max_layer_size, insecure)
     measured: dict[str, float] = {}
+    registry_url = store.client.url("/v2/") if store is not None and store.client is not None else None
     try:
         if probe:
             if probe_url is None and bandwidth_bps is None:
-                raise ProbeNeedsTarget("--probe measures the link from a registry: give an image REF, or pass "
-                                       "--bandwidth")
+                raise ProbeNeedsTarget(
+                    f"--probe times a download of the image's biggest layer, and {source} has no layer bytes: "
+                    "pass --bandwidth" if registry_url else
+                    "--probe measures the link from a registry: give an image REF, or pass --bandwidth")
             where = disk_dir or next((d for d in (Path("/var/lib/containers"), Path("/var/lib/containerd"))
                                       if d.is_dir()), Path(tempfile.gettempdir()))
             measured.update(probe_disk(layers, basis.engine, where, calibrated=basis.writeback_bps is not None))
@@ -178,7 +192,7 @@ def estimate_source(source: str, *, engine: str = "containerd", bandwidth_bps: f
         links = {"measured" if "link_bps" in measured else "given": bandwidth_bps}
     else:
         links = dict(est.STANDARD_LINKS)
-    latency = 0.0 if probe_url and _loopback(probe_url) else est.DEFAULT_LATENCY_S
+    latency = 0.0 if registry_url and _loopback(registry_url) else est.DEFAULT_LATENCY_S  # the pull's requests
     disk, cache = basis.disk(measured)
     results = {name: est.estimate_pull(layers, bandwidth_bps=bps, engine=basis.engine, disk_bps=disk,
                                        write_cache_bytes=cache, concurrency=concurrency, latency_s=latency,
@@ -222,8 +236,9 @@ def _loopback(url: str) -> bool:
 def layers_of(source: str, config: Path | None = None, max_layer_size: int | None = None,
               insecure: tuple[str, ...] = ()) -> tuple[list[LayerSpec], str | None, Any]:
     """The layers ``source`` pulls as, the URL of its biggest blob when it
-    is in a registry (for the link probe), and where it is read from there
-    (:func:`modelimage.image.open_store`; the caller closes it)."""
+    is in a registry and holds bytes (for the link probe), and where it is
+    read from there (:func:`modelimage.image.open_store`; the caller closes
+    it; None for a model or a layout)."""
     from .config import REMOTE_SCHEMES
     from .job import Options, prepare
     from .layout import LayoutRef
@@ -255,8 +270,10 @@ def _image(source: str, insecure: tuple[str, ...]) -> tuple[list[LayerSpec], str
     except BaseException:
         store.close()
         raise
-    if store.client is None or store.served is None or biggest is None:  # a layout: nothing to probe
+    if store.client is None or store.served is None:  # a layout: nothing to probe
         store.close()
         return layer_specs_from_manifest(manifest), None, None
+    if biggest is None or biggest.size == 0:  # in a registry, with no layer bytes to time the link with
+        return layer_specs_from_manifest(manifest), None, store
     return layer_specs_from_manifest(manifest), store.client.url(f"/v2/{store.served.repository}/blobs/"
                                                                  f"{biggest.digest}"), store

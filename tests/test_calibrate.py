@@ -202,6 +202,14 @@ def test_a_small_calibration_predicts_another_size(registry, tmp_path):
     (lambda d: d["costs"].update(pull_s="2"), "pull_s is '2'"),
     (lambda d: d["costs"].update(byte_s=-1e-9), "byte_s is negative"),  # the message named no file
     (lambda d: d["costs"].update(layer_s=float("nan")), "layer_s is nan"),
+    # breaker8: each of these was read and estimated from, or failed without naming the file
+    (lambda d: d["costs"].update(pull_s=1e308), "pull_s is 1e+308, more than any engine takes"),  # a 10**300 s pull
+    (lambda d: d["samples"][0].update(seconds=[1e-300]), "not pull times"),  # "within ±4986241778753…%"
+    (lambda d: d["samples"][0].update(layers=[]), "a sample has no layers"),
+    (lambda d: d["samples"][0].update(layers=[[-5, -5, "none"]]), "must not be negative"),  # no file named
+    (lambda d: d["samples"][0].update(layers=[[5, 5, "brotli"]]), "layer compression 'brotli'"),  # no file named
+    (lambda d: d.update(facts={"cpus": True}), "its cpus fact is True"),  # "True cores"
+    (lambda d: d.update(facts={"cpus": "many"}), "its cpus fact is 'many'"),
 ])
 def test_a_corrupt_stored_calibration_is_one_line_naming_the_file(change, why, tmp_path, monkeypatch, llama_dir,
                                                                   capsys):
@@ -285,3 +293,110 @@ def test_the_calibration_prints_the_disk_pace_it_met(monkeypatch, tmp_path):
     assert "150 MB/s (1.2 Gbit/s)  writes past the page cache (2.15 GB here): the disk, as the pulls met it" in r.output
     j = CliRunner().invoke(cli, ["estimate", "--calibrate", "--engine", "podman", "--json"])
     assert json.loads(j.stdout)["writeback_bps"] == pytest.approx(150e6)
+
+
+def _calibration_left_in(reg) -> tuple[list[str], int]:
+    """The tags of calibration images in ``reg`` and the blob links of its
+    repositories (what a calibration pushed and did not delete)."""
+    import httpx
+
+    tags = []
+    for repo in httpx.get(f"{reg.url}/v2/_catalog").json().get("repositories") or []:
+        r = httpx.get(f"{reg.url}/v2/{repo}/tags/list")
+        tags += [f"{repo}:{t}" for t in ((r.json().get("tags") or []) if r.status_code == 200 else [])]
+    links = [p for p in (reg.root / "data").rglob("link") if "_layers" in p.parts]
+    return tags, len(links)
+
+
+@pytest.fixture
+def own_registry():
+    """A registry of this test's own (the module's is shared: what other
+    tests leave in it is not this test's)."""
+    from .registry import start_registry
+
+    with start_registry() as reg:
+        yield reg
+
+
+CALIBRATE_TINY = ["estimate", "--calibrate", "--engine", "modelimage", "--calibrate-sizes", "1MiB,2MiB",
+                  "--calibrate-layers", "1,2", "--repeat", "1", "--no-calibrate-disk"]
+
+
+def test_a_calibration_deletes_what_it_pushed_to_the_given_registry(own_registry, tmp_path, monkeypatch):
+    """`--registry` is the user's: 8 images (4.5 GB with the default sizes)
+    were left there by every calibration. They are deleted after."""
+    monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    r = CliRunner().invoke(cli, [*CALIBRATE_TINY, "--registry", own_registry.host, "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)["samples"]) == 8
+    assert _calibration_left_in(own_registry) == ([], 0)
+
+
+def test_a_registry_that_refuses_deletes_gets_one_warning_naming_what_is_left(tmp_path, monkeypatch):
+    from .registry import start_registry
+
+    monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    with start_registry(extra_config={"storage": {"filesystem": {"rootdirectory": str(tmp_path / "reg")},
+                                                  "delete": {"enabled": False}}}) as reg:
+        r = CliRunner().invoke(cli, [*CALIBRATE_TINY, "--registry", reg.host, "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["engine"] == "modelimage"  # stdout stays JSON
+        (warning,) = r.stderr.splitlines()
+        assert warning.startswith(f"warning: 8 calibration image(s) could not be deleted from {reg.host}")
+        assert warning.count("modelimage-calibration/modelimage:") == 8
+
+
+def test_ctrl_c_in_the_middle_of_a_calibration_leaves_nothing_behind(own_registry, tmp_path):
+    """A real SIGINT to `modelimage estimate --calibrate` while its pulls
+    run: exit 130 with one line, no calibration stored, nothing in the
+    temporary directory, nothing in the registry it pushed to."""
+    import os
+    import signal
+    import sys
+    import time
+
+    env = {**os.environ, "MODELIMAGE_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "modelimage", *CALIBRATE_TINY, "--repeat", "20",
+                             "--registry", own_registry.host], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "tmp").glob("modelimage-calibrate-*/modelimage-calibrate-pull-*/pull-3")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "interrupted", err
+    assert out == ""
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not (tmp_path / "cache" / "calibration" / "modelimage.json").exists()
+    assert _calibration_left_in(own_registry) == ([], 0)
+
+
+def test_sizes_that_are_not_whole_mib_are_each_pulled(tmp_path, monkeypatch):
+    """100 KiB and 900 KiB were both tagged ``0mib-…``: the second push
+    overwrote the first, only 900 KiB images were pulled, and a fit of one
+    size (135 s/GB per stream byte) was stored with exit 0."""
+    monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    r = CliRunner().invoke(cli, ["estimate", "--calibrate", "--engine", "modelimage", "--calibrate-sizes",
+                                 "100KiB,900KiB,900KiB", "--calibrate-layers", "1,2", "--repeat", "1", "--json",
+                                 "--no-calibrate-disk"])
+    assert r.exit_code == 0, r.output
+    samples = json.loads(r.stdout)["samples"]
+    assert len(samples) == 8
+    totals = sorted({s["layers"][0][0] for s in samples if s["layers"][0][2] == "none" and len(s["layers"]) == 1})
+    assert len(totals) == 2 and totals[0] < 200 * 1024 < 800 * 1024 < totals[1]
+    assert len({calibrate.ImageSpec(s, 1).name for s in (100 * 1024, 900 * 1024, MiB, MiB + 1)}) == 4
+
+
+@pytest.mark.parametrize("registry", ["https://127.0.0.1:5000", "127.0.0.1:5000/Models", "alice:s3cret@127.0.0.1:5000"])
+def test_a_registry_that_is_not_a_host_is_one_line_before_anything_is_written(registry, tmp_path, monkeypatch,
+                                                                              capsys):
+    monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    assert main([*CALIBRATE_TINY, "--registry", registry]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: --registry {registry.replace('alice:s3cret', '***')}: give HOST[:PORT]")
+    assert "s3cret" not in line and ("is not" in line or "credentials do not go" in line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -109,3 +109,41 @@ def test_machine_facts(tmp_path):
     assert facts["storage_disk_bytes"] > 0
     if Path("/proc/meminfo").exists():
         assert facts["memory_bytes"] > 2**20
+
+
+def test_ctrl_c_during_a_podman_calibration_pull_leaves_no_blob_copies_nor_images(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the whole process group) while
+    `podman pull` copies a blob: podman leaves its ``storageNNN`` copy in
+    $TMPDIR (default /var/tmp) when interrupted (podman#19201), and the
+    calibration killed podman 0.25 s after the interrupt. Exit 130 with one
+    line, nothing in $TMPDIR, no calibration image in podman's store."""
+    import signal
+    import sys
+    import time
+
+    need("podman")
+    need("docker-registry")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "MODELIMAGE_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "modelimage", "estimate", "--calibrate", "--engine", "podman",
+                             "--calibrate-sizes", "32MiB,64MiB", "--calibrate-layers", "1,2", "--repeat", "20",
+                             "--no-calibrate-disk"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    def copying() -> bool:  # podman's blob copy folder holds a file: a pull is under way
+        try:
+            return any(any(p.iterdir()) for p in [*tmp.glob("storage*"), *tmp.glob("*/storage*")] if p.is_dir())
+        except FileNotFoundError:  # it went while looked at
+            return False
+
+    while not copying():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip() == "interrupted", err
+    assert list(tmp.iterdir()) == []
+    assert not (tmp_path / "cache" / "calibration" / "podman.json").exists()
+    images = subprocess.run(["podman", "images", "--format", "{{.Repository}}"], capture_output=True, text=True)
+    assert "modelimage-calibration/podman" not in images.stdout

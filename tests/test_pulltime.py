@@ -197,3 +197,96 @@ def test_a_calibrated_disk_pace_is_used_for_big_pulls_said_and_not_probed_again(
     layers = list(r.layers)
     v = estimate_variants([(VariantFacts(name="q4"), layers)], bandwidth=1.25e9, engine="podman")
     assert v[0].links["given"].total_seconds == pytest.approx(e.total_seconds)
+
+
+@pytest.mark.parametrize("other", [{"cpus": 64}, {"memory_bytes": 512 * 2**30}])
+def test_a_calibration_of_a_machine_of_another_shape_is_not_used_and_says_so(cache, llama_dir, other):
+    """A calibration copied from a bigger node (64 cores, or 512 GiB) would
+    price this node's pulls at that node's speed while saying "calibrated on
+    this machine": the estimate, its JSON and the action's summary fall back
+    to the built-in constants and name the file and what differs."""
+    import json
+
+    from click.testing import CliRunner
+
+    from modelimage.cli import cli
+    from modelimage.pullers import host_facts
+
+    stored_podman_calibration()
+    path = calibrate.path_for("podman")
+    data = json.loads(path.read_text())
+    data["facts"].update(host_facts(), node="gpu-node-7", **other)
+    path.write_text(json.dumps(data))
+
+    basis = basis_for("podman")
+    assert basis.calibrated is False and basis.engine.costs == ENGINES["podman"].costs
+    assert basis.spread == BUILTIN_RANGE
+    assert f"the stored calibration ({path}) is of another machine (node gpu-node-7: " in basis.label
+    r = CliRunner().invoke(cli, ["estimate", str(llama_dir), "--engine", "podman", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["calibrated"] is False and "is of another machine" in out["basis"]
+    assert "calibrated on" not in out["source"]
+    text = CliRunner().invoke(cli, ["estimate", str(llama_dir), "--engine", "podman"]).output
+    assert "is of another machine" in text and "calibrated on this machine" not in text
+
+
+def test_a_calibration_copied_from_a_node_of_the_same_shape_is_used_and_names_that_node(cache, llama_dir):
+    import json
+
+    from modelimage.pullers import host_facts
+
+    costs = stored_podman_calibration()
+    path = calibrate.path_for("podman")
+    data = json.loads(path.read_text())
+    data["facts"].update(host_facts(), node="twin-node-3")
+    data["facts"]["memory_bytes"] = int(data["facts"]["memory_bytes"] * 1.01)  # a kernel's reservations move
+    path.write_text(json.dumps(data))
+    basis = basis_for("podman")
+    assert basis.calibrated is True and list(vars(basis.engine.costs).values()) == pytest.approx(list(vars(costs).values()))
+    assert basis.label.startswith("calibrated on node twin-node-3 (same cores and memory as this one)")
+
+
+def _push_manifest(registry, repo: str, tag: str, layers: list[bytes]) -> str:
+    """An image of ``layers`` (plain tar media type, any bytes) at REPO:TAG."""
+    import hashlib
+    import json
+
+    from modelimage.registry.client import RegistryClient
+    from modelimage.registry.reference import Reference
+
+    ref = f"{registry.host}/{repo}:{tag}"
+    client = RegistryClient(Reference.parse(ref))
+    try:
+        def put(data: bytes) -> dict:
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            client.put_blob(repo, data, digest)
+            return {"digest": digest, "size": len(data)}
+
+        config = put(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode())
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **put(b)} for b in layers]}
+        client.put_manifest(repo, tag, json.dumps(manifest).encode(), manifest["mediaType"])
+    finally:
+        client.close()
+    return ref
+
+
+def test_an_image_without_layer_bytes_is_estimated_as_pulled_from_its_registry_and_probe_says_why_not(
+        cache, registry, tmp_path):
+    """No layers: estimated as if from a remote registry (the request
+    latency came from the probe URL, which such an image has none of), so
+    it took 100 ms where the same image with one empty layer more took
+    9 ms; `--probe` answered "give an image REF" to an image REF, and an
+    empty biggest layer got "HTTP 416"."""
+    none = _push_manifest(registry, "pulltime/empty", "none", [])
+    empty = _push_manifest(registry, "pulltime/empty", "one-empty", [b""])
+    a = estimate_source(none, engine="podman", bandwidth_bps=1e9)
+    b = estimate_source(empty, engine="podman", bandwidth_bps=1e9)
+    assert len(a.layers) == 0 and len(b.layers) == 1
+    assert a.first.total_seconds <= b.first.total_seconds  # one layer more is never faster
+    assert a.first.phases["fixed"] == ENGINES["podman"].costs.pull_s  # loopback: no request latency
+    for ref in (none, empty):
+        with pytest.raises(ConfigError, match=f"{ref} has no layer bytes: pass --bandwidth"):
+            estimate_source(ref, engine="podman", probe=True, disk_dir=tmp_path)

@@ -144,7 +144,7 @@ def _calibrate(engine: str, registry: str | None, sizes: list[int] | None, layer
     progress = err if sys.stderr.isatty() else None
     cal = calibrate.calibrate(engine, registry=registry, sizes=sizes or calibrate.DEFAULT_SIZES,
                               layers=layers or calibrate.DEFAULT_LAYERS, repeat=repeat, progress=progress,
-                              disk=disk)
+                              disk=disk, warn=lambda msg: err(f"warning: {msg}"))
     path = calibrate.path_for(engine)
     if as_json:
         emit_json({**cal.to_json(), "stored": str(path)})
