@@ -103,29 +103,36 @@ class Podman(Puller):
     (default /var/tmp) before storing it, and an interrupted pull leaves
     that folder behind (podman#19201): its pulls get a ``TMPDIR`` of their
     own under the same parent (so the copies cost what they cost a user's
-    pull), emptied after each pull and removed by :meth:`close`."""
+    pull), made by each pull and removed by :meth:`clear` (a puller that
+    has not pulled has made nothing)."""
 
     name = command = "podman"
 
     def __init__(self, *, plain_http: bool):
         super().__init__(plain_http=plain_http)
-        parent = os.environ.get("TMPDIR") or "/var/tmp"
-        self.tmp = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-podman-",
-                                         dir=parent if os.path.isdir(parent) else None))
+        self.tmp: Path | None = None
 
     def pull_env(self) -> dict[str, str]:
+        if self.tmp is None:
+            parent = os.environ.get("TMPDIR") or "/var/tmp"
+            self.tmp = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-podman-",
+                                             dir=parent if os.path.isdir(parent) else None))
         return {**os.environ, "TMPDIR": str(self.tmp)}
 
     def close(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
 
     def pull_command(self, ref: str) -> list[str]:
         return ["podman", "pull", "--quiet", f"--tls-verify={str(not self.plain_http).lower()}", ref]
 
     def clear(self, ref: str) -> None:
         _run(["podman", "rmi", "--force", ref], "podman rmi", check=False)
-        for leftover in self.tmp.iterdir():  # an interrupted or failed pull's blob copies
-            shutil.rmtree(leftover, ignore_errors=True)
+        self._remove_tmp()  # with an interrupted or failed pull's blob copies
 
     def storage(self) -> Path:
         out = _run(["podman", "info", "--format", "{{.Store.GraphRoot}}"], "podman info", check=False).stdout

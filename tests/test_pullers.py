@@ -31,13 +31,18 @@ def small_image(registry, tmp_path_factory) -> str:
 
 
 @pytest.mark.integration
-def test_podman_pulls_and_clears(small_image):
+def test_podman_pulls_and_clears(small_image, tmp_path, monkeypatch):
+    """Clearing also removes the TMPDIR its pull had (a puller that is
+    never closed, as in tests, left an empty one in /var/tmp each time)."""
     need("podman")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     p = puller_for("podman", plain_http=True)
+    assert list(tmp_path.iterdir()) == []  # nothing made before a pull
     assert p.pull(small_image) > 0
     assert subprocess.run(["podman", "image", "exists", small_image]).returncode == 0
     p.clear(small_image)
     assert subprocess.run(["podman", "image", "exists", small_image]).returncode == 1
+    assert list(tmp_path.iterdir()) == []
     assert p.version().startswith("podman version")
 
 
