@@ -365,7 +365,8 @@ def test_ctrl_c_in_the_middle_of_a_calibration_leaves_nothing_behind(own_registr
     (tmp_path / "tmp").mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "modelimage", *CALIBRATE_TINY, "--repeat", "20",
                              "--registry", own_registry.host], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # (a suite started in the background inherits SIGINT ignored, and so would the child: it never stopped)
     deadline = time.monotonic() + 120
     while not list((tmp_path / "tmp").glob("modelimage-calibrate-*/modelimage-calibrate-pull-*/pull-3")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

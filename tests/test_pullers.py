@@ -134,7 +134,8 @@ def test_ctrl_c_during_a_podman_calibration_pull_leaves_no_blob_copies_nor_image
     proc = subprocess.Popen([sys.executable, "-m", "modelimage", "estimate", "--calibrate", "--engine", "podman",
                              "--calibrate-sizes", "32MiB,64MiB", "--calibrate-layers", "1,2", "--repeat", "20",
                              "--no-calibrate-disk"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even from a background job
     deadline = time.monotonic() + 240
     def copying() -> bool:  # podman's blob copy folder holds a file: a pull is under way
         try:
