@@ -280,6 +280,12 @@ def busiest_stream_bytes(sizes: Sequence[int], concurrency: int) -> float:
                default=0.0)
 
 
+def written_bytes(engine: Engine, layers: Sequence[LayerSpec]) -> int:
+    """Bytes ``engine`` writes pulling ``layers``: the unpacked tar bytes,
+    and the blobs too when it stores them first (podman, containerd)."""
+    return sum(s.tar_bytes for s in layers) + (sum(s.size for s in layers) if engine.stores_blob else 0)
+
+
 def writeback_seconds(seconds: float, written: int, cache_bytes: int, writeback_bps: float | None) -> float:
     """How long work of ``seconds`` that writes ``written`` bytes at an
     even pace takes when the page cache takes ``cache_bytes`` of dirty data
@@ -392,7 +398,7 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
     tail = {"streaming": 0.0, "after_download": every_byte_s,
             "in_order": every_byte_s * layers[-1].tar_bytes / tar if tar else 0.0}[eng.pipeline]
     # the disk, once the page cache is full (podman and containerd do not fsync layer data)
-    written = tar + (sum(sizes) if eng.stores_blob else 0)
+    written = written_bytes(eng, layers)
     body = max(engine_s, link_s + tail)
     disk_s = 0.0 if eng.syncs else writeback_seconds(body, written, write_cache_bytes, disk_bps) - body
     fixed = c.pull_s + c.layer_s * len(layers) + 2 * latency_s  # + manifest and config requests

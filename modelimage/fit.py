@@ -24,7 +24,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
-from .estimate import Costs, Engine, LayerSpec, busiest_stream_bytes, engine_named, estimate_pull, inflate_bytes
+from .estimate import (
+    Costs,
+    Engine,
+    LayerSpec,
+    busiest_stream_bytes,
+    engine_named,
+    estimate_pull,
+    inflate_bytes,
+    written_bytes,
+)
 
 PAST_CACHE = 256 * 2**20  # bytes: an image writing this much past the page cache times the disk, not the costs
 
@@ -210,12 +219,6 @@ class Calibration:
         if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
             raise ValueError(f"its cpus fact is {cpus!r}, not a core count")
         return cls(str(d["engine"]), Costs(*values), samples, facts, int(cache), pace)
-
-
-def written_bytes(engine: Engine, layers: Sequence[LayerSpec]) -> int:
-    """Bytes ``engine`` writes pulling ``layers``: the unpacked tar bytes,
-    and the blobs too when it stores them first (podman, containerd)."""
-    return sum(s.tar_bytes for s in layers) + (sum(s.size for s in layers) if engine.stores_blob else 0)
 
 
 def past_cache(engine: Engine, sample: Sample, write_cache_bytes: int) -> bool:
