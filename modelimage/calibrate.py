@@ -309,8 +309,9 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                     pushed.append((ref, *layout_digests(layout)))
                     push_image(layout, "calibration", ref)
                     shutil.rmtree(layout)
-                # the disk image's pulls leave gigabytes freed and written back behind them, which slowed
-                # the next pull in a shared round by 20-30 % (run 9): they come last, in rounds of their own
+                # the disk image's pulls leave gigabytes freed and written back behind them; in run 9, when
+                # they shared the rounds, the 1 GiB pulls ran 10-20 % slower than in run 8 (suspected, not
+                # shown: run 10 found the whole node slower): they come last, in rounds of their own
                 within = {ref: layers for ref, layers in images.items() if ref not in disk_refs}
                 samples = measure(puller, within, repeat=repeat, progress=progress)
                 if len(within) < len(images):
