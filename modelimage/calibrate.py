@@ -282,11 +282,12 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                     f"({room / 2**30:.1f} GiB are): free some, or pass --no-calibrate-disk")
             if big not in specs:
                 specs.append(big)
-        from .estimate import engine_named
+        from .estimate import engine_named, written_bytes
         from .fit import PAST_CACHE
 
-        stores = 2 if engine_named(engine).stores_blob else 1
-        if cache and len({(s.size, s.layers) for s in specs if s.size * stores < cache + PAST_CACHE}) < 3:
+        eng = engine_named(engine)
+        in_cache = {(s.size, s.layers) for s in specs if written_bytes(eng, [LayerSpec(s.size)]) < cache + PAST_CACHE}
+        if cache and len(in_cache) < 3:
             raise CalibrationError(
                 f"the page cache takes {cache / 2**30:.1f} GiB here and pulls past it time the disk, not the "
                 "engine: give at least two sizes and two layer counts whose pulls write less than that")
