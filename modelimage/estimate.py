@@ -313,8 +313,9 @@ class Estimate:
     ``phases`` (seconds): ``fixed`` the per-pull and per-layer costs;
     ``engine`` the engine's per-byte work, of which ``decompress``; ``link``
     the blobs' transfer at ``bandwidth_bps``; ``disk`` what the disk adds
-    for bytes the page cache cannot hold. ``bound`` says whether the link
-    or the engine decides. ``disk_bytes`` stays on disk, ``peak_disk_bytes``
+    for bytes the page cache cannot hold. ``bound`` says what decides:
+    ``"link"``, ``"engine"`` (its per-byte work), or ``"overhead"`` (the
+    per-pull and per-layer costs outweigh both: a small image). ``disk_bytes`` stays on disk, ``peak_disk_bytes``
     is the most at any time. ``source`` says where the costs come from.
     """
 
@@ -405,8 +406,13 @@ def estimate_pull(layers: Sequence[LayerSpec], *, bandwidth_bps: float, engine: 
     total = fixed + body + disk_s
 
     bound = "link" if link_s + tail > engine_s else "engine"
+    if fixed > max(link_s + tail, engine_s):
+        bound = "overhead"
     notes: list[str] = []
-    if bound == "engine" and link_s:
+    if bound == "overhead":
+        notes.append(f"most of it is {eng.name}'s cost per pull and per layer ({format_seconds(fixed)}): "
+                     "a faster link or disk will not make this pull much faster")
+    elif bound == "engine" and link_s:
         notes.append(f"{eng.name} is the limit, not the link: a faster link will not make this pull faster")
     if disk_s:
         notes.append(f"the disk adds {format_seconds(disk_s)}: {format_size(written)} written, "

@@ -299,6 +299,9 @@ def test_the_calibration_prints_the_disk_pace_it_met(monkeypatch, tmp_path):
     assert "150 MB/s (1.2 Gbit/s)  writes past the page cache (2.15 GB here): the disk, as the pulls met it" in r.output
     j = CliRunner().invoke(cli, ["estimate", "--calibrate", "--engine", "podman", "--json"])
     assert json.loads(j.stdout)["writeback_bps"] == pytest.approx(150e6)
+    lo, hi = made.spread  # the range the text prints, in the JSON too
+    assert f"the range x{lo:.2f} to x{hi:.2f}" in r.output
+    assert json.loads(j.stdout)["range"] == [pytest.approx(lo, abs=1e-4), pytest.approx(hi, abs=1e-4)]
 
 
 def _calibration_left_in(reg) -> tuple[list[str], int]:

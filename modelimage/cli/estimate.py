@@ -147,7 +147,8 @@ def _calibrate(engine: str, registry: str | None, sizes: list[int] | None, layer
                               disk=disk, warn=lambda msg: err(f"warning: {msg}"))
     path = calibrate.path_for(engine)
     if as_json:
-        emit_json({**cal.to_json(), "stored": str(path)})
+        lo, hi = cal.spread  # what the text says as "the range x.. to x..": factors of an estimate's total
+        emit_json({**cal.to_json(), "range": [round(lo, 4), round(hi, 4)], "stored": str(path)})
         return
     f, c = cal.facts, cal.costs
     mem = f"{format_size(f['memory_bytes'])} memory, " if f.get("memory_bytes") else ""
