@@ -151,11 +151,18 @@ class Calibration:
 
     def differences(self, here: Mapping[str, Any]) -> list[str]:
         """How the machine it was calibrated on differs from ``here``
-        (:func:`modelimage.pullers.host_facts`) in what sets an engine's
-        costs: the core count, the memory (more than 5 % apart; it sets the
-        page cache a pull writes into). Empty when they match, or when the
-        calibration does not record them."""
+        (:func:`modelimage.pullers.host_facts`, with ``engine_version``: the
+        installed engine's version number, :func:`modelimage.pullers.installed_version`)
+        in what sets an engine's costs: the core count, the memory (more
+        than 5 % apart; it sets the page cache a pull writes into), the
+        engine's version (a new release pulls differently). Empty when they
+        match, or when the calibration or ``here`` does not record them."""
+        from .pullers import version_number
+
         out = []
+        then, now = version_number(self.facts.get("engine_version")), here.get("engine_version")
+        if then and isinstance(now, str) and now != then:
+            out.append(f"{self.engine} {then}, this one has {now}")
         cpus, mem = self.facts.get("cpus"), self.facts.get("memory_bytes")
         if isinstance(cpus, int) and isinstance(here.get("cpus"), int) and cpus != here["cpus"]:
             out.append(f"{cpus} cores, this one {here['cpus']}")

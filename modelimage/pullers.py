@@ -10,8 +10,10 @@ downloaded, verified, stored and unpacked, the image committed.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -56,6 +58,17 @@ def _run(cmd: list[str], what: str, *, check: bool = True, env: dict[str, str] |
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         raise ModelImageError(f"{what}: {' '.join(cmd[:3])} failed: {tail[0]}")
     return proc
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (it may be another user's)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Puller:
@@ -144,14 +157,18 @@ class Containerd(Puller):
     and 3 downloads at a time, as a Kubernetes node does) against the containerd at
     ``$CONTAINERD_ADDRESS`` (ctr's default: /run/containerd/containerd.sock);
     ``ctr images rm --sync`` and ``ctr content prune references`` after.
-    Everything happens in a containerd namespace of its own
-    (:attr:`namespace`), so the prune after each pull cannot take content
-    of the node's own namespaces (``default``, kubelet's ``k8s.io``) that
-    no image references at that moment: a blob a user ingested, or one a
-    pull in another namespace fetched but has not yet referenced."""
+    Everything happens in a containerd namespace of this puller's own
+    (:attr:`namespace`: ``modelimage-calibration-PID-RANDOM``, removed by
+    :meth:`close`), so the prune after each pull cannot take content of
+    the node's own namespaces (``default``, kubelet's ``k8s.io``) nor of
+    another calibration running at the same time, that no image references
+    at that moment: a blob a user ingested, or one a pull in another
+    namespace fetched but has not yet referenced. Namespaces left by a
+    calibration that was killed (its process is gone) are emptied and
+    removed when the next one starts."""
 
     name, command = "containerd", "ctr"
-    namespace = "modelimage-calibration"
+    NAMESPACE_PREFIX = "modelimage-calibration-"
 
     def __init__(self, *, plain_http: bool):
         super().__init__(plain_http=plain_http)
@@ -159,6 +176,22 @@ class Containerd(Puller):
         if probe.returncode != 0:
             raise EngineUnavailable("containerd: `ctr version` cannot reach containerd (start it, or point "
                                     "CONTAINERD_ADDRESS at its socket)")
+        self.namespace = f"{self.NAMESPACE_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        listed = _run(["ctr", "namespaces", "ls", "-q"], "ctr namespaces ls", check=False).stdout.split()
+        for ns in listed:
+            m = re.fullmatch(re.escape(self.NAMESPACE_PREFIX) + r"([0-9]+)-[0-9a-f]+", ns)
+            if m and not _alive(int(m.group(1))):
+                self._remove_namespace(ns)
+
+    def _remove_namespace(self, ns: str) -> None:
+        """Empty ``ns`` (its images, their snapshots, its content) and remove it."""
+        for ref in _run(["ctr", "-n", ns, "images", "ls", "-q"], "ctr images ls", check=False).stdout.split():
+            _run(["ctr", "-n", ns, "images", "rm", "--sync", ref], "ctr images rm", check=False)
+        _run(["ctr", "-n", ns, "content", "prune", "references"], "ctr content prune", check=False)
+        _run(["ctr", "namespaces", "rm", ns], "ctr namespaces rm", check=False)
+
+    def close(self) -> None:
+        self._remove_namespace(self.namespace)
 
     def pull_command(self, ref: str) -> list[str]:
         # 3 downloads at a time, as the CRI plugin that kubelet drives (max_concurrent_downloads)
@@ -228,12 +261,7 @@ class Modelimage(Puller):
             shutil.rmtree(d, ignore_errors=True)
 
     def version(self) -> str:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return f"modelimage {version('modelimage')}"
-        except PackageNotFoundError:  # running from a source tree that is not installed
-            return "modelimage (not installed)"
+        return _package_version()
 
     def storage(self) -> Path:
         return self.work
@@ -255,6 +283,48 @@ def puller_for(engine: str, *, plain_http: bool, work: Path | None = None) -> Pu
     if engine == "modelimage":
         return Modelimage(plain_http=plain_http, work=work)
     raise ModelImageError(f"unknown engine {engine!r}: use one of {', '.join(ENGINE_NAMES)}")
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"modelimage {version('modelimage')}"
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "modelimage (not installed)"
+
+
+VERSION = re.compile(r"(?<![\w.])v?([0-9]+\.[0-9]+[0-9A-Za-z.~+-]*)")
+
+
+def version_number(text: object) -> str | None:
+    """The first version number in an engine's version line: ``4.3.1`` of
+    ``podman version 4.3.1``, ``1.6.20~ds1`` of ``containerd
+    github.com/containerd/containerd 1.6.20~ds1 ...``; None when there is none."""
+    m = VERSION.search(text) if isinstance(text, str) else None
+    return m.group(1) if m else None
+
+
+@functools.lru_cache(maxsize=None)
+def installed_version(engine: str) -> str | None:
+    """The version number (:func:`version_number`) of ``engine`` as
+    installed here, asked the quick way and without starting anything:
+    ``podman --version``, ``containerd --version`` (the binary, not the
+    daemon ``ctr version`` asks), the Docker daemon's version when one
+    answers, this package's. None when the engine is not here or does not
+    answer within 5 seconds: a calibration's version then cannot be
+    compared. Asked once per process."""
+    if engine == "modelimage":
+        return version_number(_package_version())
+    cmd = {"podman": ["podman", "--version"], "containerd": ["containerd", "--version"],
+           "docker": ["docker", "version", "--format", "{{.Server.Version}}"]}.get(engine)
+    if cmd is None or shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return version_number(out.stdout) if out.returncode == 0 else None
 
 
 def host_facts() -> dict[str, object]:

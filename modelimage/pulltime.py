@@ -85,23 +85,25 @@ class Basis:
 
 def basis_for(engine: str) -> Basis:
     """The stored calibration of ``engine`` when there is one made on a
-    machine like this one (same core count, memory within 5 %:
+    machine like this one (same core count, memory within 5 %, the same
+    engine version when both are known:
     :meth:`modelimage.fit.Calibration.differences`; a calibration copied
     from another node of the same shape is used, and says which node),
     else the built-in constants with
     :data:`modelimage.estimate.BUILTIN_RANGE`, the label saying why.
     Raises ``ModelImageError`` when a stored calibration cannot be read."""
-    from . import calibrate
-    from .pullers import host_facts
+    from . import calibrate, pullers
 
     model = est.engine_named(engine)
     cal = calibrate.load(model.name)
-    here = host_facts()
-    differences = cal.differences(here) if cal is not None else []
+    here = pullers.host_facts()
+    differences = []
+    if cal is not None:
+        differences = cal.differences({**here, "engine_version": pullers.installed_version(model.name)})
     if cal is None or differences:
         lo, hi = est.BUILTIN_RANGE
         why = "not calibrated here" if cal is None else (
-            f"the stored calibration ({calibrate.path_for(model.name)}) is of another machine "
+            f"the stored calibration ({calibrate.path_for(model.name)}) is of another machine or engine "
             f"(node {cal.facts.get('node', '?')}: {'; '.join(differences)}), so it is not used")
         return Basis(model, est.BUILTIN_RANGE, False,
                      f"built-in constants, {why} (real pulls ran x{lo:g} to x{hi:g} of such "

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from modelimage import calibrate
-from modelimage.pullers import EngineUnavailable, machine_facts, puller_for
+from modelimage.pullers import (
+    Containerd,
+    EngineUnavailable,
+    installed_version,
+    machine_facts,
+    puller_for,
+    version_number,
+)
 
 from .tools import need
 
@@ -44,6 +51,7 @@ def test_podman_pulls_and_clears(small_image, tmp_path, monkeypatch):
     assert subprocess.run(["podman", "image", "exists", small_image]).returncode == 1
     assert list(tmp_path.iterdir()) == []
     assert p.version().startswith("podman version")
+    assert installed_version("podman") == version_number(p.version())  # what estimate compares a calibration with
 
 
 @pytest.mark.integration
@@ -61,8 +69,8 @@ def test_containerd_pulls_unpacks_and_clears_only_in_its_own_namespace(small_ima
 
     ctr("images", "pull", "--plain-http", small_image)  # the user's own image, in "default"
     users = set(ctr("content", "ls", "-q").split())
-    ns = ("-n", "modelimage-calibration")
     p = puller_for("containerd", plain_http=True)
+    ns = ("-n", p.namespace)
     assert p.pull(small_image) > 0
     assert small_image in ctr(*ns, "images", "ls", "-q")
     assert ctr(*ns, "snapshots", "ls").count("Committed") >= 2  # unpacked, as a node does
@@ -72,6 +80,50 @@ def test_containerd_pulls_unpacks_and_clears_only_in_its_own_namespace(small_ima
     assert small_image in ctr("images", "ls", "-q") and set(ctr("content", "ls", "-q").split()) == users
     ctr("images", "rm", "--sync", small_image)
     assert p.version().startswith("containerd ")
+    assert installed_version("containerd") == version_number(p.version())  # the binary's, without the daemon
+    p.close()
+    assert p.namespace not in ctr("namespaces", "ls", "-q").split()
+
+
+@pytest.mark.integration
+def test_two_containerd_calibrations_at_once_prune_only_their_own_and_a_killed_ones_namespace_goes(
+        small_image, containerd, monkeypatch):
+    """Each puller has a namespace of its own: one's ``content prune
+    references`` after its pull cannot take the blobs another's pull is
+    still fetching. A namespace whose calibration was killed (its process
+    is gone) is emptied and removed by the next calibration; one whose
+    process runs is left alone."""
+    monkeypatch.setenv("CONTAINERD_ADDRESS", containerd)
+
+    def ctr(*args: str) -> str:
+        return subprocess.run(["ctr", *args], capture_output=True, text=True, check=True).stdout
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    stale = f"{Containerd.NAMESPACE_PREFIX}{dead.pid}-abc123"
+    live = f"{Containerd.NAMESPACE_PREFIX}{os.getpid()}-def456"
+    for ns in (stale, live):
+        ctr("-n", ns, "images", "pull", "--plain-http", small_image)
+    a = puller_for("containerd", plain_http=True)
+    b = puller_for("containerd", plain_http=True)
+    try:
+        assert a.namespace != b.namespace
+        listed = ctr("namespaces", "ls", "-q").split()
+        assert stale not in listed and live in listed  # the killed one's image, snapshots and blobs went with it
+        assert a.pull(small_image) > 0
+        held = set(ctr("-n", a.namespace, "content", "ls", "-q").split())
+        assert b.pull(small_image) > 0
+        b.clear(small_image)
+        assert set(ctr("-n", a.namespace, "content", "ls", "-q").split()) == held  # b's prune left a's alone
+        a.clear(small_image)
+    finally:
+        a.close()
+        b.close()
+        ctr("-n", live, "images", "rm", "--sync", small_image)
+        ctr("-n", live, "content", "prune", "references")
+        ctr("namespaces", "rm", live)
+    listed = ctr("namespaces", "ls", "-q").split()
+    assert a.namespace not in listed and b.namespace not in listed
 
 
 @pytest.mark.integration

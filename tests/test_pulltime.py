@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from modelimage import calibrate, summary
+from modelimage import calibrate, pullers, summary
 from modelimage.errors import ConfigError
 from modelimage.estimate import BUILTIN_RANGE, ENGINES, Costs, LayerSpec, estimate_pull
 from modelimage.fit import Sample, fit
@@ -22,6 +22,8 @@ MiB = 2**20
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MODELIMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    # the calibrations these tests store say podman 4.3.1: whatever podman this machine has is not compared
+    monkeypatch.setattr(pullers, "installed_version", lambda engine: None)
     return tmp_path / "cache"
 
 
@@ -221,7 +223,7 @@ def test_a_calibration_of_a_machine_of_another_shape_is_not_used_and_says_so(cac
     basis = basis_for("podman")
     assert basis.calibrated is False and basis.engine.costs == ENGINES["podman"].costs
     assert basis.spread == BUILTIN_RANGE
-    assert f"the stored calibration ({path}) is of another machine (node gpu-node-7: " in basis.label
+    assert f"the stored calibration ({path}) is of another machine or engine (node gpu-node-7: " in basis.label
     r = CliRunner().invoke(cli, ["estimate", str(llama_dir), "--engine", "podman", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
@@ -229,6 +231,29 @@ def test_a_calibration_of_a_machine_of_another_shape_is_not_used_and_says_so(cac
     assert "calibrated on" not in out["source"]
     text = CliRunner().invoke(cli, ["estimate", str(llama_dir), "--engine", "podman"]).output
     assert "is of another machine" in text and "calibrated on this machine" not in text
+
+
+def test_a_calibration_made_with_another_engine_version_is_not_used_and_says_so(cache, llama_dir, monkeypatch):
+    """A calibration of podman 4.3.1 after the node moved to podman 5.0.0
+    (or back) prices pulls at the old release's costs: the built-in
+    constants are used, and the label says which versions; the same
+    version, however its version line is worded, is used."""
+    import json
+
+    from click.testing import CliRunner
+
+    from modelimage.cli import cli
+
+    stored_podman_calibration()  # "podman 4.3.1"
+    monkeypatch.setattr(pullers, "installed_version", lambda engine: "5.0.0")
+    basis = basis_for("podman")
+    assert basis.calibrated is False and basis.spread == BUILTIN_RANGE
+    assert f"the stored calibration ({calibrate.path_for('podman')}) is of another machine or engine" in basis.label
+    assert "podman 4.3.1, this one has 5.0.0), so it is not used" in basis.label
+    out = json.loads(CliRunner().invoke(cli, ["estimate", str(llama_dir), "--engine", "podman", "--json"]).stdout)
+    assert out["calibrated"] is False and "this one has 5.0.0" in out["basis"]
+    monkeypatch.setattr(pullers, "installed_version", lambda engine: "4.3.1")  # `podman version 4.3.1`
+    assert basis_for("podman").calibrated is True
 
 
 def test_a_calibration_copied_from_a_node_of_the_same_shape_is_used_and_names_that_node(cache, llama_dir):
