@@ -112,12 +112,14 @@ def run(args: argparse.Namespace) -> dict:
 def check_group(results: dict, engine: str, host: str, work: Path, size: int, compression: str, args) -> None:
     """Push the images of one size and compression, pull them with ``engine``."""
     images, nonce = {}, f"{os.getpid()}-{engine}-{size}-{compression}"
+    blobs_of: dict[str, list[str]] = {}  # read from the registry before each pull, as the calibration does
     for n in [int(x) for x in args.layers.split(",")]:
         spec = calibrate.ImageSpec(size, n, compression)
         ref = f"{host}/estimate-check/{engine}-{spec.name}:v1"
         layout = work / "layout"
         images[ref] = calibrate.write_image(layout, spec, tag="v1", nonce=f"{nonce}-{n}")
         calibrate.push_image(layout, "v1", ref)
+        blobs_of[ref] = calibrate.layout_digests(layout)[1]
         shutil.rmtree(layout)
     repo, tag = next(iter(images)).split("/", 1)[1].rsplit(":", 1)  # the link, probed as `estimate --probe` does
     link = probes.probe_download(f"http://{host}/v2/{repo}/blobs/{_biggest_blob(host, repo, tag)}")
@@ -129,7 +131,8 @@ def check_group(results: dict, engine: str, host: str, work: Path, size: int, co
                           calibrated=cal.writeback_bps is not None)
         disk.setdefault("disk_bps", cal.writeback_bps)
         load_start, started = os.getloadavg()[0], time.strftime("%H:%M:%S")
-        samples = calibrate.measure(puller, images, repeat=args.repeat)
+        samples = calibrate.measure(puller, images, repeat=args.repeat,
+                                    before=lambda ref: calibrate.warm_loopback(ref, blobs_of[ref]))
     finally:
         puller.close()
     for sample in samples:

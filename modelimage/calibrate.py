@@ -22,7 +22,9 @@ store the fit with the machine's facts.
    loads its binaries and storage); then ``repeat`` rounds; each round
    pulls every image once, in a shuffled order (so a burst of other load
    spreads over all of them), and removes what the pull left before the
-   next (:mod:`modelimage.pullers`);
+   next (:mod:`modelimage.pullers`); from a registry on this machine, each
+   pull's blobs are read once, untimed, right before it
+   (:func:`warm_loopback`: a remote registry's disk is not the node's);
    For an engine that leaves its writes to the kernel (podman,
    containerd), one more image (plain, 4 layers) is sized so its pull
    writes :data:`DISK_PAST` (1 GiB) more than the page cache takes
@@ -148,6 +150,28 @@ def push_image(layout: Path, tag: str, ref: str) -> None:
 
 # ------------------------------------------------------------------ registry
 
+def warm_loopback(ref: str, blobs: Sequence[str]) -> None:
+    """Read every blob of ``ref`` (digests ``blobs``) from its registry on
+    this machine, untimed, right before a timed pull: a remote registry's
+    reads cost the node nothing, but a loopback registry's blobs that the
+    page cache let go are read from this node's disk during the pull. The
+    project's VM pages out memory left idle for 60 s (DAMON ``pageout``),
+    about the time a calibration round of 8-9 images takes: its 1 GiB
+    pulls ran 13 % slower with the registry's blobs dropped from the cache
+    (podman, docs/benchmarks.md run 11). Plain HTTP, as engines speak to a
+    loopback registry. Raises ``httpx.HTTPError``."""
+    import httpx
+
+    host, rest = ref.split("/", 1)
+    repo = rest.rsplit(":", 1)[0]
+    with httpx.Client(timeout=60.0, trust_env=False) as client:
+        for digest in blobs:
+            with client.stream("GET", f"http://{host}/v2/{repo}/blobs/{digest}") as r:
+                r.raise_for_status()
+                for _ in r.iter_raw(1 << 20):
+                    pass
+
+
 @contextmanager
 def loopback_registry(work: Path) -> Iterator[str]:
     """A CNCF registry (``docker-registry``) on a free loopback port, storing
@@ -195,11 +219,14 @@ def loopback_registry(work: Path) -> Iterator[str]:
 # ------------------------------------------------------------------ measure
 
 def measure(puller: Puller, images: dict[str, list[LayerSpec]], *, repeat: int,
-            progress: Callable[[str], None] | None = None, warm_up: bool = True) -> list[Sample]:
+            progress: Callable[[str], None] | None = None, warm_up: bool = True,
+            before: Callable[[str], None] | None = None) -> list[Sample]:
     """Pull every image ``repeat`` times with ``puller`` (rounds of every
     image once, each round shuffled), clearing before and after each pull,
     after a ``sync`` and (``warm_up``) one untimed pull of the smallest image
-    (module docstring, step 3). ``images`` maps references to their layers."""
+    (module docstring, step 3). ``images`` maps references to their layers;
+    ``before(ref)`` runs, untimed, right before each timed pull
+    (:func:`warm_loopback`)."""
     times: dict[str, list[float]] = {ref: [] for ref in images}
     order = list(images)
     os.sync()
@@ -216,6 +243,8 @@ def measure(puller: Puller, images: dict[str, list[LayerSpec]], *, repeat: int,
         random.shuffle(order)
         for ref in order:
             puller.clear(ref)
+            if before is not None:
+                before(ref)
             try:
                 seconds = puller.pull(ref)
             finally:
@@ -314,10 +343,13 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                 # they shared the rounds, the 1 GiB pulls ran 10-20 % slower than in run 8 (suspected, not
                 # shown: run 10 found the whole node slower): they come last, in rounds of their own
                 within = {ref: layers for ref, layers in images.items() if ref not in disk_refs}
-                samples = measure(puller, within, repeat=repeat, progress=progress)
+                blobs_of = {ref: blobs for ref, _, blobs in pushed}
+                warm = ((lambda ref: warm_loopback(ref, blobs_of[ref])) if is_loopback(host.split("/", 1)[0])
+                        else None)
+                samples = measure(puller, within, repeat=repeat, progress=progress, before=warm)
                 if len(within) < len(images):
                     samples += measure(puller, {r: images[r] for r in disk_refs}, repeat=repeat, progress=progress,
-                                       warm_up=False)
+                                       warm_up=False, before=warm)
             finally:
                 puller.close()
                 if registry:  # a registry of the user's: take the images back out (a loopback one goes with tmp)
