@@ -315,8 +315,9 @@ class Estimate:
     the blobs' transfer at ``bandwidth_bps``; ``disk`` what the disk adds
     for bytes the page cache cannot hold. ``bound`` says what decides:
     ``"link"``, ``"engine"`` (its per-byte work), or ``"overhead"`` (the
-    per-pull and per-layer costs outweigh both: a small image). ``disk_bytes`` stays on disk, ``peak_disk_bytes``
-    is the most at any time. ``source`` says where the costs come from.
+    per-pull and per-layer costs outweigh both: a small image).
+    ``disk_bytes`` stays on disk, ``peak_disk_bytes`` is the most at any
+    time. ``source`` says where the costs come from.
     """
 
     total_seconds: float
