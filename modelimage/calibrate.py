@@ -333,27 +333,32 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
             try:
                 facts = machine_facts(puller)
                 nonce = f"{os.getpid()}-{int(time.time() * 1000) % 10**9}"
-                images, disk_refs = {}, set()
-                for spec in specs:
-                    ref = f"{host}/modelimage-calibration/{engine}:{spec.name}-{nonce}"
-                    if spec == big:
-                        disk_refs.add(ref)
-                    layout = tmp / "layout"
-                    images[ref] = write_image(layout, spec, tag="calibration", nonce=f"{nonce}-{spec.name}")
-                    say(f"pushing {spec.name} to {host}")
-                    pushed.append((ref, *layout_digests(layout)))
-                    push_image(layout, "calibration", ref)
-                    shutil.rmtree(layout)
-                # the disk image's pulls leave gigabytes freed and written back behind them; in run 9, when
-                # they shared the rounds, the 1 GiB pulls ran 10-20 % slower than in run 8 (suspected, not
-                # shown: run 10 found the whole node slower): they come last, in rounds of their own
-                within = {ref: layers for ref, layers in images.items() if ref not in disk_refs}
-                blobs_of = {ref: blobs for ref, _, blobs in pushed}
+                blobs_of: dict[str, list[str]] = {}
                 warm = ((lambda ref: warm_loopback(ref, blobs_of[ref])) if is_loopback(host.split("/", 1)[0])
                         else None)
-                samples = measure(puller, within, repeat=repeat, progress=progress, before=warm)
-                if len(within) < len(images):
-                    samples += measure(puller, {r: images[r] for r in disk_refs}, repeat=repeat, progress=progress,
+
+                def pushed_images(which: list[ImageSpec]) -> dict[str, list[LayerSpec]]:
+                    images = {}
+                    for spec in which:
+                        ref = f"{host}/modelimage-calibration/{engine}:{spec.name}-{nonce}"
+                        layout = tmp / "layout"
+                        images[ref] = write_image(layout, spec, tag="calibration", nonce=f"{nonce}-{spec.name}")
+                        say(f"pushing {spec.name} to {host}")
+                        pushed.append((ref, *layout_digests(layout)))
+                        blobs_of[ref] = pushed[-1][2]
+                        push_image(layout, "calibration", ref)
+                        shutil.rmtree(layout)
+                    return images
+
+                # the disk image is made, pushed and pulled only after the other images' rounds: written
+                # before them (its layout, then the registry's copy: 3.6 GB), it left every 1 GiB pull of
+                # those rounds 25-30 % slower (containerd, 2026-12-01, one layer: 11.0-11.9 s with it
+                # pushed first, 8.2-8.6 s without it, 9.1 s with it pushed after; runs 11 and 12 missed
+                # their 1 GiB plain rows by +18..+35 %)
+                samples = measure(puller, pushed_images([s for s in specs if s != big]), repeat=repeat,
+                                  progress=progress, before=warm)
+                if big is not None:
+                    samples += measure(puller, pushed_images([big]), repeat=repeat, progress=progress,
                                        warm_up=False, before=warm)
             finally:
                 puller.close()
