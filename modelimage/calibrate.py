@@ -351,10 +351,9 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                     return images
 
                 # the disk image is made, pushed and pulled only after the other images' rounds: written
-                # before them (its layout, then the registry's copy: 3.6 GB), it left every 1 GiB pull of
-                # those rounds 25-30 % slower (containerd, 2026-12-01, one layer: 11.0-11.9 s with it
-                # pushed first, 8.2-8.6 s without it, 9.1 s with it pushed after; runs 11 and 12 missed
-                # their 1 GiB plain rows by +18..+35 %)
+                # before them (its layout, then the registry's copy: 3.6 GB), it left the 1 GiB pulls of
+                # those rounds 7-10 % slower (containerd, 2026-12-01, one layer, medians: 9.71 s with it
+                # pushed first, 9.08 s after; docs/benchmarks.md, runs 12 and 13)
                 samples = measure(puller, pushed_images([s for s in specs if s != big]), repeat=repeat,
                                   progress=progress, before=warm)
                 if big is not None:
