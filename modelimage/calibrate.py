@@ -326,15 +326,14 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                 f"the page cache takes {cache / 2**30:.1f} GiB here and pulls past it time the disk, not the "
                 "engine: give at least two sizes and two layer counts whose pulls write less than that")
     tmp = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-", dir=work))
-    pushed: list[tuple[str, str, list[str]]] = []  # ref, manifest digest, blobs: removed from --registry after
+    pushed: dict[str, tuple[str, list[str]]] = {}  # ref -> (manifest digest, blobs): read ahead, deleted after
     try:
         with _registry(registry, tmp) as host:
             puller = puller_for(engine, plain_http=is_loopback(host.split("/", 1)[0]), work=tmp)
             try:
                 facts = machine_facts(puller)
                 nonce = f"{os.getpid()}-{int(time.time() * 1000) % 10**9}"
-                blobs_of: dict[str, list[str]] = {}
-                warm = ((lambda ref: warm_loopback(ref, blobs_of[ref])) if is_loopback(host.split("/", 1)[0])
+                warm = ((lambda ref: warm_loopback(ref, pushed[ref][1])) if is_loopback(host.split("/", 1)[0])
                         else None)
 
                 def pushed_images(which: list[ImageSpec]) -> dict[str, list[LayerSpec]]:
@@ -344,8 +343,7 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                         layout = tmp / "layout"
                         images[ref] = write_image(layout, spec, tag="calibration", nonce=f"{nonce}-{spec.name}")
                         say(f"pushing {spec.name} to {host}")
-                        pushed.append((ref, *layout_digests(layout)))
-                        blobs_of[ref] = pushed[-1][2]
+                        pushed[ref] = layout_digests(layout)
                         push_image(layout, "calibration", ref)
                         shutil.rmtree(layout)
                     return images
@@ -362,7 +360,7 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
             finally:
                 puller.close()
                 if registry:  # a registry of the user's: take the images back out (a loopback one goes with tmp)
-                    left = [ref for ref, manifest, blobs in pushed if not remove_image(ref, manifest, blobs)]
+                    left = [ref for ref, (manifest, blobs) in pushed.items() if not remove_image(ref, manifest, blobs)]
                     if left and warn:
                         warn(f"{len(left)} calibration image(s) could not be deleted from {host} (it refuses "
                              f"deletes, or cannot be reached): {', '.join(left)}")
