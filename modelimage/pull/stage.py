@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..durable import Writeback
 from ..errors import BadLayer, PullError, UnsafeLayer
 from ..image import Image
 from .extract import RESERVED, Entry, StagedLayer, TarStager
@@ -164,10 +165,12 @@ class LayerStager:
         try:
             os.lseek(fd, have, os.SEEK_SET)
             os.ftruncate(fd, have)
+            flush = Writeback(fd, have)  # the disk writes while the rest streams: the fsync waits for the tail
             for view in chunks:
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
+                    flush.wrote(n)
             os.fchmod(fd, 0o644)
             os.fsync(fd)
         except BaseException as e:
