@@ -183,11 +183,18 @@ class Containerd(Puller):
             if m and not _alive(int(m.group(1))):
                 self._remove_namespace(ns)
 
-    def _remove_namespace(self, ns: str) -> None:
-        """Empty ``ns`` (its images, their snapshots, its content) and remove it."""
-        for ref in _run(["ctr", "-n", ns, "images", "ls", "-q"], "ctr images ls", check=False).stdout.split():
+    @staticmethod
+    def _remove_images(ns: str, refs: list[str]) -> None:
+        """Remove the images ``refs`` of namespace ``ns`` with their
+        snapshots, then the content no image of ``ns`` references."""
+        for ref in refs:
             _run(["ctr", "-n", ns, "images", "rm", "--sync", ref], "ctr images rm", check=False)
         _run(["ctr", "-n", ns, "content", "prune", "references"], "ctr content prune", check=False)
+
+    def _remove_namespace(self, ns: str) -> None:
+        """Empty ``ns`` (its images, their snapshots, its content) and remove it."""
+        self._remove_images(ns, _run(["ctr", "-n", ns, "images", "ls", "-q"], "ctr images ls",
+                                     check=False).stdout.split())
         _run(["ctr", "namespaces", "rm", ns], "ctr namespaces rm", check=False)
 
     def close(self) -> None:
@@ -199,8 +206,7 @@ class Containerd(Puller):
                 *(["--plain-http"] if self.plain_http else []), ref]
 
     def clear(self, ref: str) -> None:
-        _run(["ctr", "-n", self.namespace, "images", "rm", "--sync", ref], "ctr images rm", check=False)
-        _run(["ctr", "-n", self.namespace, "content", "prune", "references"], "ctr content prune", check=False)
+        self._remove_images(self.namespace, [ref])
 
     def version(self) -> str:
         out = _run(["ctr", "version"], "containerd version").stdout
