@@ -9,9 +9,10 @@ import sys
 import pytest
 
 from modelimage import durable
+from modelimage.errors import ModelImageError
 from modelimage.pull import pull
 
-from .pullkit import info, layout, push_raw_artifact, sha, tar_of, tree
+from .pullkit import cut_after, info, layout, push_raw_artifact, sha, tar_of, tree
 
 
 def recorded(monkeypatch) -> dict[str, list[tuple[int, int]]]:
@@ -89,3 +90,21 @@ def test_a_pull_of_raw_layers_starts_their_writeback_too(registry, tmp_path, mon
     assert tree(dest) == {"model.gguf": sha(big)}
     (staged,) = calls.values()
     assert covers_front_to_back(staged, len(big))
+
+
+@pytest.mark.integration
+def test_a_resumed_file_starts_its_writeback_where_the_pull_takes_it_up(registry, tmp_path, monkeypatch,
+                                                                        small_pieces):
+    big = os.urandom(40 << 20)
+    ref = push_raw_artifact(registry, "durable/resume", {"model.gguf": big})
+    cuts = cut_after(monkeypatch, 20 << 20)
+    dest = tmp_path / "dest"
+    with pytest.raises(ModelImageError):
+        pull(ref, dest, concurrency=1, retries=0)
+    (partial,) = (dest / ".modelimage-pull").glob("*.partial")
+    have = partial.stat().st_size
+    assert cuts and 0 < have < len(big)
+    calls = recorded(monkeypatch)
+    pull(ref, dest, concurrency=1, retries=0)  # the cut happens once
+    assert tree(dest) == {"model.gguf": sha(big)}
+    assert covers_front_to_back(calls[str(partial)], len(big), start=have)
