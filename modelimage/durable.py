@@ -65,12 +65,16 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     _starter()(fd, offset, length)
 
 
+WRITEBACK_STEP = 16 << 20  # bytes a file written front to back runs ahead of the writeback it asked for
+
+
 class Writeback:
     """Starts the writeback of a file written front to back every ``step``
-    bytes (:func:`start_writeback`): call :meth:`wrote` with each write's
-    length. ``offset`` is where the writes begin (bytes)."""
+    bytes (:func:`start_writeback`; default :data:`WRITEBACK_STEP`): call
+    :meth:`wrote` with each write's length. ``offset`` is where the writes
+    begin (bytes)."""
 
-    def __init__(self, fd: int, offset: int = 0, step: int = 16 << 20):
+    def __init__(self, fd: int, offset: int = 0, step: int = WRITEBACK_STEP):
         self.fd, self.step = fd, step
         self.started = self.end = offset  # bytes: writeback asked up to started; written up to end
 

@@ -33,10 +33,10 @@ def covers_front_to_back(ranges: list[tuple[int, int]], size: int, start: int = 
     step of the ``size`` bytes unstarted (that tail is the fsync's)."""
     end = start
     for offset, length in ranges:
-        if offset != end or length < durable.Writeback(0).step:
+        if offset != end or length < durable.WRITEBACK_STEP:
             return False
         end += length
-    return end <= size and size - end < durable.Writeback(0).step
+    return end <= size and size - end < durable.WRITEBACK_STEP
 
 
 def test_writeback_is_asked_every_step_for_what_was_written_since(monkeypatch):
