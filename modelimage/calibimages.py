@@ -1,18 +1,22 @@
 """The images a calibration pulls (:mod:`modelimage.calibrate`, step 1):
 each layer one file of weight-like bytes in a tar, written to an OCI
-layout at disk speed, and what pushing that layout puts in a registry."""
+layout at disk speed; their push, what it puts in a registry, and their
+deletion from it; the groups a calibration pushes, times and deletes
+together (step 3)."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
+import shutil
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ModelImageError
 from .estimate import LayerSpec
 from .oci import MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR
 
@@ -135,3 +139,81 @@ def layout_digests(layout: Path) -> tuple[str, list[str]]:
     manifest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
     blobs = sorted(f"sha256:{p.name}" for p in (layout / "blobs" / "sha256").iterdir() if not p.name.startswith("."))
     return manifest, [d for d in blobs if d != manifest]
+
+
+def groups(specs: Sequence[ImageSpec], big: ImageSpec | None = None) -> list[list[ImageSpec]]:
+    """``specs`` in the groups :func:`calibrate` pushes, times and deletes
+    together: one per size and compression (its layer counts), in the
+    order given, then ``big`` (the disk image) alone, last. Timed with
+    every image pushed up front, the 1 GiB pulls ran 13-18 % slower than
+    one group at a time (containerd, 2026-12-01, alternated A/B, medians:
+    one layer 12.94 / 13.43 s against 11.09 / 11.74 s; a 1 GiB pull with
+    5.8 GB of other images' blobs beside it in the registry ran 21-27 %
+    slower than alone; docs/benchmarks.md, run 14): the fit was that
+    much high for the checks and for a node, which pull one image at a
+    time. The disk image after the others: written before them (3.6 GB),
+    it left their 1 GiB pulls 7-10 % slower (runs 12 and 13)."""
+    out: dict[tuple[int, str], list[ImageSpec]] = {}
+    for spec in specs:
+        if spec != big:
+            out.setdefault((spec.size, spec.compression), []).append(spec)
+    return [*out.values(), *([[big]] if big is not None else [])]
+
+
+def drop_blobs(root: Path, digests: Sequence[str]) -> None:
+    """Free the data of ``digests`` in a CNCF registry's filesystem storage
+    under ``root`` (``docker/registry/v2/blobs/sha256/XX/HEX/data``): the
+    API's deletes unlink them from the repository only, the bytes stay until
+    a garbage collection, and a loopback registry's stale gigabytes slowed
+    the next pulls on the same disk and page cache (:func:`groups`). Only for
+    the registry :func:`loopback_registry` started, after the API deleted
+    the images; missing files are fine."""
+    for digest in digests:
+        algorithm, hexa = digest.split(":", 1)
+        shutil.rmtree(root / "docker" / "registry" / "v2" / "blobs" / algorithm / hexa[:2] / hexa,
+                      ignore_errors=True)
+
+
+def remove_image(ref: str, manifest: str, blobs: Sequence[str]) -> bool:
+    """Delete what :func:`push_image` put at ``ref``: the manifest by
+    digest (which untags it), then its blobs (each made for this run:
+    every file name holds the run's nonce, so no other image shares them).
+    True when the registry deleted all of it (or it was gone); False when
+    it does not delete (deletes disabled, no permission) or cannot be
+    reached."""
+    import httpx
+
+    from .registry.client import RegistryClient
+    from .registry.reference import Reference, blob_path, manifest_path
+
+    reference = Reference.parse(ref)
+    client = RegistryClient(reference, timeout=30)
+    repo = reference.repository
+
+    def delete(path: str) -> bool:  # distribution spec, "Deletes": 202; 404 is gone already; 405 is deletes off
+        return client.http.delete(path).status_code in (200, 202, 404)
+
+    try:
+        if not delete(manifest_path(repo, manifest)):
+            return False
+        return all([delete(blob_path(repo, d)) for d in blobs])
+    except (httpx.HTTPError, ModelImageError):
+        return False
+    finally:
+        client.close()
+
+
+def push_image(layout: Path, tag: str, ref: str) -> None:
+    """Push the layout's ``tag`` to ``ref`` with modelimage's own push
+    (credentials and TLS as for ``modelimage push``; loopback is plain HTTP)."""
+    from .layout import LayoutRef
+    from .registry.client import RegistryClient
+    from .registry.push import RegistrySink, push_layout
+    from .registry.reference import Reference
+
+    reference = Reference.parse(ref)
+    sink = RegistrySink(reference, RegistryClient(reference))
+    try:
+        push_layout(LayoutRef("oci", layout, tag), sink)
+    finally:
+        sink.close()

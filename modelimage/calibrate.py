@@ -15,18 +15,24 @@ store the fit with the machine's facts.
    temporary OCI layout and pushed with modelimage's own push;
 2. **registry**: the one given (``--registry HOST``), or a CNCF registry
    (``docker-registry``) started on a loopback port for the run;
-3. **pulls**: first ``sync`` (the pushes leave gigabytes of the registry's
-   blobs for the kernel to write back, which a node pulling from a remote
-   registry never has, and which would slow the first pulls' own writes)
-   and one untimed pull of the smallest image (the engine's first run
-   loads its binaries and storage); then ``repeat`` rounds; each round
-   pulls every image once, in a shuffled order (so a burst of other load
-   spreads over all of them), and removes what the pull left before the
-   next (:mod:`modelimage.pullers`); from a registry on this machine, each
+3. **pulls**, one group of images at a time (one size and compression,
+   its layer counts: :func:`groups`), each group pushed right before its
+   pulls and deleted from the registry right after (a node pulls one
+   image with no other's gigabytes beside it, and so do the checks of the
+   estimate): first ``sync`` (the pushes leave gigabytes of the
+   registry's blobs for the kernel to write back, which a node pulling
+   from a remote registry never has, and which would slow the first
+   pulls' own writes) and one untimed pull of the group's smallest image
+   (the engine's first run loads its binaries and storage); then
+   ``repeat`` rounds; each round pulls every image of the group once, in
+   a shuffled order (so a burst of other load spreads over all of them),
+   and removes what the pull left before the next
+   (:mod:`modelimage.pullers`); from a registry on this machine, each
    pull's blobs are read once, untimed, right before it
    (:func:`warm_loopback`: a remote registry's disk is not the node's);
    For an engine that leaves its writes to the kernel (podman,
-   containerd), one more image (plain, 4 layers) is sized so its pull
+   containerd), one more image (plain, 4 layers; last, in a group of its
+   own, no warm-up) is sized so its pull
    writes :data:`DISK_PAST` (1 GiB) more than the page cache takes
    (:func:`modelimage.probes.probe_write_cache`): its pulls time the disk
    past the cache as the engine meets it. A probe of its own did not: on
@@ -65,8 +71,12 @@ from .calibimages import (  # noqa: F401  (re-exported: calibrate.write_image, I
     DEFAULT_COMPRESSIONS,
     MEDIA,
     ImageSpec,
+    drop_blobs,
+    groups,
     image_specs,
     layout_digests,
+    push_image,
+    remove_image,
     write_image,
 )
 from .durable import write_durably
@@ -101,51 +111,6 @@ def disk_image(engine: str, write_cache_bytes: int, past: int = DISK_PAST) -> Im
         return None
     size = (write_cache_bytes + past) // (2 if eng.stores_blob else 1)
     return ImageSpec(-(-size // (128 * MiB)) * 128 * MiB, 4, "none")
-
-
-def remove_image(ref: str, manifest: str, blobs: Sequence[str]) -> bool:
-    """Delete what :func:`push_image` put at ``ref``: the manifest by
-    digest (which untags it), then its blobs (each made for this run:
-    every file name holds the run's nonce, so no other image shares them).
-    True when the registry deleted all of it (or it was gone); False when
-    it does not delete (deletes disabled, no permission) or cannot be
-    reached."""
-    import httpx
-
-    from .registry.client import RegistryClient
-    from .registry.reference import Reference, blob_path, manifest_path
-
-    reference = Reference.parse(ref)
-    client = RegistryClient(reference, timeout=30)
-    repo = reference.repository
-
-    def delete(path: str) -> bool:  # distribution spec, "Deletes": 202; 404 is gone already; 405 is deletes off
-        return client.http.delete(path).status_code in (200, 202, 404)
-
-    try:
-        if not delete(manifest_path(repo, manifest)):
-            return False
-        return all([delete(blob_path(repo, d)) for d in blobs])
-    except (httpx.HTTPError, ModelImageError):
-        return False
-    finally:
-        client.close()
-
-
-def push_image(layout: Path, tag: str, ref: str) -> None:
-    """Push the layout's ``tag`` to ``ref`` with modelimage's own push
-    (credentials and TLS as for ``modelimage push``; loopback is plain HTTP)."""
-    from .layout import LayoutRef
-    from .registry.client import RegistryClient
-    from .registry.push import RegistrySink, push_layout
-    from .registry.reference import Reference
-
-    reference = Reference.parse(ref)
-    sink = RegistrySink(reference, RegistryClient(reference))
-    try:
-        push_layout(LayoutRef("oci", layout, tag), sink)
-    finally:
-        sink.close()
 
 
 # ------------------------------------------------------------------ registry
@@ -327,14 +292,25 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                 "engine: give at least two sizes and two layer counts whose pulls write less than that")
     tmp = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-", dir=work))
     pushed: dict[str, tuple[str, list[str]]] = {}  # ref -> (manifest digest, blobs): read ahead, deleted after
+    left: list[str] = []  # refs the registry would not delete
     try:
         with _registry(registry, tmp) as host:
-            puller = puller_for(engine, plain_http=is_loopback(host.split("/", 1)[0]), work=tmp)
+            loopback = is_loopback(host.split("/", 1)[0])
+            puller = puller_for(engine, plain_http=loopback, work=tmp)
+            own_store = None if registry else tmp / "registry"  # the loopback registry's storage, ours to free
+
+            def take_back(refs: list[str]) -> None:
+                for ref in refs:
+                    manifest, blobs = pushed.pop(ref)
+                    if not remove_image(ref, manifest, blobs):
+                        left.append(ref)
+                    elif own_store is not None:
+                        drop_blobs(own_store, [manifest, *blobs])
+
             try:
                 facts = machine_facts(puller)
                 nonce = f"{os.getpid()}-{int(time.time() * 1000) % 10**9}"
-                warm = ((lambda ref: warm_loopback(ref, pushed[ref][1])) if is_loopback(host.split("/", 1)[0])
-                        else None)
+                warm = (lambda ref: warm_loopback(ref, pushed[ref][1])) if loopback else None
 
                 def pushed_images(which: list[ImageSpec]) -> dict[str, list[LayerSpec]]:
                     images = {}
@@ -348,19 +324,16 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                         shutil.rmtree(layout)
                     return images
 
-                # the disk image is made, pushed and pulled only after the other images' rounds: written
-                # before them (its layout, then the registry's copy: 3.6 GB), it left the 1 GiB pulls of
-                # those rounds 7-10 % slower (containerd, 2026-12-01, one layer, medians: 9.71 s with it
-                # pushed first, 9.08 s after; docs/benchmarks.md, runs 12 and 13)
-                samples = measure(puller, pushed_images([s for s in specs if s != big]), repeat=repeat,
-                                  progress=progress, before=warm)
-                if big is not None:
-                    samples += measure(puller, pushed_images([big]), repeat=repeat, progress=progress,
-                                       warm_up=False, before=warm)
+                samples: list[Sample] = []
+                for group in groups(specs, big):
+                    images = pushed_images(group)
+                    samples += measure(puller, images, repeat=repeat, progress=progress,
+                                       warm_up=group != [big], before=warm)
+                    take_back(list(images))
             finally:
                 puller.close()
-                if registry:  # a registry of the user's: take the images back out (a loopback one goes with tmp)
-                    left = [ref for ref, (manifest, blobs) in pushed.items() if not remove_image(ref, manifest, blobs)]
+                if registry:  # what an interruption left in a registry of the user's (a loopback one goes with tmp)
+                    take_back(list(pushed))
                     if left and warn:
                         warn(f"{len(left)} calibration image(s) could not be deleted from {host} (it refuses "
                              f"deletes, or cannot be reached): {', '.join(left)}")
