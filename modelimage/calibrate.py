@@ -62,6 +62,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -83,7 +84,7 @@ from .durable import write_durably
 from .errors import ModelImageError
 from .estimate import LayerSpec
 from .fit import Calibration, Sample, fit
-from .pullers import Puller, machine_facts, puller_for
+from .pullers import Puller, machine_facts, puller_for, version_number
 from .registry.reference import is_loopback
 
 MiB = 2**20
@@ -387,6 +388,9 @@ def load(engine: str) -> Calibration | None:
         calibration = Calibration.from_json(data)
         if calibration.engine != engine:  # its costs would be printed as this engine's
             raise ValueError(f"it is {calibration.engine}'s")
+        if "engine_version_number" not in calibration.facts:  # stored before machine_facts recorded it
+            calibration = replace(calibration, facts={
+                **calibration.facts, "engine_version_number": version_number(calibration.facts.get("engine_version"))})
         return calibration
     except (KeyError, TypeError, ValueError) as e:
         raise ModelImageError(f"{path}: not a calibration this modelimage reads ({e}); run `modelimage estimate "

@@ -151,16 +151,18 @@ class Calibration:
 
     def differences(self, here: Mapping[str, Any]) -> list[str]:
         """How the machine it was calibrated on differs from ``here``
-        (:func:`modelimage.pullers.host_facts`, with ``engine_version``: the
-        installed engine's version number, :func:`modelimage.pullers.installed_version`)
+        (:func:`modelimage.pullers.host_facts`, with ``engine_version_number``:
+        the installed engine's, :func:`modelimage.pullers.installed_version`)
         in what sets an engine's costs: the core count, the memory (more
         than 5 % apart; it sets the page cache a pull writes into), the
-        engine's version (a new release pulls differently). Empty when they
-        match, or when the calibration or ``here`` does not record them."""
-        from .pullers import version_number
-
+        engine's version number (a new release pulls differently; both
+        sides' as :func:`modelimage.pullers.version_number` reads them: the
+        calibration's recorded by :func:`modelimage.pullers.machine_facts`,
+        or by :func:`modelimage.calibrate.load` for one stored before it
+        was). Empty when they match, or when the calibration or ``here``
+        does not record them."""
         out = []
-        then, now = version_number(self.facts.get("engine_version")), here.get("engine_version")
+        then, now = self.facts.get("engine_version_number"), here.get("engine_version_number")
         if then and isinstance(now, str) and now != then:
             out.append(f"{self.engine} {then}, this one has {now}")
         cpus, mem = self.facts.get("cpus"), self.facts.get("memory_bytes")

@@ -349,8 +349,10 @@ def host_facts() -> dict[str, object]:
 
 def machine_facts(puller: Puller) -> dict[str, object]:
     """What the calibration is valid for: cores, memory, the storage's
-    filesystem size, kernel, engine version, when."""
-    facts: dict[str, object] = {**host_facts(), "engine_version": puller.version(),
+    filesystem size, kernel, engine version (its line, ``engine_version``,
+    and its number, ``engine_version_number``: :func:`version_number`), when."""
+    line = puller.version()
+    facts: dict[str, object] = {**host_facts(), "engine_version": line, "engine_version_number": version_number(line),
                                 "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     where = puller.storage()
     while not where.exists() and where != where.parent:

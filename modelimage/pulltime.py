@@ -99,7 +99,7 @@ def basis_for(engine: str) -> Basis:
     here = pullers.host_facts()
     differences = []
     if cal is not None:
-        differences = cal.differences({**here, "engine_version": pullers.installed_version(model.name)})
+        differences = cal.differences({**here, "engine_version_number": pullers.installed_version(model.name)})
     if cal is None or differences:
         lo, hi = est.BUILTIN_RANGE
         why = "not calibrated here" if cal is None else (

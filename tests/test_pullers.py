@@ -163,6 +163,7 @@ def test_machine_facts(tmp_path):
         p.close()
     assert facts["cpus"] == os.cpu_count()
     assert facts["engine_version"].startswith("modelimage ")
+    assert facts["engine_version_number"] == version_number(facts["engine_version"]) is not None
     assert facts["storage_disk_bytes"] > 0
     if Path("/proc/meminfo").exists():
         assert facts["memory_bytes"] > 2**20

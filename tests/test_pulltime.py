@@ -254,6 +254,11 @@ def test_a_calibration_made_with_another_engine_version_is_not_used_and_says_so(
     assert out["calibrated"] is False and "this one has 5.0.0" in out["basis"]
     monkeypatch.setattr(pullers, "installed_version", lambda engine: "4.3.1")  # `podman version 4.3.1`
     assert basis_for("podman").calibrated is True
+    # stored as calibrations are now: the number beside the line, read when it was made
+    made = calibrate.load("podman")
+    calibrate.save(replace(made, facts={**made.facts, "engine_version": "podman version 5.0.0-dev",
+                                        "engine_version_number": "5.0.0-dev"}))
+    assert "podman 5.0.0-dev, this one has 4.3.1)" in basis_for("podman").label
 
 
 def test_a_calibration_copied_from_a_node_of_the_same_shape_is_used_and_names_that_node(cache, llama_dir):
