@@ -187,8 +187,11 @@ def remove_image(ref: str, manifest: str, blobs: Sequence[str]) -> bool:
     from .registry.reference import Reference, blob_path, manifest_path
 
     reference = Reference.parse(ref)
-    client = RegistryClient(reference, timeout=30)
     repo = reference.repository
+    try:
+        client = RegistryClient(reference, timeout=30)  # may ask the registry already: inside the try
+    except (httpx.HTTPError, ModelImageError):
+        return False
 
     def delete(path: str) -> bool:  # distribution spec, "Deletes": 202; 404 is gone already; 405 is deletes off
         return client.http.delete(path).status_code in (200, 202, 404)

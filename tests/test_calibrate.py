@@ -64,9 +64,41 @@ def test_without_a_registry_tool_it_says_what_to_install(tmp_path, monkeypatch):
             pass
 
 
-def test_too_few_images_to_fit_is_refused_before_anything_runs():
-    with pytest.raises(calibrate.CalibrationError, match="two sizes and two layer counts"):
-        calibrate.calibrate("podman", sizes=[MiB], layers=[1], compressions=["none", "gzip"])
+@pytest.mark.parametrize("sizes, layers", [([MiB], [1]), ([4 * MiB], [1, 2, 3]), ([MiB, 2 * MiB, 4 * MiB], [1]),
+                                           ([MiB, MiB], [1, 1, 2])])
+def test_too_few_images_to_fit_is_refused_before_anything_runs(sizes, layers, tmp_path):
+    """One size in 1, 2 and 3 layers passed (three images): one run fitted
+    71 s/GB and no per-pull cost, the next 0 s/GB and 0.31 s a pull, both
+    stored with exit 0. Per pull, per layer and per byte need two sizes and
+    two layer counts."""
+    with pytest.raises(calibrate.CalibrationError, match="at least two sizes and two layer counts"):
+        calibrate.calibrate("podman", sizes=sizes, layers=layers, compressions=["none", "gzip"], work=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_while_a_group_is_deleted_still_deletes_it(own_registry, tmp_path, monkeypatch):
+    """Ctrl-C while a group's images were being deleted from the user's
+    registry: the image being deleted had already left the list of what to
+    take back, so it stayed there, with no warning. It is deleted on the way out."""
+    real, calls = calibrate.remove_image, []
+
+    def remove_image(ref, manifest, blobs):
+        calls.append(ref)
+        if len(calls) == 3:  # the first image of the second group
+            raise KeyboardInterrupt
+        return real(ref, manifest, blobs)
+
+    monkeypatch.setattr(calibrate, "remove_image", remove_image)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate.calibrate("modelimage", registry=own_registry.host, sizes=[MiB, 2 * MiB], layers=[1, 2],
+                            compressions=["none"], repeat=1, work=tmp_path, store=False, disk=False)
+    assert calls[3] == calls[2]  # tried again
+    assert _calibration_left_in(own_registry) == ([], 0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_deleting_from_a_registry_that_does_not_answer_is_false_not_an_error():
+    assert calibrate.remove_image("127.0.0.1:1/nothing/here:v1", "sha256:" + "0" * 64, ["sha256:" + "1" * 64]) is False
 
 
 @pytest.mark.integration
