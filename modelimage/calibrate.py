@@ -83,7 +83,7 @@ from .calibimages import (  # noqa: F401  (re-exported: calibrate.write_image, I
 from .durable import write_durably
 from .errors import ModelImageError
 from .estimate import LayerSpec
-from .fit import Calibration, Sample, fit
+from .fit import Calibration, Sample, fit, separable
 from .pullers import Puller, machine_facts, puller_for, version_number
 from .registry.reference import is_loopback
 
@@ -253,11 +253,9 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
     if repeat < 1 or not sizes or not layers or not compressions:
         raise CalibrationError("calibration needs at least one size, layer count, compression and pull")
     specs = image_specs(sizes, layers, compressions)
-    if len({s.size for s in specs}) < 2 or len({s.layers for s in specs}) < 2:
-        # one size in 1, 2 and 3 layers fitted 71 s/GB and no per-pull cost in one run, 0 s/GB and 0.31 s a
-        # pull in the next, both stored with exit 0: per byte, per layer and per pull need both to vary
-        raise CalibrationError("calibration needs at least two sizes and two layer counts to tell per-pull, "
-                               "per-layer and per-byte costs apart")
+    if not separable((s.size, s.layers) for s in specs):
+        raise CalibrationError("calibration needs at least two sizes (the biggest 1.5x the smallest or more) and "
+                               "two layer counts to tell per-pull, per-layer and per-byte costs apart")
     if registry:  # before gigabytes are generated for it
         from .registry.reference import Reference, redacted
 
@@ -289,10 +287,11 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
 
         eng = engine_named(engine)
         in_cache = {(s.size, s.layers) for s in specs if written_bytes(eng, [LayerSpec(s.size)]) < cache + PAST_CACHE}
-        if cache and len(in_cache) < 3:
+        if cache and (len(in_cache) < 3 or not separable(in_cache)):
             raise CalibrationError(
                 f"the page cache takes {cache / 2**30:.1f} GiB here and pulls past it time the disk, not the "
-                "engine: give at least two sizes and two layer counts whose pulls write less than that")
+                "engine: give at least two sizes (1.5x apart or more) and two layer counts whose pulls write less "
+                "than that")
     tmp = Path(tempfile.mkdtemp(prefix="modelimage-calibrate-", dir=work))
     pushed: dict[str, tuple[str, list[str]]] = {}  # ref -> (manifest digest, blobs): read ahead, deleted after
     left: list[str] = []  # refs the registry would not delete

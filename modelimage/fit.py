@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -238,6 +238,23 @@ def past_cache(engine: Engine, sample: Sample, write_cache_bytes: int) -> bool:
             and written_bytes(engine, sample.layers) >= write_cache_bytes + PAST_CACHE)
 
 
+SIZES_APART = 1.5  # the biggest calibration image at least this times the smallest
+
+
+def separable(images: Iterable[tuple[int, int]]) -> bool:
+    """Whether pulls of images of these ``(bytes, layer count)`` let a fit
+    tell the per-pull, per-layer and per-byte costs apart: at least two
+    layer counts, and sizes at least :data:`SIZES_APART` apart (one size
+    in 1, 2 and 3 layers, whose tars differ by their headers only, fitted
+    71 s/GB and no per-pull cost in one calibration, 0 s/GB and 0.31 s a
+    pull in the next; with sizes closer than that, the per-byte cost is
+    the difference of two times each pull's own ±5-10 % drowns)."""
+    shapes = list(images)
+    sizes = [size for size, _ in shapes]
+    return (len({n for _, n in shapes}) >= 2 and min(sizes, default=0) > 0
+            and max(sizes) >= SIZES_APART * min(sizes))
+
+
 def fit(engine: str, samples: Sequence[Sample], *, facts: Mapping[str, Any] | None = None,
         write_cache_bytes: int = 0) -> Calibration:
     """The costs of ``engine`` from real pulls (``samples``): least squares
@@ -253,13 +270,14 @@ def fit(engine: str, samples: Sequence[Sample], *, facts: Mapping[str, Any] | No
     paces combined as bytes past the cache over the seconds past it. When
     those pulls took no longer than the costs alone say, the disk was no
     limit (it adds under 1 %): ``writeback_bps`` None. Raises ``ConfigError`` with fewer than
-    three images within the cache."""
+    three images within the cache, or when they are not :func:`separable`."""
     import numpy as np
 
     eng = engine_named(engine)
     within = [s for s in samples if not past_cache(eng, s, write_cache_bytes)]
-    if len(within) < 3:
-        raise ConfigError("fitting needs pulls of at least three different images within the page cache")
+    if len(within) < 3 or not separable((sum(x.tar_bytes for x in s.layers), len(s.layers)) for s in within):
+        raise ConfigError("fitting needs pulls of at least three different images within the page cache, "
+                          "of at least two sizes and two layer counts")
     cores = (facts or {}).get("cpus")
     x = np.array([features(s.layers, eng.concurrency, inflate_bytes(eng, s.layers, cores)) for s in within])
     y = np.array([s.median for s in within])

@@ -65,13 +65,13 @@ def test_without_a_registry_tool_it_says_what_to_install(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("sizes, layers", [([MiB], [1]), ([4 * MiB], [1, 2, 3]), ([MiB, 2 * MiB, 4 * MiB], [1]),
-                                           ([MiB, MiB], [1, 1, 2])])
+                                           ([MiB, MiB], [1, 1, 2]), ([100 * MiB, 101 * MiB], [1, 4])])
 def test_too_few_images_to_fit_is_refused_before_anything_runs(sizes, layers, tmp_path):
     """One size in 1, 2 and 3 layers passed (three images): one run fitted
     71 s/GB and no per-pull cost, the next 0 s/GB and 0.31 s a pull, both
     stored with exit 0. Per pull, per layer and per byte need two sizes and
     two layer counts."""
-    with pytest.raises(calibrate.CalibrationError, match="at least two sizes and two layer counts"):
+    with pytest.raises(calibrate.CalibrationError, match=r"at least two sizes \(the biggest 1.5x the smallest or more\) and two layer counts"):
         calibrate.calibrate("podman", sizes=sizes, layers=layers, compressions=["none", "gzip"], work=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -147,8 +147,17 @@ def test_estimate_calibrate_stores_a_fit_that_estimate_then_uses(registry, tmp_p
 def test_pulls_that_would_all_time_the_disk_are_refused_before_anything_runs(tmp_path):
     """With 64 MiB of page cache, podman's 128 MiB and 1 GiB pulls (blob +
     layer) all write past it: nothing would time the engine's own costs."""
-    with pytest.raises(calibrate.CalibrationError, match="page cache takes 0.1 GiB.*two sizes and two layer counts"):
+    with pytest.raises(calibrate.CalibrationError, match=r"page cache takes 0.1 GiB.*two sizes \(1.5x apart or more\) and two layer counts"):
         calibrate.calibrate("podman", work=tmp_path, write_cache_bytes=64 * MiB)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pulls_within_the_cache_of_one_size_only_are_refused_before_anything_runs(tmp_path):
+    """With 600 MiB of page cache, podman's 1 GiB pulls write past it and
+    the three layer counts of 128 MiB left could not tell per byte from
+    per pull."""
+    with pytest.raises(calibrate.CalibrationError, match=r"two sizes \(1.5x apart or more\) and two layer counts"):
+        calibrate.calibrate("podman", work=tmp_path, layers=[1, 2, 4], write_cache_bytes=600 * MiB)
     assert list(tmp_path.iterdir()) == []
 
 

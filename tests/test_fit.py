@@ -105,6 +105,18 @@ def test_too_few_images_is_a_config_error():
         fit("crio", pulls(TRUE))
 
 
+def test_images_of_one_size_or_one_layer_count_are_not_fitted():
+    """One size in 1, 2 and 3 layers (three images) fitted 71 s/GB and no
+    per-pull cost in one calibration, 0 s/GB and 0.31 s a pull in the next:
+    the costs cannot be told apart, and such a fit is refused."""
+    one_size = [Sample(image(4 * MiB, n), (0.3 + 0.01 * n,) * 3) for n in (1, 2, 3)]
+    one_count = [Sample(image(s * MiB, 1), (0.3 + 0.001 * s,) * 3) for s in (1, 2, 4)]
+    for samples in (one_size, one_count):
+        with pytest.raises(ConfigError, match="two sizes and two layer counts"):
+            fit("modelimage", samples)
+    assert fit("modelimage", [*one_size, one_count[0]]).costs  # a second size, 4x apart: fitted
+
+
 def test_a_calibration_round_trips_through_json():
     cal = fit("podman", pulls(TRUE), facts={"cpus": 2, "engine_version": "podman version 4.3.1", "date": "today"})
     data = json.loads(json.dumps(cal.to_json()))
