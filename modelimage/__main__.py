@@ -1,7 +1,10 @@
 """``python -m modelimage`` and the ``modelimage`` program (pyproject's
 console script): :func:`modelimage.cli.run`."""
 
+import signal
 import sys
+
+from .errors import Terminated
 
 
 def main() -> None:
@@ -14,13 +17,23 @@ def main() -> None:
     the library: an importer keeps its httpx whole) stops that import, and
     httpx takes its own fallback for it (a stub ``httpx.main``)."""
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: "not importable"
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         _ask_the_hub_early(sys.argv[1:])
         from .cli import run
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        sys.stderr.write("terminated\n" if terminated else "interrupted\n")
+        sys.exit(143 if terminated else 130)
     run()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM: :class:`~modelimage.errors.Terminated` in the main thread,
+    so clean-up runs as after Ctrl-C; a second SIGTERM while it runs is
+    ignored (a supervisor that will not wait sends SIGKILL)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
 
 
 

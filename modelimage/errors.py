@@ -10,6 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a cancelled CI job, a pod's stop), raised in the
+    main thread by the program's handler (:func:`modelimage.__main__.main`)
+    as Ctrl-C is, so the same clean-up runs (temporary files, a loopback
+    registry started for the command, what a calibration pushed); the
+    program then exits 143 (128 + 15) with one line."""
+
+
 class ModelImageError(Exception):
     """Base class: the message is one line that says what is wrong and, where
     possible, how to fix it."""

@@ -397,10 +397,16 @@ def test_a_registry_that_refuses_deletes_gets_one_warning_naming_what_is_left(tm
         assert warning.count("modelimage-calibration/modelimage:") == 8
 
 
-def test_ctrl_c_in_the_middle_of_a_calibration_leaves_nothing_behind(own_registry, tmp_path):
-    """A real SIGINT to `modelimage estimate --calibrate` while its pulls
-    run: exit 130 with one line, no calibration stored, nothing in the
-    temporary directory, nothing in the registry it pushed to."""
+@pytest.mark.parametrize("sig, code, line, given", [("SIGINT", 130, "interrupted", True),
+                                                   ("SIGTERM", 143, "terminated", True),
+                                                   ("SIGTERM", 143, "terminated", False)])
+def test_ctrl_c_or_sigterm_in_the_middle_of_a_calibration_leaves_nothing_behind(own_registry, tmp_path, sig, code,
+                                                                                line, given):
+    """A real SIGINT (Ctrl-C) or SIGTERM (`kill`, a cancelled CI job) to
+    `modelimage estimate --calibrate` while its pulls run: exit 130 or 143
+    with one line, no calibration stored, nothing in the temporary
+    directory, nothing in the registry it pushed to, and no loopback
+    registry left running (SIGTERM left all three behind: no handler)."""
     import os
     import signal
     import sys
@@ -408,21 +414,24 @@ def test_ctrl_c_in_the_middle_of_a_calibration_leaves_nothing_behind(own_registr
 
     env = {**os.environ, "MODELIMAGE_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "modelimage", *CALIBRATE_TINY, "--repeat", "20",
-                             "--registry", own_registry.host], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    registry = ["--registry", own_registry.host] if given else []
+    proc = subprocess.Popen([sys.executable, "-m", "modelimage", *CALIBRATE_TINY, "--repeat", "20", *registry],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # (a suite started in the background inherits SIGINT ignored, and so would the child: it never stopped)
     deadline = time.monotonic() + 120
     while not list((tmp_path / "tmp").glob("modelimage-calibrate-*/modelimage-calibrate-pull-*/pull-3")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip() == "interrupted", err
+    assert proc.returncode == code and err.strip() == line, err
     assert out == ""
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not (tmp_path / "cache" / "calibration" / "modelimage.json").exists()
     assert _calibration_left_in(own_registry) == ([], 0)
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert left == [], "a loopback registry was left running"
 
 
 def test_sizes_that_are_not_whole_mib_are_each_pulled(tmp_path, monkeypatch):

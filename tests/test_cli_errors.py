@@ -301,9 +301,9 @@ def slow(registry, world):
         yield proxy
 
 
-def interrupt(proxy, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """``modelimage ARGV`` in a process of its own; Ctrl-C (SIGINT) once a
-    blob transfer has been going for a moment."""
+def interrupt(proxy, argv: list[str], env: dict[str, str], sig: int = signal.SIGINT) -> tuple[int, str, str]:
+    """``modelimage ARGV`` in a process of its own; Ctrl-C (SIGINT), or
+    ``sig``, once a blob transfer has been going for a moment."""
     proxy.reset()
     proxy.add(Rule("*", r"/blobs/", Throttle(2_000_000), times=None))
     proc = subprocess.Popen([sys.executable, "-m", "modelimage", *argv], env=env, stdout=subprocess.PIPE,
@@ -314,20 +314,23 @@ def interrupt(proxy, argv: list[str], env: dict[str, str]) -> tuple[int, str, st
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.02)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, out, err
 
 
+@pytest.mark.parametrize("sig, code, what", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 @pytest.mark.parametrize("command", ["build --push", "pull", "build --base"])
-def test_ctrl_c_mid_transfer(command, slow, world, tmp_path):
+def test_ctrl_c_mid_transfer(command, sig, code, what, slow, world, tmp_path):
+    """Ctrl-C, or SIGTERM (`kill`, a cancelled CI job: it had no handler and
+    left what Ctrl-C cleans), in the middle of a transfer: one line, and
+    what follows holds for both."""
     env = {**os.environ, "MODELIMAGE_CACHE_DIR": str(tmp_path / "cache"), "DOCKER_CONFIG": str(tmp_path / "dc")}
     image = f"{slow.host}/ctrl-c/llama:v1"
     argv = {"build --push": ["build", world["model"], "--push", f"{slow.host}/ctrl-c/pushed:v1"],
             "pull": ["pull", image, str(tmp_path / "dest")],
             "build --base": ["build", world["model"], "--base", image, "-o", f"oci:{tmp_path / 'out'}:v1"]}[command]
-    code, out, err = interrupt(slow, argv, env)
-    assert (code, out, err) == (130, "", "interrupted; rerun to resume\n")
+    assert interrupt(slow, argv, env, sig) == (code, "", f"{what}; rerun to resume\n")
     if command == "build --push":  # nothing tagged
         from modelimage.registry.client import RegistryClient
         from modelimage.registry.reference import Reference

@@ -19,7 +19,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import ModelImageError
+from ..errors import ModelImageError, Terminated
 from ._output import err, set_quiet
 
 # name -> (module of this package, its click command, the line `modelimage --help` shows: the command's whole
@@ -101,7 +101,8 @@ RESUMING = ("pull", "push", "build")  # a rerun skips what an interrupted one fi
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code. Every failure is one line on
     stderr: ``error: ...`` for a :class:`ModelImageError` (its exit code),
-    click's usage errors (2), ``interrupted; ...`` for Ctrl-C (130)."""
+    click's usage errors (2), ``interrupted; ...`` for Ctrl-C (130),
+    ``terminated; ...`` for SIGTERM (143, :class:`~modelimage.errors.Terminated`)."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         # make_context/invoke rather than cli.main: click's main echoes an
@@ -113,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModelImageError as e:
         err(f"error: {e}")
         return e.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):  # Ctrl-C (Abort: click's name for it at a prompt)
+    except (KeyboardInterrupt, click.exceptions.Abort) as e:  # Ctrl-C (Abort: click's name for it at a prompt)
         command = next((a for a in args if not a.startswith("-")), "")
-        err("interrupted; rerun to resume" if command in RESUMING else "interrupted")
-        return 130
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"  # SIGTERM, raised as Ctrl-C is
+        err(f"{what}; rerun to resume" if command in RESUMING else what)
+        return 143 if isinstance(e, Terminated) else 130
     except click.ClickException as e:
         e.show()
         return e.exit_code
@@ -138,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """The ``modelimage`` program: :func:`main`, then exit. After Ctrl-C
-    (cleanup done, the line printed) it exits at once instead of waiting for
+    or SIGTERM (cleanup done, the line printed) it exits at once instead of waiting for
     transfers still blocked in other threads."""
     code = main()
-    if code == 130:
+    if code in (130, 143):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
