@@ -323,7 +323,16 @@ def calibrate(engine: str, *, registry: str | None = None, sizes: Sequence[int] 
                         images[ref] = write_image(layout, spec, tag="calibration", nonce=f"{nonce}-{spec.name}")
                         say(f"pushing {spec.name} to {host}")
                         pushed[ref] = layout_digests(layout)
-                        push_image(layout, "calibration", ref)
+                        try:
+                            push_image(layout, "calibration", ref)
+                        except ModelImageError as e:
+                            if own_store is None:  # the user's registry: its own words name it
+                                raise
+                            free = shutil.disk_usage(tmp).free
+                            raise CalibrationError(
+                                f"the loopback registry the calibration started (storing under {tmp.parent}, "
+                                f"{free / 2**20:.0f} MiB free) did not take the {spec.name} image: free some space "
+                                f"there (TMPDIR), or give --registry HOST ({str(e).split(': ', 1)[-1]})") from None
                         shutil.rmtree(layout)
                     return images
 

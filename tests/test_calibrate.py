@@ -97,6 +97,26 @@ def test_an_interrupt_while_a_group_is_deleted_still_deletes_it(own_registry, tm
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_push_the_loopback_registry_refuses_names_where_it_stores(tmp_path, monkeypatch):
+    """A full TMPDIR (a 6 MB tmpfs) said only `127.0.0.1:56669/modelimage-
+    calibration/modelimage: starting an upload: gave up after 6 attempts
+    (... 500 UNKNOWN ...)`: a registry the user never gave, and not where
+    it stores. The loopback registry's 500 is injected here."""
+    from modelimage.errors import ModelImageError
+
+    def refused(layout, tag, ref):
+        raise ModelImageError(f"{ref.rsplit(':', 1)[0]}: starting an upload: gave up after 6 attempts (500 UNKNOWN)")
+
+    monkeypatch.setattr(calibrate, "push_image", refused)
+    with pytest.raises(calibrate.CalibrationError) as e:
+        calibrate.calibrate("modelimage", sizes=[MiB, 2 * MiB], layers=[1, 2], compressions=["none"], repeat=1,
+                            work=tmp_path, store=False, disk=False)
+    assert str(e.value).startswith(f"the loopback registry the calibration started (storing under {tmp_path}, ")
+    assert "did not take the 1mib-1l-none image: free some space there (TMPDIR), or give --registry HOST" in str(e.value)
+    assert str(e.value).endswith("(starting an upload: gave up after 6 attempts (500 UNKNOWN))")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_deleting_from_a_registry_that_does_not_answer_is_false_not_an_error():
     assert calibrate.remove_image("127.0.0.1:1/nothing/here:v1", "sha256:" + "0" * 64, ["sha256:" + "1" * 64]) is False
 
