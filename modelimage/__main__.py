@@ -36,7 +36,6 @@ def _terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-
 def _ask_the_hub_early(args: list[str]) -> None:
     """``build hf://ORG/REPO[@REV] ...``: the Hub is asked for the commit and
     its files in a background thread while the commands load

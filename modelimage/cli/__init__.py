@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort) as e:  # Ctrl-C (Abort: click's name for it at a prompt)
         command = next((a for a in args if not a.startswith("-")), "")
-        what = "terminated" if isinstance(e, Terminated) else "interrupted"  # SIGTERM, raised as Ctrl-C is
+        what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)  # SIGTERM: as Ctrl-C
         err(f"{what}; rerun to resume" if command in RESUMING else what)
-        return 143 if isinstance(e, Terminated) else 130
+        return code
     except click.ClickException as e:
         e.show()
         return e.exit_code
