@@ -4,7 +4,7 @@
 **Sizes** (``--sizes 1,4,16,32`` GiB). The model is 4 safetensors files of
 size/4 each (a valid header, then a hole: sparse, so the source costs no
 disk and reads as fast as the page cache) plus config.json. For each size,
-in this order, with only one copy of the bytes on disk at a time:
+in this order (each step's runs together), with only one copy of the bytes on disk at a time:
 
 1. ``cp --sparse=never`` of the model folder, then ``sync`` of the copied
    files (the disk's durable write speed: a layout's blobs are fsynced
@@ -19,6 +19,11 @@ in this order, with only one copy of the bytes on disk at a time:
 5. ``curl`` GETs of the layer blobs into files, 3 at a time, then ``sync``
    of those files (a pull fsyncs what it writes) -- peer of 6;
 6. ``modelimage pull REF DEST``; DEST is removed.
+
+Each step's runs go back to back, after ``--warmup`` untimed runs of the
+same step (sizes up to ``--median-upto``): on a VM a step pays for what the
+step before it did to memory (a pull right after curl's GETs 2.8-3.3 s, after
+another pull 1.65-1.7 s; 1 GiB, 2026-12-01), so no step follows its peer.
 
 Each command runs under ``/usr/bin/time``: wall seconds, CPU seconds (user
 + system) and peak RSS. Sizes up to ``--median-upto`` GiB run ``--runs``
@@ -234,11 +239,11 @@ def manifest_of(host: str, repo: str, tag: str) -> tuple[dict, int]:
 # ------------------------------------------------------------------ the two curves
 
 
-def timed_mi(rows: dict[str, list[dict]], row: str, work: Path, *args: str) -> None:
+def timed_mi(*args: str, work: Path) -> dict:
     """``modelimage ARGS -q``, after settle() (a sync; with --drop-caches an
-    empty page cache too), measured into ``rows[row]``."""
+    empty page cache too), measured."""
     settle()
-    rows.setdefault(row, []).append(measured([*MI, *args, "-q"], work, env=mi_env(work)))
+    return measured([*MI, *args, "-q"], work, env=mi_env(work))
 
 
 def samples(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
@@ -246,12 +251,21 @@ def samples(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
     return {k: [{f: v[f] for f in FIELDS} for v in vs] for k, vs in rows.items()}
 
 
-def run_size(gib: float, runs: int, work: Path, keep_free: float, peers: bool = True) -> dict:
-    """One point of the size curve: the six steps of the module's docstring,
-    ``runs`` times; without ``peers``, modelimage's three only (no cp, curl
+def run_size(gib: float, runs: int, work: Path, keep_free: float, peers: bool = True, warmup: int = 0) -> dict:
+    """One point of the size curve: the six steps of the module's docstring;
+    each step's ``runs`` back to back, after ``warmup`` untimed runs of the
+    same step; without ``peers``, modelimage's three only (no cp, curl
     PUT, curl GET: about half the time of a size). Returns its samples
     (seconds, bytes) as the JSON keeps them. Raises NoRoom before a step
-    that would leave less than ``keep_free`` GB free."""
+    that would leave less than ``keep_free`` GB free.
+
+    Why steps are grouped and warmed up: on this VM a step pays for what
+    the step before it did to memory. Measured 2026-12-01 (1 GiB, caches
+    dropped before every step, alternated): ``modelimage pull`` right after
+    curl's GETs 2.82-3.32 s (1.7-2.2 s of system CPU), right after another
+    pull 1.65-1.69 s (0.6 s); curl's GETs after curl's GETs 1.71-1.79 s,
+    after a pull 1.34-1.44 s. Interleaved, each step's figure depended on
+    its neighbour; the pull always followed curl and paid it."""
     from tests.registry import start_registry
 
     copy = gib * GIB * 1.02  # one copy of the model on the disk: the shards, a tar's headers, the manifests
@@ -259,51 +273,77 @@ def run_size(gib: float, runs: int, work: Path, keep_free: float, peers: bool = 
     model = work / "model"
     size = sparse_model(model, gib)
     rows: dict[str, list[dict]] = {}
+    regs: list = []  # the registry of the last build --push serves curl's GETs and the pulls
+
+    def group(row: str, step) -> None:
+        for k in range(warmup + runs):
+            m = step()
+            if k >= warmup:
+                rows.setdefault(row, []).append(m)
+
+    def cp() -> dict:
+        room(work, copy, keep_free, f"{gib:g} GiB: cp")
+        settle()
+        m = measured(["sh", "-c", 'cp -r --sparse=never "$1" "$2" && sync "$2"/*', "cp", str(model),
+                      str(work / "cp")], work)
+        shutil.rmtree(work / "cp")
+        return m
+
+    def build() -> dict:
+        room(work, copy, keep_free, f"{gib:g} GiB: build -o oci:")
+        m = timed_mi("build", str(model), "-o", f"oci:{work / 'oci'}:v1", work=work)
+        shutil.rmtree(work / "oci")
+        return m
+
+    def put() -> dict:
+        room(work, copy, keep_free, f"{gib:g} GiB: curl PUT")
+        reg = start_registry()
+        try:
+            return curl_put(reg.host, sorted(model.glob("*.safetensors")), work)
+        finally:
+            reg.stop()
+
+    def push() -> dict:
+        while regs:
+            regs.pop().stop()
+        room(work, copy, keep_free, f"{gib:g} GiB: build --push")
+        reg = start_registry()
+        regs.append(reg)
+        m = timed_mi("build", str(model), "--push", f"{reg.host}/scale/m:v1", work=work)
+        dig_holes(reg.root)  # same bytes, no disk: the registry and a pulled copy fit at once
+        return m
+
+    def get() -> dict:
+        manifest, _ = manifest_of(regs[0].host, "scale/m", "v1")
+        room(work, copy, keep_free, f"{gib:g} GiB: curl GET")
+        settle()
+        m = curl_get(regs[0].host, "scale/m", [d["digest"] for d in manifest["layers"]], work / "get", work)
+        shutil.rmtree(work / "get")
+        return m
+
+    def pull() -> dict:
+        room(work, copy, keep_free, f"{gib:g} GiB: pull")
+        m = timed_mi("pull", f"{regs[0].host}/scale/m:v1", str(work / "dest"), work=work)
+        shutil.rmtree(work / "dest")
+        return m
+
     try:
-        for _ in range(runs):
-            # 1-2: the disk, then a layout build
-            if peers:
-                room(work, copy, keep_free, f"{gib:g} GiB: cp")
-                settle()
-                rows.setdefault("cp", []).append(measured(
-                    ["sh", "-c", 'cp -r --sparse=never "$1" "$2" && sync "$2"/*', "cp", str(model), str(work / "cp")],
-                    work))
-                shutil.rmtree(work / "cp")
-            room(work, copy, keep_free, f"{gib:g} GiB: build -o oci:")
-            timed_mi(rows, "build", work, "build", str(model), "-o", f"oci:{work / 'oci'}:v1")
-            shutil.rmtree(work / "oci")
-            # 3-4: raw PUTs, then build --push (a fresh registry each)
-            if peers:
-                room(work, copy, keep_free, f"{gib:g} GiB: curl PUT")
-                reg = start_registry()
-                try:
-                    rows.setdefault("put", []).append(curl_put(reg.host, sorted(model.glob("*.safetensors")), work))
-                finally:
-                    reg.stop()
-            room(work, copy, keep_free, f"{gib:g} GiB: build --push")
-            reg = start_registry()
-            try:
-                ref = f"{reg.host}/scale/m:v1"
-                timed_mi(rows, "push", work, "build", str(model), "--push", ref)
-                dig_holes(reg.root)
-                # 5-6: raw GETs, then modelimage pull
-                if peers:
-                    manifest, _ = manifest_of(reg.host, "scale/m", "v1")
-                    digests = [d["digest"] for d in manifest["layers"]]
-                    room(work, copy, keep_free, f"{gib:g} GiB: curl GET")
-                    settle()
-                    rows.setdefault("get", []).append(curl_get(reg.host, "scale/m", digests, work / "get", work))
-                    shutil.rmtree(work / "get")
-                room(work, copy, keep_free, f"{gib:g} GiB: pull")
-                timed_mi(rows, "pull", work, "pull", ref, str(work / "dest"))
-                shutil.rmtree(work / "dest")
-            finally:
-                reg.stop()
+        if peers:
+            group("cp", cp)
+        group("build", build)
+        if peers:
+            group("put", put)
+        group("push", push)
+        if peers:
+            group("get", get)
+        group("pull", pull)
     finally:
+        while regs:
+            regs.pop().stop()
         shutil.rmtree(model, ignore_errors=True)
         for leftover in ("cp", "oci", "get", "dest"):
             shutil.rmtree(work / leftover, ignore_errors=True)
-    return {"gib": gib, "bytes": size, "runs": runs, "drop_caches": drop_caches,
+    return {"gib": gib, "bytes": size, "runs": runs, "warmup": warmup, "drop_caches": drop_caches,
             "rows": samples(rows)}
 
 
@@ -325,17 +365,18 @@ def run_files(n: int, runs: int, work: Path) -> dict:
                                                             str(work / "untar")], work))
             shutil.rmtree(work / "untar")
             (work / "m.tar").unlink()
-            timed_mi(rows, "build", work, "build", str(model), "-o", f"oci:{work / 'oci'}:v1")
+            rows.setdefault("build", []).append(timed_mi("build", str(model), "-o", f"oci:{work / 'oci'}:v1",
+                                                         work=work))
             shutil.rmtree(work / "oci")
             reg = start_registry()
             try:
                 ref = f"{reg.host}/files/m:v1"
-                timed_mi(rows, "push", work, "build", str(model), "--push", ref)
+                rows.setdefault("push", []).append(timed_mi("build", str(model), "--push", ref, work=work))
                 manifest, nbytes = manifest_of(reg.host, "files/m", "v1")
                 extra = {"manifest_bytes": nbytes, "layers": len(manifest["layers"]),
                          "file_list_layer": any("dev.modelimage.filelist" in (d.get("annotations") or {})
                                                 for d in manifest["layers"])}
-                timed_mi(rows, "pull", work, "pull", ref, str(work / "dest"))
+                rows.setdefault("pull", []).append(timed_mi("pull", ref, str(work / "dest"), work=work))
                 got = sum(1 for p in (work / "dest").rglob("*") if p.is_file() and not p.name.startswith("."))
                 if got != n + 1:
                     raise SystemExit(f"pull of {n} files gave {got} files")
@@ -531,6 +572,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,4,16,32", help="GiB, comma-separated ('' for none)")
     ap.add_argument("--files", default="100,10000,100000", help="file counts, comma-separated ('' for none)")
     ap.add_argument("--runs", type=int, default=3, help="runs per point up to --median-upto GiB (medians)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed runs of each step before its timed ones, at sizes up to --median-upto (a step "
+                         "pays for what the step before it did to memory: see run_size)")
     ap.add_argument("--median-upto", type=float, default=4, help="bigger sizes run once")
     ap.add_argument("--peers-upto", type=float, default=float("inf"),
                     help="GiB: bigger sizes run modelimage's build, build --push and pull only, without the peers "
@@ -578,8 +622,9 @@ def main() -> None:
                 data["files"].append(run_files(n, args.runs, work))
                 print(f"{n} files done ({time.monotonic() - t0:.0f} s in)", file=sys.stderr)
             for g in [float(x) for x in args.sizes.split(",") if x]:
-                data["sizes"].append(run_size(g, args.runs if g <= args.median_upto else 1, work, args.keep_free,
-                                              peers=g <= args.peers_upto))
+                small = g <= args.median_upto
+                data["sizes"].append(run_size(g, args.runs if small else 1, work, args.keep_free,
+                                              peers=g <= args.peers_upto, warmup=args.warmup if small else 0))
                 print(f"{g:g} GiB done ({time.monotonic() - t0:.0f} s in, load {os.getloadavg()[0]:.1f})",
                       file=sys.stderr)
                 if args.json:  # partial results survive a later failure
