@@ -13,7 +13,10 @@ an empty spool or digest cache, a repository of its own in the registry
 - ``oci-modelcar push --hf-repo ... --hf-endpoint HUB --registry HOST``
   with its default ``--workers 1``, and with ``--workers 3`` (modelimage
   pushes 3 blobs at once);
-- ``modelimage build hf://ORG/NAME --push HOST/...`` (``HF_ENDPOINT``).
+- ``modelimage build hf://ORG/NAME --push HOST/...`` (``HF_ENDPOINT``);
+- with ``--baseline TREE``, the same command from another checkout
+  (``PYTHONPATH=TREE``, a git worktree of main, say): an A/B of a change
+  in the same runs, never counted as the peer.
 
 modelimage runs byte-compiled, as ``pip install`` leaves it (an editable
 install under ``PYTHONDONTWRITEBYTECODE=1`` would compile ~120 modules in
@@ -42,7 +45,7 @@ Needs oci-modelcar on PATH or ``--modelcar PATH`` (it pins its own
 dependencies: install it in a virtualenv of its own), root for iptables.
 
     python benchmarks/bench_modelcar.py [--gib 1] [--shards 4] [--runs 3] [--phases] [--link 1Gbit/s]
-        [--modelcar /path/to/oci-modelcar]
+        [--modelcar /path/to/oci-modelcar] [--baseline ../main-before]
 """
 
 from __future__ import annotations
@@ -155,6 +158,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--modelcar", default=shutil.which("oci-modelcar") or "oci-modelcar")
     ap.add_argument("--phases", action="store_true", help="also time the Hub alone and the build alone")
+    ap.add_argument("--baseline", metavar="TREE", type=Path,
+                    help="another checkout of modelimage (a git worktree of main, say) as one more contender, "
+                    "run with PYTHONPATH=TREE: an A/B of a change in the same run")
     ap.add_argument("--link", metavar="RATE", help="shape the node's links to the Hub and to the registry to RATE "
                     "each (1Gbit/s, 400Mbit/s; modelimage.units.parse_rate); default: unshaped loopback")
     args = ap.parse_args()
@@ -176,6 +182,8 @@ def main() -> None:
     spool: dict[str, list[int]] = {}
     try:
         byte_compile()  # start-up as installed (pip compiles), not compiling every module in every run
+        if args.baseline is not None:
+            byte_compile(env={**os.environ, "PYTHONPATH": str(args.baseline.resolve())})
         model = write_random_shards(work / "model", args.gib, args.shards)
         files = {p.name: p.read_bytes() for p in sorted(model.iterdir())}
         sums = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
@@ -200,6 +208,8 @@ def main() -> None:
             "oci-modelcar push --workers 3": ("mc3", ["--workers", "3"]),
             "modelimage build hf://... --push": ("mi", None),
         }
+        if args.baseline is not None:
+            contenders[f"modelimage build hf://... --push ({args.baseline.name}, baseline)"] = ("base", None)
         if args.phases:
             urls = " ".join(f"{hub.url}/bench/llm/resolve/main/{n}" for n in sums)
             contenders["phase: the Hub alone (curl > /dev/null, files in turn)"] = (
@@ -212,6 +222,8 @@ def main() -> None:
                 d = work / f"{short}-{n}"
                 d.mkdir()
                 env = {**base_env, "HF_HOME": str(d / "hf"), "MODELIMAGE_CACHE_DIR": str(d / "cache")}
+                if short == "base":
+                    env["PYTHONPATH"] = str(args.baseline.resolve())
                 repo, tag = f"{short}/r{n}", "v1"
                 if flags is None:
                     cmd = [*MI, "build", "hf://bench/llm", "--push", f"{push_host}/{repo}:{tag}", "-q"]
@@ -246,7 +258,7 @@ def main() -> None:
     mi = "modelimage build hf://... --push"
     med = {k: {f: statistics.median(r[f] for r in v) for f in ("wall", "cpu", "sent", "hub", "hub_cpu")}
            for k, v in rows.items()}
-    best_peer = min((k for k in med if k != mi and not k.startswith("phase")), key=lambda k: med[k]["wall"])
+    best_peer = min((k for k in med if not k.startswith(("phase", "modelimage"))), key=lambda k: med[k]["wall"])
     print(f"Machine: {os.uname().nodename} ({os.uname().machine}, {os.cpu_count()} cores); {date.today()}; "
           f"load average {load0:.2f} at the start, {load1:.2f} at the end; oci-modelcar "
           f"{subprocess.run([args.modelcar, '--version'], capture_output=True, text=True).stdout.strip() or '?'}.")

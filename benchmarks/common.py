@@ -16,13 +16,15 @@ MI = [sys.executable, "-m", "modelimage"]
 DOC = REPO / "docs" / "benchmarks.md"
 
 
-def byte_compile(python: str = sys.executable) -> None:
+def byte_compile(python: str = sys.executable, env: dict[str, str] | None = None) -> None:
     """Byte-compile the modelimage package that ``python`` imports, as ``pip
     install`` does: an editable install under ``PYTHONDONTWRITEBYTECODE=1``
     (set on this machine) keeps no ``.pyc``, so every run compiled its ~120
-    modules again (0.15-0.2 s of CPU, a third of a small build's start-up)."""
+    modules again (0.15-0.2 s of CPU, a third of a small build's start-up).
+    ``env``: the environment to do it in (``PYTHONPATH`` naming another
+    checkout compiles that one; None: this process's)."""
     subprocess.run([python, "-c", "import compileall, os, modelimage; "
-                    "compileall.compile_dir(os.path.dirname(modelimage.__file__), quiet=2)"], check=True)
+                    "compileall.compile_dir(os.path.dirname(modelimage.__file__), quiet=2)"], check=True, env=env)
 
 
 def write_section(name: str, heading: str, block: str) -> None:
