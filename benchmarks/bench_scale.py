@@ -257,15 +257,11 @@ def run_size(gib: float, runs: int, work: Path, keep_free: float, peers: bool = 
     same step; without ``peers``, modelimage's three only (no cp, curl
     PUT, curl GET: about half the time of a size). Returns its samples
     (seconds, bytes) as the JSON keeps them. Raises NoRoom before a step
-    that would leave less than ``keep_free`` GB free.
-
-    Why steps are grouped and warmed up: on this VM a step pays for what
-    the step before it did to memory. Measured 2026-12-01 (1 GiB, caches
-    dropped before every step, alternated): ``modelimage pull`` right after
-    curl's GETs 2.82-3.32 s (1.7-2.2 s of system CPU), right after another
-    pull 1.65-1.69 s (0.6 s); curl's GETs after curl's GETs 1.71-1.79 s,
-    after a pull 1.34-1.44 s. Interleaved, each step's figure depended on
-    its neighbour; the pull always followed curl and paid it."""
+    that would leave less than ``keep_free`` GB free. Why steps are grouped
+    and warmed up: the module docstring (measured 2026-12-01, 1 GiB, caches
+    dropped before every step: ``modelimage pull`` right after curl's GETs
+    2.82-3.32 s with 1.7-2.2 s of system CPU, right after another pull
+    1.65-1.69 s with 0.6 s; docs/benchmarks.md, session 13)."""
     from tests.registry import start_registry
 
     copy = gib * GIB * 1.02  # one copy of the model on the disk: the shards, a tar's headers, the manifests
