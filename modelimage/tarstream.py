@@ -36,6 +36,9 @@ from .errors import SourceError
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+# every padding a tar entry can need, made once and shared by all entries
+# (a model of 100,000 small files held 28 MB of identical zero runs)
+_PADDINGS = tuple(b"\0" * n for n in range(BLOCK))
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 CHUNK = 4 << 20  # read size: big enough to amortize syscalls, small enough for RSS
@@ -212,7 +215,7 @@ class LayerStream:
         for i, e in enumerate(self.entries):
             pieces.add(header(e.path, e.size, mtime=mtime))
             pieces.add_content(e.content, i)
-            pieces.add(b"\0" * padding(e.size))
+            pieces.add(_PADDINGS[padding(e.size)])
         pieces.add(END_OF_ARCHIVE)
         self.pieces = tuple(pieces.items)
         self.size = pieces.offset
