@@ -12,7 +12,7 @@ from ..content import Source, is_remote
 from ..formats import WEIGHT_SUFFIXES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     """One file of the model: ``name`` is its POSIX path in the model root,
     ``path`` where its bytes are (a local file, or a remote object)."""
