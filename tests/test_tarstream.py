@@ -18,6 +18,7 @@ from modelimage.tarstream import (
     FILE_MODE,
     Entry,
     LayerResult,
+    LayerStream,
     entry_overhead,
     header,
     layer_size,
@@ -146,8 +147,6 @@ def test_entries_share_their_padding_and_the_tar_is_unchanged(tmp_path: Path) ->
     """Files whose sizes need the same padding share one zero run (a model
     of 100,000 small files held 28 MB of identical ones), and the tar reads
     back as every file's bytes."""
-    from modelimage.tarstream import LayerStream
-
     entries = [whole(f"f{i}.bin", make_file(tmp_path / f"f{i}", payload(700 + 512 * i))) for i in range(3)]
     stream = LayerStream(entries)
     pads = [p.data for p in stream.pieces if p.file == -1 and isinstance(p.data, bytes) and set(p.data) == {0}
