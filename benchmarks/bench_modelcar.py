@@ -182,8 +182,10 @@ def main() -> None:
     spool: dict[str, list[int]] = {}
     try:
         byte_compile()  # start-up as installed (pip compiles), not compiling every module in every run
-        if args.baseline is not None:
-            byte_compile(env={**os.environ, "PYTHONPATH": str(args.baseline.resolve())})
+        # the baseline contender's modelimage: another checkout first on the path
+        baseline = {"PYTHONPATH": str(args.baseline.resolve())} if args.baseline is not None else {}
+        if baseline:
+            byte_compile(env={**os.environ, **baseline})
         model = write_random_shards(work / "model", args.gib, args.shards)
         files = {p.name: p.read_bytes() for p in sorted(model.iterdir())}
         sums = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
@@ -223,7 +225,7 @@ def main() -> None:
                 d.mkdir()
                 env = {**base_env, "HF_HOME": str(d / "hf"), "MODELIMAGE_CACHE_DIR": str(d / "cache")}
                 if short == "base":
-                    env["PYTHONPATH"] = str(args.baseline.resolve())
+                    env.update(baseline)
                 repo, tag = f"{short}/r{n}", "v1"
                 if flags is None:
                     cmd = [*MI, "build", "hf://bench/llm", "--push", f"{push_host}/{repo}:{tag}", "-q"]
